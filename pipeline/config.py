@@ -1,0 +1,288 @@
+"""Typed run configuration: dataclasses loaded from YAML, validated on load, recorded with every output.
+
+One YAML file per dataset (``configs/<dataset>.yaml``) fills a tree of dataclasses. Every CLI takes
+``--config`` and repeatable ``--set section.key=value`` overrides; ``--smoke`` applies the file's own
+``smoke:`` overrides (a few steps, a few videos) on top. Unknown keys, wrong types and impossible values are
+errors that name the key and the file, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed; the message names the key and the source."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sections. Each field's comment is its documentation; `validate` rejects impossible values.
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    """The video shards and how clips are cut from them (METHOD.md §1.4)."""
+
+    name: str = "demo"  # dataset name: demo | kth | clevrer (free text for custom data)
+    root: str = "data/demo"  # directory holding <split>/shard_NNNN.hdf5 (Make's DATA_DIR)
+    image_size: int = 64  # frame side in pixels; shards must hold image_size x image_size RGB frames
+    frames_per_sample: int = 16  # T: clip length in (sub-sampled) frames
+    skip_frames: int = 0  # raw frames skipped between clip frames (stride = skip_frames + 1)
+    cond_frames: int = 4  # conditioning frames at forecast time; the rest of the clip is predicted
+    splits: list[str] = field(default_factory=lambda: ["train", "val", "test"])  # split directories
+
+    def validate(self) -> None:
+        _require(self.image_size >= 8, "image_size", "must be >= 8")
+        _require(self.frames_per_sample >= 3, "frames_per_sample", "must be >= 3 (target, reference, context)")
+        _require(self.skip_frames >= 0, "skip_frames", "must be >= 0")
+        _require(
+            1 <= self.cond_frames < self.frames_per_sample,
+            "cond_frames",
+            f"must be in [1, frames_per_sample={self.frames_per_sample})",
+        )
+        _require(len(self.splits) > 0 and len(set(self.splits)) == len(self.splits), "splits", "must be unique, non-empty")
+
+    @property
+    def clip_span(self) -> int:
+        """Raw frames covered by one clip: (skip + 1)(T - 1) + 1."""
+        return (self.skip_frames + 1) * (self.frames_per_sample - 1) + 1
+
+
+@dataclass
+class ConvertConfig:
+    """Raw videos -> shards (``make data RAW=dir``)."""
+
+    source: Literal["kth", "clevrer", "folders"] = "folders"  # how raw names map to splits
+    aspect: Literal["squash", "crop"] = "squash"  # squash to square (reference) or centre-crop first
+    kth_classes: list[str] = field(default_factory=lambda: ["jogging", "running", "walking"])  # KTH actions kept
+    kth_split: Literal["person", "scenario"] = "person"  # person: train/val/test by person id; scenario: d1,d2/d3/d4
+    kth_train_persons: list[int] = field(default_factory=lambda: list(range(1, 17)))  # person split: train ids
+    kth_val_persons: list[int] = field(default_factory=list)  # person split: val ids (taken out of nothing else)
+    kth_test_persons: list[int] = field(default_factory=lambda: list(range(17, 26)))  # person split: test ids
+    clevrer_ranges: dict[str, list[int]] = field(  # CLEVRER official id ranges [first, last] per split
+        default_factory=lambda: {"train": [0, 9999], "val": [10000, 14999], "test": [15000, 19999]}
+    )
+    max_videos_per_split: int = 0  # 0 = all; >0 keeps the first N per split (smoke runs)
+
+    def validate(self) -> None:
+        persons = [*self.kth_train_persons, *self.kth_val_persons, *self.kth_test_persons]
+        _require(len(persons) == len(set(persons)), "kth_*_persons", "a person is listed in two splits")
+        for split, bounds in self.clevrer_ranges.items():
+            _require(len(bounds) == 2 and bounds[0] <= bounds[1], f"clevrer_ranges.{split}", "must be [first, last]")
+        _require(self.max_videos_per_split >= 0, "max_videos_per_split", "must be >= 0")
+
+
+@dataclass
+class DemoConfig:
+    """The synthetic bouncing-sprites dataset (``make data DATASET=demo``)."""
+
+    videos: dict[str, int] = field(default_factory=lambda: {"train": 512, "val": 64, "test": 64})  # per split
+    frames: int = 48  # frames per video
+    min_sprites: int = 1
+    max_sprites: int = 3
+    sprite_size: list[int] = field(default_factory=lambda: [8, 14])  # side in pixels, [min, max]
+    speed: list[float] = field(default_factory=lambda: [1.0, 3.0])  # initial speed in pixels/frame, [min, max]
+    kick_prob: float = 0.1  # per sprite and frame: chance of a random velocity kick (the uncertain future)
+    kick_scale: float = 1.5  # standard deviation of a kick, pixels/frame
+    seed: int = 0
+
+    def validate(self) -> None:
+        _require(all(n >= 0 for n in self.videos.values()), "videos", "counts must be >= 0")
+        _require(self.frames >= 2, "frames", "must be >= 2")
+        _require(1 <= self.min_sprites <= self.max_sprites, "min_sprites", "need 1 <= min_sprites <= max_sprites")
+        _require(len(self.sprite_size) == 2 and 2 <= self.sprite_size[0] <= self.sprite_size[1], "sprite_size", "[min, max] with 2 <= min <= max")
+        _require(len(self.speed) == 2 and 0 <= self.speed[0] <= self.speed[1], "speed", "[min, max] with 0 <= min <= max")
+        _require(0.0 <= self.kick_prob <= 1.0, "kick_prob", "must be in [0, 1]")
+
+
+@dataclass
+class VQVAEConfig:
+    """The frozen autoencoder whose latent space the flow lives in (METHOD.md §2)."""
+
+    arch: Literal["taming", "river"] = "taming"  # taming f8 VQModel (KTH, demo) or RIVER's VQVAE (CLEVRER)
+    ckpt: str = ""  # checkpoint file (Lightning .ckpt, RIVER .pth, or a flat state dict)
+    # taming hyper-parameters (ignored by arch=river, whose sizes are fixed)
+    ch: int = 128
+    ch_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 4])
+    num_res_blocks: int = 2
+    attn_resolutions: list[int] = field(default_factory=lambda: [16])
+    z_channels: int = 4
+    embed_dim: int = 4
+    n_embed: int = 16384
+    dropout: float = 0.0
+    batch_size: int = 64  # frames per encode/decode call
+
+    def validate(self) -> None:
+        _require(self.ch > 0 and self.ch % 32 == 0, "ch", "must be a positive multiple of 32 (GroupNorm(32))")
+        _require(len(self.ch_mult) >= 1 and all(m > 0 for m in self.ch_mult), "ch_mult", "must be positive")
+        _require(self.num_res_blocks >= 1, "num_res_blocks", "must be >= 1")
+        _require(self.embed_dim >= 1 and self.z_channels >= 1 and self.n_embed >= 2, "embed_dim", "sizes must be positive")
+        _require(self.batch_size >= 1, "batch_size", "must be >= 1")
+
+
+@dataclass
+class Config:
+    """The whole run configuration; one YAML file fills it."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    convert: ConvertConfig = field(default_factory=ConvertConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
+    seed: int = 0  # global seed; every stage derives its own streams from it
+    smoke: dict[str, Any] = field(default_factory=dict)  # dotted overrides applied by --smoke
+
+    def validate(self) -> None:
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML/JSON-serialisable): the record written beside every output."""
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading and validation
+# ----------------------------------------------------------------------------------------------------------
+
+
+class _FieldError(ValueError):
+    """Raised by validate(): the field name and what is wrong (the loader adds the path and source)."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key}: {problem}")
+        self.key, self.problem = key, problem
+
+
+def _require(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise _FieldError(key, problem)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, smoke: bool = False) -> Config:
+    """Read ``path``, apply ``--set`` overrides (``a.b=value``, value parsed as YAML), then smoke overrides.
+
+    Raises ConfigError naming the offending key and its source (file or override) on any problem.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    cfg = _build(Config, raw, prefix="", source=str(path))
+    for item in overrides or []:
+        cfg = apply_override(cfg, item, source="--set")
+    if smoke:
+        for key, value in dict(cfg.smoke).items():
+            cfg = _set_dotted(cfg, key, value, source=f"{path} (smoke)")
+    _validate_tree(cfg, prefix="", source=str(path))
+    return cfg
+
+
+def apply_override(cfg: Config, item: str, source: str = "--set") -> Config:
+    """Apply one ``section.key=value`` override; the value is parsed as YAML (``3``, ``true``, ``[1,2]``)."""
+    if "=" not in item:
+        raise ConfigError(f"{source} {item!r}: expected section.key=value")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} {item!r}: value is not valid YAML: {exc}") from None
+    return _set_dotted(cfg, key.strip(), value, source=source)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
+    """Rebuild a Config from its ``to_dict()`` record (e.g. stored in a checkpoint), with full validation."""
+    cfg = _build(Config, data, prefix="", source=source)
+    _validate_tree(cfg, prefix="", source=source)
+    return cfg
+
+
+def _set_dotted(cfg: Config, dotted: str, value: Any, source: str) -> Config:
+    as_dict = cfg.to_dict()
+    node = as_dict
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
+            raise ConfigError(f"{source}: unknown key '{'.'.join(parts[: depth + 1])}' in '{dotted}'")
+        node = node[part]
+    if parts[-1] not in node:
+        raise ConfigError(f"{source}: unknown key '{dotted}'")
+    node[parts[-1]] = value
+    return _build(Config, as_dict, prefix="", source=source)
+
+
+def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
+    """Instantiate dataclass ``cls`` from a mapping, checking every key and type against the field hints."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: '{prefix or '<root>'}' must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"{source}: unknown key '{where}{unknown[0]}'" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
+            + f"; valid keys here: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(hints[name], value, key, source)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
+    """Check ``value`` against type ``hint`` (dataclass, Literal, list, dict, scalar) and return it typed."""
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key, source)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{source}: '{key}' must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key, source)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{key}.{k}", source) for k, v in value.items()}
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{source}: '{key}' must be {hint.__name__}, got {value!r}")
+    if not isinstance(value, hint):
+        raise ConfigError(f"{source}: '{key}' must be {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _validate_tree(node: Any, prefix: str, source: str) -> None:
+    """Run every section's ``validate()``, turning its complaint into a ConfigError with the full key."""
+    try:
+        node.validate()
+    except _FieldError as exc:
+        key = f"{prefix}.{exc.key}" if prefix else exc.key
+        raise ConfigError(f"{source}: '{key}' {exc.problem}") from None
+    for f in dataclasses.fields(node):
+        child = getattr(node, f.name)
+        if dataclasses.is_dataclass(child):
+            _validate_tree(child, f"{prefix}.{f.name}" if prefix else f.name, source)
