@@ -1,0 +1,37 @@
+"""``python -m pipeline.data``: write the dataset's shards (demo generator or raw-video converter)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.cli import ConfigOption, SetOption, SmokeOption, fail, load_cli_config
+from pipeline.data.convert import ConvertError
+from pipeline.data.shards import ShardError
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def main(
+    config: ConfigOption,
+    set_: SetOption = None,
+    smoke: SmokeOption = False,
+    raw: Annotated[Optional[Path], typer.Option(help="Raw videos to convert (KTH, CLEVRER or <split>/<video> folders). Omit for the demo generator.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Shard root to write (default: data.root from the config).")] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even when the shards are up to date.")] = False,
+) -> None:
+    """Write <out>/<split>/shard_NNNN.hdf5 for every split; up to date when nothing changed."""
+    from pipeline.data.stage import prepare_data
+
+    cfg = load_cli_config(config, set_, smoke)
+    try:
+        prepare_data(cfg, out or Path(cfg.data.root), raw=raw, force=force)
+    except (ConvertError, ShardError, ValueError) as exc:
+        fail(str(exc))
+
+
+if __name__ == "__main__":
+    app()
