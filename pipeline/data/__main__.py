@@ -20,15 +20,14 @@ def main(
     set_: SetOption = None,
     smoke: SmokeOption = False,
     raw: Annotated[Optional[Path], typer.Option(help="Raw videos to convert (KTH, CLEVRER or <split>/<video> folders). Omit for the demo generator.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Shard root to write (default: data.root from the config).")] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even when the shards are up to date.")] = False,
 ) -> None:
-    """Write <out>/<split>/shard_NNNN.hdf5 for every split; up to date when nothing changed."""
+    """Write <data.root>/<split>/shard_NNNN.hdf5 for every split; up to date when nothing changed."""
     from pipeline.data.stage import prepare_data
 
     cfg = load_cli_config(config, set_, smoke)
     try:
-        prepare_data(cfg, out or Path(cfg.data.root), raw=raw, force=force)
+        prepare_data(cfg, Path(cfg.data.root), raw=raw, force=force)
     except (ConvertError, ShardError, ValueError) as exc:
         fail(str(exc))
 

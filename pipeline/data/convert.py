@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.config import ConvertConfig
-from pipeline.data.shards import ShardWriter
+from pipeline.data.shards import ShardWriter, natural_key
 
 VIDEO_SUFFIXES = {".avi", ".mp4", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".gif"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
@@ -49,11 +49,6 @@ class Source:
     path: Path
     name: str
     split: str
-
-
-def natural_key(text: str) -> list:
-    """Sort key that orders embedded numbers numerically (``img2`` < ``img10``)."""
-    return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", text)]
 
 
 def find_raw_videos(raw: Path) -> list[Path]:
@@ -115,7 +110,7 @@ def assign_splits(raw: Path, cfg: ConvertConfig) -> list[Source]:
             sources.append(Source(path, name, split))
     if not sources:
         raise ConvertError(f"{raw}: no video matched the '{cfg.source}' split rule")
-    return sources
+    return sorted(sources, key=lambda s: (natural_key(s.name), natural_key(str(s.path))))  # video order = name order
 
 
 def read_raw_video(path: Path) -> np.ndarray:

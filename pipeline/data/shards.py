@@ -144,8 +144,9 @@ def find_shards(path: str | Path) -> list[Path]:
     return sorted({p for pattern in SHARD_GLOBS for p in path.glob(pattern)}, key=lambda p: p.name)
 
 
-def _natural_key(name: str) -> list[Any]:
-    return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", name)]
+def natural_key(text: str) -> list[Any]:
+    """Sort key that orders embedded numbers numerically (``img2`` < ``img10``)."""
+    return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", text)]
 
 
 class ShardReader:
@@ -178,7 +179,7 @@ class ShardReader:
         with fh:
             if "len" not in fh:
                 raise ShardError(f"{shard}: no 'len' group; not a video shard in the reference layout")
-            keys = sorted(fh["len"].keys(), key=_natural_key)
+            keys = sorted(fh["len"].keys(), key=natural_key)
             if keys != [str(i) for i in range(len(keys))]:
                 raise ShardError(f"{shard}: 'len' keys must be 0..{len(keys) - 1}, got {keys[:5]}...")
             entries = []
