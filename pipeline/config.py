@@ -128,6 +128,80 @@ class VQVAEConfig:
         _require(self.batch_size >= 1, "batch_size", "must be >= 1")
 
 
+INTERPOLANT_PRESETS: dict[str, dict[str, Any]] = {  # what kind=linear / kind=ours fix (METHOD.md §3)
+    "linear": {"base": "gaussian", "beta": "t", "eps": 0.0},  # RIVER-like flow matching: ODE from N(0, I)
+    "ours": {"base": "previous", "beta": "t2", "eps": 0.1},  # Foellmer-type SDE from the previous frame
+}
+
+
+@dataclass
+class InterpolantConfig:
+    """The stochastic interpolant I_t = alpha x0 + beta x1 + sigma(t) sqrt(t) xi and its training times (METHOD.md §3).
+
+    alpha(t) = 1 - t and sigma(t) = eps (1 - t) always. A preset fixes base, beta and eps; leave them unset (or
+    restate the preset's value). kind=custom needs all three.
+    """
+
+    kind: Literal["linear", "ours", "custom"] = "ours"  # linear: gaussian, t, 0 (ODE); ours: previous, t2, 0.1 (SDE)
+    base: Literal["gaussian", "previous"] | None = None  # x0 ~ N(0,I) independent, or x0 = the previous frame
+    beta: Literal["t", "t2"] | None = None  # beta(t) = t or t^2 (t2: beta'(0) = 0, target at t=0 is -x_ref)
+    eps: float | None = None  # noise strength: sigma(t) = eps (1 - t); 0 = no noise (ODE)
+    t_min: float = 1e-4  # training times t ~ U(t_min, t_max), per example
+    t_max: float = 0.9999
+
+    def validate(self) -> None:
+        if self.kind == "custom":
+            for key in ("base", "beta", "eps"):
+                _require(getattr(self, key) is not None, key, "must be set when kind=custom")
+        else:
+            for key, value in INTERPOLANT_PRESETS[self.kind].items():
+                mine = getattr(self, key)
+                _require(mine is None or mine == value, key, f"is fixed to {value!r} by kind={self.kind}; leave it unset")
+        p = self.resolved()
+        _require(0.0 <= p["eps"] < float("inf"), "eps", "must be finite and >= 0")
+        _require(
+            not (p["base"] == "previous" and p["eps"] == 0.0), "eps",
+            "must be > 0 with base=previous (without noise the process from a point mass is deterministic)",
+        )
+        _require(0.0 <= self.t_min < self.t_max <= 1.0, "t_min", f"need 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
+
+    def resolved(self) -> dict[str, Any]:
+        """Concrete {base, beta, eps}: the preset's values, or the custom fields."""
+        if self.kind == "custom":
+            return {"base": self.base, "beta": self.beta, "eps": self.eps}
+        return dict(INTERPOLANT_PRESETS[self.kind])
+
+
+@dataclass
+class ModelConfig:
+    """The flow network, RIVER's VectorFieldRegressor (METHOD.md §4.2). Defaults = the paper's 98,084,868 params."""
+
+    state_size: int = 4  # latent channels C (the VQVAE's embed_dim); input is [z, ref, context] = 3C channels
+    state_res: list[int] = field(default_factory=lambda: [8, 8])  # latent [h, w]: 8x8 KTH/demo, 16x16 CLEVRER
+    inner_dim: int = 768  # transformer width (even: the position tables and time sinusoid use dim/2 each)
+    depth: int = 4  # layers in the input half and in the output half (with skip connections between them)
+    mid_depth: int = 5  # layers in the middle
+    heads: int = 8  # attention heads (inner_dim must divide by it)
+    ffn_mult: int = 4  # feed-forward width = ffn_mult * inner_dim
+    dropout: float = 0.05  # attention, feed-forward and residual dropout inside every layer
+    gap_hidden: int = 256  # hidden width of the MLP on log(gap)
+    max_positions: int = 512  # rows of each learned positional table (max latent h and w)
+
+    def validate(self) -> None:
+        _require(self.state_size >= 1, "state_size", "must be >= 1")
+        _require(len(self.state_res) == 2 and all(r >= 1 for r in self.state_res), "state_res", "must be [h, w], positive")
+        _require(self.inner_dim >= 2 and self.inner_dim % 2 == 0, "inner_dim", "must be even and >= 2")
+        _require(self.heads >= 1 and self.inner_dim % self.heads == 0, "heads", f"must divide inner_dim={self.inner_dim}")
+        _require(self.depth >= 1, "depth", "must be >= 1")
+        _require(self.mid_depth >= 0, "mid_depth", "must be >= 0")
+        _require(self.ffn_mult >= 1, "ffn_mult", "must be >= 1")
+        _require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        _require(self.gap_hidden >= 1, "gap_hidden", "must be >= 1")
+        _require(
+            self.max_positions >= max(self.state_res), "max_positions", f"must be >= max(state_res)={max(self.state_res)}"
+        )
+
+
 @dataclass
 class Config:
     """The whole run configuration; one YAML file fills it."""
@@ -136,6 +210,8 @@ class Config:
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
+    interpolant: InterpolantConfig = field(default_factory=InterpolantConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     seed: int = 0  # global seed; every stage derives its own streams from it
     smoke: dict[str, Any] = field(default_factory=dict)  # dotted overrides applied by --smoke
 
