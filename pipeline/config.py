@@ -128,6 +128,66 @@ class VQVAEConfig:
         _require(self.batch_size >= 1, "batch_size", "must be >= 1")
 
 
+@dataclass
+class AutoencoderConfig:
+    """Training our own taming VQVAE (the demo's frozen autoencoder; ``python -m pipeline.vqvae.train``).
+
+    The architecture comes from the ``vqvae`` section; the finished model is written, as a flat state dict,
+    to ``vqvae.ckpt``. Training frames come from ``data.root``/train.
+    """
+
+    steps: int = 3000  # optimiser steps in total (crop steps + full-frame steps)
+    batch_size: int = 32  # frames (or crops) per step
+    lr: float = 1e-3  # Adam peak learning rate (linear warm-up, then cosine decay)
+    warmup_steps: int = 100  # steps of linear learning-rate warm-up
+    lr_final_ratio: float = 0.05  # the cosine decay ends at lr * lr_final_ratio
+    weight_decay: float = 0.0  # AdamW weight decay (the codebook is never decayed)
+    crop_size: int = 32  # train on random crops of this side for speed (0 = full frames); multiple of 2^(levels-1)
+    full_frame_steps: int = 500  # the last steps use full frames (attention and borders see the real size)
+    quantize_after: int = 300  # steps as a plain autoencoder, then k-means codebook init and quantisation on
+    kmeans_frames: int = 512  # frames encoded to initialise the codebook with k-means
+    beta: float = 0.25  # commitment weight: |sg[z_q] - z|^2 * beta + |z_q - sg[z]|^2
+    l1_weight: float = 1.0  # reconstruction loss = l1_weight * mean|x - y| + mse_weight * mean (x - y)^2
+    mse_weight: float = 1.0
+    restart_every: int = 100  # every n steps, codes unused since the last check restart at encoder outputs; 0 = off
+    frame_stride: int = 1  # use every n-th frame of each training video (neighbouring frames are near duplicates)
+    flip: bool = True  # random horizontal/vertical flips of training frames
+    bf16: bool = True  # bfloat16 autocast for the convolutions (CPU oneDNN); codebook search stays float32
+    threads: int = 0  # torch CPU threads (0 = leave torch's default)
+    checkpoint_every: int = 250  # steps between resumable checkpoints (<out_dir>/latest.pt, written atomically)
+    log_every: int = 25  # steps between progress-bar updates of the losses
+    out_dir: str = "outputs/demo/autoencoder"  # training checkpoints (latest.pt) and the run record
+    export: str = ""  # where the finished model is written ('' = vqvae.ckpt); smoke runs point it elsewhere
+    export_float16: bool = False  # store the shipped flat state dict in float16 (the loader casts back to float32)
+    val_videos: int = 8  # val videos (all their frames) for the PSNR printed after training; 0 = skip
+    eval_split: str = "test"  # split used by the ``psnr`` command
+    eval_videos: int = 0  # videos of eval_split used by the ``psnr`` command (0 = all)
+    max_minutes: float = 0.0  # stop early (checkpoint + export, with a warning) after this wall time; 0 = no limit
+
+    def validate(self) -> None:
+        _require(self.steps >= 1, "steps", "must be >= 1")
+        _require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _require(self.lr > 0, "lr", "must be > 0")
+        _require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        _require(0.0 <= self.lr_final_ratio <= 1.0, "lr_final_ratio", "must be in [0, 1]")
+        _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _require(self.crop_size >= 0, "crop_size", "must be >= 0 (0 = full frames)")
+        _require(0 <= self.full_frame_steps <= self.steps, "full_frame_steps", "must be in [0, steps]")
+        _require(0 <= self.quantize_after < self.steps, "quantize_after", "must be in [0, steps)")
+        _require(self.kmeans_frames >= 1, "kmeans_frames", "must be >= 1")
+        _require(self.beta >= 0, "beta", "must be >= 0")
+        _require(self.l1_weight >= 0 and self.mse_weight >= 0 and self.l1_weight + self.mse_weight > 0,
+                 "l1_weight", "l1_weight and mse_weight must be >= 0, not both 0")
+        _require(self.restart_every >= 0, "restart_every", "must be >= 0")
+        _require(self.frame_stride >= 1, "frame_stride", "must be >= 1")
+        _require(self.threads >= 0, "threads", "must be >= 0")
+        _require(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
+        _require(self.log_every >= 1, "log_every", "must be >= 1")
+        _require(bool(self.out_dir), "out_dir", "must not be empty")
+        _require(self.val_videos >= 0 and self.eval_videos >= 0, "val_videos", "video counts must be >= 0")
+        _require(self.max_minutes >= 0, "max_minutes", "must be >= 0")
+
+
 INTERPOLANT_PRESETS: dict[str, dict[str, Any]] = {  # what kind=linear / kind=ours fix (METHOD.md §3)
     "linear": {"base": "gaussian", "beta": "t", "eps": 0.0},  # RIVER-like flow matching: ODE from N(0, I)
     "ours": {"base": "previous", "beta": "t2", "eps": 0.1},  # Foellmer-type SDE from the previous frame
@@ -203,6 +263,44 @@ class ModelConfig:
 
 
 @dataclass
+class EncodeConfig:
+    """Stage 1: frames -> latents.zarr (pixel-space augmentation views are cached, see README)."""
+
+    dtype: Literal["float32", "float16"] = "float32"  # stored latent dtype
+    chunk_frames: int = 16  # frames per Zarr chunk; each video starts on a chunk boundary (measured: benchmarks/)
+    compression_level: int = 3  # Blosc/zstd level, bit-shuffled
+    hflip_view: bool = False  # cache a horizontally flipped view of every video
+    jitter_views: int = 0  # colour-jittered views per video (CLEVRER's per-clip jitter, METHOD.md §1.4)
+    jitter_brightness: float = 0.1  # factor 1 + U(-b, b)
+    jitter_contrast: float = 0.1  # factor 1 + U(-c, c)
+    jitter_saturation: float = 0.1  # factor 1 + U(-s, s)
+    jitter_hue: float = 0.25  # hue shift U(-h, h) in turns (0.25 = up to +-90 degrees)
+    stats_max_frames: int = 100_000  # frames (evenly spread) used for the per-channel latent statistics
+
+    def validate(self) -> None:
+        _require(self.chunk_frames >= 1, "chunk_frames", "must be >= 1")
+        _require(0 <= self.compression_level <= 9, "compression_level", "must be in [0, 9]")
+        _require(self.jitter_views >= 0, "jitter_views", "must be >= 0")
+        for key in ("jitter_brightness", "jitter_contrast", "jitter_saturation"):
+            _require(0.0 <= getattr(self, key) < 1.0, key, "must be in [0, 1)")
+        _require(0.0 <= self.jitter_hue <= 0.5, "jitter_hue", "must be in [0, 0.5]")
+        _require(self.stats_max_frames >= 1, "stats_max_frames", "must be >= 1")
+
+
+@dataclass
+class LoaderConfig:
+    """How training reads (target, reference, context) latent triplets from the cache."""
+
+    in_memory: Literal["auto", "yes", "no"] = "auto"  # hold the split in RAM (auto: when it fits in memory_fraction)
+    memory_fraction: float = 0.5  # auto mode: at most this fraction of the available RAM
+    num_workers: int = 0  # DataLoader worker processes (0 = in the training process; enough for RAM mode)
+
+    def validate(self) -> None:
+        _require(0.0 < self.memory_fraction <= 1.0, "memory_fraction", "must be in (0, 1]")
+        _require(self.num_workers >= 0, "num_workers", "must be >= 0")
+
+
+@dataclass
 class Config:
     """The whole run configuration; one YAML file fills it."""
 
@@ -210,8 +308,11 @@ class Config:
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     interpolant: InterpolantConfig = field(default_factory=InterpolantConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
     seed: int = 0  # global seed; every stage derives its own streams from it
     smoke: dict[str, Any] = field(default_factory=dict)  # dotted overrides applied by --smoke
 

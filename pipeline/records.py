@@ -28,6 +28,22 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def cached_sha256(path: str | Path, cache: dict[str, Any]) -> str:
+    """sha256 of ``path``, reusing ``cache[path]`` while the file's size and mtime are unchanged (updates ``cache``).
+
+    Rehashing gigabytes of shards on every "is it up to date?" check would make reruns slow; a file whose size
+    and modification time are unchanged is taken to have unchanged content.
+    """
+    stat = Path(path).stat()
+    key = str(Path(path).resolve())
+    entry = cache.get(key)
+    if entry and entry[0] == stat.st_size and entry[1] == stat.st_mtime_ns:
+        return entry[2]
+    digest = sha256_file(path)
+    cache[key] = [stat.st_size, stat.st_mtime_ns, digest]
+    return digest
+
+
 def fingerprint(parts: dict[str, Any]) -> str:
     """Stable short hash of a JSON-serialisable description of a stage's inputs."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()

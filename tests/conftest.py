@@ -19,3 +19,44 @@ def repo() -> Path:
 @pytest.fixture
 def demo_config_path() -> Path:
     return REPO / "configs" / "demo.yaml"
+
+
+# A tiny end-to-end setting: a few 32 px demo videos and a random-weight taming VQVAE with 4x4 latents.
+TINY_SETTINGS = [
+    "data.image_size=32",
+    "data.frames_per_sample=8",
+    "data.cond_frames=2",
+    "demo.videos={train: 6, val: 2, test: 2}",
+    "demo.frames=20",
+    "demo.sprite_size=[4, 8]",
+    "vqvae.ch=32",
+    "vqvae.ch_mult=[1, 1, 2, 2]",
+    "vqvae.num_res_blocks=1",
+    "vqvae.attn_resolutions=[]",
+    "vqvae.n_embed=64",
+    "vqvae.batch_size=16",
+]
+
+
+def make_tiny_vqvae(cfg, path: Path, seed: int = 0) -> Path:
+    """Save a random-weight VQVAE of ``cfg.vqvae``'s architecture as a flat state dict."""
+    import torch
+
+    from pipeline.vqvae import build_model
+
+    torch.manual_seed(seed)
+    torch.save(build_model(cfg.vqvae, cfg.data.image_size).state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def tiny(tmp_path: Path, repo: Path):
+    """(config, overrides) of the tiny setting, with its shards and VQVAE written under tmp_path."""
+    from pipeline.config import load_config
+    from pipeline.data.stage import prepare_data
+
+    overrides = [*TINY_SETTINGS, f"data.root={tmp_path / 'data'}", f"vqvae.ckpt={tmp_path / 'vq.pt'}"]
+    cfg = load_config(repo / "configs" / "demo.yaml", overrides)
+    prepare_data(cfg, Path(cfg.data.root), log=lambda _: None)
+    make_tiny_vqvae(cfg, tmp_path / "vq.pt")
+    return cfg, overrides
