@@ -16,6 +16,7 @@ ARGS       ?=
 SMOKE      ?= 0
 RAW        ?=
 VQVAE_CKPT ?=
+FORCE      ?= 0
 
 PYTHON     ?= python3
 VENV       := .venv
@@ -25,8 +26,17 @@ CONFIG     := configs/$(DATASET).yaml
 SMOKE_FLAG := $(if $(filter 1,$(SMOKE)),--smoke,)
 VQ_SET     := $(if $(VQVAE_CKPT),--set vqvae.ckpt=$(VQVAE_CKPT),)
 COMMON     := --config $(CONFIG) $(SMOKE_FLAG) --set data.root=$(DATA_DIR) $(VQ_SET)
+FORCE_FLAG := $(if $(filter 1,$(FORCE)),--force,)
 
-.PHONY: help setup data autoencoder test clean-venv
+# One process: plain python. Several: torchrun (standalone on one node, c10d rendezvous across nodes).
+ifeq ($(NNODES),1)
+TORCHRUN   := $(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC)
+else
+TORCHRUN   := $(VENV)/bin/torchrun --nnodes=$(NNODES) --nproc_per_node=$(NPROC) --rdzv_backend=c10d --rdzv_endpoint=$(RDZV)
+endif
+LAUNCH     := $(if $(and $(filter 1,$(NPROC)),$(filter 1,$(NNODES))),$(PY),$(TORCHRUN))
+
+.PHONY: help setup data encode bench test clean-venv
 
 help: ## Show targets and variables
 	@echo "Targets:"
@@ -39,6 +49,7 @@ help: ## Show targets and variables
 	@echo "  DATA_DIR=$(DATA_DIR)  shard root holding <split>/shard_NNNN.hdf5"
 	@echo "  RAW=$(RAW)              raw videos for 'make data' (KTH, CLEVRER or <split>/<video> folders)"
 	@echo "  VQVAE_CKPT=$(VQVAE_CKPT)       VQVAE checkpoint overriding vqvae.ckpt of the config"
+	@echo "  FORCE=$(FORCE)          1 = rebuild a stage output that was made from different inputs"
 	@echo "  NPROC=$(NPROC)          processes per node (torchrun); NNODES=$(NNODES), RDZV=host:port for multi-node"
 	@echo "  SMOKE=$(SMOKE)          1 = every stage at its smoke setting (seconds, to check the wiring)"
 	@echo "  ARGS=$(ARGS)             extra CLI arguments, e.g. ARGS='--set train.steps=100'"
@@ -54,6 +65,13 @@ setup: $(STAMP) ## Create .venv and install the project (re-runs only when pypro
 
 data: $(STAMP) ## Write $(DATA_DIR)/<split>/shard_NNNN.hdf5 (demo generator, or RAW=dir converter)
 	$(PY) -m pipeline.data $(COMMON) $(if $(RAW),--raw $(RAW),) $(ARGS)
+
+encode: $(STAMP) ## Stage 1: encode every shard into $(OUT)/$(DATASET)/latents.zarr (NPROC>1: torchrun)
+	$(LAUNCH) encode_latents.py $(COMMON) --out $(OUT) $(FORCE_FLAG) $(ARGS)
+
+bench: $(STAMP) ## Run the benchmarks; results in benchmarks/results.json
+	$(PY) -m benchmarks.bench_loader
+	$(PY) -m benchmarks.bench_encode
 
 test: $(STAMP) ## Run the test suite
 	$(PY) -m pytest -q $(ARGS)

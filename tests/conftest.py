@@ -49,14 +49,31 @@ def make_tiny_vqvae(cfg, path: Path, seed: int = 0) -> Path:
     return path
 
 
-@pytest.fixture
-def tiny(tmp_path: Path, repo: Path):
-    """(config, overrides) of the tiny setting, with its shards and VQVAE written under tmp_path."""
+def build_tiny(directory: Path):
+    """(config, overrides) of the tiny setting, with its shards and VQVAE written under ``directory``."""
     from pipeline.config import load_config
     from pipeline.data.stage import prepare_data
 
-    overrides = [*TINY_SETTINGS, f"data.root={tmp_path / 'data'}", f"vqvae.ckpt={tmp_path / 'vq.pt'}"]
-    cfg = load_config(repo / "configs" / "demo.yaml", overrides)
+    overrides = [*TINY_SETTINGS, f"data.root={directory / 'data'}", f"vqvae.ckpt={directory / 'vq.pt'}"]
+    cfg = load_config(REPO / "configs" / "demo.yaml", overrides)
     prepare_data(cfg, Path(cfg.data.root), log=lambda _: None)
-    make_tiny_vqvae(cfg, tmp_path / "vq.pt")
+    make_tiny_vqvae(cfg, directory / "vq.pt")
     return cfg, overrides
+
+
+@pytest.fixture
+def tiny(tmp_path: Path):
+    return build_tiny(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory) -> tuple:
+    """A finished latent store of the tiny setting with two views (identity, hflip), shared read-only."""
+    from pipeline.encode import encode_latents
+
+    directory = tmp_path_factory.mktemp("tiny_store")
+    cfg, overrides = build_tiny(directory)
+    cfg.encode.hflip_view = True
+    url = str(directory / "latents.zarr")
+    encode_latents(cfg, url, log=lambda _: None)
+    return cfg, [*overrides, "encode.hflip_view=true"], url

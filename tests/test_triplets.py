@@ -1,0 +1,89 @@
+"""The training-side reader: the reference triplet distribution, correct frames, RAM/chunk agreement, workers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from pipeline.cache import LatentSplit
+from pipeline.triplets import TripletReader, TripletStream, draw_triplets
+
+
+def _chi2(counts: np.ndarray) -> float:
+    expected = counts.sum() / len(counts)
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+# chi-square critical values at p = 0.001 for the degrees of freedom used below
+CHI2_CRIT = {5: 20.5, 9: 27.9, 37: 69.3}
+
+
+def test_triplet_indices_follow_the_reference_rule() -> None:
+    rng = np.random.default_rng(0)
+    T, skip = 40, 0
+    lengths = np.array([50, 45, 41, 39])  # the last video is too short for a 40-frame clip
+    eligible = np.array([0, 1, 2])
+    idx = draw_triplets(rng, lengths, eligible, T, skip, n_views=6, batch_size=200_000)
+    assert set(np.unique(idx.video)) == {0, 1, 2}
+    assert _chi2(np.bincount(idx.video)) < 13.8  # uniform over eligible videos (2 dof)
+    assert np.array_equal(idx.reference, idx.target - 1)
+    assert idx.target.min() == 2 and idx.target.max() == T - 1  # d ~ UniformInt{2, ..., T-1}
+    assert _chi2(np.bincount(idx.target)[2:]) < CHI2_CRIT[37]
+    assert np.all((idx.context >= 0) & (idx.context < idx.reference)) and idx.gap.min() == 1
+    d = 12  # given d, context uniform on {0, ..., d-2}
+    assert _chi2(np.bincount(idx.context[idx.target == d], minlength=d - 1)) < CHI2_CRIT[9]
+    starts = idx.start[idx.video == 0]  # n = 50, span 40: start uniform on {0, ..., 10} (the last one too)
+    assert starts.max() == 10 and _chi2(np.bincount(starts)) < 29.6
+    assert _chi2(np.bincount(idx.view)) < CHI2_CRIT[5]
+
+
+def test_strided_clips_map_to_raw_frames() -> None:
+    idx = draw_triplets(np.random.default_rng(1), np.array([128]), np.array([0]), 16, 4, 1, 50_000)
+    assert idx.start.max() == 128 - 76  # CLEVRER: span 76, last start 52
+    assert idx.target.max() == 15
+
+
+@pytest.fixture
+def store(tiny_store) -> str:
+    return tiny_store[2]
+
+
+def test_reader_returns_the_frames_it_drew(store: str) -> None:
+    reader = TripletReader(LatentSplit(store, "train"), frames_per_sample=8, skip_frames=1)
+    idx = reader.indices(np.random.default_rng(0), 64)
+    batch = reader.read(idx)
+    for i in range(64):
+        video = reader.split.video(int(idx.video[i]), view=int(idx.view[i]))
+        frame = lambda clip_index: torch.from_numpy(video[idx.start[i] + 2 * clip_index])  # noqa: E731
+        assert torch.equal(batch["target"][i], frame(idx.target[i]))
+        assert torch.equal(batch["reference"][i], frame(idx.reference[i]))
+        assert torch.equal(batch["context"][i], frame(idx.context[i]))
+    assert torch.equal(batch["gap"], torch.from_numpy((idx.reference - idx.context).astype(np.float32)))
+
+
+def test_memory_and_chunk_reads_agree(store: str) -> None:
+    on_disk = TripletReader(LatentSplit(store, "train"), 8, 0)
+    in_ram = TripletReader(LatentSplit(store, "train"), 8, 0)
+    in_ram.split.load_into_memory()
+    a = on_disk.batch(np.random.default_rng(5), 128)
+    b = in_ram.batch(np.random.default_rng(5), 128)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_stream_is_the_same_with_workers(store: str, context: str) -> None:
+    reader = TripletReader(LatentSplit(store, "train"), 8, 0)
+    plain = list(TripletStream(reader, 16, seed=3, rank=1, start_step=5, num_steps=4))
+    loader = DataLoader(TripletStream(reader, 16, seed=3, rank=1, start_step=5, num_steps=4), batch_size=None,
+                        num_workers=2, multiprocessing_context=context)
+    workers = list(loader)
+    assert [int(b["step"]) for b in workers] == [5, 6, 7, 8]
+    for x, y in zip(plain, workers):
+        assert torch.equal(x["target"], y["target"]) and torch.equal(x["gap"], y["gap"])
+    resumed = list(TripletStream(reader, 16, seed=3, rank=1, start_step=7, num_steps=2))
+    assert torch.equal(resumed[0]["context"], plain[2]["context"])  # resuming at step 7 continues the stream
+    other_rank = next(iter(TripletStream(reader, 16, seed=3, rank=0, start_step=5, num_steps=1)))
+    assert not torch.equal(other_rank["target"], plain[0]["target"])
