@@ -143,6 +143,7 @@ class AutoencoderConfig:
     lr_final_ratio: float = 0.05  # the cosine decay ends at lr * lr_final_ratio
     weight_decay: float = 0.0  # AdamW weight decay (the codebook is never decayed)
     crop_size: int = 32  # train on random crops of this side for speed (0 = full frames); multiple of 2^(levels-1)
+    crop_candidates: int = 1  # >1: each crop is the most varied (largest pixel variance) of this many random crops
     full_frame_steps: int = 500  # the last steps use full frames (attention and borders see the real size)
     quantize_after: int = 300  # steps as a plain autoencoder, then k-means codebook init and quantisation on
     kmeans_frames: int = 512  # frames encoded to initialise the codebook with k-means
@@ -172,6 +173,7 @@ class AutoencoderConfig:
         _require(0.0 <= self.lr_final_ratio <= 1.0, "lr_final_ratio", "must be in [0, 1]")
         _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         _require(self.crop_size >= 0, "crop_size", "must be >= 0 (0 = full frames)")
+        _require(self.crop_candidates >= 1, "crop_candidates", "must be >= 1")
         _require(0 <= self.full_frame_steps <= self.steps, "full_frame_steps", "must be in [0, steps]")
         _require(0 <= self.quantize_after < self.steps, "quantize_after", "must be in [0, steps)")
         _require(self.kmeans_frames >= 1, "kmeans_frames", "must be >= 1")
@@ -301,6 +303,86 @@ class LoaderConfig:
 
 
 @dataclass
+class SamplingConfig:
+    """Autoregressive latent rollout (METHOD.md §6): solver, time grid, context policy, diffusion re-tuning.
+
+    ``solver=auto`` is the reference's: Euler for an ODE interpolant, Euler-Maruyama for an SDE one. An ODE solver
+    on an SDE interpolant integrates the probability-flow ODE (the drift re-tuned to g = 0). ``diffusion`` applies
+    to SDE solvers: the drift is re-tuned for the new g(t) so the generated law stays the trained one (METHOD.md §3).
+    """
+
+    solver: Literal["auto", "euler", "heun", "euler_maruyama", "heun_sde"] = "auto"  # integrator (see above)
+    steps: int = 100  # time-grid points N per generated frame: N - 1 steps, ending exactly at t_max
+    grid: Literal["linear", "quadratic", "cosine"] = "linear"  # grid spacing; quadratic/cosine: finer near t_min
+    t_min: float = 1e-4  # first grid time
+    t_max: float = 0.9999  # last grid time: the generated frame is the state here
+    context: Literal["per_frame", "per_step"] = "per_frame"  # draw the context once per frame ([VI]) or per call ([RV])
+    past_horizon: int = 0  # 0 = context from the whole history; H > 0 = from the H frames before the reference
+    diffusion: Literal["sigma", "sigma_scaled", "quartic"] = "sigma"  # g = sigma, scale*sigma, scale*eps*(1-t)^4
+    diffusion_scale: float = 1.0  # factor on the trained noise level for diffusion = sigma_scaled / quartic
+    n_samples: int = 1  # sampled futures per conditioning video (the KTH protocol uses 100)
+    batch_size: int = 64  # rollouts per network batch
+    seed: int = 0  # seed of the sampling generator (context draws, start points, solver noise)
+
+    def validate(self) -> None:
+        _require(self.steps >= 2, "steps", "must be >= 2 (a grid of N points has N - 1 steps)")
+        _require(0.0 <= self.t_min < self.t_max <= 1.0, "t_min", f"need 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
+        _require(self.past_horizon >= 0, "past_horizon", "must be >= 0 (0 = whole history)")
+        _require(0.0 <= self.diffusion_scale < float("inf"), "diffusion_scale", "must be finite and >= 0")
+        _require(
+            self.diffusion == "sigma" or self.solver not in ("euler", "heun"), "diffusion",
+            f"re-tuning (diffusion={self.diffusion}) needs an SDE solver (euler_maruyama, heun_sde or auto), not {self.solver}",
+        )
+        _require(self.n_samples >= 1, "n_samples", "must be >= 1")
+        _require(self.batch_size >= 1, "batch_size", "must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    """Stage 2: training the flow on cached latents (METHOD.md §5; reference bugs 3, 4, 6 fixed)."""
+
+    steps: int = 400_000  # optimiser steps in total
+    batch_size: int = 256  # GLOBAL batch (split evenly over the processes)
+    lr: float = 2e-4  # AdamW base learning rate
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 10_000  # linear warm-up; the lr of step s is set BEFORE the update (reference: after)
+    schedule: Literal["constant", "cosine"] = "constant"  # after warm-up
+    min_lr: float = 1e-6  # floor of the schedule
+    grad_clip: float = 1.0  # max total L2 norm (0 = off); the pre-clip norm and clip fraction are logged
+    ema_decay: float = 0.9999
+    ema_start: int = 10_000  # the EMA is re-synchronised to the model at this step, then updated every step
+    bf16: bool = False  # bfloat16 autocast for the network (the loss stays float32)
+    compile: bool = False  # torch.compile the network
+    overfit: Literal["none", "batch", "one"] = "none"  # debug: repeat the first batch / its first example
+    split: str = "train"  # cache split to train on
+    log_every: int = 100  # steps between metric lines (metrics.jsonl, wandb, progress)
+    latest_every: int = 1_000  # steps between latest.pt checkpoints
+    save_every: int = 25_000  # steps between numbered checkpoints
+    sample_every: int = 5_000  # steps between real-vs-generated videos on validation clips (0 = off)
+    sample_split: str = "val"  # cache split the sample videos condition on
+    sample_videos: int = 2  # clips per sample video
+    sample_steps: int = 100  # integration grid points for the sample videos
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"  # offline needs no login
+    wandb_project: str = "latent-interpolants"
+
+    def validate(self) -> None:
+        _require(self.steps >= 1, "steps", "must be >= 1")
+        _require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _require(self.lr > 0 and self.min_lr >= 0, "lr", "must be > 0 (min_lr >= 0)")
+        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "must be two values in [0, 1)")
+        _require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        _require(self.grad_clip >= 0, "grad_clip", "must be >= 0")
+        _require(0.0 <= self.ema_decay < 1.0, "ema_decay", "must be in [0, 1)")
+        _require(self.ema_start >= 0, "ema_start", "must be >= 0")
+        for key in ("log_every", "latest_every", "save_every"):
+            _require(getattr(self, key) >= 1, key, "must be >= 1")
+        _require(self.sample_every >= 0 and self.sample_videos >= 1, "sample_every", "must be >= 0 (sample_videos >= 1)")
+        _require(self.sample_steps >= 2, "sample_steps", "must be >= 2")
+
+
+@dataclass
 class Config:
     """The whole run configuration; one YAML file fills it."""
 
@@ -313,11 +395,20 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SamplingConfig = field(default_factory=SamplingConfig)
     seed: int = 0  # global seed; every stage derives its own streams from it
     smoke: dict[str, Any] = field(default_factory=dict)  # dotted overrides applied by --smoke
 
     def validate(self) -> None:
-        return None
+        """Cross-section checks: the flow network's state must be the VQVAE's latent (reference bug 2)."""
+        factor = 8 if self.vqvae.arch == "river" else 2 ** (len(self.vqvae.ch_mult) - 1)
+        channels = 4 if self.vqvae.arch == "river" else self.vqvae.embed_dim
+        side = self.data.image_size // factor
+        _require(self.data.image_size % factor == 0, "data.image_size", f"must be a multiple of the VQVAE's factor {factor}")
+        _require(self.model.state_size == channels, "model.state_size", f"must equal the VQVAE latent channels ({channels})")
+        _require(list(self.model.state_res) == [side, side], "model.state_res",
+                 f"must be [{side}, {side}]: the latent of {self.data.image_size} px frames under the {self.vqvae.arch} VQVAE")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-serialisable): the record written beside every output."""

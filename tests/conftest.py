@@ -35,6 +35,7 @@ TINY_SETTINGS = [
     "vqvae.attn_resolutions=[]",
     "vqvae.n_embed=64",
     "vqvae.batch_size=16",
+    "model.state_res=[4, 4]",
 ]
 
 

@@ -1,0 +1,86 @@
+"""Flow-model checkpoints: ours (exact resume) and the authors' published ones (safe, inert loading).
+
+Ours, written atomically by the trainer and loadable with ``torch.load(..., weights_only=True)``::
+
+    {"format": FORMAT, "model": state_dict, "ema": state_dict, "opt": AdamW state, "step": next step to run,
+     "rng": {"torch": ByteTensor, "cuda": [ByteTensor, ...]}, "sampler": {...}, "config": Config.to_dict(),
+     "fingerprint": training-run fingerprint, "cache_fingerprint": str, "code_version": str}
+
+Published (``kth_model_ours.pt``, ``kth_model_linear.pt``; METHOD.md §5): ``model``, ``ema``, ``opt``, a pickled
+``Config`` object of the authors' code, ``step``. Model keys may carry ``module.`` and/or
+``vector_field_regressor.`` prefixes and ``ae.*`` entries (an embedded autoencoder). They are read through
+``pipeline.safe_load`` — nothing in the file is executed; the pickled config becomes an inert, printable record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.records import atomic_path, sha256_file
+from pipeline.safe_load import PickledRecord, safe_torch_load
+
+FORMAT = "latent-interpolants/flow-v1"
+PUBLISHED_PREFIXES = ("module.", "vector_field_regressor.")
+EMBEDDED_AUTOENCODER = "ae."
+
+
+@dataclass
+class FlowCheckpoint:
+    """A flow checkpoint's weights and what is known about how it was made."""
+
+    path: str
+    kind: str  # "ours" | "published"
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor] | None
+    step: int
+    config: dict[str, Any] | PickledRecord | None  # our Config.to_dict(), or the authors' pickled Config (inert)
+    raw: dict[str, Any]  # the whole loaded object (optimizer state, RNG states, ... for resuming)
+
+    def weights(self, use_ema: bool = True) -> dict[str, torch.Tensor]:
+        """EMA weights when asked for and present, else the raw model weights."""
+        return self.ema if use_ema and self.ema else self.model
+
+    def sha256(self) -> str:
+        return sha256_file(self.path)
+
+
+def clean_published_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip the leading ``module.`` / ``vector_field_regressor.`` prefixes (as prefixes only) and drop ``ae.*``."""
+    cleaned = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in PUBLISHED_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix) :], True
+        if not key.startswith(EMBEDDED_AUTOENCODER):
+            cleaned[key] = value
+    return cleaned
+
+
+def load_flow_checkpoint(path: str | Path) -> FlowCheckpoint:
+    """Read one of our checkpoints or a published one; raises CheckpointReadError / ValueError naming the file."""
+    obj = safe_torch_load(path)
+    if not isinstance(obj, dict) or "model" not in obj:
+        keys = list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"{path}: not a flow checkpoint (expected a dict with a 'model' entry; found {keys})")
+    if obj.get("format") == FORMAT:
+        return FlowCheckpoint(str(path), "ours", obj["model"], obj.get("ema"), int(obj["step"]), obj.get("config"), obj)
+    ema = obj.get("ema")
+    step = obj.get("step", obj.get("update_steps", 0))
+    return FlowCheckpoint(
+        str(path), "published", clean_published_keys(obj["model"]),
+        clean_published_keys(ema) if isinstance(ema, dict) else None,
+        int(step) if isinstance(step, (int, float)) else 0, obj.get("config"), obj,
+    )
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` (with our format tag) atomically: a crash never leaves a truncated checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, **payload}, tmp)

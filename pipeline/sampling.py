@@ -1,0 +1,271 @@
+"""Autoregressive latent rollout (METHOD.md §6): one new frame at a time, conditioned on the history.
+
+For each new frame, with n latent frames so far:
+
+* reference = frame n - 1; context index c uniform on {lo, ..., n - 2} per example, where lo = 0 (whole history)
+  or max(0, n - 1 - H) with ``past_horizon`` H (so the gap is at most H; RIVER's version never limited it,
+  METHOD.md §9.15); gap = (n - 1) - c >= 1. ``per_frame`` draws c once and holds it for every integration step
+  (the reference [VI]); ``per_step`` draws it again at every network evaluation (RIVER);
+* start at the interpolant's base given the reference (N(0, I) for ``linear``, the reference latent for ``ours``),
+  or at its spread start when the diffusion is re-tuned (see :func:`start_state`);
+* integrate f(x, t) = model(x, t, ref, context, gap) (re-tuned when asked) with the chosen solver over the grid:
+  N points, N - 1 steps, ending exactly at t_max (the reference's Euler-Maruyama overshoot is fixed);
+* append the result; generated frames join the history (reference and context pool) of later frames.
+
+With a single conditioning frame it is duplicated first (distinct reference and context indices exist, both hold
+the same latent) and the duplicate is dropped from the result. The pieces (:func:`resolve_solver`,
+:func:`sampling_diffusion`, :func:`draw_context`, :func:`start_state`, :func:`generate_frame`) are usable alone;
+:func:`rollout` runs one future per input row and :func:`sample` runs ``n_samples`` futures per video in batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from torch import Tensor, nn
+
+from pipeline import solvers as S
+from pipeline.interpolants import Coefficient, OneMinusTPower, StochasticInterpolant, scaled
+
+if TYPE_CHECKING:
+    from pipeline.config import SamplingConfig
+
+ODE_SOLVERS = ("euler", "heun")
+SDE_SOLVERS = ("euler_maruyama", "heun_sde")
+ZERO_DIFFUSION = OneMinusTPower(1.0, 0.0)  # g = 0: the probability-flow ODE of an SDE interpolant
+
+ContextDraw = Callable[[], Tensor]  # () -> context indices [B] (long, on the latents' device)
+
+
+@dataclass
+class RolloutResult:
+    """``latents`` [B, n0 + n_generate, C, h, w]: the conditioning frames unchanged, then the generated ones."""
+
+    latents: Tensor
+    nfe_per_frame: int  # network evaluations per generated frame (the same for every frame)
+    nfe: int  # network evaluations in all (nfe_per_frame * n_generate)
+    solver: str  # the method used (``auto`` resolved)
+    steps: int  # solver steps per frame (grid points - 1)
+
+
+@dataclass
+class SampleResult:
+    """``latents`` [B, n_samples, n0 + n_generate, C, h, w]: ``n_samples`` futures per conditioning video."""
+
+    latents: Tensor
+    nfe_per_frame: int
+    solver: str
+    steps: int
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pieces
+# ----------------------------------------------------------------------------------------------------------
+
+
+def resolve_solver(cfg: "SamplingConfig", interpolant: StochasticInterpolant) -> str:
+    """The integrator name: ``cfg.solver``, or the interpolant's reference solver for ``auto``."""
+    method = interpolant.reference_solver if cfg.solver == "auto" else cfg.solver
+    if method not in ODE_SOLVERS + SDE_SOLVERS:
+        raise ValueError(f"unknown solver {cfg.solver!r}; choose auto, {', '.join(ODE_SOLVERS + SDE_SOLVERS)}")
+    return method
+
+
+def _noise_level(interpolant: StochasticInterpolant) -> float:
+    """eps = sigma(0) for sigma(t) = eps (1 - t)."""
+    return float(interpolant.sigma(torch.tensor(0.0, dtype=torch.float64)))
+
+
+def sampling_diffusion(cfg: "SamplingConfig", interpolant: StochasticInterpolant, method: str) -> Coefficient | None:
+    """The diffusion g(t) the rollout samples with, or None for the trained pair (drift b, diffusion sigma).
+
+    * SDE solver, ``sigma``: None. ``sigma_scaled``: diffusion_scale * sigma (None when that is sigma itself).
+      ``quartic``: diffusion_scale * eps * (1 - t)^4 ([NS]'s alternative at diffusion_scale = 1).
+    * ODE solver: None for an ODE interpolant; g = 0 (probability-flow ODE) for an SDE interpolant.
+    Re-tuning needs a noisy interpolant (eps > 0): it has a score only then.
+    """
+    if method in ODE_SOLVERS:
+        if cfg.diffusion != "sigma":
+            raise ValueError(f"diffusion={cfg.diffusion} re-tunes an SDE; solver {method} integrates an ODE")
+        return ZERO_DIFFUSION if interpolant.is_sde else None
+    if cfg.diffusion == "sigma":
+        return None
+    if not interpolant.is_sde:
+        raise ValueError(
+            f"diffusion={cfg.diffusion} scales the trained noise, and interpolant {interpolant.name!r} has none (eps = 0)"
+        )
+    if cfg.diffusion == "sigma_scaled":
+        if cfg.diffusion_scale == 1.0:
+            return None
+        return scaled(interpolant.sigma, cfg.diffusion_scale)
+    if cfg.diffusion == "quartic":
+        return OneMinusTPower(4.0, cfg.diffusion_scale * _noise_level(interpolant))
+    raise ValueError(f"unknown diffusion {cfg.diffusion!r}; choose sigma, sigma_scaled or quartic")
+
+
+def context_bounds(n: int, past_horizon: int) -> tuple[int, int]:
+    """Context indices {lo, ..., hi} for a history of n frames (reference n - 1): hi = n - 2, lo from the horizon."""
+    if n < 2:
+        raise ValueError(f"need at least 2 frames of history (reference and context), got {n}")
+    lo = 0 if past_horizon <= 0 else max(0, n - 1 - past_horizon)
+    return lo, n - 2
+
+
+def draw_context(
+    batch: int, n: int, past_horizon: int, *, generator: torch.Generator | None, device: torch.device
+) -> Tensor:
+    """Context indices [batch], uniform on {lo, ..., n - 2} independently per example (see :func:`context_bounds`)."""
+    lo, hi = context_bounds(n, past_horizon)
+    return torch.randint(lo, hi + 1, (batch,), generator=generator, device=device)
+
+
+def start_state(
+    interpolant: StochasticInterpolant, ref: Tensor, g: Coefficient | None, t0: float,
+    *, generator: torch.Generator | None,
+) -> Tensor:
+    """The state at the first grid time t0 given the reference latent.
+
+    With the trained diffusion (g None) the reference's base point: N(0, I) (gaussian base) or the reference
+    itself (previous base). With a re-tuned g the interpolant's spread start alpha(t0) x0 + sigma(t0) sqrt(t0) xi,
+    since a point mass is forgotten only slowly when g < sigma (see ``StochasticInterpolant.sample_start``).
+    """
+    if g is None:
+        return interpolant.sample_base(ref, generator=generator)
+    return interpolant.sample_start(ref, t0, generator=generator)
+
+
+def _network_drift(
+    model: Callable[..., Tensor], history: Tensor, n: int, context: Tensor | ContextDraw
+) -> S.Drift:
+    """f(x, t) = model(x, t, ref = history[:, n - 1], context frame, gap), the context fixed or drawn per call."""
+    ref = history[:, n - 1]
+    rows = torch.arange(history.shape[0], device=history.device)
+
+    def drift(x: Tensor, t: Tensor) -> Tensor:
+        c = context() if callable(context) else context
+        gap = (n - 1) - c
+        assert bool((gap >= 1).all()), "context must precede the reference (gap >= 1, METHOD.md §9.16)"
+        return model(x, t, ref, history[rows, c], gap.to(x.dtype))
+
+    return drift
+
+
+def generate_frame(
+    model: Callable[..., Tensor], interpolant: StochasticInterpolant, history: Tensor, n: int,
+    cfg: "SamplingConfig", *, generator: torch.Generator | None = None, grid: Tensor | None = None,
+) -> tuple[Tensor, int]:
+    """One new latent frame [B, C, h, w] from ``history[:, :n]`` and the network evaluations it took.
+
+    Random draws, in order: the context (``per_frame``), the start state, then the solver's noise; with
+    ``per_step`` a context draw precedes every network evaluation.
+    """
+    method = resolve_solver(cfg, interpolant)
+    g = sampling_diffusion(cfg, interpolant, method)
+    if grid is None:
+        grid = S.time_grid(cfg.steps, cfg.t_min, cfg.t_max, cfg.grid, device=history.device)
+    batch, device = history.shape[0], history.device
+    if cfg.context == "per_frame":
+        context: Tensor | ContextDraw = draw_context(batch, n, cfg.past_horizon, generator=generator, device=device)
+    elif cfg.context == "per_step":
+        def context() -> Tensor:
+            return draw_context(batch, n, cfg.past_horizon, generator=generator, device=device)
+    else:
+        raise ValueError(f"unknown context policy {cfg.context!r}; choose per_frame or per_step")
+
+    ref = history[:, n - 1]
+    counter = S.CountingDrift(_network_drift(model, history, n, context))
+    drift = interpolant.sampling_drift(counter, x0=ref, g=g)
+    x = start_state(interpolant, ref, g, float(grid[0]), generator=generator)
+    diffusion = interpolant.diffusion if g is None else g
+    sol = S.solve(method, drift, x, grid, g=diffusion, generator=generator)  # type: ignore[arg-type]
+    return sol.x, counter.nfe
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rollouts
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _check_generator(generator: torch.Generator, device: torch.device) -> None:
+    if generator.device.type != device.type:
+        raise ValueError(f"the generator is on {generator.device}, the latents on {device}: use one on {device}")
+
+
+def rollout(
+    model: nn.Module | Callable[..., Tensor], interpolant: StochasticInterpolant, cond_latents: Tensor,
+    n_generate: int, cfg: "SamplingConfig", generator: torch.Generator | None = None,
+) -> RolloutResult:
+    """Generate ``n_generate`` frames after ``cond_latents`` [B, n0, C, h, w], one future per row.
+
+    ``model`` is any module (or callable) with forward(z, t, ref, context, gap) -> [B, C, h, w]; it runs in eval
+    mode under ``torch.no_grad`` and its train/eval mode is restored afterwards. Everything runs on the latents'
+    device. ``generator`` (on that device) drives every random draw; None seeds a fresh one with ``cfg.seed``, so
+    a seed gives the same result. ``cfg`` is a validated :class:`pipeline.config.SamplingConfig`.
+    """
+    if cond_latents.ndim != 5:
+        raise ValueError(f"cond_latents must be [B, n0, C, h, w], got {list(cond_latents.shape)}")
+    if n_generate < 0:
+        raise ValueError(f"n_generate must be >= 0, got {n_generate}")
+    cfg.validate()
+    device = cond_latents.device
+    if generator is None:
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    _check_generator(generator, device)
+    method = resolve_solver(cfg, interpolant)
+    sampling_diffusion(cfg, interpolant, method)  # configuration errors before any work
+
+    batch, n0 = cond_latents.shape[:2]
+    if n0 < 1:
+        raise ValueError("need at least one conditioning frame")
+    dup = n0 == 1  # METHOD.md §6 step 1: distinct reference and context indices, same latent
+    start = cond_latents.repeat(1, 2, 1, 1, 1) if dup else cond_latents
+    n_first = start.shape[1]
+    history = torch.empty((batch, n_first + n_generate, *cond_latents.shape[2:]), dtype=cond_latents.dtype,
+                          device=device)
+    history[:, :n_first] = start
+    grid = S.time_grid(cfg.steps, cfg.t_min, cfg.t_max, cfg.grid, device=device)
+
+    was_training = getattr(model, "training", None)
+    if was_training is not None:
+        model.eval()  # type: ignore[union-attr]
+    nfe: list[int] = []
+    try:
+        with torch.no_grad():
+            for n in range(n_first, n_first + n_generate):
+                frame, used = generate_frame(model, interpolant, history, n, cfg, generator=generator, grid=grid)
+                history[:, n] = frame
+                nfe.append(used)
+    finally:
+        if was_training:
+            model.train()  # type: ignore[union-attr]
+    if len(set(nfe)) > 1:
+        raise RuntimeError(f"network evaluations differ between frames: {nfe}")
+    per_frame = nfe[0] if nfe else 0
+    latents = history[:, 1:] if dup else history
+    return RolloutResult(latents, per_frame, sum(nfe), method, cfg.steps - 1)
+
+
+def sample(
+    model: nn.Module | Callable[..., Tensor], interpolant: StochasticInterpolant, cond_latents: Tensor,
+    n_generate: int, cfg: "SamplingConfig", generator: torch.Generator | None = None,
+) -> SampleResult:
+    """``cfg.n_samples`` futures for each of the B videos of ``cond_latents`` [B, n0, C, h, w].
+
+    The B * n_samples rollouts (video-major: all samples of video 0 first) run ``cfg.batch_size`` at a time from
+    one generator; the result is deterministic for a given seed and batch size.
+    """
+    cfg.validate()
+    device = cond_latents.device
+    if generator is None:
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    rows = cond_latents.repeat_interleave(cfg.n_samples, dim=0)
+    parts: list[Tensor] = []
+    result: RolloutResult | None = None
+    for i in range(0, rows.shape[0], cfg.batch_size):
+        result = rollout(model, interpolant, rows[i : i + cfg.batch_size], n_generate, cfg, generator)
+        parts.append(result.latents)
+    assert result is not None
+    latents = torch.cat(parts).view(cond_latents.shape[0], cfg.n_samples, *parts[0].shape[1:])
+    return SampleResult(latents, result.nfe_per_frame, result.solver, result.steps)

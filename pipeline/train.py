@@ -1,0 +1,347 @@
+"""Stage 2: train the interpolant flow on cached latents — one loop you can read in one sitting.
+
+Contract: reads ``latents.zarr`` only (the VQVAE encoder is never loaded; its decoder is used for the sample
+videos); writes ``<run>/checkpoints/{latest,NNNNNNN}.pt``, ``<run>/metrics.jsonl``, ``<run>/media/*.mp4`` and
+``<run>/run.json``. The run's fingerprint covers the cache fingerprint and every setting that changes the
+trained weights; logging cadence and wandb settings are excluded.
+
+Per step ``s`` (reference order, bugs fixed): set lr(s) BEFORE the update (bug 6) → draw the triplet batch
+(a pure function of (seed, rank, s)) → t, noise, (I_t, target) → loss = per-example sum, batch mean →
+backward → clip → AdamW step → EMA (synchronised to the model at ``ema_start``, bug 4). Global torch RNG is
+re-seeded from (seed, rank, s) each step (dropout), so a resumed run reproduces an uninterrupted one exactly
+(bug 3: the step, optimizer, EMA and sampler position are all restored).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+
+from pipeline.cache import LatentSplit
+from pipeline.checkpoints import load_flow_checkpoint, save_checkpoint
+from pipeline.config import Config
+from pipeline.dist import DistInfo, all_ok, barrier, broadcast_object, init_distributed
+from pipeline.interpolants import build_interpolant
+from pipeline.model import build_model
+from pipeline.records import changed_keys, code_version, fingerprint, read_json, write_json_atomic
+from pipeline.triplets import TripletReader, TripletStream, auto_in_memory
+
+LOGGING_ONLY = ("log_every", "latest_every", "save_every", "sample_every", "sample_split", "sample_videos",
+                "sample_steps", "wandb_mode", "wandb_project")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or continue (stale cache, NaN, ...); the message says where and why."""
+
+
+def run_dir(out_root: str, dataset: str, interp: str) -> Path:
+    return Path(out_root) / dataset / interp
+
+
+def training_inputs(cfg: Config, cache_fingerprint: str) -> dict[str, Any]:
+    """Everything the trained weights depend on."""
+    train = {k: v for k, v in asdict(cfg.train).items() if k not in LOGGING_ONLY}
+    data = {"frames_per_sample": cfg.data.frames_per_sample, "skip_frames": cfg.data.skip_frames}
+    return {"cache": cache_fingerprint, "model": asdict(cfg.model), "interpolant": asdict(cfg.interpolant),
+            "train": train, "data": data, "seed": cfg.seed}
+
+
+def lr_at(step: int, cfg: Config) -> float:
+    """Learning rate of update ``step``: linear warm-up, then constant or cosine, never below min_lr."""
+    t = cfg.train
+    warm = min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps else 1.0
+    lr = t.lr * warm
+    if t.schedule == "cosine" and step >= t.warmup_steps:
+        progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+        lr = t.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return max(lr, t.min_lr)
+
+
+def _step_seed(cfg: Config, rank: int, step: int) -> int:
+    return int(np.random.SeedSequence([cfg.seed, rank, step, 7]).generate_state(1)[0])
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, m in zip(ema.state_dict().values(), model.state_dict().values()):
+        if e.dtype.is_floating_point:
+            e.lerp_(m, 1.0 - decay)
+        else:
+            e.copy_(m)
+
+
+def train(cfg: Config, store: str, out_dir: Path, force: bool = False, log: Callable[[str], None] = print) -> str:
+    """Train (or resume, or report up to date) the run in ``out_dir``; every torchrun rank calls this."""
+    info = init_distributed()
+    if cfg.train.batch_size % info.world_size:
+        raise TrainingError(f"train.batch_size={cfg.train.batch_size} does not divide by {info.world_size} processes")
+    split = LatentSplit(store, cfg.train.split)
+    if not split.attrs.get("complete"):
+        raise TrainingError(f"{store} is not complete: finish `make encode` first")
+    _check_latent_shape(cfg, split, store)
+    inputs = training_inputs(cfg, split.attrs["fingerprint"])
+    key = fingerprint(inputs)
+    ckpt_dir = out_dir / "checkpoints"
+    action, message = broadcast_object(_decide(out_dir, inputs, key, cfg, force, log) if info.is_main else None)
+    if action == "stale":
+        raise TrainingError(message)
+    if action == "up to date":
+        return action
+    barrier()
+
+    model = build_model(cfg.model).to(info.device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
+                            eps=cfg.train.adam_eps, weight_decay=cfg.train.weight_decay)
+    start = 0
+    if action == "resume":
+        start = _restore(ckpt_dir / "latest.pt", model, ema, opt, info)
+        log(f"train: resuming {out_dir} at step {start}")
+    net = DDP(model) if info.world_size > 1 else model
+    if cfg.train.compile:
+        net = torch.compile(net)
+    interpolant = build_interpolant(cfg.interpolant)
+
+    if auto_in_memory(split, cfg.loader.in_memory, cfg.loader.memory_fraction):
+        split.load_into_memory()
+    reader = TripletReader(split, cfg.data.frames_per_sample, cfg.data.skip_frames)
+    local_batch = cfg.train.batch_size // info.world_size
+    stream = TripletStream(reader, local_batch, seed=cfg.seed, rank=info.rank, start_step=start, num_steps=cfg.train.steps - start)
+    loader = DataLoader(stream, batch_size=None, num_workers=cfg.loader.num_workers, pin_memory=info.device.type == "cuda",
+                        generator=torch.Generator())
+    logger = _Logger(cfg, out_dir, info, inputs, key, resumed=start > 0) if info.is_main else None
+    sampler = _SampleVideos(cfg, store, out_dir) if info.is_main and cfg.train.sample_every else None
+    overfit = None
+
+    wait_start = time.perf_counter()
+    for batch in loader:
+        step = int(batch["step"])
+        data_wait = time.perf_counter() - wait_start
+        if cfg.train.overfit != "none":
+            overfit = overfit or _overfit_batch(batch, cfg.train.overfit)
+            batch = overfit
+        torch.manual_seed(_step_seed(cfg, info.rank, step))
+        lr = lr_at(step, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss, grad_norm = _train_step(net, model, opt, interpolant, batch, info, cfg, step)
+        if step == cfg.train.ema_start:
+            ema.load_state_dict(model.state_dict())
+        elif step > cfg.train.ema_start:
+            update_ema(ema, model, cfg.train.ema_decay)
+        done = step + 1
+        if logger:
+            logger.step(done, loss, grad_norm, lr, local_batch * info.world_size, data_wait)
+        if done % cfg.train.latest_every == 0 or done % cfg.train.save_every == 0 or done == cfg.train.steps:
+            _checkpoint(ckpt_dir, done, model, ema, opt, cfg, key, inputs, info)
+        if sampler and (done % cfg.train.sample_every == 0 or done == cfg.train.steps):
+            path = sampler.write(done, model, ema, interpolant)
+            logger.media(done, path)
+        wait_start = time.perf_counter()
+    if logger:
+        logger.finish()
+    barrier()
+    return "trained"
+
+
+def _check_latent_shape(cfg: Config, split: LatentSplit, store: str) -> None:
+    want = (cfg.model.state_size, *cfg.model.state_res)
+    if tuple(split.latent_shape) != want:
+        raise TrainingError(f"{store}: latents are {list(split.latent_shape)} but model.state_size/state_res expect {list(want)}")
+
+
+def _decide(out_dir: Path, inputs, key, cfg: Config, force: bool, log) -> tuple[str, str]:
+    """Rank 0: fresh start, resume, up to date, or refuse a run made from other inputs."""
+    record = read_json(out_dir / "run.json")
+    latest = out_dir / "checkpoints" / "latest.pt"
+    if record is None or not latest.exists():
+        return "fresh", ""
+    if record.get("fingerprint") == key:
+        step = int(record.get("step", 0))
+        if step >= cfg.train.steps:
+            log(f"train: {out_dir} is up to date ({step} steps, fingerprint {key})")
+            return "up to date", ""
+        return "resume", ""
+    changed = changed_keys(record.get("inputs", {}), inputs)
+    what = ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
+    if not force:
+        cache_note = " (the latent cache changed: its fingerprint differs from the checkpoint's)" if "cache" in changed else ""
+        return "stale", (f"{out_dir} was trained from different inputs; changed: {what}{cache_note}. "
+                         "Rerun with --force (make train FORCE=1) to discard it and train from scratch.")
+    log(f"train: --force: discarding {out_dir} (changed: {what})")
+    for name in ("checkpoints", "media", "metrics.jsonl", "run.json"):
+        target = out_dir / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    return "fresh", ""
+
+
+def _restore(path: Path, model, ema, opt, info: DistInfo) -> int:
+    ckpt = load_flow_checkpoint(path)
+    model.load_state_dict(ckpt.model)
+    ema.load_state_dict(ckpt.ema)
+    opt.load_state_dict(ckpt.raw["opt"])
+    return ckpt.step
+
+
+def _overfit_batch(batch: dict[str, torch.Tensor], mode: str) -> dict[str, torch.Tensor]:
+    """The first batch, repeated (``batch``) or made of copies of its first example (``one``)."""
+    if mode == "one":
+        return {k: v[:1].expand_as(v).clone() if v.ndim else v for k, v in batch.items()}
+    return batch
+
+
+def _train_step(net, model, opt, interpolant, batch, info: DistInfo, cfg: Config, step: int) -> tuple[float, float]:
+    device = info.device
+    x1, ref, ctx = (batch[k].to(device, non_blocking=True) for k in ("target", "reference", "context"))
+    gap = batch["gap"].to(device)
+    gen = torch.Generator(device=device).manual_seed(_step_seed(cfg, info.rank, step) + 1)
+    t = interpolant.sample_t(x1.shape[0], generator=gen, device=device)
+    pair = interpolant.training_pair(x1, ref, t, generator=gen)
+    net.train()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.train.bf16 else contextlib.nullcontext()
+    with autocast:
+        pred = net(pair.xt, t, ref, ctx, gap)
+    loss = interpolant.loss(pred.float(), pair.target)
+    if not all_ok(bool(torch.isfinite(loss))):
+        raise TrainingError(f"non-finite loss at step {step} (rank {info.rank}: {loss.item()}); inputs finite: "
+                            f"{bool(torch.isfinite(pair.xt).all())}, prediction finite: {bool(torch.isfinite(pred).all())}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    clip = cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+    if not math.isfinite(grad_norm):
+        bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        raise TrainingError(f"non-finite gradient at step {step} in {bad[:5]}")
+    opt.step()
+    return loss.item(), grad_norm
+
+
+def _checkpoint(ckpt_dir: Path, done: int, model, ema, opt, cfg: Config, key: str, inputs, info: DistInfo) -> None:
+    """Rank 0 writes latest.pt (and a numbered copy on save_every); run.json records the step last."""
+    if info.is_main:
+        payload = {
+            "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": done,
+            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "sampler": {"kind": "TripletStream", "next_step": done, "seed": cfg.seed, "world_size": info.world_size},
+            "config": cfg.to_dict(), "fingerprint": key, "cache_fingerprint": inputs["cache"], "code_version": code_version(),
+        }
+        if done % cfg.train.save_every == 0 or done == cfg.train.steps:
+            save_checkpoint(ckpt_dir / f"{done:07d}.pt", payload)
+        save_checkpoint(ckpt_dir / "latest.pt", payload)
+        run = ckpt_dir.parent / "run.json"
+        write_json_atomic(run, {**(read_json(run) or {}), "step": done})
+    barrier()
+
+
+class _Logger:
+    """Rank 0: metrics.jsonl, wandb (offline by default) and a progress line with ETA."""
+
+    def __init__(self, cfg: Config, out_dir: Path, info: DistInfo, inputs, key: str, resumed: bool):
+        self.cfg, self.out_dir = cfg, out_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not resumed:
+            write_json_atomic(out_dir / "run.json", {"fingerprint": key, "inputs": inputs, "config": cfg.to_dict(),
+                                                     "code_version": code_version(), "world_size": info.world_size, "step": 0})
+        self.metrics = self._open_metrics(out_dir / "metrics.jsonl", resumed)
+        self.window: list[tuple[float, float, float]] = []
+        self.window_start = time.perf_counter()
+        self.wait = 0.0
+        self.wandb = None
+        if cfg.train.wandb_mode != "disabled":
+            import wandb
+
+            self.wandb = wandb.init(project=cfg.train.wandb_project, dir=str(out_dir), mode=cfg.train.wandb_mode,
+                                    config=cfg.to_dict(), name=f"{cfg.data.name}-{cfg.interpolant.kind}", resume="allow",
+                                    id=f"{cfg.data.name}-{cfg.interpolant.kind}-{key}")
+
+    def _open_metrics(self, path: Path, resumed: bool):
+        """Fresh run: a new file. Resumed: keep the rows up to the checkpoint's step (later ones are redone)."""
+        keep = []
+        if resumed and path.exists():
+            step = int((read_json(self.out_dir / "run.json") or {}).get("step", 0))
+            keep = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        handle = open(path, "w")
+        handle.writelines(line + "\n" for line in keep)
+        return handle
+
+    def step(self, done: int, loss: float, grad_norm: float, lr: float, batch: int, data_wait: float) -> None:
+        self.window.append((loss, grad_norm, float(grad_norm > self.cfg.train.grad_clip > 0)))
+        self.wait += data_wait
+        if done % self.cfg.train.log_every and done != self.cfg.train.steps:
+            return
+        elapsed = time.perf_counter() - self.window_start
+        losses, norms, clipped = map(np.array, zip(*self.window))
+        row = {"step": done, "loss": float(losses.mean()), "grad_norm": float(norms.mean()), "lr": lr,
+               "clip_fraction": float(clipped.mean()), "samples_per_s": len(self.window) * batch / elapsed,
+               "data_wait_fraction": self.wait / elapsed}
+        self.metrics.write(json.dumps(row) + "\n")
+        self.metrics.flush()
+        if self.wandb:
+            self.wandb.log(row, step=done)
+        eta = (self.cfg.train.steps - done) * elapsed / len(self.window)
+        print(f"step {done}/{self.cfg.train.steps}  loss {row['loss']:.4f}  |g| {row['grad_norm']:.3f}  lr {lr:.2e}  "
+              f"{row['samples_per_s']:.0f} samples/s  wait {row['data_wait_fraction']:.0%}  ETA {eta / 60:.1f} min", flush=True)
+        self.window, self.wait, self.window_start = [], 0.0, time.perf_counter()
+
+    def media(self, done: int, path: Path) -> None:
+        print(f"step {done}: wrote {path}", flush=True)
+        if self.wandb:
+            self.wandb.log({"media/real_vs_generated": str(path)}, step=done)
+
+    def finish(self) -> None:
+        self.metrics.close()
+        if self.wandb:
+            self.wandb.finish()
+
+
+class _SampleVideos:
+    """Rank 0: real vs generated (raw model and EMA) videos on fixed validation clips, written as mp4."""
+
+    def __init__(self, cfg: Config, store: str, out_dir: Path):
+        from pipeline.vqvae import build_vqvae
+
+        self.cfg, self.out_dir = cfg, out_dir
+        split = LatentSplit(store, cfg.train.sample_split)
+        clip = cfg.data.frames_per_sample
+        stride = cfg.data.skip_frames + 1
+        videos = [k for k in range(len(split)) if split.lengths[k] >= (clip - 1) * stride + 1][: cfg.train.sample_videos]
+        self.real = torch.stack([torch.from_numpy(split.video(k)[: (clip - 1) * stride + 1 : stride].astype(np.float32)) for k in videos])
+        self.vq = build_vqvae(cfg.vqvae, cfg.data.image_size)
+
+    def write(self, done: int, model, ema, interpolant) -> Path:
+        import imageio.v3 as iio
+        from einops import rearrange
+
+        from pipeline.data.clips import to_uint8
+        from pipeline.sampling import rollout
+
+        sample_cfg = copy.deepcopy(self.cfg.sample)
+        sample_cfg.steps = self.cfg.train.sample_steps
+        n0 = self.cfg.data.cond_frames
+        device = next(model.parameters()).device
+        rows = [self.real]
+        for net in (model, ema):
+            was_training = net.training
+            net.eval()
+            gen = torch.Generator(device=device).manual_seed(self.cfg.seed)
+            out = rollout(net, interpolant, self.real[:, :n0].to(device), self.real.shape[1] - n0, sample_cfg, gen)
+            rows.append(out.latents.cpu())
+            net.train(was_training)
+        pixels = torch.stack([self.vq.decode_clip(r) for r in rows])  # [rows, B, T, 3, H, W]
+        grid = to_uint8(rearrange(pixels, "r b t c h w -> t c (r h) (b w)"))
+        path = self.out_dir / "media" / f"real_raw_ema_{done:07d}.mp4"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        iio.imwrite(path, grid, fps=4, macro_block_size=1)
+        return path

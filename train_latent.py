@@ -1,0 +1,43 @@
+#!/usr/bin/env python
+"""Stage 2: train the interpolant flow ("ours" or "linear") on the cached latents, with DDP under torchrun.
+
+    python train_latent.py --config configs/demo.yaml --interp ours
+    torchrun --nproc_per_node=2 train_latent.py --config configs/demo.yaml --interp linear
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.cli import ConfigOption, SetOption, SmokeOption, fail, load_cli_config
+
+app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
+
+
+@app.command()
+def main(
+    config: ConfigOption,
+    set_: SetOption = None,
+    smoke: SmokeOption = False,
+    interp: Annotated[Optional[str], typer.Option(help="Interpolant preset: ours | linear | custom (sets interpolant.kind).")] = None,
+    out: Annotated[str, typer.Option(help="Outputs root: the run lives in <out>/<data.name>/<interp>/.")] = "outputs",
+    store: Annotated[Optional[str], typer.Option(help="Latent store (default <out>/<data.name>/latents.zarr).")] = None,
+    force: Annotated[bool, typer.Option(help="Discard a run made from different inputs (cache, model, interpolant, training settings) and start over.")] = False,
+) -> None:
+    """Train, resume an interrupted run exactly, or report 'up to date' when the run is finished."""
+    from pipeline.cache import store_url
+    from pipeline.safe_load import CheckpointReadError
+    from pipeline.train import TrainingError, run_dir, train
+
+    overrides = [*(set_ or []), *([f"interpolant.kind={interp}"] if interp else [])]
+    cfg = load_cli_config(config, overrides, smoke)
+    try:
+        train(cfg, store or store_url(out, cfg.data.name), run_dir(out, cfg.data.name, cfg.interpolant.kind), force=force)
+    except (TrainingError, FileNotFoundError, CheckpointReadError) as exc:
+        fail(str(exc))
+
+
+if __name__ == "__main__":
+    app()
