@@ -257,6 +257,8 @@ def sample(
     one generator; the result is deterministic for a given seed and batch size.
     """
     cfg.validate()
+    if cond_latents.ndim != 5 or cond_latents.shape[0] == 0:
+        raise ValueError(f"cond_latents must be [B, n0, C, h, w] with B >= 1, got {list(cond_latents.shape)}")
     device = cond_latents.device
     if generator is None:
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
