@@ -434,7 +434,7 @@ def _require(ok: bool, key: str, problem: str) -> None:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, smoke: bool = False) -> Config:
-    """Read ``path``, apply ``--set`` overrides (``a.b=value``, value parsed as YAML), then smoke overrides.
+    """Read ``path``, apply the file's smoke overrides (if ``smoke``), then ``--set`` overrides (``a.b=value``).
 
     Raises ConfigError naming the offending key and its source (file or override) on any problem.
     """
@@ -448,11 +448,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None, smoke: boo
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     cfg = _build(Config, raw, prefix="", source=str(path))
-    for item in overrides or []:
-        cfg = apply_override(cfg, item, source="--set")
-    if smoke:
+    if smoke:  # first, so that explicit --set overrides win over the smoke settings
         for key, value in dict(cfg.smoke).items():
             cfg = _set_dotted(cfg, key, value, source=f"{path} (smoke)")
+    for item in overrides or []:
+        cfg = apply_override(cfg, item, source="--set")
     _validate_tree(cfg, prefix="", source=str(path))
     return cfg
 
@@ -536,6 +536,11 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # PyYAML reads 2e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{source}: '{key}' must be {hint.__name__}, got {value!r}")
     if not isinstance(value, hint):

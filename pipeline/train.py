@@ -101,6 +101,7 @@ def train(cfg: Config, store: str, out_dir: Path, force: bool = False, log: Call
         return action
     barrier()
 
+    torch.manual_seed(cfg.seed)  # the same initial weights in every run of this config (and on every rank)
     model = build_model(cfg.model).to(info.device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
