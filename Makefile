@@ -36,7 +36,7 @@ TORCHRUN   := $(VENV)/bin/torchrun --nnodes=$(NNODES) --nproc_per_node=$(NPROC) 
 endif
 LAUNCH     := $(if $(and $(filter 1,$(NPROC)),$(filter 1,$(NNODES))),$(PY),$(TORCHRUN))
 
-.PHONY: help setup data encode bench test clean-venv
+.PHONY: help setup data encode train bench test clean-venv
 
 help: ## Show targets and variables
 	@echo "Targets:"
@@ -69,9 +69,13 @@ data: $(STAMP) ## Write $(DATA_DIR)/<split>/shard_NNNN.hdf5 (demo generator, or 
 encode: $(STAMP) ## Stage 1: encode every shard into $(OUT)/$(DATASET)/latents.zarr (NPROC>1: torchrun)
 	$(LAUNCH) encode_latents.py $(COMMON) --out $(OUT) $(FORCE_FLAG) $(ARGS)
 
+train: $(STAMP) ## Stage 2: train INTERP on the cached latents into $(OUT)/$(DATASET)/$(INTERP)/ (NPROC>1: DDP)
+	$(LAUNCH) train_latent.py $(COMMON) --interp $(INTERP) --out $(OUT) $(FORCE_FLAG) $(ARGS)
+
 bench: $(STAMP) ## Run the benchmarks; results in benchmarks/results.json
 	$(PY) -m benchmarks.bench_loader
 	$(PY) -m benchmarks.bench_encode
+	$(PY) -m benchmarks.bench_train
 
 test: $(STAMP) ## Run the test suite
 	$(PY) -m pytest -q $(ARGS)

@@ -137,7 +137,7 @@ def train(cfg: Config, store: str, out_dir: Path, force: bool = False, log: Call
         lr = lr_at(step, cfg)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss, grad_norm = _train_step(net, model, opt, interpolant, batch, info, cfg, step)
+        loss, grad_norm = train_step(net, model, opt, interpolant, batch, info, cfg, step)
         if step == cfg.train.ema_start:
             ema.load_state_dict(model.state_dict())
         elif step > cfg.train.ema_start:
@@ -203,7 +203,7 @@ def _overfit_batch(batch: dict[str, torch.Tensor], mode: str) -> dict[str, torch
     return batch
 
 
-def _train_step(net, model, opt, interpolant, batch, info: DistInfo, cfg: Config, step: int) -> tuple[float, float]:
+def train_step(net, model, opt, interpolant, batch, info: DistInfo, cfg: Config, step: int) -> tuple[float, float]:
     device = info.device
     x1, ref, ctx = (batch[k].to(device, non_blocking=True) for k in ("target", "reference", "context"))
     gap = batch["gap"].to(device)
