@@ -75,7 +75,10 @@ def encode_latents(cfg: Config, url: str, force: bool = False, log: Callable[[st
     Under torchrun every rank calls this; rank 0 decides and creates, all ranks encode disjoint videos.
     """
     info = init_distributed()
-    readers = {s: ShardReader(d, image_size=cfg.data.image_size) for s, d in split_dirs(cfg.data.root, cfg.data.splits).items()}
+    # The index alone (no per-frame validation) decides "up to date": unchanged shard checksums mean the shards
+    # are the ones validated when the store was built. Validation runs only before encoding.
+    readers = {s: ShardReader(d, image_size=cfg.data.image_size, validate=False)
+               for s, d in split_dirs(cfg.data.root, cfg.data.splits).items()}
     views = make_views(cfg.encode)
     decision = _decide(cfg, url, readers, views, force, info, log) if info.is_main else None
     action, message = broadcast_object(decision)
@@ -106,6 +109,8 @@ def _decide(cfg, url, readers, views, force, info: DistInfo, log) -> tuple[str, 
                 return "up to date", ""
             log(f"encode: resuming {url}")
             return "resume", ""
+        for reader in readers.values():
+            reader.validate()
         if root is not None and "fingerprint" in old and not force:
             changed = changed_keys(old.get("inputs", {}), inputs)
             detail = ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
