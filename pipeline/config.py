@@ -338,6 +338,31 @@ class SamplingConfig:
 
 
 @dataclass
+class ForecastConfig:
+    """Stage 3: forecasts of test videos into ``forecasts.zarr`` (``make forecast``; METHOD.md §6).
+
+    Each video long enough for a clip contributes its first clip: T = data.frames_per_sample frames every
+    data.skip_frames + 1 raw frames from raw frame 0. The first data.cond_frames latents (cached, view 0) condition
+    the rollout; the other T - cond_frames are generated, ``sample.n_samples`` times per video, with the solver,
+    grid and seed of the ``sample`` section. The media settings do not change the stored arrays.
+    """
+
+    split: str = "test"  # data split (and latent-cache split) to forecast
+    max_videos: int = 0  # forecast the first N eligible videos of the split (0 = all)
+    use_ema: bool = True  # sample with the EMA weights (the raw weights when false or when the checkpoint has none)
+    media_videos: int = 4  # videos (the first ones) that get a GIF and an MP4 grid in <run>/media/
+    media_samples: int = 4  # samples shown per grid (rows: ground truth, VQ reconstruction, then samples)
+    fps: float = 4.0  # frames per second of the GIF/MP4 grids
+
+    def validate(self) -> None:
+        _require(bool(self.split), "split", "must not be empty")
+        _require(self.max_videos >= 0, "max_videos", "must be >= 0 (0 = all)")
+        _require(self.media_videos >= 0, "media_videos", "must be >= 0 (0 = no media)")
+        _require(self.media_samples >= 1, "media_samples", "must be >= 1")
+        _require(0.0 < self.fps <= 100.0, "fps", "must be in (0, 100]")
+
+
+@dataclass
 class TrainConfig:
     """Stage 2: training the flow on cached latents (METHOD.md §5; reference bugs 3, 4, 6 fixed)."""
 
@@ -397,6 +422,7 @@ class Config:
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SamplingConfig = field(default_factory=SamplingConfig)
+    forecast: ForecastConfig = field(default_factory=ForecastConfig)
     seed: int = 0  # global seed; every stage derives its own streams from it
     smoke: dict[str, Any] = field(default_factory=dict)  # dotted overrides applied by --smoke
 
