@@ -408,6 +408,33 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Stage 4: metrics of a forecasts store (METHOD.md §7): PSNR/SSIM on predicted frames, FVD on full clips.
+
+    FVD needs the StyleGAN-V TorchScript I3D (``i3d_torchscript.pt``); without it FVD is reported as null with the
+    reason, never computed with another network. ``batch_size``, ``frame_batch`` and ``device`` do not change the
+    results (they are left out of the fingerprint).
+    """
+
+    i3d: str = ""  # path to the StyleGAN-V TorchScript I3D (Make's I3D=...); '' = no FVD (null, with the reason)
+    videos: int = 0  # evaluate the first N videos of the forecasts store (0 = all)
+    fvd_videos: int = 0  # of those, the first N enter FVD (0 = all); fewer than 256 is warned about (biased FVD)
+    fvd_samples: Literal["first", "all"] = "first"  # generated set: each video's first sample, or all its samples
+    fvd_resamples: int = 0  # >0: also FVD mean +- std over this many bootstrap resamples of the videos
+    seed: int = 0  # seed of the bootstrap resampling
+    batch_size: int = 16  # clips per I3D call
+    frame_batch: int = 512  # frames per PSNR/SSIM call
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available
+
+    def validate(self) -> None:
+        _require(self.videos >= 0, "videos", "must be >= 0 (0 = all)")
+        _require(self.fvd_videos >= 0, "fvd_videos", "must be >= 0 (0 = all evaluated videos)")
+        _require(self.fvd_resamples >= 0, "fvd_resamples", "must be >= 0 (0 = no bootstrap)")
+        _require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _require(self.frame_batch >= 1, "frame_batch", "must be >= 1")
+
+
+@dataclass
 class Config:
     """The whole run configuration; one YAML file fills it."""
 
@@ -423,6 +450,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SamplingConfig = field(default_factory=SamplingConfig)
     forecast: ForecastConfig = field(default_factory=ForecastConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0  # global seed; every stage derives its own streams from it
     smoke: dict[str, Any] = field(default_factory=dict)  # dotted overrides applied by --smoke
 
@@ -575,13 +603,13 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
 
 
 def _validate_tree(node: Any, prefix: str, source: str) -> None:
-    """Run every section's ``validate()``, turning its complaint into a ConfigError with the full key."""
+    """Run every section's ``validate()`` (sections first, then cross-section checks), as ConfigErrors with full keys."""
+    for f in dataclasses.fields(node):
+        child = getattr(node, f.name)
+        if dataclasses.is_dataclass(child):
+            _validate_tree(child, f"{prefix}.{f.name}" if prefix else f.name, source)
     try:
         node.validate()
     except _FieldError as exc:
         key = f"{prefix}.{exc.key}" if prefix else exc.key
         raise ConfigError(f"{source}: '{key}' {exc.problem}") from None
-    for f in dataclasses.fields(node):
-        child = getattr(node, f.name)
-        if dataclasses.is_dataclass(child):
-            _validate_tree(child, f"{prefix}.{f.name}" if prefix else f.name, source)

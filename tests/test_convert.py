@@ -90,7 +90,7 @@ def test_kth_scenario_split_and_classes(tmp_path: Path, repo: Path) -> None:
 
 def test_kth_conversion_end_to_end(tmp_path: Path, repo: Path) -> None:
     _kth_raw(tmp_path / "raw")
-    cfg = load_config(repo / "configs" / "kth.yaml", ["data.image_size=16"])
+    cfg = load_config(repo / "configs" / "kth.yaml", ["data.image_size=16", "model.state_res=[2, 2]"])
     prepare_data(cfg, tmp_path / "shards", raw=tmp_path / "raw", log=lambda _: None)
     train = ShardReader(tmp_path / "shards" / "train", image_size=16)
     assert [v.source for v in train.videos] == ["person01_walking_d1", "person02_walking_d3", "person03_running_d1"]
@@ -102,7 +102,7 @@ def test_kth_conversion_end_to_end(tmp_path: Path, repo: Path) -> None:
 def test_clevrer_ranges(tmp_path: Path, repo: Path) -> None:
     for video_id in (5, 10_001, 15_002, 25_000):
         _video(tmp_path / "raw" / f"video_{video_id:05d}.mp4")
-    cfg = load_config(repo / "configs" / "clevrer.yaml", ["data.image_size=16"])
+    cfg = load_config(repo / "configs" / "clevrer.yaml", ["data.image_size=16", "model.state_res=[2, 2]"])
     splits = {s.name: s.split for s in assign_splits(tmp_path / "raw", cfg.convert)}
     assert splits == {"video_00005": "train", "video_10001": "val", "video_15002": "test"}
     prepare_data(cfg, tmp_path / "shards", raw=tmp_path / "raw", log=lambda _: None)
@@ -112,7 +112,7 @@ def test_clevrer_ranges(tmp_path: Path, repo: Path) -> None:
 def test_generic_folders(tmp_path: Path, repo: Path) -> None:
     _video(tmp_path / "raw" / "train" / "a.mp4")
     _png_folder(tmp_path / "raw" / "test" / "b")
-    cfg = load_config(repo / "configs" / "demo.yaml", ["convert.source=folders", "convert.aspect=crop", "data.image_size=16"])
+    cfg = load_config(repo / "configs" / "demo.yaml", ["convert.source=folders", "convert.aspect=crop", "data.image_size=16", "model.state_res=[2, 2]"])
     prepare_data(cfg, tmp_path / "shards", raw=tmp_path / "raw", log=lambda _: None)
     assert [v.source for v in ShardReader(tmp_path / "shards" / "train").videos] == ["a"]
     assert [v.source for v in ShardReader(tmp_path / "shards" / "test").videos] == ["b"]
@@ -120,7 +120,7 @@ def test_generic_folders(tmp_path: Path, repo: Path) -> None:
 
 def test_bad_raw_file_names_it_and_keeps_existing_shards(tmp_path: Path, repo: Path) -> None:
     _video(tmp_path / "raw" / "train" / "a.mp4")
-    cfg = load_config(repo / "configs" / "demo.yaml", ["convert.source=folders", "data.image_size=16"])
+    cfg = load_config(repo / "configs" / "demo.yaml", ["convert.source=folders", "data.image_size=16", "model.state_res=[2, 2]"])
     prepare_data(cfg, tmp_path / "shards", raw=tmp_path / "raw", log=lambda _: None)
     shard = tmp_path / "shards" / "train" / "shard_0001.hdf5"
     before = shard.read_bytes()
