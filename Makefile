@@ -72,6 +72,11 @@ encode: $(STAMP) ## Stage 1: encode every shard into $(OUT)/$(DATASET)/latents.z
 train: $(STAMP) ## Stage 2: train INTERP on the cached latents into $(OUT)/$(DATASET)/$(INTERP)/ (NPROC>1: DDP)
 	$(LAUNCH) train_latent.py $(COMMON) --interp $(INTERP) --out $(OUT) $(FORCE_FLAG) $(ARGS)
 
+I3D        ?=
+.PHONY: eval
+eval: $(STAMP) ## Stage 4: PSNR/SSIM/FVD of $(OUT)/$(DATASET)/$(INTERP)/forecasts.zarr -> eval/metrics.json, $(OUT)/$(DATASET)/report.md (I3D=i3d_torchscript.pt for FVD)
+	$(PY) evaluate.py $(COMMON) --interp $(INTERP) --out $(OUT) $(if $(I3D),--i3d $(I3D),) $(FORCE_FLAG) $(ARGS)
+
 bench: $(STAMP) ## Run the benchmarks; results in benchmarks/results.json
 	$(PY) -m benchmarks.bench_loader
 	$(PY) -m benchmarks.bench_encode

@@ -1,0 +1,162 @@
+"""Stage 4 end to end on synthetic forecasts stores (written here with zarr, in the forecast stage's layout)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from i3d_stub import save_stub_i3d
+
+from pipeline.config import load_config
+from pipeline.evaluate import EvalError, evaluate
+from pipeline.metrics import PSNR_CAP_DB
+from pipeline.records import sha256_file
+from pipeline.report import check_schema
+
+REPO = Path(__file__).resolve().parent.parent
+N, S, T, SIDE, COND = 6, 3, 6, 16, 2
+
+
+def write_forecasts(path: Path, seed: int = 0, complete: bool = True, n_done: int | None = None) -> Path:
+    """A forecasts store in the forecast stage's layout. recon == real exactly; in video v, sample v % S is perfect
+    (equal to real), the others are real plus noise; content moves, so copying the last frame is wrong."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, size=(N, 1, SIDE, 2 * SIDE, 3))
+    real = np.stack([base[:, 0, :, t:t + SIDE] for t in range(T)], axis=1).astype(np.uint8)  # a panning window
+    samples = np.repeat(real[:, None], S, axis=1)
+    for v in range(N):
+        for s in range(S):
+            if s != v % S:
+                noise = rng.integers(-40, 41, size=samples[v, s, COND:].shape)
+                samples[v, s, COND:] = np.clip(samples[v, s, COND:].astype(int) + noise, 0, 255)
+    done = np.ones(N, bool)
+    if n_done is not None:
+        done[n_done:] = False
+    root = zarr.open_group(str(path), mode="w")
+    root.create_array("real", data=real)
+    root.create_array("recon", data=real.copy())
+    root.create_array("samples", data=samples)
+    root.create_array("latents", data=np.zeros((N, S, T, 4, 2, 2), np.float32))
+    root.create_array("done", data=done)
+    cfg = load_config(REPO / "configs" / "demo.yaml").to_dict()
+    root.attrs.update({
+        "fingerprint": f"forecasts-{seed}", "inputs": {}, "config": cfg, "ckpt": "ckpt.pt", "ckpt_kind": "flow",
+        "ckpt_step": 100, "use_ema": True, "split": "test", "cond_frames": COND, "gen_frames": T - COND,
+        "n_samples": S, "image_size": SIDE, "nfe_per_frame": 49, "complete": complete, "code_version": "test",
+        "videos": [{"row": v} for v in range(N)],
+    })
+    return path
+
+
+def _cfg(*overrides: str):
+    return load_config(REPO / "configs" / "demo.yaml", list(overrides))
+
+
+def _run(out: Path, interp: str = "ours", *overrides: str, force: bool = False, seed: int = 0) -> tuple[str, dict]:
+    run = out / "demo" / interp
+    store = run / "forecasts.zarr"
+    if not store.exists():
+        write_forecasts(store, seed=seed)
+    action = evaluate(_cfg(*overrides), str(store), run, force=force, log=lambda _: None)
+    return action, json.loads((run / "eval" / "metrics.json").read_text())
+
+
+def test_full_path_with_stub_i3d(tmp_path: Path) -> None:
+    i3d = save_stub_i3d(tmp_path / "i3d_torchscript.pt")
+    _, m = _run(tmp_path / "out", "ours", f"eval.i3d={i3d}", "eval.fvd_samples=all", "eval.fvd_resamples=2")
+    check_schema(m)
+    # best-of-N: the perfect sample of each video is found; PSNR capped, SSIM 1.
+    assert m["model"]["psnr"]["best_sample"] == [v % S for v in range(N)]
+    assert m["model"]["psnr"]["best_of_n"] == pytest.approx(PSNR_CAP_DB)
+    assert m["model"]["ssim"]["best_of_n"] == pytest.approx(1.0)
+    assert m["model"]["psnr"]["mean"] < m["model"]["psnr"]["best_of_n"]
+    assert len(m["model"]["psnr"]["per_frame"]) == T - COND
+    # The ceiling (recon == real) is perfect; copy-last is not.
+    assert m["vq_ceiling"]["psnr"]["mean"] == pytest.approx(PSNR_CAP_DB)
+    assert m["copy_last"]["psnr"]["mean"] < 30
+    # FVD through the TorchScript file: recon == real gives ~0, copy-last clearly more.
+    assert abs(m["vq_ceiling"]["fvd"]) < 1e-3 and m["copy_last"]["fvd"] > 1e-2 and m["model"]["fvd"] > 0
+    assert m["fvd_status"].startswith("ok") and "256" in m["fvd_status"]
+    assert all(m[s]["fvd_bootstrap"]["resamples"] == 2 for s in ("model", "vq_ceiling", "copy_last"))
+    p = m["protocol"]
+    assert p["fvd"]["i3d_sha256"] == sha256_file(i3d)
+    assert p["fvd"]["clip_counts"] == {"real": N, "model": N * S, "vq_ceiling": N, "copy_last": N}
+    assert (p["n_samples"], p["clip_length"], p["cond_frames"], p["pred_frames"]) == (S, T, COND, T - COND)
+    assert p["data_range"] == 2.0 and p["split"] == "test" and p["checkpoint"]["ckpt_step"] == 100
+    assert (tmp_path / "out" / "demo" / "ours" / "eval" / "psnr_per_frame.png").stat().st_size > 1000
+
+
+def test_no_i3d_gives_null_fvd_with_reason_and_bootstrap_ignored(tmp_path: Path) -> None:
+    _, m = _run(tmp_path, "ours", "eval.fvd_resamples=3")
+    check_schema(m)
+    assert all(m[s]["fvd"] is None and m[s]["fvd_bootstrap"] is None for s in ("model", "vq_ceiling", "copy_last"))
+    assert "no I3D weights" in m["fvd_status"] and "I3D=" in m["fvd_status"]
+    assert m["protocol"]["fvd"]["i3d_sha256"] is None
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "n/a" in report and "Comparison" not in report
+
+
+def test_up_to_date_rerun_and_changes(tmp_path: Path) -> None:
+    action, first = _run(tmp_path)
+    assert action == "evaluated"
+    metrics = tmp_path / "demo" / "ours" / "eval" / "metrics.json"
+    stamp = metrics.stat().st_mtime_ns
+    (tmp_path / "demo" / "report.md").unlink()
+    action, again = _run(tmp_path)
+    assert action == "up to date" and metrics.stat().st_mtime_ns == stamp
+    assert (tmp_path / "demo" / "report.md").exists()  # the report is still regenerated
+    assert _run(tmp_path, "ours", "eval.frame_batch=7")[0] == "up to date"  # batch sizes do not change numbers
+    action, changed = _run(tmp_path, "ours", "eval.videos=4")
+    assert action == "evaluated" and changed["protocol"]["videos"] == 4 and changed["fingerprint"] != first["fingerprint"]
+    assert _run(tmp_path, "ours", "eval.videos=4", force=True)[0] == "evaluated"
+
+
+def test_incomplete_or_missing_store_is_refused(tmp_path: Path) -> None:
+    cfg = _cfg()
+    for name, kwargs in (("half", {"n_done": 3}), ("unflagged", {"complete": False})):
+        store = write_forecasts(tmp_path / name / "forecasts.zarr", **kwargs)
+        with pytest.raises(EvalError, match="incomplete"):
+            evaluate(cfg, str(store), tmp_path / name, log=lambda _: None)
+    with pytest.raises(EvalError, match="no forecasts store"):
+        evaluate(cfg, str(tmp_path / "nowhere.zarr"), tmp_path / "nowhere", log=lambda _: None)
+    with pytest.raises(EvalError, match="I3D file not found"):
+        store = write_forecasts(tmp_path / "complete" / "forecasts.zarr")
+        evaluate(_cfg("eval.i3d=/no/such/i3d.pt"), str(store), tmp_path / "complete", log=lambda _: None)
+
+
+def test_report_compares_both_interpolants(tmp_path: Path) -> None:
+    _run(tmp_path, "ours", seed=0)
+    media = tmp_path / "demo" / "linear" / "media"
+    media.mkdir(parents=True)
+    (media / "forecast_000.gif").write_bytes(b"GIF89a")
+    _run(tmp_path, "linear", seed=1)
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "## Comparison: ours vs linear" in report
+    table = report[report.index("## Comparison"):report.index("## ours")]
+    assert "| ours (N=3) |" in table and "| linear (N=3) |" in table and "gain over copy-last" in table
+    assert "## linear" in report and "](linear/media/forecast_000.gif)" in report
+    assert "](ours/eval/psnr_per_frame.png)" in report and (tmp_path / "demo" / "psnr_per_frame.png").exists()
+
+
+def test_cli(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    spec = importlib.util.spec_from_file_location("evaluate_cli", REPO / "evaluate.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    write_forecasts(tmp_path / "demo" / "linear" / "forecasts.zarr")
+    args = ["--config", str(REPO / "configs" / "demo.yaml"), "--out", str(tmp_path), "--interp", "linear"]
+    runner = CliRunner()
+    first = runner.invoke(cli.app, args)
+    assert first.exit_code == 0, first.output
+    assert (tmp_path / "demo" / "linear" / "eval" / "metrics.json").exists()
+    second = runner.invoke(cli.app, args)
+    assert second.exit_code == 0 and "up to date" in second.output
+    missing = runner.invoke(cli.app, [*args, "--i3d", str(tmp_path / "absent.pt")])
+    assert missing.exit_code == 1 and "I3D file not found" in missing.output
+    other = runner.invoke(cli.app, [*args[:-1], "ours"])
+    assert other.exit_code == 1 and "no forecasts store" in other.output
