@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Callable, Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from pipeline import rng
 from pipeline.config import INTERPOLANT_PRESETS
 
 if TYPE_CHECKING:
@@ -164,13 +165,13 @@ class StochasticInterpolant:
         u = torch.rand(batch, generator=generator, device=device, dtype=dtype)
         return self.t_min + (self.t_max - self.t_min) * u
 
-    def sample_base(self, x_ref: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    def sample_base(self, x_ref: Tensor, *, generator: rng.Generator = None) -> Tensor:
         """The base point x0 given the reference latent: N(0, I) draws (gaussian) or a copy of x_ref (previous)."""
         if self.base == "previous":
             return x_ref.clone()
-        return torch.randn(x_ref.shape, generator=generator, device=x_ref.device, dtype=x_ref.dtype)
+        return rng.randn(x_ref.shape, generator=generator, device=x_ref.device, dtype=x_ref.dtype)
 
-    def sample_start(self, x_ref: Tensor, t0: float, *, generator: torch.Generator | None = None) -> Tensor:
+    def sample_start(self, x_ref: Tensor, t0: float, *, generator: rng.Generator = None) -> Tensor:
         """A start state at t0 > 0 with the interpolant's spread: alpha(t0) x0 + sigma(t0) sqrt(t0) xi.
 
         The x1 term beta(t0) x1 is unknown and dropped (1e-8 x1 for beta = t^2 at t0 = 1e-4). The reference
@@ -183,7 +184,7 @@ class StochasticInterpolant:
         a, s = float(self.alpha(t)), float(self.sigma(t) * t.sqrt())
         if s == 0.0:
             return a * x0
-        xi = torch.randn(x_ref.shape, generator=generator, device=x_ref.device, dtype=x_ref.dtype)
+        xi = rng.randn(x_ref.shape, generator=generator, device=x_ref.device, dtype=x_ref.dtype)
         return a * x0 + s * xi
 
     def interpolate(self, t: Tensor, x0: Tensor, x1: Tensor, xi: Tensor) -> Tensor:

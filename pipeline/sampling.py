@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch import Tensor, nn
 
+from pipeline import rng
 from pipeline import solvers as S
 from pipeline.interpolants import Coefficient, OneMinusTPower, StochasticInterpolant, scaled
 
@@ -114,16 +115,16 @@ def context_bounds(n: int, past_horizon: int) -> tuple[int, int]:
 
 
 def draw_context(
-    batch: int, n: int, past_horizon: int, *, generator: torch.Generator | None, device: torch.device
+    batch: int, n: int, past_horizon: int, *, generator: rng.Generator, device: torch.device
 ) -> Tensor:
     """Context indices [batch], uniform on {lo, ..., n - 2} independently per example (see :func:`context_bounds`)."""
     lo, hi = context_bounds(n, past_horizon)
-    return torch.randint(lo, hi + 1, (batch,), generator=generator, device=device)
+    return rng.randint(lo, hi + 1, (batch,), generator=generator, device=device)
 
 
 def start_state(
     interpolant: StochasticInterpolant, ref: Tensor, g: Coefficient | None, t0: float,
-    *, generator: torch.Generator | None,
+    *, generator: rng.Generator,
 ) -> Tensor:
     """The state at the first grid time t0 given the reference latent.
 
@@ -154,7 +155,7 @@ def _network_drift(
 
 def generate_frame(
     model: Callable[..., Tensor], interpolant: StochasticInterpolant, history: Tensor, n: int,
-    cfg: "SamplingConfig", *, generator: torch.Generator | None = None, grid: Tensor | None = None,
+    cfg: "SamplingConfig", *, generator: rng.Generator = None, grid: Tensor | None = None,
 ) -> tuple[Tensor, int]:
     """One new latent frame [B, C, h, w] from ``history[:, :n]`` and the network evaluations it took.
 
@@ -188,21 +189,22 @@ def generate_frame(
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _check_generator(generator: torch.Generator, device: torch.device) -> None:
+def _check_generator(generator: torch.Generator | rng.RowGenerators, device: torch.device) -> None:
     if generator.device.type != device.type:
         raise ValueError(f"the generator is on {generator.device}, the latents on {device}: use one on {device}")
 
 
 def rollout(
     model: nn.Module | Callable[..., Tensor], interpolant: StochasticInterpolant, cond_latents: Tensor,
-    n_generate: int, cfg: "SamplingConfig", generator: torch.Generator | None = None,
+    n_generate: int, cfg: "SamplingConfig", generator: rng.Generator = None,
 ) -> RolloutResult:
     """Generate ``n_generate`` frames after ``cond_latents`` [B, n0, C, h, w], one future per row.
 
     ``model`` is any module (or callable) with forward(z, t, ref, context, gap) -> [B, C, h, w]; it runs in eval
     mode under ``torch.no_grad`` and its train/eval mode is restored afterwards. Everything runs on the latents'
     device. ``generator`` (on that device) drives every random draw; None seeds a fresh one with ``cfg.seed``, so
-    a seed gives the same result. ``cfg`` is a validated :class:`pipeline.config.SamplingConfig`.
+    a seed gives the same result. A :class:`pipeline.rng.RowGenerators` (one generator per row) gives every row
+    its own random stream, whatever else is in the batch. ``cfg`` is a validated :class:`pipeline.config.SamplingConfig`.
     """
     if cond_latents.ndim != 5:
         raise ValueError(f"cond_latents must be [B, n0, C, h, w], got {list(cond_latents.shape)}")
@@ -249,12 +251,14 @@ def rollout(
 
 def sample(
     model: nn.Module | Callable[..., Tensor], interpolant: StochasticInterpolant, cond_latents: Tensor,
-    n_generate: int, cfg: "SamplingConfig", generator: torch.Generator | None = None,
+    n_generate: int, cfg: "SamplingConfig", generator: rng.Generator = None,
 ) -> SampleResult:
     """``cfg.n_samples`` futures for each of the B videos of ``cond_latents`` [B, n0, C, h, w].
 
     The B * n_samples rollouts (video-major: all samples of video 0 first) run ``cfg.batch_size`` at a time from
-    one generator; the result is deterministic for a given seed and batch size.
+    one generator; the result is deterministic for a given seed and batch size. With a
+    :class:`pipeline.rng.RowGenerators` of B * n_samples generators (one per rollout, video-major) each batch
+    takes its rows' generators and the random draws no longer depend on the batch size.
     """
     cfg.validate()
     if cond_latents.ndim != 5 or cond_latents.shape[0] == 0:
@@ -263,10 +267,13 @@ def sample(
     if generator is None:
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
     rows = cond_latents.repeat_interleave(cfg.n_samples, dim=0)
+    if isinstance(generator, rng.RowGenerators) and len(generator) != rows.shape[0]:
+        raise ValueError(f"{len(generator)} row generators for {rows.shape[0]} rollouts (videos x n_samples)")
     parts: list[Tensor] = []
     result: RolloutResult | None = None
     for i in range(0, rows.shape[0], cfg.batch_size):
-        result = rollout(model, interpolant, rows[i : i + cfg.batch_size], n_generate, cfg, generator)
+        part = generator[i : i + cfg.batch_size] if isinstance(generator, rng.RowGenerators) else generator
+        result = rollout(model, interpolant, rows[i : i + cfg.batch_size], n_generate, cfg, part)
         parts.append(result.latents)
     assert result is not None
     latents = torch.cat(parts).view(cond_latents.shape[0], cfg.n_samples, *parts[0].shape[1:])

@@ -17,6 +17,8 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
+from pipeline import rng
+
 Drift = Callable[[Tensor, Tensor], Tensor]
 Diffusion = Callable[[Tensor], Tensor]
 GridKind = Literal["linear", "quadratic", "cosine"]
@@ -111,7 +113,7 @@ def heun(f: Drift, x: Tensor, grid: Tensor) -> Solution:
 
 
 def euler_maruyama(
-    f: Drift, g: Diffusion, x: Tensor, grid: Tensor, *, generator: torch.Generator | None = None,
+    f: Drift, g: Diffusion, x: Tensor, grid: Tensor, *, generator: rng.Generator = None,
     noise_last_step: bool = False,
 ) -> Solution:
     """Euler-Maruyama over ``grid[:-1]``: mean = x + f(x, t_k) dt_k, x = mean + g(t_k) sqrt(dt_k) xi_k.
@@ -125,13 +127,13 @@ def euler_maruyama(
         t = _times(ts[k], x)
         x = x + f(x, t) * dt
         if k < steps - 1 or noise_last_step:
-            xi = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            xi = rng.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = x + _bcast(g(t), x) * math.sqrt(dt) * xi
     return Solution(x, nfe=steps, steps=steps)
 
 
 def heun_sde(
-    f: Drift, g: Diffusion, x: Tensor, grid: Tensor, *, generator: torch.Generator | None = None,
+    f: Drift, g: Diffusion, x: Tensor, grid: Tensor, *, generator: rng.Generator = None,
     noise_last_step: bool = False,
 ) -> Solution:
     """Stochastic Heun for additive noise (g depends on t only), 2 (N - 1) NFE. With dW = sqrt(dt_k) xi_k:
@@ -148,7 +150,7 @@ def heun_sde(
         t0, t1 = _times(ts[k], x), _times(ts[k + 1], x)
         d0 = f(x, t0)
         if k < steps - 1 or noise_last_step:
-            dw = math.sqrt(dt) * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            dw = math.sqrt(dt) * rng.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             g0, g1 = _bcast(g(t0), x), _bcast(g(t1), x)
             d1 = f(x + d0 * dt + g0 * dw, t1)
             x = x + 0.5 * (d0 + d1) * dt + 0.5 * (g0 + g1) * dw
@@ -160,7 +162,7 @@ def heun_sde(
 
 def solve(
     method: Method, f: Drift, x: Tensor, grid: Tensor, *, g: Diffusion | None = None,
-    generator: torch.Generator | None = None,
+    generator: rng.Generator = None,
 ) -> Solution:
     """Dispatch by name; the SDE methods (``euler_maruyama``, ``heun_sde``) need ``g``; ODE methods ignore it."""
     if method == "euler":
