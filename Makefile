@@ -72,6 +72,11 @@ encode: $(STAMP) ## Stage 1: encode every shard into $(OUT)/$(DATASET)/latents.z
 train: $(STAMP) ## Stage 2: train INTERP on the cached latents into $(OUT)/$(DATASET)/$(INTERP)/ (NPROC>1: DDP)
 	$(LAUNCH) train_latent.py $(COMMON) --interp $(INTERP) --out $(OUT) $(FORCE_FLAG) $(ARGS)
 
+CKPT       ?=
+.PHONY: forecast
+forecast: $(STAMP) ## Stage 3: forecast the test videos into $(OUT)/$(DATASET)/$(INTERP)/forecasts.zarr (CKPT=any flow checkpoint)
+	$(LAUNCH) forecast.py $(COMMON) --interp $(INTERP) --out $(OUT) $(if $(CKPT),--ckpt $(CKPT),) $(FORCE_FLAG) $(ARGS)
+
 I3D        ?=
 .PHONY: eval
 eval: $(STAMP) ## Stage 4: PSNR/SSIM/FVD of $(OUT)/$(DATASET)/$(INTERP)/forecasts.zarr -> eval/metrics.json, $(OUT)/$(DATASET)/report.md (I3D=i3d_torchscript.pt for FVD)

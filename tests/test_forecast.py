@@ -1,0 +1,220 @@
+"""Stage 3: forecasts.zarr — layout and frame order, determinism, kill -9 resume, published checkpoints, make."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from pipeline.checkpoints import save_checkpoint
+from pipeline.config import load_config
+from pipeline.data.clips import to_uint8
+from pipeline.data.shards import ShardReader
+from pipeline.forecast import StaleForecastError, forecast, row_seed, work_groups
+from pipeline.model import build_model
+from pipeline.vqvae import build_vqvae
+
+SMALL_NET = ["model.inner_dim=32", "model.heads=2", "model.depth=1", "model.mid_depth=1"]
+SETTINGS = ["sample.n_samples=3", "sample.steps=5", "forecast.media_videos=1", "forecast.media_samples=2"]
+ARRAYS = ("real", "recon", "samples", "latents", "done")
+QUIET = dict(log=lambda _: None)
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # subprocesses: two OpenMP threads on shared cores crawl
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(repo: Path, overrides: list[str], *extra: str):
+    return load_config(repo / "configs" / "demo.yaml", [*overrides, *SMALL_NET, *SETTINGS, *extra])
+
+
+def _state(cfg, seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return build_model(cfg.model).state_dict()
+
+
+def _our_checkpoint(cfg, path: Path, seed: int = 0) -> Path:
+    """Our format, randomly initialised, with EMA weights that differ from the raw ones."""
+    model, ema = _state(cfg, seed), _state(cfg, seed + 100)
+    save_checkpoint(path, {"model": model, "ema": ema, "step": 7, "config": cfg.to_dict(), "cache_fingerprint": ""})
+    return path
+
+
+class AuthorsConfig:
+    """Stands in for the pickled Config object of the authors' code."""
+
+    def __init__(self):
+        self.dataset, self.interpolant_type = "demo", "ours"
+
+
+def _published_checkpoint(cfg, path: Path, seed: int = 0) -> Path:
+    state = _state(cfg, seed)
+    torch.save({"model": {f"module.vector_field_regressor.{k}": v for k, v in state.items()},
+                "ema": {f"module.vector_field_regressor.{k}": v for k, v in state.items()},
+                "config": AuthorsConfig(), "step": 1234}, path)
+    return path
+
+
+def _arrays(url: Path | str) -> dict[str, np.ndarray]:
+    root = zarr.open_group(str(url), mode="r")
+    return {name: root[name][:] for name in ARRAYS}
+
+
+def _assert_same(a: Path, b: Path) -> None:
+    left, right = _arrays(a), _arrays(b)
+    for name in ARRAYS:
+        np.testing.assert_array_equal(left[name], right[name], err_msg=name)
+
+
+def _cli(repo: Path, overrides: list[str], store: str, out: Path, *extra: str) -> list[str]:
+    sets = [arg for item in [*overrides, *SMALL_NET, *SETTINGS] for arg in ("--set", item)]
+    return [sys.executable, str(repo / "forecast.py"), "--config", str(repo / "configs" / "demo.yaml"), *sets,
+            "--store", store, "--out", str(out), *extra]
+
+
+def test_layout_frame_order_metadata_and_reruns(tiny_store, tmp_path: Path, repo: Path) -> None:
+    _, overrides, store = tiny_store
+    cfg = _cfg(repo, overrides)
+    ckpt = _our_checkpoint(cfg, tmp_path / "flow.pt")
+    run = tmp_path / "run"
+    assert forecast(cfg, store, run, ckpt=ckpt, **QUIET) == "forecast"
+    url = run / "forecasts.zarr"
+    root = zarr.open_group(str(url), mode="r")
+    n, s, t, n0 = 2, 3, 8, 2  # 2 test videos, 3 samples, 8 frames: 2 conditioning + 6 generated
+    assert root["real"].shape == root["recon"].shape == (n, t, 32, 32, 3)
+    assert root["samples"].shape == (n, s, t, 32, 32, 3) and root["latents"].shape == (n, s, t, 4, 4, 4)
+    assert root["latents"].dtype == np.float32 and root["samples"].dtype == np.uint8 and root["done"].dtype == bool
+    assert all(root[name].chunks[0] == 1 for name in ARRAYS)  # ranks never share a chunk
+    a = dict(root.attrs)
+    assert a["complete"] and a["split"] == "test" and (a["cond_frames"], a["gen_frames"], a["n_samples"]) == (n0, 6, s)
+    assert a["image_size"] == 32 and a["nfe_per_frame"] == 4 and a["solver"] == "euler_maruyama"  # 5 grid points
+    assert (a["ckpt_kind"], a["ckpt_step"], a["use_ema"], a["ckpt"]) == ("ours", 7, True, str(ckpt))
+    assert a["frame_indices"] == list(range(t)) and a["config"]["sample"]["context"] == "per_frame"
+    assert [v["index"] for v in a["videos"]] == [0, 1] and a["videos"][1]["source"] == "demo/test/00001"
+    assert {"cache", "checkpoint", "sampler", "forecast", "data"} <= set(a["inputs"])
+    assert "batch_size" not in a["inputs"]["sampler"] and a["code_version"] and a["fingerprint"]
+
+    arrays = _arrays(url)
+    from pipeline.cache import LatentSplit
+
+    cache = LatentSplit(store, "test")
+    vq = build_vqvae(cfg.vqvae, cfg.data.image_size)
+    for row in range(n):
+        clip = cache.video(row, view=0)[:t]
+        np.testing.assert_array_equal(arrays["real"][row], ShardReader(Path(cfg.data.root) / "test").read_frames(row)[:t])
+        np.testing.assert_array_equal(arrays["recon"][row], to_uint8(vq.decode(torch.from_numpy(clip))))
+        # every sample starts with the conditioning latents, and its first frames decode them
+        np.testing.assert_array_equal(arrays["latents"][row, :, :n0], np.broadcast_to(clip[:n0], (s, n0, 4, 4, 4)))
+        np.testing.assert_array_equal(arrays["samples"][row, :, :n0], np.broadcast_to(arrays["recon"][row, :n0], (s, n0, 32, 32, 3)))
+        generated = torch.from_numpy(arrays["latents"][row, :, n0:]).reshape(-1, 4, 4, 4)
+        np.testing.assert_array_equal(arrays["samples"][row, :, n0:], to_uint8(vq.decode(generated)).reshape(s, 6, 32, 32, 3))
+    assert not np.array_equal(arrays["latents"][0, 0, n0:], arrays["latents"][0, 1, n0:])  # samples differ
+    assert sorted(p.name for p in (run / "media").iterdir()) == ["forecast_0.gif", "forecast_0.mp4"]
+
+    assert forecast(cfg, store, run, ckpt=ckpt, **QUIET) == "up to date"
+    # Another batch size: the same random draws per rollout (round-off of other GEMM shapes at most); up to date.
+    other = _cfg(repo, overrides, "sample.batch_size=2")
+    assert forecast(other, store, run, ckpt=ckpt, **QUIET) == "up to date"
+    assert forecast(other, store, tmp_path / "bs2", ckpt=ckpt, **QUIET) == "forecast"
+    rebatched = _arrays(tmp_path / "bs2" / "forecasts.zarr")
+    np.testing.assert_allclose(rebatched["latents"], arrays["latents"], rtol=0, atol=1e-5)
+    for name in ("real", "recon", "samples"):
+        np.testing.assert_array_equal(rebatched[name], arrays[name], err_msg=name)
+    # The same settings again: bitwise identical. Another seed: other samples, refused in place without --force.
+    assert forecast(cfg, store, tmp_path / "again", ckpt=ckpt, **QUIET) == "forecast"
+    _assert_same(url, tmp_path / "again" / "forecasts.zarr")
+    reseeded = _cfg(repo, overrides, "sample.seed=1")
+    with pytest.raises(StaleForecastError, match=r"sampler\.seed.*--force"):
+        forecast(reseeded, store, run, ckpt=ckpt, **QUIET)
+    assert forecast(reseeded, store, run, ckpt=ckpt, force=True, **QUIET) == "forecast"
+    assert not np.array_equal(_arrays(url)["samples"][:, :, n0:], arrays["samples"][:, :, n0:])
+
+
+def test_seeds_and_groups_do_not_depend_on_batching() -> None:
+    assert row_seed(0, 3, 1) == row_seed(0, 3, 1) and len({row_seed(0, v, j) for v in range(5) for j in range(5)}) == 25
+    assert [g.tolist() for g in work_groups(5, 3, 7)] == [[0, 1], [2, 3], [4]]
+    assert [g.tolist() for g in work_groups(3, 100, 64)] == [[0], [1], [2]]  # more samples than a batch
+
+
+
+def _done(url: Path) -> int:
+    try:
+        return int(zarr.open_group(str(url), mode="r")["done"][:].sum())
+    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
+        return 0
+
+
+def test_kill9_then_rerun_equals_uninterrupted(tiny_store, tmp_path: Path, repo: Path) -> None:
+    cfg, overrides, store = tiny_store
+    ckpt = _our_checkpoint(_cfg(repo, overrides), tmp_path / "flow.pt")
+    # the 6 train videos, one per group (batch_size 2 = n_samples), slow enough to be killed between videos
+    settings = ["forecast.split=train", "sample.n_samples=2", "sample.batch_size=2", "sample.steps=50", "forecast.media_videos=0"]
+    command = lambda out: _cli(repo, [*overrides, *settings], store, out, "--ckpt", str(ckpt))  # noqa: E731
+    subprocess.run(command(tmp_path / "straight"), check=True, capture_output=True, env=ONE_THREAD)
+    killed = tmp_path / "killed" / "demo" / "ours" / "forecasts.zarr"
+    process = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=ONE_THREAD)
+    deadline = time.time() + 120
+    while time.time() < deadline and _done(killed) < 2:
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert 2 <= _done(killed) < 6, "the kill should land mid-run"
+    assert not zarr.open_group(str(killed)).attrs["complete"]
+    result = subprocess.run(command(tmp_path / "killed"), capture_output=True, text=True, env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resuming" in result.stdout
+    _assert_same(tmp_path / "straight" / "demo" / "ours" / "forecasts.zarr", killed)
+
+
+def test_published_checkpoint_through_make_then_up_to_date_then_changed_refused(tiny_store, tmp_path: Path,
+                                                                                repo: Path) -> None:
+    cfg, overrides, store = tiny_store
+    ckpt = _published_checkpoint(_cfg(repo, overrides), tmp_path / "kth_model_ours.pt")
+    sets = " ".join(f"--set {shlex.quote(item)}" for item in [*overrides, *SMALL_NET, *SETTINGS])
+    make = ["make", "-s", "forecast", f"PY={sys.executable}", "STAMP=", f"OUT={tmp_path}", f"CKPT={ckpt}",
+            f"DATA_DIR={cfg.data.root}", f"VQVAE_CKPT={cfg.vqvae.ckpt}", f"ARGS={sets} --store {store}"]
+    result = subprocess.run(make, cwd=repo, capture_output=True, text=True, timeout=300, env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-2000:]
+    root = zarr.open_group(str(tmp_path / "demo" / "ours" / "forecasts.zarr"), mode="r")
+    assert (root.attrs["ckpt_kind"], root.attrs["ckpt_step"], root.attrs["use_ema"]) == ("published", 1234, True)
+    assert root.attrs["complete"] and root["done"][:].all() and (tmp_path / "demo" / "ours" / "media" / "forecast_0.gif").exists()
+
+    cli = _cli(repo, overrides, store, tmp_path, "--ckpt", str(ckpt))
+    again = subprocess.run(cli, capture_output=True, text=True, env=ONE_THREAD)
+    assert again.returncode == 0 and "up to date" in again.stdout, again.stderr[-2000:]
+    before = _arrays(tmp_path / "demo" / "ours" / "forecasts.zarr")
+    _published_checkpoint(_cfg(repo, overrides), ckpt, seed=1)  # other weights at the same path
+    refused = subprocess.run(cli, capture_output=True, text=True, env=ONE_THREAD)
+    assert refused.returncode == 1
+    assert "checkpoint.sha256" in refused.stderr and str(ckpt) in refused.stderr and "--force" in refused.stderr
+    after = _arrays(tmp_path / "demo" / "ours" / "forecasts.zarr")
+    for name in ARRAYS:
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+
+
+def test_torchrun_two_processes_equal_one(tiny_store, tmp_path: Path, repo: Path) -> None:
+    _, overrides, store = tiny_store
+    ckpt = _our_checkpoint(_cfg(repo, overrides), tmp_path / "flow.pt")
+    settings = ["forecast.split=train", "sample.n_samples=2", "sample.batch_size=2", "forecast.media_videos=0"]
+    command = lambda out: _cli(repo, [*overrides, *settings], store, out, "--ckpt", str(ckpt))  # noqa: E731
+    subprocess.run(command(tmp_path / "one"), check=True, capture_output=True, env=ONE_THREAD)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    result = subprocess.run([*torchrun, *command(tmp_path / "two")[1:]], capture_output=True, text=True, timeout=300,
+                            env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_same(tmp_path / "one" / "demo" / "ours" / "forecasts.zarr", tmp_path / "two" / "demo" / "ours" / "forecasts.zarr")
