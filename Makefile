@@ -17,6 +17,8 @@ SMOKE      ?= 0
 RAW        ?=
 VQVAE_CKPT ?=
 FORCE      ?= 0
+CKPT       ?=
+I3D        ?=
 
 PYTHON     ?= python3
 VENV       := .venv
@@ -36,7 +38,7 @@ TORCHRUN   := $(VENV)/bin/torchrun --nnodes=$(NNODES) --nproc_per_node=$(NPROC) 
 endif
 LAUNCH     := $(if $(and $(filter 1,$(NPROC)),$(filter 1,$(NNODES))),$(PY),$(TORCHRUN))
 
-.PHONY: help setup data encode train bench test clean-venv
+.PHONY: help setup data encode train forecast eval bench test clean-venv
 
 help: ## Show targets and variables
 	@echo "Targets:"
@@ -49,6 +51,8 @@ help: ## Show targets and variables
 	@echo "  DATA_DIR=$(DATA_DIR)  shard root holding <split>/shard_NNNN.hdf5"
 	@echo "  RAW=$(RAW)              raw videos for 'make data' (KTH, CLEVRER or <split>/<video> folders)"
 	@echo "  VQVAE_CKPT=$(VQVAE_CKPT)       VQVAE checkpoint overriding vqvae.ckpt of the config"
+	@echo "  CKPT=$(CKPT)             flow checkpoint for 'make forecast' (ours or published; default the run's latest.pt)"
+	@echo "  I3D=$(I3D)              StyleGAN-V TorchScript i3d_torchscript.pt for FVD in 'make eval' (FVD is null without it)"
 	@echo "  FORCE=$(FORCE)          1 = rebuild a stage output that was made from different inputs"
 	@echo "  NPROC=$(NPROC)          processes per node (torchrun); NNODES=$(NNODES), RDZV=host:port for multi-node"
 	@echo "  SMOKE=$(SMOKE)          1 = every stage at its smoke setting (seconds, to check the wiring)"
@@ -72,13 +76,9 @@ encode: $(STAMP) ## Stage 1: encode every shard into $(OUT)/$(DATASET)/latents.z
 train: $(STAMP) ## Stage 2: train INTERP on the cached latents into $(OUT)/$(DATASET)/$(INTERP)/ (NPROC>1: DDP)
 	$(LAUNCH) train_latent.py $(COMMON) --interp $(INTERP) --out $(OUT) $(FORCE_FLAG) $(ARGS)
 
-CKPT       ?=
-.PHONY: forecast
 forecast: $(STAMP) ## Stage 3: forecast the test videos into $(OUT)/$(DATASET)/$(INTERP)/forecasts.zarr (CKPT=any flow checkpoint)
 	$(LAUNCH) forecast.py $(COMMON) --interp $(INTERP) --out $(OUT) $(if $(CKPT),--ckpt $(CKPT),) $(FORCE_FLAG) $(ARGS)
 
-I3D        ?=
-.PHONY: eval
 eval: $(STAMP) ## Stage 4: PSNR/SSIM/FVD of $(OUT)/$(DATASET)/$(INTERP)/forecasts.zarr -> eval/metrics.json, $(OUT)/$(DATASET)/report.md (I3D=i3d_torchscript.pt for FVD)
 	$(PY) evaluate.py $(COMMON) --interp $(INTERP) --out $(OUT) $(if $(I3D),--i3d $(I3D),) $(FORCE_FLAG) $(ARGS)
 
@@ -86,6 +86,7 @@ bench: $(STAMP) ## Run the benchmarks; results in benchmarks/results.json
 	$(PY) -m benchmarks.bench_loader
 	$(PY) -m benchmarks.bench_encode
 	$(PY) -m benchmarks.bench_train
+	$(PY) -m benchmarks.bench_samplers
 
 test: $(STAMP) ## Run the test suite
 	$(PY) -m pytest -q $(ARGS)
