@@ -377,7 +377,7 @@ class TrainConfig:
     min_lr: float = 1e-6  # floor of the schedule
     grad_clip: float = 1.0  # max total L2 norm (0 = off); the pre-clip norm and clip fraction are logged
     ema_decay: float = 0.9999
-    ema_start: int = 10_000  # the EMA is re-synchronised to the model at this step, then updated every step
+    ema_start: int = 10_000  # the EMA equals the model until this step, then averages with ema_decay every step
     bf16: bool = False  # bfloat16 autocast for the network (the loss stays float32)
     compile: bool = False  # torch.compile the network
     overfit: Literal["none", "batch", "one"] = "none"  # debug: repeat the first batch / its first example

@@ -299,10 +299,6 @@ def load_flow(cfg: Config, path: str | Path, device: torch.device, log: Callable
     use_ema = bool(cfg.forecast.use_ema and ckpt.ema)
     if cfg.forecast.use_ema and not ckpt.ema:
         log(f"forecast: {path} has no EMA weights; using the raw model weights")
-    ema_start = (ckpt.config or {}).get("train", {}).get("ema_start") if isinstance(ckpt.config, dict) else None
-    if use_ema and ema_start is not None and ckpt.step <= ema_start:
-        log(f"forecast: warning: {path} is at step {ckpt.step} <= train.ema_start={ema_start}: its EMA weights are "
-            "still the initial ones; set forecast.use_ema=false to sample with the trained weights")
     model = build_model(cfg.model)
     try:
         model.load_state_dict(ckpt.weights(use_ema))

@@ -7,7 +7,7 @@ trained weights; logging cadence and wandb settings are excluded.
 
 Per step ``s`` (reference order, bugs fixed): set lr(s) BEFORE the update (bug 6) → draw the triplet batch
 (a pure function of (seed, rank, s)) → t, noise, (I_t, target) → loss = per-example sum, batch mean →
-backward → clip → AdamW step → EMA (synchronised to the model at ``ema_start``, bug 4). Global torch RNG is
+backward → clip → AdamW step → EMA (equal to the model until ``ema_start``, then averaged: bug 4). Global torch RNG is
 re-seeded from (seed, rank, s) each step (dropout), so a resumed run reproduces an uninterrupted one exactly
 (bug 3: the step, optimizer, EMA and sampler position are all restored).
 """
@@ -138,10 +138,9 @@ def train(cfg: Config, store: str, out_dir: Path, force: bool = False, log: Call
         for group in opt.param_groups:
             group["lr"] = lr
         loss, grad_norm = train_step(net, model, opt, interpolant, batch, info, cfg, step)
-        if step == cfg.train.ema_start:
-            ema.load_state_dict(model.state_dict())
-        elif step > cfg.train.ema_start:
-            update_ema(ema, model, cfg.train.ema_decay)
+        # Until ema_start the EMA follows the model exactly (decay 0), so it starts in sync (bug 4) and every
+        # checkpoint's EMA weights are usable; afterwards it averages with ema_decay.
+        update_ema(ema, model, cfg.train.ema_decay if step >= cfg.train.ema_start else 0.0)
         done = step + 1
         if logger:
             logger.step(done, loss, grad_norm, lr, local_batch * info.world_size, data_wait)
