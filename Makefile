@@ -38,7 +38,7 @@ TORCHRUN   := $(VENV)/bin/torchrun --nnodes=$(NNODES) --nproc_per_node=$(NPROC) 
 endif
 LAUNCH     := $(if $(and $(filter 1,$(NPROC)),$(filter 1,$(NNODES))),$(PY),$(TORCHRUN))
 
-.PHONY: help setup data encode train forecast eval bench test clean-venv
+.PHONY: help setup data encode train forecast eval demo bench test clean-venv
 
 help: ## Show targets and variables
 	@echo "Targets:"
@@ -81,6 +81,14 @@ forecast: $(STAMP) ## Stage 3: forecast the test videos into $(OUT)/$(DATASET)/$
 
 eval: $(STAMP) ## Stage 4: PSNR/SSIM/FVD of $(OUT)/$(DATASET)/$(INTERP)/forecasts.zarr -> eval/metrics.json, $(OUT)/$(DATASET)/report.md (I3D=i3d_torchscript.pt for FVD)
 	$(PY) evaluate.py $(COMMON) --interp $(INTERP) --out $(OUT) $(if $(I3D),--i3d $(I3D),) $(FORCE_FLAG) $(ARGS)
+
+demo: $(STAMP) ## Everything on the demo dataset: data, encode, train/forecast/eval for ours and linear, report
+	$(MAKE) --no-print-directory data encode DATASET=demo FORCE=1
+	for interp in ours linear; do \
+	  $(MAKE) --no-print-directory train forecast DATASET=demo INTERP=$$interp FORCE=1 && \
+	  $(MAKE) --no-print-directory eval DATASET=demo INTERP=$$interp || exit 1; \
+	done
+	@echo "demo: report in $(OUT)/demo/report.md"
 
 bench: $(STAMP) ## Run the benchmarks; results in benchmarks/results.json
 	$(PY) -m benchmarks.bench_loader

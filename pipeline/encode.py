@@ -111,16 +111,16 @@ def _decide(cfg, url, readers, views, force, info: DistInfo, log) -> tuple[str, 
             return "resume", ""
         for reader in readers.values():
             reader.validate()
+        changed = changed_keys(old.get("inputs", {}), inputs)
+        detail = ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
+        detail += f" (VQVAE checkpoint {cfg.vqvae.ckpt})" if any(c.startswith("vqvae.") for c in changed) else ""
         if root is not None and "fingerprint" in old and not force:
-            changed = changed_keys(old.get("inputs", {}), inputs)
-            detail = ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
-            extra = f" (VQVAE checkpoint {cfg.vqvae.ckpt})" if any(c.startswith("vqvae.") for c in changed) else ""
             return "stale", (
-                f"{url} was built from different inputs; changed: {detail}{extra}. "
+                f"{url} was built from different inputs; changed: {detail}. "
                 "Refusing to mix old and new latents: rerun with --force (make encode FORCE=1) to rebuild."
             )
         if root is not None:
-            log(f"encode: --force: deleting {url} and rebuilding")
+            log(f"encode: --force: deleting {url} and rebuilding; changed: {detail}")
             _delete_store(url)
         _create(cfg, url, readers, views, inputs, key, hashes)
         log(f"encode: created {url} (fingerprint {key}, {len(views)} view(s))")
