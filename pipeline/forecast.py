@@ -393,7 +393,7 @@ def _forecast_my_groups(cfg: Config, url: str, split: LatentSplit, reader: Shard
     if not mine:
         return
     interpolant = build_interpolant(cfg.interpolant)
-    vq = build_vqvae(cfg.vqvae, cfg.data.image_size).to(info.device)
+    vq = build_vqvae(cfg.vqvae, cfg.data.image_size).drop_encoder().to(info.device)  # decode only: no re-encoding
     device, s, batch = info.device, plan.n_samples, cfg.sample.batch_size
     total = sum(len(g) for g in mine) * s * plan.gen
     bar = tqdm(total=total, unit="frame", desc=f"forecast (rank {info.rank}/{info.world_size})", disable=not info.is_main,

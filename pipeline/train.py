@@ -1,7 +1,7 @@
 """Stage 2: train the interpolant flow on cached latents — one loop you can read in one sitting.
 
-Contract: reads ``latents.zarr`` only (the VQVAE encoder is never loaded; its decoder is used for the sample
-videos); writes ``<run>/checkpoints/{latest,NNNNNNN}.pt``, ``<run>/metrics.jsonl``, ``<run>/media/*.mp4`` and
+Contract: reads ``latents.zarr`` only (the VQVAE encoder never runs: rank 0 keeps only the decoder, for the
+sample videos); writes ``<run>/checkpoints/{latest,NNNNNNN}.pt``, ``<run>/metrics.jsonl``, ``<run>/media/*.mp4`` and
 ``<run>/run.json``. The run's fingerprint covers the cache fingerprint and every setting that changes the
 trained weights; logging cadence and wandb settings are excluded.
 
@@ -318,7 +318,7 @@ class _SampleVideos:
         stride = cfg.data.skip_frames + 1
         videos = [k for k in range(len(split)) if split.lengths[k] >= (clip - 1) * stride + 1][: cfg.train.sample_videos]
         self.real = torch.stack([torch.from_numpy(split.video(k)[: (clip - 1) * stride + 1 : stride].astype(np.float32)) for k in videos])
-        self.vq = build_vqvae(cfg.vqvae, cfg.data.image_size)
+        self.vq = build_vqvae(cfg.vqvae, cfg.data.image_size).drop_encoder()  # training never encodes
 
     def write(self, done: int, model, ema, interpolant) -> Path:
         import imageio.v3 as iio

@@ -127,12 +127,19 @@ class FrozenVQVAE(nn.Module):
         if x.shape[2] % f or x.shape[3] % f:
             raise ValueError(f"frame size {list(x.shape[2:])} is not a multiple of {f}")
 
+    def drop_encoder(self) -> "FrozenVQVAE":
+        """Free the encoder: for stages that only decode (training's sample videos, forecasting from the cache)."""
+        self.model.encoder = None
+        return self
+
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels [N, 3, H, W] in [-1, 1] -> continuous pre-quantisation latents [N, C, H/f, W/f] (float32).
 
         The result is on the input's device; the work runs on the model's device in chunks of batch_size.
         """
+        if self.model.encoder is None:
+            raise RuntimeError("this VQVAE was loaded for decoding only (drop_encoder): it cannot encode")
         self._check_pixels(pixels)
         out = [
             self.model.encode(chunk.to(self.device, torch.float32)).to(pixels.device)
