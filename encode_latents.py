@@ -7,11 +7,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from pipeline.cli import ConfigOption, SetOption, SmokeOption, fail, load_cli_config
+from pipeline.cli import ConfigOption, OutOption, StoreOption, SetOption, SmokeOption, fail, load_cli_config
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
@@ -21,8 +21,8 @@ def main(
     config: ConfigOption,
     set_: SetOption = None,
     smoke: SmokeOption = False,
-    out: Annotated[str, typer.Option(help="Outputs root (local path or fsspec URL); the store is <out>/<data.name>/latents.zarr.")] = "outputs",
-    store: Annotated[Optional[str], typer.Option(help="Explicit store path/URL (overrides --out).")] = None,
+    out: OutOption = "outputs",
+    store: StoreOption = None,
     force: Annotated[bool, typer.Option(help="Delete a store built from different inputs and rebuild it.")] = False,
 ) -> None:
     """Write the latent store; prints 'up to date' and does nothing when its inputs are unchanged."""

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.cli import ConfigOption, SetOption, SmokeOption, fail, load_cli_config
+from pipeline.cli import ConfigOption, InterpOption, OutOption, SetOption, SmokeOption, fail, load_cli_config
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
@@ -24,8 +24,8 @@ def main(
     config: ConfigOption,
     set_: SetOption = None,
     smoke: SmokeOption = False,
-    interp: Annotated[Optional[str], typer.Option(help="Interpolant run to evaluate: ours | linear | custom (sets interpolant.kind).")] = None,
-    out: Annotated[str, typer.Option(help="Outputs root: reads <out>/<data.name>/<interp>/forecasts.zarr, writes <interp>/eval/.")] = "outputs",
+    interp: InterpOption = None,
+    out: OutOption = "outputs",
     forecasts: Annotated[Optional[str], typer.Option(help="Forecasts store path/URL (overrides <out>/<data.name>/<interp>/forecasts.zarr).")] = None,
     i3d: Annotated[Optional[str], typer.Option(help="StyleGAN-V TorchScript I3D file (i3d_torchscript.pt); sets eval.i3d. Without it FVD is null.")] = None,
     force: Annotated[bool, typer.Option(help="Recompute the metrics even when they are up to date.")] = False,
@@ -35,7 +35,7 @@ def main(
 
     from pipeline.evaluate import EvalError, evaluate, forecasts_url
 
-    cfg = load_cli_config(config, [*(set_ or []), *([f"interpolant.kind={interp}"] if interp else [])], smoke)
+    cfg = load_cli_config(config, set_, smoke, interp)
     if i3d:
         cfg.eval.i3d = i3d  # a plain string: not parsed as YAML like --set values
     kind = cfg.interpolant.kind

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.cli import ConfigOption, SetOption, SmokeOption, fail, load_cli_config
+from pipeline.cli import ConfigOption, InterpOption, OutOption, StoreOption, SetOption, SmokeOption, fail, load_cli_config
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
@@ -22,9 +22,9 @@ def main(
     config: ConfigOption,
     set_: SetOption = None,
     smoke: SmokeOption = False,
-    interp: Annotated[Optional[str], typer.Option(help="Interpolant preset: ours | linear | custom (sets interpolant.kind).")] = None,
-    out: Annotated[str, typer.Option(help="Outputs root: the forecasts live in <out>/<data.name>/<interp>/forecasts.zarr.")] = "outputs",
-    store: Annotated[Optional[str], typer.Option(help="Latent store (default <out>/<data.name>/latents.zarr).")] = None,
+    interp: InterpOption = None,
+    out: OutOption = "outputs",
+    store: StoreOption = None,
     ckpt: Annotated[Optional[str], typer.Option(help="Flow checkpoint, ours or published (default <out>/<data.name>/<interp>/checkpoints/latest.pt).")] = None,
     force: Annotated[bool, typer.Option(help="Discard forecasts made from different inputs (checkpoint, cache, sampler settings) and redo them.")] = False,
 ) -> None:
@@ -36,8 +36,7 @@ def main(
     from pipeline.train import run_dir
     from pipeline.vqvae import CheckpointFormatError, CheckpointMismatchError
 
-    overrides = [*(set_ or []), *([f"interpolant.kind={interp}"] if interp else [])]
-    cfg = load_cli_config(config, overrides, smoke)
+    cfg = load_cli_config(config, set_, smoke, interp)
     try:
         forecast(cfg, store or store_url(out, cfg.data.name), run_dir(out, cfg.data.name, cfg.interpolant.kind),
                  ckpt=ckpt, force=force)

@@ -7,11 +7,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from pipeline.cli import ConfigOption, SetOption, SmokeOption, fail, load_cli_config
+from pipeline.cli import ConfigOption, InterpOption, OutOption, StoreOption, SetOption, SmokeOption, fail, load_cli_config
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
@@ -21,9 +21,9 @@ def main(
     config: ConfigOption,
     set_: SetOption = None,
     smoke: SmokeOption = False,
-    interp: Annotated[Optional[str], typer.Option(help="Interpolant preset: ours | linear | custom (sets interpolant.kind).")] = None,
-    out: Annotated[str, typer.Option(help="Outputs root: the run lives in <out>/<data.name>/<interp>/.")] = "outputs",
-    store: Annotated[Optional[str], typer.Option(help="Latent store (default <out>/<data.name>/latents.zarr).")] = None,
+    interp: InterpOption = None,
+    out: OutOption = "outputs",
+    store: StoreOption = None,
     force: Annotated[bool, typer.Option(help="Discard a run made from different inputs (cache, model, interpolant, training settings) and start over.")] = False,
 ) -> None:
     """Train, resume an interrupted run exactly, or report 'up to date' when the run is finished."""
@@ -31,8 +31,7 @@ def main(
     from pipeline.safe_load import CheckpointReadError
     from pipeline.train import TrainingError, run_dir, train
 
-    overrides = [*(set_ or []), *([f"interpolant.kind={interp}"] if interp else [])]
-    cfg = load_cli_config(config, overrides, smoke)
+    cfg = load_cli_config(config, set_, smoke, interp)
     try:
         train(cfg, store or store_url(out, cfg.data.name), run_dir(out, cfg.data.name, cfg.interpolant.kind), force=force)
     except (TrainingError, FileNotFoundError, CheckpointReadError) as exc:
