@@ -254,16 +254,22 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, chunk: int = 16384) ->
     Distances are computed in float32 in chunks of ``chunk`` positions to bound memory (K x chunk floats).
     """
     n, c, h, w = z.shape
-    flat = z.permute(0, 2, 3, 1).reshape(-1, c).float()
-    book = codebook.float()
-    book_sq = (book * book).sum(1)
-    out = torch.empty(flat.shape[0], dtype=torch.long, device=z.device)
-    for start in range(0, flat.shape[0], chunk):
-        part = flat[start : start + chunk]
-        # ||z||^2 is constant per row and does not change the argmin.
-        dist = book_sq[None, :] - 2.0 * part @ book.t()
-        out[start : start + chunk] = dist.argmin(dim=1)
-    return out.reshape(n, h, w)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, c)
+    return nearest_rows(flat, codebook, chunk).reshape(n, h, w)
+
+
+def nearest_rows(flat: torch.Tensor, codebook: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+    """Index of the nearest codebook row for each row of ``flat`` [M, C] -> [M] int64 (float32, no autocast)."""
+    with torch.autocast(device_type=flat.device.type, enabled=False):
+        flat, book = flat.detach().float(), codebook.detach().float()
+        book_sq = (book * book).sum(1)
+        out = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
+        for start in range(0, flat.shape[0], chunk):
+            part = flat[start : start + chunk]
+            # ||z||^2 is constant per row and does not change the argmin.
+            dist = book_sq[None, :] - 2.0 * part @ book.t()
+            out[start : start + chunk] = dist.argmin(dim=1)
+    return out
 
 
 class VQModel(nn.Module):
