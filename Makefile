@@ -38,7 +38,7 @@ TORCHRUN   := $(VENV)/bin/torchrun --nnodes=$(NNODES) --nproc_per_node=$(NPROC) 
 endif
 LAUNCH     := $(if $(and $(filter 1,$(NPROC)),$(filter 1,$(NNODES))),$(PY),$(TORCHRUN))
 
-.PHONY: help setup data encode train forecast eval demo bench test clean-venv
+.PHONY: help setup data autoencoder encode train forecast eval demo bench test clean-venv
 
 help: ## Show targets and variables
 	@echo "Targets:"
@@ -69,6 +69,10 @@ setup: $(STAMP) ## Create .venv and install the project (re-runs only when pypro
 
 data: $(STAMP) ## Write $(DATA_DIR)/<split>/shard_NNNN.hdf5 (demo generator, or RAW=dir converter)
 	$(PY) -m pipeline.data $(COMMON) $(if $(RAW),--raw $(RAW),) $(ARGS)
+
+autoencoder: $(STAMP) ## Retrain the demo VQVAE from scratch into vqvae.ckpt, then print its test PSNR
+	$(PY) -m pipeline.vqvae.train $(COMMON) --fresh $(ARGS)
+	$(PY) -m pipeline.vqvae.train psnr $(COMMON)
 
 encode: $(STAMP) ## Stage 1: encode every shard into $(OUT)/$(DATASET)/latents.zarr (NPROC>1: torchrun)
 	$(LAUNCH) encode_latents.py $(COMMON) --out $(OUT) $(FORCE_FLAG) $(ARGS)
