@@ -11,6 +11,17 @@ from typing import Any, Callable
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
+TABLE = RESULTS.with_suffix(".md")
+
+# The headline ratio of each benchmark: (benchmark, key, what it compares, goal).
+HEADLINES = [
+    ("encode_throughput", "ratio_excluding_fixed", "stage 1 throughput / bare VQVAE forward (KTH-size model)", ">= 0.9"),
+    ("encode_throughput", "ratio_end_to_end", "same, including model load and checkpoint hashing", ""),
+    ("triplet_loader", "ram_triplets_per_s", "triplets/s, split in RAM (batch 256, one process)", ">= 20,000"),
+    ("triplet_loader", "zarr_triplets_per_s", "triplets/s, read from Zarr chunks", ">= 5,000"),
+    ("train_step", "b_over_a", "training step with the cached loader / bare step (KTH sizes)", "<= 1.10"),
+    ("train_step", "c_over_b", "step encoding frames inside (reference design) / cached step", "about 2"),
+]
 
 
 def best_time(fn: Callable[[], Any], repeats: int = 3) -> float:
@@ -36,4 +47,17 @@ def record(name: str, result: dict[str, Any]) -> None:
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results[name] = {**result, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
     RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    TABLE.write_text(markdown_table(results))
     print(json.dumps({name: results[name]}, indent=2))
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """The headline ratios (and the sampler study, when present) as a markdown table."""
+    lines = ["| benchmark | measure | value | goal |", "|---|---|---|---|"]
+    for bench, key, what, goal in HEADLINES:
+        if bench in results and key in results[bench]:
+            lines.append(f"| {bench} | {what} | {results[bench][key]} | {goal} |")
+    for row in results.get("samplers", {}).get("results", []):
+        cells = ", ".join(f"{k} {v}" for k, v in row.items())
+        lines.append(f"| samplers | {cells} | | |")
+    return "\n".join(lines) + "\n"
