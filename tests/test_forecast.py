@@ -30,12 +30,7 @@ QUIET = dict(log=lambda _: None)
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # subprocesses: two OpenMP threads on shared cores crawl
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(repo: Path, overrides: list[str], *extra: str):

@@ -14,13 +14,7 @@ from pipeline.config import ConfigError, InterpolantConfig, config_from_dict
 SHAPE = (5, 4, 8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small elementwise work: one thread is faster, and much faster when other jobs share the 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _draws(seed: int = 0, dtype=torch.float64):

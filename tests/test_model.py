@@ -19,12 +19,7 @@ SMALL = ModelConfig(state_size=4, state_res=[4, 6], inner_dim=32, depth=2, mid_d
                     dropout=0.0, gap_hidden=16, max_positions=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs(cfg: ModelConfig, b: int, seed: int = 0):

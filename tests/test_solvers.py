@@ -19,13 +19,7 @@ from pipeline import solvers as S
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small elementwise work: one thread is faster, and much faster when other jobs share the 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _overshoot(grid: torch.Tensor) -> torch.Tensor:
