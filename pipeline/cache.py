@@ -19,6 +19,7 @@ videos whose flag is unset, which a rerun encodes again.
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,17 @@ def open_store(url: str, mode: str = "r") -> zarr.Group | None:
         return zarr.open_group(url, mode=mode)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         return None
+
+
+def delete_store(url: str) -> None:
+    """Remove a whole store: a local directory, or everything under an fsspec URL."""
+    if "://" in url:
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(url)
+        fs.rm(path, recursive=True)
+    else:
+        shutil.rmtree(url)
 
 
 def create_split(

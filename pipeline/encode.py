@@ -13,7 +13,6 @@ other videos are encoded, by which rank, or in which run: a resumed or distribut
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.cache import FORMAT_VERSION, LatentSplit, create_split, open_store
+from pipeline.cache import FORMAT_VERSION, LatentSplit, create_split, delete_store, open_store
 from pipeline.config import Config, VQVAEConfig
 from pipeline.data.clips import to_model_range
 from pipeline.data.shards import ShardReader, split_dirs
@@ -121,7 +120,7 @@ def _decide(cfg, url, readers, views, force, info: DistInfo, log) -> tuple[str, 
             )
         if root is not None:
             log(f"encode: --force: deleting {url} and rebuilding; changed: {detail}")
-            _delete_store(url)
+            delete_store(url)
         _create(cfg, url, readers, views, inputs, key, hashes)
         log(f"encode: created {url} (fingerprint {key}, {len(views)} view(s))")
         return "create", ""
@@ -150,15 +149,6 @@ def _latent_shape(cfg: Config) -> tuple[int, int, int]:
 
     return build_vqvae(cfg.vqvae, cfg.data.image_size, load_weights=False).latent_shape()
 
-
-def _delete_store(url: str) -> None:
-    if "://" in url:
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(url)
-        fs.rm(path, recursive=True)
-    else:
-        shutil.rmtree(url)
 
 
 def _encode_my_videos(cfg: Config, url: str, readers, views, info: DistInfo, log) -> None:

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -50,7 +49,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.cache import LatentSplit, open_store
+from pipeline.cache import LatentSplit, delete_store, open_store
 from pipeline.checkpoints import FlowCheckpoint, load_flow_checkpoint
 from pipeline.config import Config
 from pipeline.data.clips import clip_frame_indices, to_uint8
@@ -249,7 +248,7 @@ def _decide(cfg: Config, url: str, split: LatentSplit, ckpt_path: Path, force: b
                              "and new forecasts: rerun with --force (make forecast FORCE=1) to redo them."), None, None
         if root is not None:
             log(f"forecast: {'--force: ' if 'fingerprint' in old else ''}deleting {url} and starting again")
-            _delete(url)
+            delete_store(url)
         return "create", "", inputs, hashes
     except ForecastError as exc:
         return "error", str(exc), None, None
@@ -273,15 +272,6 @@ def _check_vqvae(cfg: Config, split: LatentSplit, hashes: dict[str, Any]) -> Non
     if tuple(split.latent_shape) != want:
         raise ForecastError(f"{split.url}: latents are {list(split.latent_shape)} but the model expects {list(want)}")
 
-
-def _delete(url: str) -> None:
-    if "://" in url:
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(url)
-        fs.rm(path, recursive=True)
-    else:
-        shutil.rmtree(url)
 
 
 # ----------------------------------------------------------------------------------------------------------
