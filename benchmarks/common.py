@@ -57,7 +57,12 @@ def markdown_table(results: dict[str, Any]) -> str:
     for bench, key, what, goal in HEADLINES:
         if bench in results and key in results[bench]:
             lines.append(f"| {bench} | {what} | {results[bench][key]} | {goal} |")
-    for row in results.get("samplers", {}).get("results", []):
-        cells = ", ".join(f"{k} {v}" for k, v in row.items())
-        lines.append(f"| samplers | {cells} | | |")
+    for name in sorted(k for k in results if k.startswith("samplers_")):
+        study = results[name]
+        for row in study.get("results", []):
+            cells = ", ".join(f"{k} {v}" for k, v in row.items())
+            lines.append(f"| {name} | {cells} | | |")
+        for key in ("vq_ceiling_psnr", "copy_last_psnr"):
+            if study.get(key) is not None:
+                lines.append(f"| {name} | {key} | {study[key]} | |")
     return "\n".join(lines) + "\n"

@@ -307,12 +307,13 @@ class LoaderConfig:
 class SamplingConfig:
     """Autoregressive latent rollout (METHOD.md §6): solver, time grid, context policy, diffusion re-tuning.
 
-    ``solver=auto`` is the reference's: Euler for an ODE interpolant, Euler-Maruyama for an SDE one. An ODE solver
+    ``solver=auto`` is the reference's: Euler for an ODE interpolant, Euler-Maruyama for an SDE one; ``auto_heun``
+    is the second-order pair (Heun / stochastic Heun, 2 NFE per step), usually better at equal NFE. An ODE solver
     on an SDE interpolant integrates the probability-flow ODE (the drift re-tuned to g = 0). ``diffusion`` applies
     to SDE solvers: the drift is re-tuned for the new g(t) so the generated law stays the trained one (METHOD.md §3).
     """
 
-    solver: Literal["auto", "euler", "heun", "euler_maruyama", "heun_sde"] = "auto"  # integrator (see above)
+    solver: Literal["auto", "auto_heun", "euler", "heun", "euler_maruyama", "heun_sde"] = "auto"  # integrator (see above)
     steps: int = 100  # time-grid points N per generated frame: N - 1 steps, ending exactly at t_max
     grid: Literal["linear", "quadratic", "cosine"] = "linear"  # grid spacing; quadratic/cosine: finer near t_min
     t_min: float = 1e-4  # first grid time
@@ -332,7 +333,7 @@ class SamplingConfig:
         _require(0.0 <= self.diffusion_scale < float("inf"), "diffusion_scale", "must be finite and >= 0")
         _require(
             self.diffusion == "sigma" or self.solver not in ("euler", "heun"), "diffusion",
-            f"re-tuning (diffusion={self.diffusion}) needs an SDE solver (euler_maruyama, heun_sde or auto), not {self.solver}",
+            f"re-tuning (diffusion={self.diffusion}) needs an SDE solver (euler_maruyama, heun_sde, auto or auto_heun), not {self.solver}",
         )
         _require(self.n_samples >= 1, "n_samples", "must be >= 1")
         _require(self.batch_size >= 1, "batch_size", "must be >= 1")

@@ -155,6 +155,11 @@ class StochasticInterpolant:
         """The reference's sampler for this interpolant: ``euler_maruyama`` (SDE) or ``euler`` (ODE)."""
         return "euler_maruyama" if self.is_sde else "euler"
 
+    @property
+    def heun_solver(self) -> str:
+        """The second-order counterpart: ``heun_sde`` (SDE) or ``heun`` (ODE); twice the NFE per step."""
+        return "heun_sde" if self.is_sde else "heun"
+
     # --- training ------------------------------------------------------------------------------------------
 
     def sample_t(

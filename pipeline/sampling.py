@@ -67,10 +67,13 @@ class SampleResult:
 
 
 def resolve_solver(cfg: "SamplingConfig", interpolant: StochasticInterpolant) -> str:
-    """The integrator name: ``cfg.solver``, or the interpolant's reference solver for ``auto``."""
-    method = interpolant.reference_solver if cfg.solver == "auto" else cfg.solver
+    """The integrator name: ``cfg.solver``; for ``auto`` the interpolant's reference solver (Euler or
+    Euler-Maruyama), for ``auto_heun`` its second-order counterpart (Heun or stochastic Heun)."""
+    automatic = {"auto": interpolant.reference_solver, "auto_heun": interpolant.heun_solver}
+    method = automatic.get(cfg.solver, cfg.solver)
     if method not in ODE_SOLVERS + SDE_SOLVERS:
-        raise ValueError(f"unknown solver {cfg.solver!r}; choose auto, {', '.join(ODE_SOLVERS + SDE_SOLVERS)}")
+        choices = ", ".join([*automatic, *ODE_SOLVERS, *SDE_SOLVERS])
+        raise ValueError(f"unknown solver {cfg.solver!r}; choose {choices}")
     return method
 
 

@@ -93,6 +93,7 @@ def test_preset_values() -> None:
     torch.testing.assert_close(ours.diffusion(t), 0.1 * (1 - t))
     assert (ours.t_min, ours.t_max) == (1e-4, 1 - 1e-4)
     assert (lin.reference_solver, ours.reference_solver) == ("euler", "euler_maruyama")
+    assert (lin.heun_solver, ours.heun_solver) == ("heun", "heun_sde")
 
 
 def test_training_pair_draws_and_determinism() -> None:

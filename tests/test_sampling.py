@@ -166,13 +166,14 @@ def test_generator_must_be_on_the_latents_device() -> None:
 
 
 @pytest.mark.parametrize(
-    "solver,per_frame", [("euler", 9), ("euler_maruyama", 9), ("heun", 18), ("heun_sde", 18), ("auto", 9)]
+    "solver,per_frame",
+    [("euler", 9), ("euler_maruyama", 9), ("heun", 18), ("heun_sde", 18), ("auto", 9), ("auto_heun", 18)],
 )
 def test_nfe_per_frame(solver: str, per_frame: int) -> None:
     model = Recorder()
     res = SM.rollout(model, I.ours(), _cond(2, 2), 3, _cfg(solver=solver, steps=10))
     assert res.nfe_per_frame == per_frame and res.nfe == 3 * per_frame == len(model.calls)
-    assert res.solver == ("euler_maruyama" if solver == "auto" else solver)
+    assert res.solver == {"auto": "euler_maruyama", "auto_heun": "heun_sde"}.get(solver, solver)
     assert [float(c["t"][0]) for c in model.calls[: res.nfe_per_frame]][0] == pytest.approx(1e-4)
 
 
@@ -235,6 +236,8 @@ def test_sampling_diffusion_choices() -> None:
     with pytest.raises(ValueError, match="no"):
         SM.sampling_diffusion(_cfg(diffusion="quartic"), lin, "euler_maruyama")
     assert SM.resolve_solver(_cfg(), lin) == "euler" and SM.resolve_solver(_cfg(), ours) == "euler_maruyama"
+    heun = _cfg(solver="auto_heun")
+    assert SM.resolve_solver(heun, lin) == "heun" and SM.resolve_solver(heun, ours) == "heun_sde"
 
 
 # ----------------------------------------------------------------------------------------------------------
