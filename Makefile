@@ -32,9 +32,9 @@ FORCE_FLAG := $(if $(filter 1,$(FORCE)),--force,)
 
 # One process: plain python. Several: torchrun (standalone on one node, c10d rendezvous across nodes).
 ifeq ($(NNODES),1)
-TORCHRUN   := $(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC)
+TORCHRUN   := $(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC)
 else
-TORCHRUN   := $(VENV)/bin/torchrun --nnodes=$(NNODES) --nproc_per_node=$(NPROC) --rdzv_backend=c10d --rdzv_endpoint=$(RDZV)
+TORCHRUN   := $(PY) -m torch.distributed.run --nnodes=$(NNODES) --nproc_per_node=$(NPROC) --rdzv_backend=c10d --rdzv_endpoint=$(RDZV)
 endif
 LAUNCH     := $(if $(and $(filter 1,$(NPROC)),$(filter 1,$(NNODES))),$(PY),$(TORCHRUN))
 # make demo trains with one process per GPU, or with 2 single-thread CPU processes (DDP over gloo): on a small

@@ -65,7 +65,7 @@ def main(
 
         cond, clip_latents, real = _conditioning(cfg, store, videos)
         model, info = load_flow(cfg, ckpt, torch.device("cpu"), log=lambda _: None)
-        setting = f"trained checkpoint {ckpt} ({info['kind']}, step {info['step']}, ema {info['use_ema']}) on {store}"
+        setting = f"trained checkpoint {ckpt} ({info['kind']} checkpoint, step {info['step']}, ema {info['use_ema']}) on {store}"
         if real is not None and cfg.vqvae.ckpt and Path(cfg.vqvae.ckpt).is_file():
             from pipeline.vqvae import build_vqvae
 

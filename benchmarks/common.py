@@ -58,11 +58,18 @@ def markdown_table(results: dict[str, Any]) -> str:
         if bench in results and key in results[bench]:
             lines.append(f"| {bench} | {what} | {results[bench][key]} | {goal} |")
     for name in sorted(k for k in results if k.startswith("samplers_")):
-        study = results[name]
-        for row in study.get("results", []):
-            cells = ", ".join(f"{k} {v}" for k, v in row.items())
-            lines.append(f"| {name} | {cells} | | |")
-        for key in ("vq_ceiling_psnr", "copy_last_psnr"):
-            if study.get(key) is not None:
-                lines.append(f"| {name} | {key} | {study[key]} | |")
+        lines += ["", *sampler_table(name, results[name])]
     return "\n".join(lines) + "\n"
+
+
+SAMPLER_COLUMNS = ["solver", "steps", "nfe_per_frame", "ms_per_generated_frame", "psnr_mean", "psnr_best_of_n"]
+
+
+def sampler_table(name: str, study: dict[str, Any]) -> list[str]:
+    """One sampler study (bench_samplers) as markdown: a row per solver and step count, then its references."""
+    lines = [f"**{name}** ({study.get('videos')} videos x {study.get('samples')} samples; {study.get('setting', '')})", "",
+             "| " + " | ".join(SAMPLER_COLUMNS) + " |", "|" + "---|" * len(SAMPLER_COLUMNS)]
+    for row in study.get("results", []):
+        lines.append("| " + " | ".join(str(row.get(c, "")) for c in SAMPLER_COLUMNS) + " |")
+    refs = [f"{key} {study[key]}" for key in ("copy_last_psnr", "vq_ceiling_psnr") if study.get(key) is not None]
+    return lines + ([f"\nReferences (PSNR): {', '.join(refs)}."] if refs else [])

@@ -33,7 +33,7 @@ class FlowCheckpoint:
     """A flow checkpoint's weights and what is known about how it was made."""
 
     path: str
-    kind: str  # "ours" | "published"
+    kind: str  # "pipeline" (written by this project's trainer) | "published" (the authors' files)
     model: dict[str, torch.Tensor]
     ema: dict[str, torch.Tensor] | None
     step: int
@@ -70,7 +70,7 @@ def load_flow_checkpoint(path: str | Path) -> FlowCheckpoint:
         keys = list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
         raise ValueError(f"{path}: not a flow checkpoint (expected a dict with a 'model' entry; found {keys})")
     if obj.get("format") == FORMAT:
-        return FlowCheckpoint(str(path), "ours", obj["model"], obj.get("ema"), int(obj["step"]), obj.get("config"), obj)
+        return FlowCheckpoint(str(path), "pipeline", obj["model"], obj.get("ema"), int(obj["step"]), obj.get("config"), obj)
     ema = obj.get("ema")
     step = obj.get("step", obj.get("update_steps", 0))
     return FlowCheckpoint(

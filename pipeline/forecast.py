@@ -59,7 +59,7 @@ from pipeline.interpolants import build_interpolant
 from pipeline.records import cached_sha256, changed_keys, code_version, fingerprint
 from pipeline.rng import RowGenerators
 
-FORMAT_VERSION = 1  # bump when the layout or the meaning of stored values changes
+FORMAT_VERSION = 2  # bump when the layout or the meaning of stored values changes (2: ckpt_kind "pipeline", was "ours")
 STORE_NAME = "forecasts.zarr"
 RESULT_NEUTRAL_SAMPLE_KEYS = ("batch_size",)  # sampler settings that do not change the forecasts
 MEDIA_KEYS = ("media_videos", "media_samples", "fps")  # forecast settings that only change the media
@@ -194,7 +194,7 @@ def forecast(cfg: Config, store: str, run: str | Path, ckpt: str | Path | None =
         return action
 
     flow, ckpt_info = load_flow(cfg, ckpt_path, info.device, log if info.is_main else lambda _: None)
-    if info.is_main and ckpt_info["kind"] == "ours":
+    if info.is_main and ckpt_info["kind"] == "pipeline":
         trained_on = (ckpt_info.get("cache_fingerprint") or "")
         if trained_on and trained_on != split.attrs["fingerprint"]:
             log(f"forecast: note: {ckpt_path} was trained on latent cache {trained_on}, forecasting from "
@@ -284,7 +284,7 @@ def load_flow(cfg: Config, path: str | Path, device: torch.device, log: Callable
     from pipeline.model import build_model
 
     ckpt = load_flow_checkpoint(path)
-    if ckpt.kind == "ours":
+    if ckpt.kind == "pipeline":
         _check_trained_config(cfg, ckpt)
     use_ema = bool(cfg.forecast.use_ema and ckpt.ema)
     if cfg.forecast.use_ema and not ckpt.ema:

@@ -181,7 +181,7 @@ def _protocol_line(m: dict[str, Any]) -> str:
     p = m["protocol"]
     ck = p.get("checkpoint") or {}
     sampler = p.get("sampler") or {}
-    ckpt = f"{ck.get('ckpt')} ({ck.get('ckpt_kind')}, step {ck.get('ckpt_step')}, EMA {ck.get('use_ema')})"
+    ckpt = f"{ck.get('ckpt')} ({ck.get('ckpt_kind')} checkpoint, step {ck.get('ckpt_step')}, EMA {ck.get('use_ema')})"
     return (f"split `{p.get('split')}`, {p['videos']} videos, N = {p['n_samples']} samples each, clips of "
             f"{p['clip_length']} frames ({p['cond_frames']} conditioning → {p['pred_frames']} predicted), "
             f"{p.get('image_size')} px; checkpoint {ckpt}; sampler {sampler.get('solver_resolved') or sampler.get('solver')} with "

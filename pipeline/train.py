@@ -109,7 +109,10 @@ def train(cfg: Config, store: str, out_dir: Path, force: bool = False, log: Call
     start = 0
     if action == "resume":
         start = _restore(ckpt_dir / "latest.pt", model, ema, opt, info)
-        log(f"train: resuming {out_dir} at step {start}")
+    if info.is_main:
+        what = f"resuming {out_dir} at step {start}" if start else f"starting {out_dir}"
+        log(f"train: {what}: {cfg.train.steps} steps, global batch {cfg.train.batch_size} over "
+            f"{info.world_size} process(es) on {info.device.type}")
     net = DDP(model) if info.world_size > 1 else model
     if cfg.train.compile:
         net = torch.compile(net)

@@ -96,8 +96,8 @@ def test_layout_frame_order_metadata_and_reruns(tiny_store, tmp_path: Path, repo
     assert all(root[name].chunks[0] == 1 for name in ARRAYS)  # ranks never share a chunk
     a = dict(root.attrs)
     assert a["complete"] and a["split"] == "test" and (a["cond_frames"], a["gen_frames"], a["n_samples"]) == (n0, 6, s)
-    assert a["image_size"] == 32 and a["nfe_per_frame"] == 4 and a["solver"] == "euler_maruyama"  # 5 grid points
-    assert (a["ckpt_kind"], a["ckpt_step"], a["use_ema"], a["ckpt"]) == ("ours", 7, True, str(ckpt))
+    assert a["image_size"] == 32 and a["nfe_per_frame"] == 8 and a["solver"] == "heun_sde"  # auto_heun, 5 grid points
+    assert (a["ckpt_kind"], a["ckpt_step"], a["use_ema"], a["ckpt"]) == ("pipeline", 7, True, str(ckpt))
     assert a["frame_indices"] == list(range(t)) and a["config"]["sample"]["context"] == "per_frame"
     assert [v["index"] for v in a["videos"]] == [0, 1] and a["videos"][1]["source"] == "demo/test/00001"
     assert {"cache", "checkpoint", "sampler", "forecast", "data"} <= set(a["inputs"])
