@@ -58,6 +58,7 @@ help: ## Show targets and variables
 	@echo "  I3D=$(I3D)              StyleGAN-V TorchScript i3d_torchscript.pt for FVD in 'make eval' (FVD is null without it)"
 	@echo "  FORCE=$(FORCE)          1 = rebuild a stage output that was made from different inputs"
 	@echo "  NPROC=$(NPROC)          processes per node (torchrun); NNODES=$(NNODES), RDZV=host:port for multi-node"
+	@echo "  DEMO_NPROC=...     training processes of 'make demo' (default: one per GPU, else 2 single-thread CPU processes)"
 	@echo "  SMOKE=$(SMOKE)          1 = every stage at its smoke setting (seconds, to check the wiring)"
 	@echo "  ARGS=$(ARGS)             extra CLI arguments, e.g. ARGS='--set train.steps=100'"
 
