@@ -57,6 +57,10 @@ def markdown_table(results: dict[str, Any]) -> str:
     for bench, key, what, goal in HEADLINES:
         if bench in results and key in results[bench]:
             lines.append(f"| {bench} | {what} | {results[bench][key]} | {goal} |")
+    need = loader_over_step_need(results)
+    if need is not None:
+        lines.append(f"| triplet_loader + train_step | triplets/s read from Zarr / triplets/s a cached training step "
+                     f"consumes (KTH sizes, this machine) | {need} | >= 1 |")
     for name in sorted(k for k in results if k.startswith("samplers_")):
         lines += ["", *sampler_table(name, results[name])]
     return "\n".join(lines) + "\n"
@@ -73,3 +77,12 @@ def sampler_table(name: str, study: dict[str, Any]) -> list[str]:
         lines.append("| " + " | ".join(str(row.get(c, "")) for c in SAMPLER_COLUMNS) + " |")
     refs = [f"{key} {study[key]}" for key in ("copy_last_psnr", "vq_ceiling_psnr") if study.get(key) is not None]
     return lines + ([f"\nReferences (PSNR): {', '.join(refs)}."] if refs else [])
+
+
+def loader_over_step_need(results: dict[str, Any]) -> float | None:
+    """How many times faster the chunk reader supplies triplets than a training step consumes them (batch / step
+    time of bench_train's cached-loader step), or None until both benchmarks have run."""
+    loader, step = results.get("triplet_loader", {}), results.get("train_step", {})
+    if "zarr_triplets_per_s" not in loader or not step.get("b_cached_loader_step_s"):
+        return None
+    return round(loader["zarr_triplets_per_s"] / (step["batch"] / step["b_cached_loader_step_s"]), 1)
