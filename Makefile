@@ -3,17 +3,22 @@
 # and does only the work that changed (by content fingerprints, not timestamps).
 
 SHELL := /bin/bash
+# No brace expansion in recipes: ARGS='--set demo.videos={train: 16, test: 4}' reaches the stage as written.
+.SHELLFLAGS := +B -c
 .DEFAULT_GOAL := help
 
 DATASET    ?= demo
-INTERP     ?= ours
+INTERP     ?=
+RUN        ?=
 OUT        ?= outputs
-DATA_DIR   ?= data/$(DATASET)
+DATA_DIR   ?=
 NPROC      ?= 1
+TRAIN_NPROC ?= $(NPROC)
 NNODES     ?= 1
 RDZV       ?=
 ARGS       ?=
 SMOKE      ?= 0
+DRY_RUN    ?= 0
 RAW        ?=
 VQVAE_CKPT ?=
 FORCE      ?= 0
@@ -24,19 +29,22 @@ PYTHON     ?= python3
 VENV       := .venv
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
-CONFIG     := configs/$(DATASET).yaml
+CONFIG     ?= configs/$(DATASET).yaml
+# $(call q,VALUE): VALUE as one single-quoted shell word (spaces, quotes and $ survive).
+q           = '$(subst ','\'',$(1))'
 SMOKE_FLAG := $(if $(filter 1,$(SMOKE)),--smoke,)
-VQ_SET     := $(if $(VQVAE_CKPT),--set vqvae.ckpt=$(VQVAE_CKPT),)
-COMMON     := --config $(CONFIG) $(SMOKE_FLAG) --set data.root=$(DATA_DIR) $(VQ_SET)
 FORCE_FLAG := $(if $(filter 1,$(FORCE)),--force,)
+DRY_FLAG   := $(if $(filter 1,$(DRY_RUN)),--dry-run,)
+CONFIG_OPTS = --config $(CONFIG) $(SMOKE_FLAG) $(if $(DATA_DIR),--data-root $(call q,$(DATA_DIR)),) \
+              $(if $(VQVAE_CKPT),--set $(call q,vqvae.ckpt=$(VQVAE_CKPT)),)
+COMMON      = $(CONFIG_OPTS) --out $(call q,$(OUT)) $(DRY_FLAG)
+# The runs that train / forecast / eval work on: RUN (one or more names), else INTERP, else every trained run of
+# the dataset (on a fresh tree: the config's interpolant). A run named ours or linear is of that interpolant.
+RUNS        = $(or $(RUN),$(INTERP),$(shell $(PY) -m pipeline.layout $(CONFIG) $(call q,$(OUT)) $(SMOKE_FLAG)))
+RUN_FLAGS   = $(if $(INTERP),--interp $(INTERP),) $(FORCE_FLAG) $(ARGS)
 
-# One process: plain python. Several: torchrun (standalone on one node, c10d rendezvous across nodes).
-ifeq ($(NNODES),1)
-TORCHRUN   := $(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC)
-else
-TORCHRUN   := $(PY) -m torch.distributed.run --nnodes=$(NNODES) --nproc_per_node=$(NPROC) --rdzv_backend=c10d --rdzv_endpoint=$(RDZV)
-endif
-LAUNCH     := $(if $(and $(filter 1,$(NPROC)),$(filter 1,$(NNODES))),$(PY),$(TORCHRUN))
+# $(call launch,N): plain python for one process, else torchrun (standalone on one node, c10d rendezvous across nodes).
+launch      = $(if $(and $(filter 1,$(1)),$(filter 1,$(NNODES))),$(PY),$(if $(filter 1,$(NNODES)),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(1),$(PY) -m torch.distributed.run --nnodes=$(NNODES) --nproc_per_node=$(1) --rdzv_backend=c10d --rdzv_endpoint=$(RDZV)))
 # make demo trains with one process per GPU, or with 2 single-thread CPU processes (DDP over gloo): on a small
 # network that is ~20 % faster than one process with 2 threads. Evaluated only when the demo runs.
 DEMO_NPROC ?= $(shell $(PY) -c 'import torch; print(torch.cuda.device_count() or 2)' 2>/dev/null || echo 1)
@@ -44,23 +52,26 @@ DEMO_NPROC ?= $(shell $(PY) -c 'import torch; print(torch.cuda.device_count() or
 .PHONY: help setup data autoencoder encode train forecast eval demo bench test clean-venv
 
 help: ## Show targets and variables
-	@echo "Targets:"
+	@echo "Targets (each first brings the stages it needs up to date: eval <- forecast <- train <- encode <- data):"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables (current value):"
 	@echo "  DATASET=$(DATASET)      demo | kth | clevrer; selects configs/\$$(DATASET).yaml"
-	@echo "  INTERP=$(INTERP)        ours | linear: the interpolant trained / forecast / evaluated"
-	@echo "  OUT=$(OUT)         outputs root; a dataset's outputs live in \$$(OUT)/\$$(DATASET)/"
-	@echo "  DATA_DIR=$(DATA_DIR)  shard root holding <split>/shard_NNNN.hdf5"
+	@echo "  RUN=$(RUN)              run name(s): outputs in \$$(OUT)/\$$(DATASET)/runs/<run>/ (default: INTERP, else every trained run)"
+	@echo "  INTERP=$(INTERP)           ours | linear: the interpolant of a new run (default: the run's name if ours/linear, else the config's)"
+	@echo "  OUT=$(OUT)         outputs root; a dataset's outputs live in \$$(OUT)/\$$(DATASET)/ (smoke: \$$(DATASET)-smoke)"
+	@echo "  DATA_DIR=$(DATA_DIR)         shard root holding <split>/shard_NNNN.hdf5 (default: the config's data.root, data/<dataset>[-smoke])"
 	@echo "  RAW=$(RAW)              raw videos for 'make data' (KTH, CLEVRER or <split>/<video> folders)"
 	@echo "  VQVAE_CKPT=$(VQVAE_CKPT)       VQVAE checkpoint overriding vqvae.ckpt of the config"
-	@echo "  CKPT=$(CKPT)             flow checkpoint for 'make forecast' (ours or published; default the run's latest.pt)"
+	@echo "  CKPT=$(CKPT)             flow checkpoint for 'make forecast/eval' (ours or published; skips training); name the run: RUN=published"
 	@echo "  I3D=$(I3D)              StyleGAN-V TorchScript i3d_torchscript.pt for FVD in 'make eval' (FVD is null without it)"
-	@echo "  FORCE=$(FORCE)          1 = rebuild a stage output that was made from different inputs"
-	@echo "  NPROC=$(NPROC)          processes per node (torchrun); NNODES=$(NNODES), RDZV=host:port for multi-node"
+	@echo "  FORCE=$(FORCE)          1 = replace a stage output that was made from different inputs (data, encode, train, forecast)"
+	@echo "  DRY_RUN=$(DRY_RUN)        1 = every stage prints its resolved config and what it would do, and does nothing"
+	@echo "  NPROC=$(NPROC)          processes per node (torchrun); TRAIN_NPROC=$(TRAIN_NPROC) for training; NNODES=$(NNODES), RDZV=host:port for multi-node"
 	@echo "  DEMO_NPROC=...     training processes of 'make demo' (default: one per GPU, else 2 single-thread CPU processes)"
-	@echo "  SMOKE=$(SMOKE)          1 = every stage at its smoke setting (seconds, to check the wiring)"
-	@echo "  ARGS=$(ARGS)             extra CLI arguments, e.g. ARGS='--set train.steps=100'"
+	@echo "  SMOKE=$(SMOKE)          1 = every stage at its smoke setting (seconds), in its own <dataset>-smoke directories"
+	@echo "  ARGS=$(ARGS)             --set overrides for every stage of the chain, e.g. ARGS='--set train.lr=5e-4' (a new run records them)"
+	@echo "  PYTHON=$(PYTHON)     the interpreter that creates .venv"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,33 +82,34 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## Create .venv and install the project (re-runs only when pyproject.toml changes)
 
-data: $(STAMP) ## Write $(DATA_DIR)/<split>/shard_NNNN.hdf5 (demo generator, or RAW=dir converter)
-	$(PY) -m pipeline.data $(COMMON) $(if $(RAW),--raw $(RAW),) $(ARGS)
+data: $(STAMP) ## Shards in DATA_DIR: the demo generator, RAW=dir converted, or existing shards checked and used
+	$(PY) -m pipeline.data $(CONFIG_OPTS) $(DRY_FLAG) $(if $(RAW),--raw $(call q,$(RAW)),) $(ARGS)
 
-autoencoder: $(STAMP) ## Retrain the demo VQVAE from scratch into vqvae.ckpt, then print its test PSNR
-	$(PY) -m pipeline.vqvae.train $(COMMON) --fresh $(ARGS)
-	$(PY) -m pipeline.vqvae.train psnr $(COMMON)
+autoencoder: $(STAMP) data ## Retrain the demo VQVAE into autoencoder.out_dir (never over the shipped checkpoint), print its PSNR
+	$(PY) -m pipeline.vqvae.train $(CONFIG_OPTS) --fresh $(ARGS)
+	$(PY) -m pipeline.vqvae.train psnr --trained $(CONFIG_OPTS) $(ARGS)
 
-encode: $(STAMP) ## Stage 1: encode every shard into $(OUT)/$(DATASET)/latents.zarr (NPROC>1: torchrun)
-	$(LAUNCH) encode_latents.py $(COMMON) --out $(OUT) $(FORCE_FLAG) $(ARGS)
+encode: data ## Stage 1: latent cache $(OUT)/$(DATASET)/latents.zarr, shared by every run (NPROC>1: torchrun)
+	$(call launch,$(NPROC)) encode_latents.py $(COMMON) $(FORCE_FLAG) $(ARGS)
 
-train: $(STAMP) ## Stage 2: train INTERP on the cached latents into $(OUT)/$(DATASET)/$(INTERP)/ (NPROC>1: DDP)
-	$(LAUNCH) train_latent.py $(COMMON) --interp $(INTERP) --out $(OUT) $(FORCE_FLAG) $(ARGS)
-
-forecast: $(STAMP) ## Stage 3: forecast the test videos into $(OUT)/$(DATASET)/$(INTERP)/forecasts.zarr (CKPT=any flow checkpoint)
-	$(LAUNCH) forecast.py $(COMMON) --interp $(INTERP) --out $(OUT) $(if $(CKPT),--ckpt $(CKPT),) $(FORCE_FLAG) $(ARGS)
-
-eval: $(STAMP) ## Stage 4: PSNR/SSIM/FVD of $(OUT)/$(DATASET)/$(INTERP)/forecasts.zarr -> eval/metrics.json, $(OUT)/$(DATASET)/report.md (I3D=i3d_torchscript.pt for FVD)
-	$(PY) evaluate.py $(COMMON) --interp $(INTERP) --out $(OUT) $(if $(I3D),--i3d $(I3D),) $(FORCE_FLAG) $(ARGS)
-
-demo: $(STAMP) ## Everything on the demo dataset: data, encode, train/forecast/eval for ours and linear, report
-	$(MAKE) --no-print-directory data encode DATASET=demo FORCE=1
-	for interp in ours linear; do \
-	  $(MAKE) --no-print-directory train DATASET=demo INTERP=$$interp NPROC=$(DEMO_NPROC) FORCE=1 && \
-	  $(MAKE) --no-print-directory forecast DATASET=demo INTERP=$$interp FORCE=1 && \
-	  $(MAKE) --no-print-directory eval DATASET=demo INTERP=$$interp || exit 1; \
+train: encode ## Stage 2: train each run into $(OUT)/$(DATASET)/runs/<run>/ (TRAIN_NPROC>1: DDP)
+	@for run in $(RUNS); do \
+	  $(call launch,$(TRAIN_NPROC)) train_latent.py $(COMMON) --run $$run $(RUN_FLAGS) || exit 1; \
 	done
-	@echo "demo: report in $(OUT)/demo/report.md"
+
+forecast: $(if $(CKPT),encode,train) ## Stage 3: forecast each run's test videos into runs/<run>/forecasts.zarr (CKPT=any flow checkpoint)
+	@for run in $(RUNS); do \
+	  $(call launch,$(NPROC)) forecast.py $(COMMON) --run $$run $(if $(CKPT),--ckpt $(call q,$(CKPT)),) $(RUN_FLAGS) || exit 1; \
+	done
+
+eval: forecast ## Stage 4: metrics of each run -> runs/<run>/eval/metrics.json and $(OUT)/$(DATASET)/report.md (I3D= for FVD)
+	@for run in $(RUNS); do \
+	  $(PY) evaluate.py $(COMMON) --run $$run $(if $(I3D),--i3d $(call q,$(I3D)),) $(if $(INTERP),--interp $(INTERP),) $(ARGS) || exit 1; \
+	done
+
+demo: $(STAMP) ## Everything on the demo dataset for both interpolants (runs ours and linear), then the report
+	$(MAKE) --no-print-directory eval DATASET=demo RUN='ours linear' INTERP= TRAIN_NPROC=$(DEMO_NPROC) FORCE=1
+	@echo "demo: report in $(OUT)/demo$(if $(filter 1,$(SMOKE)),-smoke,)/report.md"
 
 bench: $(STAMP) ## Run the benchmarks; results in benchmarks/results.json
 	$(PY) -m benchmarks.bench_loader

@@ -3,6 +3,8 @@
 
     python encode_latents.py --config configs/demo.yaml
     torchrun --nproc_per_node=2 encode_latents.py --config configs/demo.yaml   # disjoint videos per rank
+
+Writes <out>/<data.name>/latents.zarr, shared by every run of the dataset.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import ConfigOption, OutOption, StoreOption, SetOption, SmokeOption, fail, load_cli_config
+from pipeline.cli import (ConfigOption, DataRootOption, DryRunOption, OutOption, SetOption, SmokeOption, StoreOption,
+                          run_stage, setup_stage, show_dry_run)
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
@@ -22,20 +25,21 @@ def main(
     set_: SetOption = None,
     smoke: SmokeOption = False,
     out: OutOption = "outputs",
+    data_root: DataRootOption = None,
     store: StoreOption = None,
     force: Annotated[bool, typer.Option(help="Delete a store built from different inputs and rebuild it.")] = False,
+    dry_run: DryRunOption = False,
 ) -> None:
     """Write the latent store; prints 'up to date' and does nothing when its inputs are unchanged."""
-    from pipeline.cache import store_url
     from pipeline.data.shards import ShardError
     from pipeline.encode import EncodeError, encode_latents
     from pipeline.vqvae import CheckpointFormatError, CheckpointMismatchError
 
-    cfg = load_cli_config(config, set_, smoke)
-    try:
-        encode_latents(cfg, store or store_url(out, cfg.data.name), force=force)
-    except (EncodeError, ShardError, FileNotFoundError, CheckpointMismatchError, CheckpointFormatError) as exc:
-        fail(str(exc))
+    stage = setup_stage(config, set_, smoke, out, data_root)
+    if dry_run:
+        show_dry_run("encode", stage.cfg)
+    run_stage("encode", lambda: encode_latents(stage.cfg, store or stage.layout.store_url, force=force, dry_run=dry_run),
+              (EncodeError, ShardError, FileNotFoundError, CheckpointMismatchError, CheckpointFormatError), dry_run)
 
 
 if __name__ == "__main__":

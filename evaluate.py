@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Stage 4: evaluate the forecasts of one interpolant: PSNR/SSIM (mean, best-of-N, per frame) and FVD.
+"""Stage 4: evaluate the forecasts of one run: PSNR/SSIM (mean, best-of-N, per frame) and FVD.
 
     python evaluate.py --config configs/demo.yaml --interp ours --i3d checkpoints/i3d_torchscript.pt
-    make eval DATASET=kth INTERP=linear I3D=checkpoints/i3d_torchscript.pt
+    make eval DATASET=kth RUN=ours I3D=checkpoints/i3d_torchscript.pt
 
-Writes <out>/<data.name>/<interp>/eval/metrics.json and psnr_per_frame.png, and rewrites <out>/<data.name>/report.md
-(both interpolants side by side once both are evaluated). Without --i3d, FVD is null and fvd_status says why.
+Writes <out>/<data.name>/runs/<run>/eval/metrics.json and psnr_per_frame.png, and rewrites
+<out>/<data.name>/report.md (every evaluated run side by side). Without --i3d, FVD is null and fvd_status says why.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.cli import ConfigOption, InterpOption, OutOption, SetOption, SmokeOption, fail, load_cli_config
+from pipeline.cli import (ConfigOption, DataRootOption, DryRunOption, InterpOption, OutOption, RunOption, SetOption,
+                          SmokeOption, run_stage, setup_stage, show_dry_run)
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
@@ -25,24 +26,25 @@ def main(
     set_: SetOption = None,
     smoke: SmokeOption = False,
     interp: InterpOption = None,
+    run: RunOption = None,
     out: OutOption = "outputs",
-    forecasts: Annotated[Optional[str], typer.Option(help="Forecasts store path/URL (overrides <out>/<data.name>/<interp>/forecasts.zarr).")] = None,
+    data_root: DataRootOption = None,
+    forecasts: Annotated[Optional[str], typer.Option(help="Forecasts store path/URL (overrides <out>/<data.name>/runs/<run>/forecasts.zarr).")] = None,
     i3d: Annotated[Optional[str], typer.Option(help="StyleGAN-V TorchScript I3D file (i3d_torchscript.pt); sets eval.i3d. Without it FVD is null.")] = None,
     force: Annotated[bool, typer.Option(help="Recompute the metrics even when they are up to date.")] = False,
+    dry_run: DryRunOption = False,
 ) -> None:
     """Compute the metrics, or print 'up to date' when the forecasts, eval settings and I3D file are unchanged."""
-    from pathlib import Path
+    from pipeline.evaluate import EvalError, evaluate
+    from pipeline.forecast import forecast_url
 
-    from pipeline.evaluate import EvalError, evaluate, forecasts_url
-
-    cfg = load_cli_config(config, set_, smoke, interp)
-    if i3d:
-        cfg.eval.i3d = i3d  # a plain string: not parsed as YAML like --set values
-    kind = cfg.interpolant.kind
-    try:
-        evaluate(cfg, forecasts or forecasts_url(out, cfg.data.name, kind), Path(out) / cfg.data.name / kind, force=force)
-    except (EvalError, FileNotFoundError) as exc:
-        fail(str(exc))
+    stage = setup_stage(config, [*(set_ or []), *([f"eval.i3d={i3d}"] if i3d else [])], smoke, out, data_root, interp, run,
+                        with_run=True)
+    if dry_run:
+        show_dry_run("eval", stage.cfg)
+    run_stage("eval", lambda: evaluate(stage.cfg, forecasts or forecast_url(stage.run_dir), stage.run_dir, force=force,
+                                       dry_run=dry_run),
+              (EvalError, FileNotFoundError), dry_run)
 
 
 if __name__ == "__main__":

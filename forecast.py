@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Stage 3: forecast the test videos with a trained flow into <out>/<data.name>/<interp>/forecasts.zarr (+ GIF/MP4).
+"""Stage 3: forecast the test videos with a trained flow into <out>/<data.name>/runs/<run>/forecasts.zarr (+ GIF/MP4).
 
     python forecast.py --config configs/demo.yaml --interp ours
-    python forecast.py --config configs/kth.yaml --interp ours --ckpt checkpoints/kth_model_ours.pt   # published
-    torchrun --nproc_per_node=2 forecast.py --config configs/demo.yaml                           # disjoint videos per rank
+    python forecast.py --config configs/demo.yaml --run lr5e-4          # a named run, as it was trained
+    python forecast.py --config configs/kth.yaml --run published --interp ours --ckpt checkpoints/kth_model_ours.pt
+    torchrun --nproc_per_node=2 forecast.py --config configs/demo.yaml  # disjoint videos per rank
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.cli import ConfigOption, InterpOption, OutOption, StoreOption, SetOption, SmokeOption, fail, load_cli_config
+from pipeline.cli import (ConfigOption, DataRootOption, DryRunOption, InterpOption, OutOption, RunOption, SetOption,
+                          SmokeOption, StoreOption, run_stage, setup_stage, show_dry_run)
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
@@ -23,26 +25,27 @@ def main(
     set_: SetOption = None,
     smoke: SmokeOption = False,
     interp: InterpOption = None,
+    run: RunOption = None,
     out: OutOption = "outputs",
+    data_root: DataRootOption = None,
     store: StoreOption = None,
-    ckpt: Annotated[Optional[str], typer.Option(help="Flow checkpoint, ours or published (default <out>/<data.name>/<interp>/checkpoints/latest.pt).")] = None,
+    ckpt: Annotated[Optional[str], typer.Option(help="Flow checkpoint, ours or published (default <out>/<data.name>/runs/<run>/checkpoints/latest.pt).")] = None,
     force: Annotated[bool, typer.Option(help="Discard forecasts made from different inputs (checkpoint, cache, sampler settings) and redo them.")] = False,
+    dry_run: DryRunOption = False,
 ) -> None:
     """Forecast, resume an interrupted run, or report 'up to date' when the forecasts are complete."""
-    from pipeline.cache import store_url
     from pipeline.data.shards import ShardError
     from pipeline.forecast import ForecastError, forecast
     from pipeline.safe_load import CheckpointReadError
-    from pipeline.train import run_dir
     from pipeline.vqvae import CheckpointFormatError, CheckpointMismatchError
 
-    cfg = load_cli_config(config, set_, smoke, interp)
-    try:
-        forecast(cfg, store or store_url(out, cfg.data.name), run_dir(out, cfg.data.name, cfg.interpolant.kind),
-                 ckpt=ckpt, force=force)
-    except (ForecastError, ShardError, FileNotFoundError, CheckpointReadError, CheckpointMismatchError,
-            CheckpointFormatError, ValueError) as exc:
-        fail(str(exc))
+    stage = setup_stage(config, set_, smoke, out, data_root, interp, run, with_run=True)
+    if dry_run:
+        show_dry_run("forecast", stage.cfg)
+    run_stage("forecast", lambda: forecast(stage.cfg, store or stage.layout.store_url, stage.run_dir, ckpt=ckpt,
+                                           force=force, dry_run=dry_run),
+              (ForecastError, ShardError, FileNotFoundError, CheckpointReadError, CheckpointMismatchError,
+               CheckpointFormatError, ValueError), dry_run)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,11 @@
 """Stage 2: train the interpolant flow ("ours" or "linear") on the cached latents, with DDP under torchrun.
 
     python train_latent.py --config configs/demo.yaml --interp ours
+    python train_latent.py --config configs/demo.yaml --run lr5e-4 --set train.lr=5e-4     # a named run
     torchrun --nproc_per_node=2 train_latent.py --config configs/demo.yaml --interp linear
+
+Writes <out>/<data.name>/runs/<run>/ (run.json, checkpoints/, metrics.jsonl, media/); the run records its --set
+overrides, which forecast.py and evaluate.py reapply for that run.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import ConfigOption, InterpOption, OutOption, StoreOption, SetOption, SmokeOption, fail, load_cli_config
+from pipeline.cli import (ConfigOption, DataRootOption, DryRunOption, InterpOption, OutOption, RunOption, SetOption,
+                          SmokeOption, StoreOption, run_stage, setup_stage, show_dry_run)
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
@@ -22,20 +27,23 @@ def main(
     set_: SetOption = None,
     smoke: SmokeOption = False,
     interp: InterpOption = None,
+    run: RunOption = None,
     out: OutOption = "outputs",
+    data_root: DataRootOption = None,
     store: StoreOption = None,
     force: Annotated[bool, typer.Option(help="Discard a run made from different inputs (cache, model, interpolant, training settings) and start over.")] = False,
+    dry_run: DryRunOption = False,
 ) -> None:
     """Train, resume an interrupted run exactly, or report 'up to date' when the run is finished."""
-    from pipeline.cache import store_url
     from pipeline.safe_load import CheckpointReadError
-    from pipeline.train import TrainingError, run_dir, train
+    from pipeline.train import TrainingError, train
 
-    cfg = load_cli_config(config, set_, smoke, interp)
-    try:
-        train(cfg, store or store_url(out, cfg.data.name), run_dir(out, cfg.data.name, cfg.interpolant.kind), force=force)
-    except (TrainingError, FileNotFoundError, CheckpointReadError) as exc:
-        fail(str(exc))
+    stage = setup_stage(config, set_, smoke, out, data_root, interp, run, with_run=True)
+    if dry_run:
+        show_dry_run("train", stage.cfg)
+    run_stage("train", lambda: train(stage.cfg, store or stage.layout.store_url, stage.run_dir, force=force,
+                                     dry_run=dry_run, overrides=stage.overrides),
+              (TrainingError, FileNotFoundError, CheckpointReadError), dry_run)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from benchmarks.common import record
 from pipeline.config import load_config
 from pipeline.forecast import row_generators, select_videos
 from pipeline.interpolants import build_interpolant
+from pipeline.layout import Layout
 from pipeline.sampling import sample
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,7 +45,7 @@ def psnr(pred: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
 def main(
     config: Annotated[Path, typer.Option(help="Config (data protocol, model size, sample section).")] = REPO / "configs" / "demo.yaml",
     store: Annotated[Optional[str], typer.Option(help="Latent store (default outputs/<data.name>/latents.zarr if present).")] = None,
-    ckpt: Annotated[Optional[str], typer.Option(help="Trained flow checkpoint (default outputs/<data.name>/<interp>/checkpoints/latest.pt if present).")] = None,
+    ckpt: Annotated[Optional[str], typer.Option(help="Trained flow checkpoint (default outputs/<data.name>/runs/<interp>/checkpoints/latest.pt if present).")] = None,
     interp: Annotated[str, typer.Option(help="Interpolant: ours | linear.")] = "ours",
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Config override (repeatable).")] = None,
     steps: Annotated[str, typer.Option(help="Comma-separated grid sizes N (N - 1 solver steps).")] = "5,10,20",
@@ -56,8 +57,9 @@ def main(
     if threads:
         torch.set_num_threads(threads)
     cfg = load_config(config, [*(set_ or []), f"interpolant.kind={interp}"])
-    store = store or _existing(REPO / "outputs" / cfg.data.name / "latents.zarr")
-    ckpt = ckpt or _existing(REPO / "outputs" / cfg.data.name / interp / "checkpoints" / "latest.pt")
+    layout = Layout(str(REPO / "outputs"), cfg.data.name)
+    store = store or _existing(Path(layout.store_url))
+    ckpt = ckpt or _existing(layout.run_dir(interp) / "checkpoints" / "latest.pt")
     n0, gen = cfg.data.cond_frames, cfg.data.frames_per_sample - cfg.data.cond_frames
     real = clip_latents = vq = None
     if store and ckpt:

@@ -94,8 +94,12 @@ class LatentSplit:
 
     def __init__(self, url: str, split: str):
         root = open_store(url)
-        if root is None or split not in root:
-            raise FileNotFoundError(f"{url}: no latent store with split '{split}' (run `make encode` first)")
+        if root is None:
+            raise FileNotFoundError(f"no latent store at {url} (run `make encode` first)")
+        if split not in root:
+            held = sorted(name for name, _ in root.groups())
+            raise FileNotFoundError(f"{url} holds no split '{split}' (it holds: {', '.join(held) or 'none'}): the "
+                                    f"shards had no '{split}' directory when it was encoded, or data.splits left it out")
         self.url, self.split = url, split
         group = root[split]
         self.latents = group["latents"]

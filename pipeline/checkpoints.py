@@ -6,7 +6,7 @@ Ours, written atomically by the trainer and loadable with ``torch.load(..., weig
      "rng": {"torch": ByteTensor, "cuda": [ByteTensor, ...]}, "sampler": {...}, "config": Config.to_dict(),
      "fingerprint": training-run fingerprint, "cache_fingerprint": str, "code_version": str}
 
-Published (``kth_model_ours.pt``, ``kth_model_linear.pt``; METHOD.md §5): ``model``, ``ema``, ``opt``, a pickled
+Published (``kth_model_ours.pt``, ``kth_model_linear.pt``; docs/METHOD.md §5): ``model``, ``ema``, ``opt``, a pickled
 ``Config`` object of the authors' code, ``step``. Model keys may carry ``module.`` and/or
 ``vector_field_regressor.`` prefixes and ``ae.*`` entries (an embedded autoencoder). They are read through
 ``pipeline.safe_load`` — nothing in the file is executed; the pickled config becomes an inert, printable record.

@@ -9,6 +9,7 @@ errors that name the key and the file, so a typo never silently falls back to a 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,12 @@ class ConfigError(ValueError):
     """A config file or override is malformed; the message names the key and the source."""
 
 
+IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # dataset and run names: directory names, never paths
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # relative paths in a config file resolve against this
+PATH_KEYS = ("data.root", "vqvae.ckpt", "eval.i3d", "autoencoder.out_dir", "autoencoder.export")  # file-system paths
+SMOKE_SUFFIX = "-smoke"  # --smoke renames data.name and data.root: smoke outputs and data live apart from real ones
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Sections. Each field's comment is its documentation; `validate` rejects impossible values.
 # ----------------------------------------------------------------------------------------------------------
@@ -29,10 +36,11 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    """The video shards and how clips are cut from them (METHOD.md §1.4)."""
+    """The video shards and how clips are cut from them (docs/METHOD.md §1.4)."""
 
-    name: str = "demo"  # dataset name: demo | kth | clevrer (free text for custom data)
-    root: str = "data/demo"  # directory holding <split>/shard_NNNN.hdf5 (Make's DATA_DIR)
+    name: str = "demo"  # dataset name, the outputs' directory <out>/<name>/ (a plain identifier; smoke: <name>-smoke)
+    source: Literal["demo", "shards"] = "demo"  # demo: shards made by the built-in generator; shards: existing or RAW= converted
+    root: str = "data/demo"  # directory holding <split>/shard_NNNN.hdf5 (Make's DATA_DIR; smoke: <root>-smoke)
     image_size: int = 64  # frame side in pixels; shards must hold image_size x image_size RGB frames
     frames_per_sample: int = 16  # T: clip length in (sub-sampled) frames
     skip_frames: int = 0  # raw frames skipped between clip frames (stride = skip_frames + 1)
@@ -49,6 +57,7 @@ class DataConfig:
             f"must be in [1, frames_per_sample={self.frames_per_sample})",
         )
         _require(len(self.splits) > 0 and len(set(self.splits)) == len(self.splits), "splits", "must be unique, non-empty")
+        _require(bool(IDENTIFIER.fullmatch(self.name)), "name", f"must be a plain identifier (letters, digits, '_', '-'), got {self.name!r}")
 
     @property
     def clip_span(self) -> int:
@@ -65,7 +74,7 @@ class ConvertConfig:
     kth_classes: list[str] = field(default_factory=lambda: ["jogging", "running", "walking"])  # KTH actions kept
     kth_split: Literal["person", "scenario"] = "person"  # person: train/val/test by person id; scenario: d1,d2/d3/d4
     kth_train_persons: list[int] = field(default_factory=lambda: list(range(1, 17)))  # person split: train ids
-    kth_val_persons: list[int] = field(default_factory=list)  # person split: val ids (taken out of nothing else)
+    kth_val_persons: list[int] = field(default_factory=list)  # person split: val ids (disjoint from train and test)
     kth_test_persons: list[int] = field(default_factory=lambda: list(range(17, 26)))  # person split: test ids
     clevrer_ranges: dict[str, list[int]] = field(  # CLEVRER official id ranges [first, last] per split
         default_factory=lambda: {"train": [0, 9999], "val": [10000, 14999], "test": [15000, 19999]}
@@ -105,7 +114,7 @@ class DemoConfig:
 
 @dataclass
 class VQVAEConfig:
-    """The frozen autoencoder whose latent space the flow lives in (METHOD.md §2)."""
+    """The frozen autoencoder whose latent space the flow lives in (docs/METHOD.md §2)."""
 
     arch: Literal["taming", "river"] = "taming"  # taming f8 VQModel (KTH, demo) or RIVER's VQVAE (CLEVRER)
     ckpt: str = ""  # checkpoint file (Lightning .ckpt, RIVER .pth, or a flat state dict)
@@ -132,9 +141,9 @@ class VQVAEConfig:
 class AutoencoderConfig:
     """Training our own taming VQVAE (the demo's frozen autoencoder; ``python -m pipeline.vqvae.train``).
 
-    The architecture comes from the ``vqvae`` section; the finished model is written, as a flat state dict,
-    to ``vqvae.ckpt`` (or ``export``). Training frames come from ``data.root``/train. Defaults = the demo recipe
-    (about 9 minutes on a shared 2-core CPU).
+    The architecture comes from the ``vqvae`` section; the finished model is written, as a flat state dict, to
+    ``export`` (default ``<out_dir>/vqvae.pt``: never over the shipped ``vqvae.ckpt`` unless ``export`` names it).
+    Training frames come from ``data.root``/train. Defaults = the demo recipe (about 9 minutes on a shared 2-core CPU).
     """
 
     steps: int = 1000  # optimiser steps in total (crop steps + full-frame steps)
@@ -159,7 +168,7 @@ class AutoencoderConfig:
     checkpoint_every: int = 250  # steps between resumable checkpoints (<out_dir>/latest.pt, written atomically)
     log_every: int = 25  # steps between progress-bar updates of the losses
     out_dir: str = "outputs/demo/autoencoder"  # training checkpoints (latest.pt) and the run record
-    export: str = ""  # where the finished model is written ('' = vqvae.ckpt); smoke runs point it elsewhere
+    export: str = ""  # where the finished model is written ('' = <out_dir>/vqvae.pt; name vqvae.ckpt to install it there)
     export_float16: bool = True  # store the shipped flat state dict in float16 (the loader casts back to float32)
     val_videos: int = 8  # val videos (all their frames) for the PSNR printed after training; 0 = skip
     eval_split: str = "test"  # split used by the ``psnr`` command
@@ -191,7 +200,7 @@ class AutoencoderConfig:
         _require(self.max_minutes >= 0, "max_minutes", "must be >= 0")
 
 
-INTERPOLANT_PRESETS: dict[str, dict[str, Any]] = {  # what kind=linear / kind=ours fix (METHOD.md §3)
+INTERPOLANT_PRESETS: dict[str, dict[str, Any]] = {  # what kind=linear / kind=ours fix (docs/METHOD.md §3)
     "linear": {"base": "gaussian", "beta": "t", "eps": 0.0},  # RIVER-like flow matching: ODE from N(0, I)
     "ours": {"base": "previous", "beta": "t2", "eps": 0.1},  # Foellmer-type SDE from the previous frame
 }
@@ -199,7 +208,7 @@ INTERPOLANT_PRESETS: dict[str, dict[str, Any]] = {  # what kind=linear / kind=ou
 
 @dataclass
 class InterpolantConfig:
-    """The stochastic interpolant I_t = alpha x0 + beta x1 + sigma(t) sqrt(t) xi and its training times (METHOD.md §3).
+    """The stochastic interpolant I_t = alpha x0 + beta x1 + sigma(t) sqrt(t) xi and its training times (docs/METHOD.md §3).
 
     alpha(t) = 1 - t and sigma(t) = eps (1 - t) always. A preset fixes base, beta and eps; leave them unset (or
     restate the preset's value). kind=custom needs all three.
@@ -237,7 +246,7 @@ class InterpolantConfig:
 
 @dataclass
 class ModelConfig:
-    """The flow network, RIVER's VectorFieldRegressor (METHOD.md §4.2). Defaults = the paper's 98,084,868 params."""
+    """The flow network, RIVER's VectorFieldRegressor (docs/METHOD.md §4.2). Defaults = the paper's 98,084,868 params."""
 
     state_size: int = 4  # latent channels C (the VQVAE's embed_dim); input is [z, ref, context] = 3C channels
     state_res: list[int] = field(default_factory=lambda: [8, 8])  # latent [h, w]: 8x8 KTH/demo, 16x16 CLEVRER
@@ -273,7 +282,7 @@ class EncodeConfig:
     chunk_frames: int = 16  # frames per Zarr chunk; each video starts on a chunk boundary (measured: benchmarks/)
     compression_level: int = 3  # Blosc/zstd level, bit-shuffled
     hflip_view: bool = False  # cache a horizontally flipped view of every video
-    jitter_views: int = 0  # colour-jittered views per video (CLEVRER's per-clip jitter, METHOD.md §1.4)
+    jitter_views: int = 0  # colour-jittered views per video (CLEVRER's per-clip jitter, docs/METHOD.md §1.4)
     jitter_brightness: float = 0.1  # factor 1 + U(-b, b)
     jitter_contrast: float = 0.1  # factor 1 + U(-c, c)
     jitter_saturation: float = 0.1  # factor 1 + U(-s, s)
@@ -305,12 +314,12 @@ class LoaderConfig:
 
 @dataclass
 class SamplingConfig:
-    """Autoregressive latent rollout (METHOD.md §6): solver, time grid, context policy, diffusion re-tuning.
+    """Autoregressive latent rollout (docs/METHOD.md §6): solver, time grid, context policy, diffusion re-tuning.
 
     ``solver=auto`` is the reference's: Euler for an ODE interpolant, Euler-Maruyama for an SDE one; ``auto_heun``
     is the second-order pair (Heun / stochastic Heun, 2 NFE per step), usually better at equal NFE. An ODE solver
     on an SDE interpolant integrates the probability-flow ODE (the drift re-tuned to g = 0). ``diffusion`` applies
-    to SDE solvers: the drift is re-tuned for the new g(t) so the generated law stays the trained one (METHOD.md §3).
+    to SDE solvers: the drift is re-tuned for the new g(t) so the generated law stays the trained one (docs/METHOD.md §3).
     """
 
     solver: Literal["auto", "auto_heun", "euler", "heun", "euler_maruyama", "heun_sde"] = "auto"  # integrator (see above)
@@ -341,7 +350,7 @@ class SamplingConfig:
 
 @dataclass
 class ForecastConfig:
-    """Stage 3: forecasts of test videos into ``forecasts.zarr`` (``make forecast``; METHOD.md §6).
+    """Stage 3: forecasts of test videos into ``forecasts.zarr`` (``make forecast``; docs/METHOD.md §6).
 
     Each video long enough for a clip contributes its first clip: T = data.frames_per_sample frames every
     data.skip_frames + 1 raw frames from raw frame 0. The first data.cond_frames latents (cached, view 0) condition
@@ -366,7 +375,7 @@ class ForecastConfig:
 
 @dataclass
 class TrainConfig:
-    """Stage 2: training the flow on cached latents (METHOD.md §5; reference bugs 3, 4, 6 fixed)."""
+    """Stage 2: training the flow on cached latents (docs/METHOD.md §5; reference bugs 3, 4, 6 fixed)."""
 
     steps: int = 400_000  # optimiser steps in total
     batch_size: int = 256  # GLOBAL batch (split evenly over the processes)
@@ -411,7 +420,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Stage 4: metrics of a forecasts store (METHOD.md §7): PSNR/SSIM on predicted frames, FVD on full clips.
+    """Stage 4: metrics of a forecasts store (docs/METHOD.md §7): PSNR/SSIM on predicted frames, FVD on full clips.
 
     FVD needs the StyleGAN-V TorchScript I3D (``i3d_torchscript.pt``); without it FVD is reported as null with the
     reason, never computed with another network. ``batch_size``, ``frame_batch`` and ``device`` do not change the
@@ -465,6 +474,32 @@ class Config:
         _require(self.model.state_size == channels, "model.state_size", f"must equal the VQVAE latent channels ({channels})")
         _require(list(self.model.state_res) == [side, side], "model.state_res",
                  f"must be [{side}, {side}]: the latent of {self.data.image_size} px frames under the {self.vqvae.arch} VQVAE")
+        produced, rule = self.produced_splits()
+        for key, split in self.splits_read().items():
+            _require(split in produced, key, f"reads split '{split}', which {rule} does not produce "
+                     f"(it produces: {', '.join(sorted(produced)) or 'nothing'})")
+
+    def produced_splits(self) -> tuple[set[str], str]:
+        """(splits the data and encode settings produce, the settings that decide it) — for load-time checks."""
+        listed = set(self.data.splits)
+        if self.data.source == "demo":
+            return listed & {s for s, n in self.demo.videos.items() if n > 0}, "data.splits with demo.videos"
+        c = self.convert
+        if c.source == "kth" and c.kth_split == "person":
+            persons = {"train": c.kth_train_persons, "val": c.kth_val_persons, "test": c.kth_test_persons}
+            return listed & {s for s, ids in persons.items() if ids}, "data.splits with convert.kth_*_persons"
+        if c.source == "clevrer":
+            return listed & set(c.clevrer_ranges), "data.splits with convert.clevrer_ranges"
+        return listed, "data.splits"
+
+    def splits_read(self) -> dict[str, str]:
+        """{config key: split} for every split a stage reads with these settings."""
+        reads = {"train.split": self.train.split, "forecast.split": self.forecast.split}
+        if self.train.sample_every:
+            reads["train.sample_split"] = self.train.sample_split
+        if self.data.source == "demo":
+            reads["autoencoder.eval_split"] = self.autoencoder.eval_split
+        return reads
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-serialisable): the record written beside every output."""
@@ -495,18 +530,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None, smoke: boo
     Raises ConfigError naming the offending key and its source (file or override) on any problem.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections")
-    cfg = _build(Config, raw, prefix="", source=str(path))
+    cfg = _build(Config, _read_yaml(path), prefix="", source=str(path))
     if smoke:  # first, so that explicit --set overrides win over the smoke settings
         for key, value in dict(cfg.smoke).items():
             cfg = _set_dotted(cfg, key, value, source=f"{path} (smoke)")
+        cfg.data.name += SMOKE_SUFFIX
+        cfg.data.root += SMOKE_SUFFIX
+    cfg = _resolve_paths(cfg, PROJECT_ROOT)  # the file's relative paths: against the project, not the caller's cwd
     for item in overrides or []:
         cfg = apply_override(cfg, item, source="--set")
     _validate_tree(cfg, prefix="", source=str(path))
@@ -514,15 +544,78 @@ def load_config(path: str | Path, overrides: list[str] | None = None, smoke: boo
 
 
 def apply_override(cfg: Config, item: str, source: str = "--set") -> Config:
-    """Apply one ``section.key=value`` override; the value is parsed as YAML (``3``, ``true``, ``[1,2]``)."""
+    """Apply one ``section.key=value`` override; the value is parsed as YAML (``3``, ``true``, ``[1,2]``).
+
+    Path keys (PATH_KEYS) take the text as it is (``DATA_DIR=off`` stays the path 'off'), relative to the current
+    directory, like any path typed on a command line.
+    """
     if "=" not in item:
         raise ConfigError(f"{source} {item!r}: expected section.key=value")
-    key, text = item.split("=", 1)
+    key, text = (part.strip() for part in item.split("=", 1))
+    if key in PATH_KEYS:
+        return _set_dotted(cfg, key, _absolute(text, Path.cwd()), source=source)
     try:
-        value = yaml.safe_load(text)
+        value = _compact_mapping(yaml.safe_load(text), text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source} {item!r}: value is not valid YAML: {exc}") from None
-    return _set_dotted(cfg, key.strip(), value, source=source)
+    return _set_dotted(cfg, key, value, source=source)
+
+
+def _compact_mapping(value: Any, text: str) -> Any:
+    """``{train:16,test:4}`` (what a shell command line invites) as ``{train: 16, test: 4}``.
+
+    YAML needs a space after a mapping colon, so the compact form parses as keys ``'train:16'`` with null
+    values; a flow mapping whose every key is such a ``name:value`` pair is re-read with the spaces added.
+    """
+    if isinstance(value, dict) and value and all(v is None and isinstance(k, str) and ":" in k for k, v in value.items()):
+        return yaml.safe_load(re.sub(r"([{,]\s*[^:{},\s]+):(?=\S)", r"\1: ", text))
+    return value
+
+
+def _absolute(path: str, base: Path) -> str:
+    """``path`` made absolute against ``base``; empty strings ("not set") and URLs stay as they are."""
+    if not path or "://" in path or Path(path).is_absolute():
+        return path
+    return str(base / path)
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    """Every PATH_KEYS value made absolute against ``base``."""
+    for dotted in PATH_KEYS:
+        section, key = dotted.split(".")
+        node = getattr(cfg, section)
+        if isinstance(getattr(node, key), str):
+            setattr(node, key, _absolute(getattr(node, key), base))
+    return cfg
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (not a silent overwrite)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key].start_mark.line + 1})", key_node.start_mark)
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """The YAML mapping of a config file; a clear ConfigError for a missing file, a directory, bad YAML, duplicates."""
+    try:
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory, not a config file (configs/<dataset>.yaml)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return raw
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:

@@ -68,10 +68,12 @@ def cache_inputs(cfg: Config, readers: dict[str, ShardReader], views: list[View]
     }
 
 
-def encode_latents(cfg: Config, url: str, force: bool = False, log: Callable[[str], None] = print) -> str:
-    """Bring the store at ``url`` up to date with ``cfg``; returns 'up to date' or 'encoded'.
+def encode_latents(cfg: Config, url: str, force: bool = False, dry_run: bool = False,
+                   log: Callable[[str], None] = print) -> str:
+    """Bring the store at ``url`` up to date with ``cfg``; returns 'up to date', 'encoded' or 'dry run'.
 
     Under torchrun every rank calls this; rank 0 decides and creates, all ranks encode disjoint videos.
+    ``dry_run`` logs what would be done (up to date / resume / build / refuse) and changes nothing.
     """
     info = init_distributed()
     # The index alone (no per-frame validation) decides "up to date": unchanged shard checksums mean the shards
@@ -79,11 +81,11 @@ def encode_latents(cfg: Config, url: str, force: bool = False, log: Callable[[st
     readers = {s: ShardReader(d, image_size=cfg.data.image_size, validate=False)
                for s, d in split_dirs(cfg.data.root, cfg.data.splits).items()}
     views = make_views(cfg.encode)
-    decision = _decide(cfg, url, readers, views, force, info, log) if info.is_main else None
+    decision = _decide(cfg, url, readers, views, force, dry_run, log) if info.is_main else None
     action, message = broadcast_object(decision)
     if action in ("stale", "error"):
         raise StaleCacheError(message) if action == "stale" else EncodeError(message)
-    if action == "up to date":
+    if action in ("up to date", "dry run"):
         return action
     barrier()
     _encode_my_videos(cfg, url, readers, views, info, log)
@@ -94,7 +96,7 @@ def encode_latents(cfg: Config, url: str, force: bool = False, log: Callable[[st
     return "encoded"
 
 
-def _decide(cfg, url, readers, views, force, info: DistInfo, log) -> tuple[str, str]:
+def _decide(cfg, url, readers, views, force, dry_run, log) -> tuple[str, str]:
     """Rank 0: compare fingerprints; create the store when needed. Returns (action, message) for every rank."""
     try:
         root = open_store(url)
@@ -106,14 +108,22 @@ def _decide(cfg, url, readers, views, force, info: DistInfo, log) -> tuple[str, 
             if old.get("complete"):
                 log(f"encode: {url} is up to date (fingerprint {key})")
                 return "up to date", ""
+            if dry_run:
+                return _would(log, f"resume {url}")
             log(f"encode: resuming {url}")
             return "resume", ""
-        for reader in readers.values():
-            reader.validate()
         changed = changed_keys(old.get("inputs", {}), inputs)
         detail = ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
         detail += f" (VQVAE checkpoint {cfg.vqvae.ckpt})" if any(c.startswith("vqvae.") for c in changed) else ""
-        if root is not None and "fingerprint" in old and not force:
+        stale = root is not None and "fingerprint" in old
+        if dry_run:
+            videos = sum(len(r.videos) for r in readers.values())
+            return _would(log, f"refuse: {url} was built from different inputs; changed: {detail} (FORCE=1 rebuilds)"
+                         if stale and not force else f"{'delete and re' if root is not None else ''}build {url} "
+                         f"({videos} videos, {len(views)} view(s))")
+        for reader in readers.values():
+            reader.validate()
+        if stale and not force:
             return "stale", (
                 f"{url} was built from different inputs; changed: {detail}. "
                 "Refusing to mix old and new latents: rerun with --force (make encode FORCE=1) to rebuild."
@@ -126,6 +136,12 @@ def _decide(cfg, url, readers, views, force, info: DistInfo, log) -> tuple[str, 
         return "create", ""
     except Exception as exc:  # reported to every rank, so none waits forever at the broadcast
         return "error", f"{type(exc).__name__}: {exc}"
+
+
+def _would(log, what: str) -> tuple[str, str]:
+    """A dry run's verdict: logged, nothing done."""
+    log(f"encode: dry run: would {what}")
+    return "dry run", ""
 
 
 def _create(cfg: Config, url, readers, views, inputs, key, hashes) -> None:

@@ -1,6 +1,6 @@
 """Stage 4: evaluate a forecasts store -> ``<run>/eval/metrics.json``, a PSNR plot, and ``<out>/<data>/report.md``.
 
-Contract: reads ``<out>/<data.name>/<interp>/forecasts.zarr`` (written by the forecast stage, zarr v3):
+Contract: reads ``<out>/<data.name>/runs/<run>/forecasts.zarr`` (written by the forecast stage, zarr v3):
 
     attrs    fingerprint, config, ckpt, ckpt_kind, ckpt_step, use_ema, split, cond_frames, gen_frames, n_samples,
              image_size, nfe_per_frame, complete, code_version, videos, ...
@@ -59,11 +59,6 @@ class EvalError(RuntimeError):
     """Stage 4 cannot proceed (missing or incomplete forecasts, missing I3D file, ...); the message says why."""
 
 
-def forecasts_url(out_root: str, dataset: str, interp: str) -> str:
-    """``<out>/<dataset>/<interp>/forecasts.zarr``."""
-    return f"{str(out_root).rstrip('/')}/{dataset}/{interp}/forecasts.zarr"
-
-
 def open_forecasts(url: str):
     """The forecasts store (read-only), checked for the arrays and attributes this stage needs."""
     import zarr
@@ -91,12 +86,15 @@ def eval_inputs(attrs: dict[str, Any], cfg: Config, i3d_sha256: str | None) -> d
     return {"format": EVAL_FORMAT, "forecasts": attrs["fingerprint"], "eval": settings, "i3d_sha256": i3d_sha256}
 
 
-def evaluate(cfg: Config, url: str, run_dir: Path, force: bool = False, log: Callable[[str], None] = print) -> str:
+def evaluate(cfg: Config, url: str, run_dir: Path, force: bool = False, dry_run: bool = False,
+             log: Callable[[str], None] = print) -> str:
     """Bring ``<run_dir>/eval/metrics.json`` up to date with the forecasts at ``url``; rewrite the dataset report.
 
-    Returns 'up to date' or 'evaluated'.
+    ``run_dir`` is ``<out>/<dataset>/runs/<run>``; the report is ``<out>/<dataset>/report.md``. Returns 'up to date',
+    'evaluated' or 'dry run' (``dry_run`` logs what would be done and changes nothing).
     """
     run_dir = Path(run_dir)
+    dataset_dir = run_dir.parent.parent
     eval_dir = run_dir / "eval"
     root = open_forecasts(url)
     attrs = dict(root.attrs)
@@ -109,15 +107,20 @@ def evaluate(cfg: Config, url: str, run_dir: Path, force: bool = False, log: Cal
     key = fingerprint(inputs)
     if old.get("fingerprint") == key and not force:
         log(f"eval: {eval_dir / METRICS_FILE} is up to date (fingerprint {key})")
-        log(f"eval: report {write_report(run_dir.parent)}")
+        if not dry_run:
+            log(f"eval: report {write_report(dataset_dir)}")
         return "up to date"
+    if dry_run:
+        changed = changed_keys(old.get("inputs", {}), inputs) if old.get("fingerprint") else []
+        log(f"eval: dry run: would compute {eval_dir / METRICS_FILE}" + (f"; changed: {', '.join(changed)}" if changed else ""))
+        return "dry run"
     if old.get("fingerprint") and old.get("fingerprint") != key:
         log(f"eval: recomputing {eval_dir / METRICS_FILE}; changed: {', '.join(changed_keys(old.get('inputs', {}), inputs))}")
     start = time.time()
     metrics = compute_metrics(cfg, root, url, log)
     metrics.update({
-        "schema": SCHEMA, "fingerprint": key, "inputs": inputs, "file_hashes": hashes, "interp": run_dir.name,
-        "dataset": run_dir.parent.name, "eval_config": asdict(cfg.eval), "code_version": code_version(),
+        "schema": SCHEMA, "fingerprint": key, "inputs": inputs, "file_hashes": hashes, "run": run_dir.name,
+        "interp": cfg.interpolant.kind, "dataset": dataset_dir.name, "eval_config": asdict(cfg.eval), "code_version": code_version(),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(time.time() - start, 1),
     })
     metrics["protocol"]["fvd"]["i3d_sha256"] = inputs["i3d_sha256"]
@@ -125,7 +128,7 @@ def evaluate(cfg: Config, url: str, run_dir: Path, force: bool = False, log: Cal
     metrics["plot"] = plot_psnr(eval_dir / "psnr_per_frame.png", metrics)
     write_metrics(eval_dir / METRICS_FILE, metrics)
     _log_summary(metrics, log)
-    log(f"eval: wrote {eval_dir / METRICS_FILE}; report {write_report(run_dir.parent)}")
+    log(f"eval: wrote {eval_dir / METRICS_FILE}; report {write_report(dataset_dir)}")
     return "evaluated"
 
 

@@ -163,10 +163,11 @@ class _Plan:
 
 
 def forecast(cfg: Config, store: str, run: str | Path, ckpt: str | Path | None = None, force: bool = False,
-             log: Callable[[str], None] = print) -> str:
-    """Bring ``<run>/forecasts.zarr`` up to date; returns 'up to date' or 'forecast'. Every torchrun rank calls this.
+             dry_run: bool = False, log: Callable[[str], None] = print) -> str:
+    """Bring ``<run>/forecasts.zarr`` up to date; returns 'up to date', 'forecast' or 'dry run'.
 
-    ``store`` is the latent store; ``ckpt`` any flow checkpoint (default ``<run>/checkpoints/latest.pt``).
+    Every torchrun rank calls this. ``store`` is the latent store; ``ckpt`` any flow checkpoint (default
+    ``<run>/checkpoints/latest.pt``). ``dry_run`` logs what would be done and changes nothing.
     """
     info = init_distributed()
     run = Path(run)
@@ -182,8 +183,10 @@ def forecast(cfg: Config, store: str, run: str | Path, ckpt: str | Path | None =
     _check_shards(reader, split)
     nfe_per_frame(cfg, build_interpolant(cfg.interpolant))  # solver / diffusion combination errors
 
-    decision = _decide(cfg, url, split, ckpt_path, force, log) if info.is_main else None
+    decision = _decide(cfg, url, split, ckpt_path, force, dry_run, log) if info.is_main else None
     action, message, inputs, hashes = broadcast_object(decision)
+    if action == "dry run":
+        return action
     if action == "stale":
         raise StaleForecastError(message)
     if action == "error":
@@ -223,8 +226,18 @@ def forecast(cfg: Config, store: str, run: str | Path, ckpt: str | Path | None =
     return "forecast"
 
 
-def _decide(cfg: Config, url: str, split: LatentSplit, ckpt_path: Path, force: bool, log):
-    """Rank 0: (action, message, inputs, file hashes); deletes a store only with ``force``."""
+def _decide(cfg: Config, url: str, split: LatentSplit, ckpt_path: Path, force: bool, dry_run: bool, log):
+    """Rank 0: (action, message, inputs, file hashes); deletes a store only with ``force``, never in a dry run."""
+    verdict = _decide_or_delete(cfg, url, split, ckpt_path, force, dry_run, log)
+    if dry_run and verdict[0] != "up to date":
+        action, message = verdict[:2]
+        word = {"create": "build", "stale": "refuse", "error": "stop"}.get(action, action)
+        log(f"forecast: dry run: would {word}" + (f": {message}" if message else ""))
+        return "dry run", message, None, None
+    return verdict
+
+
+def _decide_or_delete(cfg: Config, url: str, split: LatentSplit, ckpt_path: Path, force: bool, dry_run: bool, log):
     try:
         if not ckpt_path.is_file():
             return "error", f"flow checkpoint not found: {ckpt_path} (train first, or pass --ckpt / CKPT=...)", None, None
@@ -246,10 +259,10 @@ def _decide(cfg: Config, url: str, split: LatentSplit, ckpt_path: Path, force: b
             extra += " (the latent cache changed)" if "cache" in changed else ""
             return "stale", (f"{url} was made from different inputs; changed: {detail}{extra}. Refusing to mix old "
                              "and new forecasts: rerun with --force (make forecast FORCE=1) to redo them."), None, None
-        if root is not None:
+        if root is not None and not dry_run:
             log(f"forecast: {'--force: ' if 'fingerprint' in old else ''}deleting {url} and starting again")
             delete_store(url)
-        return "create", "", inputs, hashes
+        return "create", f"{url} ({'replacing the existing store' if root is not None else 'new'})", inputs, hashes
     except ForecastError as exc:
         return "error", str(exc), None, None
     except Exception as exc:  # reported to every rank, so none waits forever at the broadcast

@@ -1,4 +1,4 @@
-"""Stochastic interpolants between a base point and the next latent frame (METHOD.md §3).
+"""Stochastic interpolants between a base point and the next latent frame (docs/METHOD.md §3).
 
     I_t = alpha(t) x0 + beta(t) x1 + sigma(t) sqrt(t) xi,        xi ~ N(0, I),  t in [0, 1]
 
@@ -230,7 +230,7 @@ class StochasticInterpolant:
 
     @classmethod
     def loss(cls, pred: Tensor, target: Tensor) -> Tensor:
-        """The reference loss: per-example SUM over (C, h, w), MEAN over the batch (METHOD.md §3)."""
+        """The reference loss: per-example SUM over (C, h, w), MEAN over the batch (docs/METHOD.md §3)."""
         return cls.per_example_loss(pred, target).mean()
 
     # --- sampling ------------------------------------------------------------------------------------------
@@ -249,7 +249,7 @@ class StochasticInterpolant:
 
             s = (beta' (x - m) - beta (b - a0)) / (beta c - beta' v)
 
-        For the previous base this is METHOD.md §3's
+        For the previous base this is docs/METHOD.md §3's
         (-beta b + alpha' beta x0 + beta' x - beta' alpha x0) / (t sigma (sigma' beta - beta' sigma)).
         The denominator vanishes at t = 0 for the previous base (clamp t, see :meth:`retuned_drift`) and at t = 1;
         for the previous base with eps = 0 (no noise) there is no score and this raises.
@@ -276,7 +276,7 @@ class StochasticInterpolant:
         self, b: Tensor, x: Tensor, t: Tensor, g: Coefficient | TimeFn, x0: Tensor | None = None,
         *, t_floor: float | None = None,
     ) -> Tensor:
-        """Drift for sampling with a new diffusion g(t) (METHOD.md §3): b_g = b + (g^2 - sigma^2)/2 * s(b, x, t).
+        """Drift for sampling with a new diffusion g(t) (docs/METHOD.md §3): b_g = b + (g^2 - sigma^2)/2 * s(b, x, t).
 
         The marginals of dX = b_g dt + g dW equal those of dX = b dt + sigma dW (Fokker-Planck). The score is
         evaluated at max(t, t_floor) (default ``t_min``) to keep its denominator (proportional to t for the

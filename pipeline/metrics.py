@@ -1,4 +1,4 @@
-"""Forecast metrics (METHOD.md §7): PSNR and SSIM on predicted frames, best-of-N, Fréchet video distance.
+"""Forecast metrics (docs/METHOD.md §7): PSNR and SSIM on predicted frames, best-of-N, Fréchet video distance.
 
 Pixels: frames are stored as uint8 HWC and compared in the model range ``x / 127.5 - 1`` ([-1, 1]) with data
 range 2.0, so the numbers are the reference's (``refinement/eval.py``).

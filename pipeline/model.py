@@ -1,4 +1,4 @@
-"""RIVER's VectorFieldRegressor: the flow network f(z, t, ref, context, gap) (METHOD.md §4.2).
+"""RIVER's VectorFieldRegressor: the flow network f(z, t, ref, context, gap) (docs/METHOD.md §4.2).
 
 A U-shaped pre-norm transformer over the h*w latent cells plus one time token:
 
@@ -79,7 +79,7 @@ def _layer(cfg: ModelConfig) -> nn.TransformerEncoderLayer:
 
 
 class VectorFieldRegressor(nn.Module):
-    """f(z, t, ref, context, gap) -> [B, C, h, w]: the drift / velocity estimate at I_t = z (METHOD.md §4.2)."""
+    """f(z, t, ref, context, gap) -> [B, C, h, w]: the drift / velocity estimate at I_t = z (docs/METHOD.md §4.2)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -115,7 +115,7 @@ class VectorFieldRegressor(nn.Module):
         gap = gap.reshape(-1) if gap.ndim else gap.expand(b)
         if t.shape[0] != b or gap.shape[0] != b:
             raise ValueError(f"t {list(t.shape)} and gap {list(gap.shape)} must have one entry per example (B={b})")
-        if not bool((gap >= 1).all()):  # log(gap) is the gap feature: gap >= 1 by construction (METHOD.md §9.16)
+        if not bool((gap >= 1).all()):  # log(gap) is the gap feature: gap >= 1 by construction (docs/METHOD.md §9.16)
             raise ValueError(f"gap must be >= 1 (frames between reference and context), got min {gap.min().item()}")
 
         x = self.project_in(torch.cat([z, ref, context], dim=1))  # [B, hw, D]

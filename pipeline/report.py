@@ -1,6 +1,6 @@
 """Stage 4 outputs: ``<run>/eval/metrics.json`` (schema below), the PSNR-per-frame plot, ``<out>/<data>/report.md``.
 
-metrics.json (``SCHEMA``), one file per interpolant run::
+metrics.json (``SCHEMA``), one file per run::
 
     {
       "schema": "latent-interpolants/eval-metrics/v1",
@@ -17,13 +17,14 @@ metrics.json (``SCHEMA``), one file per interpolant run::
                    fvd: {clips, videos, generated, clip_counts, call, statistics, i3d, i3d_sha256, resamples},
                    checkpoint: {ckpt, ckpt_kind, ckpt_step, use_ema}, sampler: {...sample config, nfe_per_frame},
                    interpolant, seeds: {seed, sample_seed, bootstrap_seed}, forecasts, forecasts_fingerprint, ...},
-      "fingerprint", "inputs", "file_hashes", "dataset", "interp", "eval_config", "code_version", "created",
+      "fingerprint", "inputs", "file_hashes", "dataset", "run", "interp", "eval_config", "code_version", "created",
       "seconds", "plot": "psnr_per_frame.png"
     }
 
-``report.md`` gathers every ``<interp>/eval/metrics.json`` of the dataset: one table per interpolant (model, VQ
-ceiling, copy-last), its plot and its ``media/forecast_*.gif`` grids; with two or more interpolants (the paper's
-``ours`` vs ``linear``) a side-by-side table first, with each model's PSNR gain over copy-last.
+``report.md`` gathers every ``runs/<run>/eval/metrics.json`` of the dataset: one table per run (model, VQ
+ceiling, copy-last), its plot and its ``media/forecast_*.gif`` grids; with two or more runs (the paper's
+``ours`` vs ``linear``, or a sweep of named runs) a side-by-side table first, with each model's PSNR gain over
+copy-last.
 """
 
 from __future__ import annotations
@@ -109,20 +110,20 @@ def plot_psnr(path: Path, metrics: dict[str, Any]) -> str:
         ax.plot(x, metrics["model"]["psnr"]["per_frame_best_of_n"], "o--", ms=3, label=f"model (best of {n})")
     ax.plot(x, metrics["vq_ceiling"]["psnr"]["per_frame"], "-", color="gray", label="VQ ceiling")
     ax.plot(x, metrics["copy_last"]["psnr"]["per_frame"], ":", color="black", label="copy-last")
-    _decorate(ax, metrics, f"{metrics.get('dataset', '')} / {metrics.get('interp', '')}")
+    _decorate(ax, metrics, f"{metrics.get('dataset', '')} / {run_label(metrics.get('run', ''), metrics)}")
     _save(fig, Path(path))
     return Path(path).name
 
 
 def plot_comparison(path: Path, runs: dict[str, dict[str, Any]]) -> str:
-    """Mean PSNR per predicted frame of several interpolants, with the first run's ceiling and copy-last."""
+    """Mean PSNR per predicted frame of several runs, with the first run's ceiling and copy-last."""
     fig, ax = _figure()
     first = next(iter(runs.values()))
-    for interp, metrics in runs.items():
-        ax.plot(_frames(metrics), metrics["model"]["psnr"]["per_frame"], "o-", ms=3, label=f"{interp} (mean)")
+    for run, metrics in runs.items():
+        ax.plot(_frames(metrics), metrics["model"]["psnr"]["per_frame"], "o-", ms=3, label=f"{run_label(run, metrics)} (mean)")
     ax.plot(_frames(first), first["vq_ceiling"]["psnr"]["per_frame"], "-", color="gray", label="VQ ceiling")
     ax.plot(_frames(first), first["copy_last"]["psnr"]["per_frame"], ":", color="black", label="copy-last")
-    _decorate(ax, first, f"{first.get('dataset', '')}: interpolants compared")
+    _decorate(ax, first, f"{first.get('dataset', '')}: runs compared")
     _save(fig, Path(path))
     return Path(path).name
 
@@ -141,10 +142,16 @@ def _decorate(ax, metrics: dict[str, Any], title: str) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def run_label(run: str, metrics: dict[str, Any]) -> str:
+    """The run's name, with its interpolant when the name does not say it (``lr5e-4 (ours)``)."""
+    interp = metrics.get("interp")
+    return run if not interp or interp == run else f"{run} ({interp})"
+
+
 def find_runs(dataset_dir: Path) -> dict[str, dict[str, Any]]:
-    """{interp: metrics} for every ``<dataset_dir>/<interp>/eval/metrics.json``; ours, linear first."""
+    """{run: metrics} for every ``<dataset_dir>/runs/<run>/eval/metrics.json``; ours, linear first."""
     runs = {}
-    for path in sorted(Path(dataset_dir).glob(f"*/eval/{METRICS_FILE}")):
+    for path in sorted(Path(dataset_dir).glob(f"runs/*/eval/{METRICS_FILE}")):
         try:
             runs[path.parent.parent.name] = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
@@ -209,43 +216,43 @@ def write_report(dataset_dir: Path) -> Path:
     dataset_dir = Path(dataset_dir)
     runs = find_runs(dataset_dir)
     lines = [f"# Forecast evaluation: {dataset_dir.name}", "",
-             "Written by `evaluate.py` (`make eval`) from `<interp>/eval/metrics.json`; regenerated on every run.",
+             "Written by `evaluate.py` (`make eval`) from `runs/<run>/eval/metrics.json`; regenerated on every run.",
              "PSNR/SSIM: predicted frames only, data range 2 on [-1, 1]; best-of-N picks, per video, the sample with "
              "the best mean score. FVD: full clips (conditioning + predicted) vs real clips, StyleGAN-V TorchScript "
              "I3D. VQ ceiling: decode(encode(x)) vs x. Copy-last: the last real conditioning frame repeated.", ""]
     if not runs:
-        lines.append("No evaluated interpolant yet (run `make eval`).")
+        lines.append("No evaluated run yet (run `make eval`).")
     if len(runs) >= 2:
-        title = "ours vs linear (the paper's comparison)" if set(INTERP_ORDER) <= set(runs) else "interpolants compared"
+        title = "ours vs linear (the paper's comparison)" if set(INTERP_ORDER) <= set(runs) else "runs compared"
         rows = []
-        for interp, m in runs.items():
+        for run, m in runs.items():
             gain = m["model"]["psnr"]["mean"] - m["copy_last"]["psnr"]["mean"]
-            rows.append(_row(f"{interp} (N={m['model']['n_samples']})", m["model"], [f"{gain:+.2f}"]))
+            rows.append(_row(f"{run_label(run, m)} (N={m['model']['n_samples']})", m["model"], [f"{gain:+.2f}"]))
         first = next(iter(runs.values()))
         rows.append(_row("VQ ceiling", first["vq_ceiling"], ["—"]))
         rows.append(_row("copy-last", first["copy_last"], ["0.00"]))
         lines += [f"## Comparison: {title}", "",
-                  *_table("interpolant", rows, ["PSNR mean gain over copy-last (dB)"]), ""]
+                  *_table("run", rows, ["PSNR mean gain over copy-last (dB)"]), ""]
         diffs = _comparable(runs)
         if diffs:
             lines += [f"**Not comparable as is**: the runs differ in {', '.join(diffs)}.", ""]
         lines += ["VQ ceiling and copy-last rows: from the first run's store (the same test clips when the protocols "
                   "agree).", ""]
-        for interp, m in runs.items():
-            lines.append(f"* `{interp}` FVD: {m['fvd_status']}")
+        for run, m in runs.items():
+            lines.append(f"* `{run}` FVD: {m['fvd_status']}")
         lines.append("")
         name = plot_comparison(dataset_dir / "psnr_per_frame.png", runs)
-        lines += [f"![PSNR per frame, all interpolants]({name})", ""]
-    for interp, m in runs.items():
+        lines += [f"![PSNR per frame, all runs]({name})", ""]
+    for run, m in runs.items():
         rows = [_row(f"{SET_LABELS[s]}" + (f" (N={m[s]['n_samples']})" if s == "model" else ""), m[s]) for s in SET_LABELS]
         gain = m["model"]["psnr"]["mean"] - m["copy_last"]["psnr"]["mean"]
-        lines += [f"## {interp}", "", _protocol_line(m) + ".", "", *_table("scored", rows), "",
+        lines += [f"## {run_label(run, m)}", "", _protocol_line(m) + ".", "", *_table("scored", rows), "",
                   f"Model mean PSNR gain over copy-last: {gain:+.2f} dB. FVD: {m['fvd_status']}.", ""]
         if m.get("plot"):
-            lines += [f"![PSNR per frame, {interp}]({interp}/eval/{m['plot']})", ""]
-        gifs = sorted((dataset_dir / interp / "media").glob("forecast_*.gif"), key=_media_key)
+            lines += [f"![PSNR per frame, {run}](runs/{run}/eval/{m['plot']})", ""]
+        gifs = sorted((dataset_dir / "runs" / run / "media").glob("forecast_*.gif"), key=_media_key)
         if gifs:
-            lines += ["Forecast grids:", ""] + [f"![{g.stem}]({interp}/media/{g.name})" for g in gifs] + [""]
+            lines += ["Forecast grids:", ""] + [f"![{g.stem}](runs/{run}/media/{g.name})" for g in gifs] + [""]
     path = dataset_dir / REPORT_FILE
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines).rstrip() + "\n")

@@ -1,10 +1,10 @@
-"""Autoregressive latent rollout (METHOD.md §6): one new frame at a time, conditioned on the history.
+"""Autoregressive latent rollout (docs/METHOD.md §6): one new frame at a time, conditioned on the history.
 
 For each new frame, with n latent frames so far:
 
 * reference = frame n - 1; context index c uniform on {lo, ..., n - 2} per example, where lo = 0 (whole history)
   or max(0, n - 1 - H) with ``past_horizon`` H (so the gap is at most H; RIVER's version never limited it,
-  METHOD.md §9.15); gap = (n - 1) - c >= 1. ``per_frame`` draws c once and holds it for every integration step
+  docs/METHOD.md §9.15); gap = (n - 1) - c >= 1. ``per_frame`` draws c once and holds it for every integration step
   (the reference [VI]); ``per_step`` draws it again at every network evaluation (RIVER);
 * start at the interpolant's base given the reference (N(0, I) for ``linear``, the reference latent for ``ours``),
   or at its spread start when the diffusion is re-tuned (see :func:`start_state`);
@@ -150,7 +150,7 @@ def _network_drift(
     def drift(x: Tensor, t: Tensor) -> Tensor:
         c = context() if callable(context) else context
         gap = (n - 1) - c
-        assert bool((gap >= 1).all()), "context must precede the reference (gap >= 1, METHOD.md §9.16)"
+        assert bool((gap >= 1).all()), "context must precede the reference (gap >= 1, docs/METHOD.md §9.16)"
         return model(x, t, ref, history[rows, c], gap.to(x.dtype))
 
     return drift
@@ -224,7 +224,7 @@ def rollout(
     batch, n0 = cond_latents.shape[:2]
     if n0 < 1:
         raise ValueError("need at least one conditioning frame")
-    dup = n0 == 1  # METHOD.md §6 step 1: distinct reference and context indices, same latent
+    dup = n0 == 1  # docs/METHOD.md §6 step 1: distinct reference and context indices, same latent
     start = cond_latents.repeat(1, 2, 1, 1, 1) if dup else cond_latents
     n_first = start.shape[1]
     history = torch.empty((batch, n_first + n_generate, *cond_latents.shape[2:]), dtype=cond_latents.dtype,

@@ -3,7 +3,7 @@
 * A drift is ``f(x, t) -> dx/dt`` with ``x`` [B, ...] and ``t`` [B] (one time per example, all equal here).
 * A diffusion is ``g(t) -> [B]`` (or a scalar tensor), e.g. an interpolant's sigma.
 * A grid of N times gives N - 1 steps and the result is the state at ``grid[-1]`` exactly (the reference's
-  Euler-Maruyama took N steps and overshot to about 1.01, METHOD.md §9.5).
+  Euler-Maruyama took N steps and overshot to about 1.01, docs/METHOD.md §9.5).
 * Every solver returns a :class:`Solution` with the number of drift evaluations (NFE), so a benchmark can report
   evaluations per generated frame; :class:`CountingDrift` counts for any other caller.
 """

@@ -46,10 +46,6 @@ class TrainingError(RuntimeError):
     """Training cannot start or continue (stale cache, NaN, ...); the message says where and why."""
 
 
-def run_dir(out_root: str, dataset: str, interp: str) -> Path:
-    return Path(out_root) / dataset / interp
-
-
 def training_inputs(cfg: Config, cache_fingerprint: str) -> dict[str, Any]:
     """Everything the trained weights depend on."""
     train = {k: v for k, v in asdict(cfg.train).items() if k not in LOGGING_ONLY}
@@ -82,8 +78,13 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
             e.copy_(m)
 
 
-def train(cfg: Config, store: str, out_dir: Path, force: bool = False, log: Callable[[str], None] = print) -> str:
-    """Train (or resume, or report up to date) the run in ``out_dir``; every torchrun rank calls this."""
+def train(cfg: Config, store: str, out_dir: Path, force: bool = False, dry_run: bool = False,
+          overrides: list[str] | None = None, log: Callable[[str], None] = print) -> str:
+    """Train (or resume, or report up to date) the run in ``out_dir``; every torchrun rank calls this.
+
+    ``overrides`` (the --set list that made ``cfg``) is recorded in ``run.json`` so later stages of the run reapply
+    it. ``dry_run`` logs what would be done (fresh / resume / up to date / refuse) and changes nothing.
+    """
     info = init_distributed()
     if cfg.train.batch_size % info.world_size:
         raise TrainingError(f"train.batch_size={cfg.train.batch_size} does not divide by {info.world_size} processes")
@@ -95,10 +96,18 @@ def train(cfg: Config, store: str, out_dir: Path, force: bool = False, log: Call
     key = fingerprint(inputs)
     ckpt_dir = out_dir / "checkpoints"
     action, message = broadcast_object(_decide(out_dir, inputs, key, cfg, force, log) if info.is_main else None)
+    if dry_run:
+        verdict = {"fresh": f"train {out_dir} from scratch ({cfg.train.steps} steps)", "resume": f"resume {out_dir}",
+                   "stale": f"refuse: {message}", "discard": f"discard {out_dir} and train from scratch ({message})"}
+        if action != "up to date" and info.is_main:
+            log(f"train: dry run: would {verdict[action]}")
+        return "dry run"
     if action == "stale":
         raise TrainingError(message)
     if action == "up to date":
         return action
+    if action == "discard" and info.is_main:
+        _discard(out_dir, message, log)
     barrier()
 
     torch.manual_seed(cfg.seed)  # the same initial weights in every run of this config (and on every rank)
@@ -125,7 +134,7 @@ def train(cfg: Config, store: str, out_dir: Path, force: bool = False, log: Call
     stream = TripletStream(reader, local_batch, seed=cfg.seed, rank=info.rank, start_step=start, num_steps=cfg.train.steps - start)
     loader = DataLoader(stream, batch_size=None, num_workers=cfg.loader.num_workers, pin_memory=info.device.type == "cuda",
                         generator=torch.Generator())
-    logger = _Logger(cfg, out_dir, info, inputs, key, resumed=start > 0) if info.is_main else None
+    logger = _Logger(cfg, out_dir, info, inputs, key, overrides or [], resumed=start > 0) if info.is_main else None
     sampler = _SampleVideos(cfg, store, out_dir) if info.is_main and cfg.train.sample_every else None
     overfit = None
 
@@ -182,12 +191,17 @@ def _decide(out_dir: Path, inputs, key, cfg: Config, force: bool, log) -> tuple[
     if not force:
         cache_note = " (the latent cache changed: its fingerprint differs from the checkpoint's)" if "cache" in changed else ""
         return "stale", (f"{out_dir} was trained from different inputs; changed: {what}{cache_note}. "
-                         "Rerun with --force (make train FORCE=1) to discard it and train from scratch.")
-    log(f"train: --force: discarding {out_dir} (changed: {what})")
+                         "Rerun with --force (make train FORCE=1) to discard it and train from scratch, or train "
+                         "these settings as a new run beside it (make train RUN=<new name>).")
+    return "discard", f"changed: {what}"
+
+
+def _discard(out_dir: Path, why: str, log) -> None:
+    """--force: delete a run's training outputs (its forecasts and evaluation are refused or redone downstream)."""
+    log(f"train: --force: discarding {out_dir} ({why})")
     for name in ("checkpoints", "media", "metrics.jsonl", "run.json"):
         target = out_dir / name
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    return "fresh", ""
 
 
 def _restore(path: Path, model, ema, opt, info: DistInfo) -> int:
@@ -251,12 +265,13 @@ def _checkpoint(ckpt_dir: Path, done: int, model, ema, opt, cfg: Config, key: st
 class _Logger:
     """Rank 0: metrics.jsonl, wandb (offline by default) and a progress line with ETA."""
 
-    def __init__(self, cfg: Config, out_dir: Path, info: DistInfo, inputs, key: str, resumed: bool):
+    def __init__(self, cfg: Config, out_dir: Path, info: DistInfo, inputs, key: str, overrides: list[str], resumed: bool):
         self.cfg, self.out_dir = cfg, out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         if not resumed:
             write_json_atomic(out_dir / "run.json", {"fingerprint": key, "inputs": inputs, "config": cfg.to_dict(),
-                                                     "code_version": code_version(), "world_size": info.world_size, "step": 0})
+                                                     "args": {"set": overrides}, "code_version": code_version(),
+                                                     "world_size": info.world_size, "step": 0})
         self.metrics = self._open_metrics(out_dir / "metrics.jsonl", resumed)
         self.window: list[tuple[float, float, float]] = []
         self.window_start = time.perf_counter()
@@ -266,8 +281,8 @@ class _Logger:
             import wandb
 
             self.wandb = wandb.init(project=cfg.train.wandb_project, dir=str(out_dir), mode=cfg.train.wandb_mode,
-                                    config=cfg.to_dict(), name=f"{cfg.data.name}-{cfg.interpolant.kind}", resume="allow",
-                                    id=f"{cfg.data.name}-{cfg.interpolant.kind}-{key}")
+                                    config=cfg.to_dict(), name=f"{cfg.data.name}-{out_dir.name}", resume="allow",
+                                    id=f"{cfg.data.name}-{out_dir.name}-{key}")
 
     def _open_metrics(self, path: Path, resumed: bool):
         """Fresh run: a new file. Resumed: keep the rows up to the checkpoint's step (later ones are redone)."""

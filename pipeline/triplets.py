@@ -1,6 +1,6 @@
 """Training-side reader: batches of (target, reference, context, gap, view) latent triplets from the cache.
 
-The distribution is exactly the reference's (METHOD.md §1.4, §4.1, §8), without materialising clips:
+The distribution is exactly the reference's (docs/METHOD.md §1.4, §4.1, §8), without materialising clips:
 
 * video uniform over the split's videos that can hold a clip, with replacement;
 * clip start uniform on ``{0, …, n − S}`` (off-by-one fixed, see ``pipeline.data.clips``);

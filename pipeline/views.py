@@ -7,7 +7,7 @@ reference) the cache holds ``V`` views of every video and training draws one vie
 * ``hflip`` — horizontal flip (``encode.hflip_view``);
 * ``jitterK`` — colour jitter, K = 1..``encode.jitter_views``: brightness, contrast, saturation, then hue, with
   factors drawn once per (video, view) from a stream seeded by (seed, split, video, view), the same draw for all
-  frames of the video — as the reference draws once per clip (METHOD.md §1.4).
+  frames of the video — as the reference draws once per clip (docs/METHOD.md §1.4).
 
 The difference from the reference: a video offers V fixed jitters instead of a new one per clip.
 """

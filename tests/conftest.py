@@ -89,3 +89,17 @@ def tiny_store(tmp_path_factory) -> tuple:
     url = str(directory / "latents.zarr")
     encode_latents(cfg, url, log=lambda _: None)
     return cfg, [*overrides, "encode.hflip_view=true"], url
+
+
+def run_make(*args: str, timeout: int = 600):
+    """``make -s ARGS`` in the repository with this interpreter, no venv set-up; the CompletedProcess."""
+    import subprocess
+
+    return subprocess.run(["make", "-s", *args, f"PY={PYTHON}", "STAMP="], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def stage_verdicts(stdout: str) -> list[str]:
+    """The lines in which the stages say what they did ('data: ...', 'encode: ...', ...), report lines left out."""
+    stages = ("data", "encode", "train", "forecast", "eval")
+    return [line for line in stdout.splitlines() if line.split(":")[0] in stages and " report " not in line]

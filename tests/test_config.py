@@ -72,3 +72,53 @@ def test_smoke_overrides(demo_config_path: Path) -> None:
 def test_missing_file_is_clear(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("name", ["demo", "kth", "clevrer"])
+def test_smoke_settings_live_apart_from_the_real_run(repo: Path, name: str) -> None:
+    real, smoke = load_config(repo / "configs" / f"{name}.yaml"), load_config(repo / "configs" / f"{name}.yaml", smoke=True)
+    assert smoke.data.name == f"{name}-smoke" and smoke.data.root == f"{real.data.root}-smoke"
+    assert smoke.train.steps <= 100 and smoke.model.inner_dim <= 128  # seconds, not days
+    assert smoke.autoencoder.out_dir != real.autoencoder.out_dir or name != "demo"
+
+
+def test_a_split_that_no_setting_produces_is_an_error_naming_the_keys(repo: Path) -> None:
+    """The shipped KTH config once trained for hours and then crashed on the missing 'val' split."""
+    with pytest.raises(ConfigError, match=r"'train\.sample_split' reads split 'val'.*convert\.kth_\*_persons"):
+        load_config(repo / "configs" / "kth.yaml", ["convert.kth_val_persons=[]"])
+    with pytest.raises(ConfigError, match=r"'forecast\.split' reads split 'test'.*demo\.videos"):
+        load_config(repo / "configs" / "demo.yaml", ["demo.videos={train: 4, val: 2, test: 0}"])
+    kth = load_config(repo / "configs" / "kth.yaml")
+    assert set(kth.convert.kth_val_persons).isdisjoint(kth.convert.kth_test_persons)  # validation never sees test persons
+
+
+def test_relative_paths_in_a_file_resolve_against_the_project_not_the_cwd(repo: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(repo / "configs" / "demo.yaml", ["eval.i3d=weights/i3d.pt"])
+    assert cfg.vqvae.ckpt == str(repo / "checkpoints" / "demo_vqvae.pt")
+    assert cfg.eval.i3d == str(tmp_path / "weights" / "i3d.pt")  # a command-line path: relative to where it is typed
+
+
+def test_path_values_are_taken_as_written_not_as_yaml(demo_config_path: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_config(demo_config_path, ["data.root=off"]).data.root == str(tmp_path / "off")  # YAML would say False
+
+
+def test_compact_flow_mappings_from_a_shell_are_read_as_meant(demo_config_path: Path) -> None:
+    cfg = load_config(demo_config_path, ["demo.videos={train:16,val:4,test:4}"])
+    assert cfg.demo.videos == {"train": 16, "val": 4, "test": 4}
+
+
+def test_duplicate_keys_and_directories_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="duplicate key 'steps'"):
+        load_config(_write(tmp_path, "train:\n  steps: 10\n  steps: 20\n"))
+    with pytest.raises(ConfigError, match="duplicate key 'train'"):
+        load_config(_write(tmp_path, "train:\n  steps: 10\ntrain:\n  lr: 0.1\n"))
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+
+
+def test_dataset_names_are_plain_identifiers(demo_config_path: Path) -> None:
+    for bad in ("../../x", "/abs", "a b"):
+        with pytest.raises(ConfigError, match="'data.name' must be a plain identifier"):
+            load_config(demo_config_path, [f"data.name={bad}"])

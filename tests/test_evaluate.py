@@ -57,11 +57,11 @@ def _cfg(*overrides: str):
 
 
 def _run(out: Path, interp: str = "ours", *overrides: str, force: bool = False, seed: int = 0) -> tuple[str, dict]:
-    run = out / "demo" / interp
+    run = out / "demo" / "runs" / interp
     store = run / "forecasts.zarr"
     if not store.exists():
         write_forecasts(store, seed=seed)
-    action = evaluate(_cfg(*overrides), str(store), run, force=force, log=lambda _: None)
+    action = evaluate(_cfg(f"interpolant.kind={interp}", *overrides), str(store), run, force=force, log=lambda _: None)
     return action, json.loads((run / "eval" / "metrics.json").read_text())
 
 
@@ -87,7 +87,7 @@ def test_full_path_with_stub_i3d(tmp_path: Path) -> None:
     assert p["fvd"]["clip_counts"] == {"real": N, "model": N * S, "vq_ceiling": N, "copy_last": N}
     assert (p["n_samples"], p["clip_length"], p["cond_frames"], p["pred_frames"]) == (S, T, COND, T - COND)
     assert p["data_range"] == 2.0 and p["split"] == "test" and p["checkpoint"]["ckpt_step"] == 100
-    assert (tmp_path / "out" / "demo" / "ours" / "eval" / "psnr_per_frame.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "demo" / "runs" / "ours" / "eval" / "psnr_per_frame.png").stat().st_size > 1000
 
 
 def test_no_i3d_gives_null_fvd_with_reason_and_bootstrap_ignored(tmp_path: Path) -> None:
@@ -103,7 +103,7 @@ def test_no_i3d_gives_null_fvd_with_reason_and_bootstrap_ignored(tmp_path: Path)
 def test_up_to_date_rerun_and_changes(tmp_path: Path) -> None:
     action, first = _run(tmp_path)
     assert action == "evaluated"
-    metrics = tmp_path / "demo" / "ours" / "eval" / "metrics.json"
+    metrics = tmp_path / "demo" / "runs" / "ours" / "eval" / "metrics.json"
     stamp = metrics.stat().st_mtime_ns
     (tmp_path / "demo" / "report.md").unlink()
     action, again = _run(tmp_path)
@@ -130,7 +130,7 @@ def test_incomplete_or_missing_store_is_refused(tmp_path: Path) -> None:
 
 def test_report_compares_both_interpolants(tmp_path: Path) -> None:
     _run(tmp_path, "ours", seed=0)
-    media = tmp_path / "demo" / "linear" / "media"
+    media = tmp_path / "demo" / "runs" / "linear" / "media"
     media.mkdir(parents=True)
     (media / "forecast_000.gif").write_bytes(b"GIF89a")
     _run(tmp_path, "linear", seed=1)
@@ -138,8 +138,8 @@ def test_report_compares_both_interpolants(tmp_path: Path) -> None:
     assert "## Comparison: ours vs linear" in report
     table = report[report.index("## Comparison"):report.index("## ours")]
     assert "| ours (N=3) |" in table and "| linear (N=3) |" in table and "gain over copy-last" in table
-    assert "## linear" in report and "](linear/media/forecast_000.gif)" in report
-    assert "](ours/eval/psnr_per_frame.png)" in report and (tmp_path / "demo" / "psnr_per_frame.png").exists()
+    assert "## linear" in report and "](runs/linear/media/forecast_000.gif)" in report
+    assert "](runs/ours/eval/psnr_per_frame.png)" in report and (tmp_path / "demo" / "psnr_per_frame.png").exists()
 
 
 def test_cli(tmp_path: Path) -> None:
@@ -148,12 +148,12 @@ def test_cli(tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("evaluate_cli", REPO / "evaluate.py")
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
-    write_forecasts(tmp_path / "demo" / "linear" / "forecasts.zarr")
+    write_forecasts(tmp_path / "demo" / "runs" / "linear" / "forecasts.zarr")
     args = ["--config", str(REPO / "configs" / "demo.yaml"), "--out", str(tmp_path), "--interp", "linear"]
     runner = CliRunner()
     first = runner.invoke(cli.app, args)
     assert first.exit_code == 0, first.output
-    assert (tmp_path / "demo" / "linear" / "eval" / "metrics.json").exists()
+    assert (tmp_path / "demo" / "runs" / "linear" / "eval" / "metrics.json").exists()
     second = runner.invoke(cli.app, args)
     assert second.exit_code == 0 and "up to date" in second.output
     missing = runner.invoke(cli.app, [*args, "--i3d", str(tmp_path / "absent.pt")])

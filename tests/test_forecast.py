@@ -160,7 +160,7 @@ def test_kill9_then_rerun_equals_uninterrupted(tiny_store, tmp_path: Path, repo:
     settings = ["forecast.split=train", "sample.n_samples=2", "sample.batch_size=2", "sample.steps=50", "forecast.media_videos=0"]
     command = lambda out: _cli(repo, [*overrides, *settings], store, out, "--ckpt", str(ckpt))  # noqa: E731
     subprocess.run(command(tmp_path / "straight"), check=True, capture_output=True, env=ONE_THREAD)
-    killed = tmp_path / "killed" / "demo" / "ours" / "forecasts.zarr"
+    killed = tmp_path / "killed" / "demo" / "runs" / "ours" / "forecasts.zarr"
     process = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env=ONE_THREAD)
     deadline = time.time() + 120
@@ -173,7 +173,7 @@ def test_kill9_then_rerun_equals_uninterrupted(tiny_store, tmp_path: Path, repo:
     result = subprocess.run(command(tmp_path / "killed"), capture_output=True, text=True, env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resuming" in result.stdout
-    _assert_same(tmp_path / "straight" / "demo" / "ours" / "forecasts.zarr", killed)
+    _assert_same(tmp_path / "straight" / "demo" / "runs" / "ours" / "forecasts.zarr", killed)
 
 
 def test_published_checkpoint_through_make_then_up_to_date_then_changed_refused(tiny_store, tmp_path: Path,
@@ -182,22 +182,22 @@ def test_published_checkpoint_through_make_then_up_to_date_then_changed_refused(
     ckpt = _published_checkpoint(_cfg(repo, overrides), tmp_path / "kth_model_ours.pt")
     sets = " ".join(f"--set {shlex.quote(item)}" for item in [*overrides, *SMALL_NET, *SETTINGS])
     make = ["make", "-s", "forecast", f"PY={sys.executable}", "STAMP=", f"OUT={tmp_path}", f"CKPT={ckpt}",
-            f"DATA_DIR={cfg.data.root}", f"VQVAE_CKPT={cfg.vqvae.ckpt}", f"ARGS={sets} --store {store}"]
+            f"DATA_DIR={cfg.data.root}", f"VQVAE_CKPT={cfg.vqvae.ckpt}", f"ARGS={sets}"]  # make encodes its own cache
     result = subprocess.run(make, cwd=repo, capture_output=True, text=True, timeout=300, env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-2000:]
-    root = zarr.open_group(str(tmp_path / "demo" / "ours" / "forecasts.zarr"), mode="r")
+    root = zarr.open_group(str(tmp_path / "demo" / "runs" / "ours" / "forecasts.zarr"), mode="r")
     assert (root.attrs["ckpt_kind"], root.attrs["ckpt_step"], root.attrs["use_ema"]) == ("published", 1234, True)
-    assert root.attrs["complete"] and root["done"][:].all() and (tmp_path / "demo" / "ours" / "media" / "forecast_0.gif").exists()
+    assert root.attrs["complete"] and root["done"][:].all() and (tmp_path / "demo" / "runs" / "ours" / "media" / "forecast_0.gif").exists()
 
     cli = _cli(repo, overrides, store, tmp_path, "--ckpt", str(ckpt))
     again = subprocess.run(cli, capture_output=True, text=True, env=ONE_THREAD)
     assert again.returncode == 0 and "up to date" in again.stdout, again.stderr[-2000:]
-    before = _arrays(tmp_path / "demo" / "ours" / "forecasts.zarr")
+    before = _arrays(tmp_path / "demo" / "runs" / "ours" / "forecasts.zarr")
     _published_checkpoint(_cfg(repo, overrides), ckpt, seed=1)  # other weights at the same path
     refused = subprocess.run(cli, capture_output=True, text=True, env=ONE_THREAD)
     assert refused.returncode == 1
     assert "checkpoint.sha256" in refused.stderr and str(ckpt) in refused.stderr and "--force" in refused.stderr
-    after = _arrays(tmp_path / "demo" / "ours" / "forecasts.zarr")
+    after = _arrays(tmp_path / "demo" / "runs" / "ours" / "forecasts.zarr")
     for name in ARRAYS:
         np.testing.assert_array_equal(after[name], before[name], err_msg=name)
 
@@ -212,4 +212,4 @@ def test_torchrun_two_processes_equal_one(tiny_store, tmp_path: Path, repo: Path
     result = subprocess.run([*torchrun, *command(tmp_path / "two")[1:]], capture_output=True, text=True, timeout=300,
                             env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
-    _assert_same(tmp_path / "one" / "demo" / "ours" / "forecasts.zarr", tmp_path / "two" / "demo" / "ours" / "forecasts.zarr")
+    _assert_same(tmp_path / "one" / "demo" / "runs" / "ours" / "forecasts.zarr", tmp_path / "two" / "demo" / "runs" / "ours" / "forecasts.zarr")

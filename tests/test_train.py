@@ -56,7 +56,7 @@ def test_kill9_then_resume_matches_uninterrupted(tiny_store, tmp_path: Path, rep
     subprocess.run(_cli(repo, overrides, store, tmp_path / "straight", *settings), check=True, capture_output=True)
     process = subprocess.Popen(_cli(repo, overrides, store, tmp_path / "killed", *settings),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    run_json = tmp_path / "killed" / "demo" / "linear" / "run.json"
+    run_json = tmp_path / "killed" / "demo-smoke" / "runs" / "linear" / "run.json"
     deadline = time.time() + 120
     while time.time() < deadline:
         if run_json.exists() and json.loads(run_json.read_text()).get("step", 0) >= 15:
@@ -68,7 +68,7 @@ def test_kill9_then_resume_matches_uninterrupted(tiny_store, tmp_path: Path, rep
     result = subprocess.run(_cli(repo, overrides, store, tmp_path / "killed", *settings), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resuming" in result.stdout
-    final = lambda root: _weights(root / "demo" / "linear" / "checkpoints" / "latest.pt")  # noqa: E731
+    final = lambda root: _weights(root / "demo-smoke" / "runs" / "linear" / "checkpoints" / "latest.pt")  # noqa: E731
     straight, resumed = final(tmp_path / "straight"), final(tmp_path / "killed")
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
@@ -80,7 +80,7 @@ def test_two_process_ddp(tiny_store, tmp_path: Path, repo: Path) -> None:
     result = subprocess.run(_cli(repo, overrides, store, tmp_path, "train.steps=6", "train.latest_every=3", launcher=torchrun),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    ckpt = torch.load(tmp_path / "demo" / "ours" / "checkpoints" / "latest.pt", weights_only=True)
+    ckpt = torch.load(tmp_path / "demo-smoke" / "runs" / "ours" / "checkpoints" / "latest.pt", weights_only=True)
     assert ckpt["step"] == 6 and ckpt["sampler"]["world_size"] == 2
 
 

@@ -36,7 +36,8 @@ def _config(tmp_path: Path, name: str, **overrides) -> Config:
                             ckpt=str(tmp_path / name / "vq.pt"), batch_size=8)
     settings = dict(steps=6, batch_size=4, lr=1e-3, warmup_steps=1, crop_size=16, crop_candidates=2, full_frame_steps=2,
                     quantize_after=2, kmeans_frames=8, restart_every=2, checkpoint_every=2, log_every=1,
-                    out_dir=str(tmp_path / name / "train"), val_videos=1, bf16=False, threads=1)
+                    out_dir=str(tmp_path / name / "train"), export=str(tmp_path / name / "vq.pt"), val_videos=1, bf16=False,
+                    threads=1)
     settings.update(overrides)
     cfg.autoencoder = AutoencoderConfig(**settings)
     cfg.autoencoder.validate()
@@ -92,16 +93,18 @@ def test_train_checkpoint_resume_export(data):
 
 
 def test_float16_export_and_psnr_cli(data, tmp_path):
-    cfg = _config(tmp_path, "half", steps=3, quantize_after=1, full_frame_steps=1, export_float16=True, val_videos=0)
+    cfg = _config(tmp_path, "half", steps=3, quantize_after=1, full_frame_steps=1, export_float16=True, val_videos=0,
+                  export="")
     train_autoencoder(cfg, log=lambda _: None, progress=False)
-    stored = torch.load(cfg.vqvae.ckpt, weights_only=True)
+    assert not Path(cfg.vqvae.ckpt).exists()  # the config's (shipped) checkpoint is never overwritten unasked
+    stored = torch.load(Path(cfg.autoencoder.out_dir) / "vqvae.pt", weights_only=True)
     assert stored["encoder.conv_in.weight"].dtype == torch.float16
     config_file = tmp_path / "cfg.yaml"
     record = cfg.to_dict()
     if "model" in record:  # the flow network's latent grid must match this VQVAE's (16 x 16 for 32 px, factor 2)
         record["model"]["state_res"] = [16, 16]
     config_file.write_text(yaml.safe_dump(record))
-    result = CliRunner().invoke(app, ["psnr", "--config", str(config_file), "--videos", "1"])
+    result = CliRunner().invoke(app, ["psnr", "--trained", "--config", str(config_file), "--videos", "1"])
     assert result.exit_code == 0, result.output
     assert "PSNR" in result.output and "dB" in result.output
 

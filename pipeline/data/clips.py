@@ -1,4 +1,4 @@
-"""Clip sampling (METHOD.md §1.4) with the reference's off-by-one fixed.
+"""Clip sampling (docs/METHOD.md §1.4) with the reference's off-by-one fixed.
 
 A clip is ``T`` frames taken every ``skip + 1`` raw frames, so it spans ``S = (skip + 1)(T − 1) + 1`` raw
 frames. The reference draws the start with ``np.random.choice(n − S)``, which never picks the last valid start

@@ -1,4 +1,4 @@
-"""HDF5 video shards in the RIVER / reference layout (METHOD.md §1.2–1.3), read and written safely.
+"""HDF5 video shards in the RIVER / reference layout (docs/METHOD.md §1.2–1.3), read and written safely.
 
 Layout of one split directory ``<root>/<split>/``:
 

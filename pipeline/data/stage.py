@@ -16,6 +16,7 @@ from typing import Any
 from pipeline.config import Config
 from pipeline.data.convert import assign_splits, convert_videos
 from pipeline.data.demo import generate_demo
+from pipeline.data.shards import ShardError
 from pipeline.records import MANIFEST, changed_keys, code_version, fingerprint, read_json, sha256_file, write_json_atomic
 
 FORMAT_VERSION = 1  # bump when the bytes written for the same inputs change
@@ -34,10 +35,16 @@ def data_inputs(cfg: Config, raw: Path | None) -> dict[str, Any]:
     return inputs
 
 
-def prepare_data(cfg: Config, root: Path, raw: Path | None = None, force: bool = False, log=print) -> dict[str, Any]:
-    """Make ``root`` hold the shards ``cfg`` asks for; returns the manifest. ``raw=None`` means the demo generator."""
-    if raw is None and cfg.data.name != "demo":
-        raise ValueError(f"dataset '{cfg.data.name}' is converted from raw videos: pass RAW=<dir> (--raw)")
+def prepare_data(cfg: Config, root: Path, raw: Path | None = None, force: bool = False, dry_run: bool = False,
+                 log=print) -> dict[str, Any] | None:
+    """Make ``root`` hold the shards ``cfg`` asks for; returns the manifest (None for shards made elsewhere).
+
+    ``data.source: demo`` generates them; ``shards`` converts ``raw`` videos, or, without ``raw``, uses the
+    shards already in ``root`` as they are (the authors' preprocessed shards, say), checking that every split the
+    settings produce is there. ``dry_run`` says what would be done and does nothing.
+    """
+    if raw is None and cfg.data.source == "shards":
+        return _use_existing_shards(cfg, root, log)
     inputs = data_inputs(cfg, raw)
     key = fingerprint(inputs)
     manifest = read_json(root / MANIFEST)
@@ -46,7 +53,12 @@ def prepare_data(cfg: Config, root: Path, raw: Path | None = None, force: bool =
             log(f"data: {root} is up to date ({sum(manifest['videos'].values())} videos)")
             return manifest
         changed = changed_keys(manifest.get("inputs", {}), inputs) or ["shard files"]
-        log(f"data: rebuilding {root}; changed: {', '.join(changed[:8])}")
+        log(f"data: {'dry run: would rebuild' if dry_run else 'rebuilding'} {root}; changed: {', '.join(changed[:8])}")
+    elif dry_run:
+        log(f"data: dry run: would {'rebuild (--force)' if manifest else 'build'} {root} "
+            f"({'demo generator' if raw is None else f'converting {raw}'})")
+    if dry_run:
+        return manifest
 
     staging = root.parent / f".{root.name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
@@ -67,6 +79,20 @@ def prepare_data(cfg: Config, root: Path, raw: Path | None = None, force: bool =
     write_json_atomic(root / MANIFEST, manifest)
     log(f"data: wrote {root} ({', '.join(f'{s}: {n}' for s, n in counts.items())} videos)")
     return manifest
+
+
+def _use_existing_shards(cfg: Config, root: Path, log) -> None:
+    """Shards made elsewhere: check every split the settings produce has shard files, and use them as they are."""
+    splits = sorted(cfg.produced_splits()[0])
+    counts = {split: len(sorted((root / split).glob("*.hdf5"))) for split in splits}
+    missing = [split for split, n in counts.items() if n == 0]
+    if missing:
+        raise ShardError(
+            f"no shards in {', '.join(str(root / s) for s in missing)}: convert raw videos with "
+            f"`make data DATASET={cfg.data.name.removesuffix('-smoke')} RAW=/path/to/videos`, or point DATA_DIR at a "
+            "directory holding <split>/shard_NNNN.hdf5 (the authors' preprocessed shards work as they are)")
+    log(f"data: using the existing shards in {root} ({', '.join(f'{s}: {n} file(s)' for s, n in counts.items())})")
+    return None
 
 
 def _shards_intact(root: Path, manifest: dict[str, Any]) -> bool:

@@ -5,7 +5,7 @@
     x = vq.decode(z)               # nearest-codebook quantisation -> decoder -> [N, 3, H, W] in [-1, 1]
     zc = vq.encode_clip(clip)      # [B, T, 3, H, W] -> [B, T, C, h, w]  (and decode_clip back)
 
-Both architectures (METHOD.md §2): ``taming`` (KTH f8 VQModel, also our demo model at a smaller width) and
+Both architectures (docs/METHOD.md §2): ``taming`` (KTH f8 VQModel, also our demo model at a smaller width) and
 ``river`` (CLEVRER). The wrapper is always in eval mode with gradients off; work runs in chunks of
 ``cfg.batch_size`` frames under ``torch.no_grad``.
 """

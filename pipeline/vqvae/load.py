@@ -1,4 +1,4 @@
-"""Model weights out of the published VQVAE checkpoint wrappers (METHOD.md §2.4), loaded strictly.
+"""Model weights out of the published VQVAE checkpoint wrappers (docs/METHOD.md §2.4), loaded strictly.
 
 Accepted layouts (the file is read with :func:`pipeline.safe_load.safe_torch_load`, so pickled non-tensor
 objects never execute):

@@ -1,4 +1,4 @@
-"""RIVER's CLEVRER VQVAE (METHOD.md §2.3), re-implemented with identical tensor names.
+"""RIVER's CLEVRER VQVAE (docs/METHOD.md §2.3), re-implemented with identical tensor names.
 
 128 px input -> 4 x 16 x 16 continuous latents; codebook 8192 x 4; decoder ends in tanh. The decoder's
 up-sampling blocks hold BatchNorm2d layers (running statistics are part of the checkpoint), so the model must

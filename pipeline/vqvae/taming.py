@@ -1,4 +1,4 @@
-"""The taming-transformers / LDM "f8" VQModel (METHOD.md §2.2), re-implemented with identical tensor names.
+"""The taming-transformers / LDM "f8" VQModel (docs/METHOD.md §2.2), re-implemented with identical tensor names.
 
 Only what inference needs plus what training needs (straight-through quantiser, commitment loss):
 no discriminator, no LPIPS. Parameter names, shapes and registration order match the reference exactly, so a

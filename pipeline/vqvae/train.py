@@ -16,7 +16,7 @@ Recipe (sized for a shared 2-core CPU: the demo model trains in about 9 minutes,
 
 Resumable: ``<out_dir>/latest.pt`` (model, optimiser, step, code-usage counters, RNG states, config) is written
 atomically every ``checkpoint_every`` steps and at the end; a rerun continues from it (``--fresh`` starts over).
-At the end the model is exported as a flat state dict to ``autoencoder.export`` (default ``vqvae.ckpt``), with a
+At the end the model is exported as a flat state dict to ``autoencoder.export`` (default ``<out_dir>/vqvae.pt``), with a
 JSON record beside it, and the reconstruction PSNR on a few val videos is printed.
 """
 
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 import typer
 from tqdm import tqdm
 
-from pipeline.cli import ConfigOption, SetOption, SmokeOption, fail, load_cli_config
+from pipeline.cli import ConfigOption, DataRootOption, SetOption, SmokeOption, fail, load_cli_config
 from pipeline.config import Config
 from pipeline.data.shards import ShardError, ShardReader
 from pipeline.records import atomic_path, code_version, read_json, sha256_file, write_json_atomic
@@ -204,11 +204,9 @@ def _training_signature(cfg: Config) -> dict[str, Any]:
 
 
 def export_path(cfg: Config) -> Path:
-    """Where the finished model goes: autoencoder.export, or vqvae.ckpt when that is empty."""
-    target = cfg.autoencoder.export or cfg.vqvae.ckpt
-    if not target:
-        raise TrainError("nowhere to write the trained model: set vqvae.ckpt (or autoencoder.export)")
-    return Path(target)
+    """Where the finished model goes: autoencoder.export, else ``<out_dir>/vqvae.pt`` — never silently over the
+    config's (shipped) vqvae.ckpt: installing a retrained model there takes ``autoencoder.export=<vqvae.ckpt>``."""
+    return Path(cfg.autoencoder.export or Path(cfg.autoencoder.out_dir) / "vqvae.pt")
 
 
 def _export_matches(target: Path, signature: dict[str, Any]) -> bool:
@@ -428,14 +426,16 @@ def train_cli(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (configs/<dataset>.yaml).")] = None,
     set_: SetOption = None,
     smoke: SmokeOption = False,
+    data_root: DataRootOption = None,
     fresh: Annotated[bool, typer.Option(help="Ignore <out_dir>/latest.pt and train from scratch.")] = False,
 ) -> None:
-    """Train the autoencoder (resuming <autoencoder.out_dir>/latest.pt) and export it to vqvae.ckpt."""
+    """Train the autoencoder (resuming <autoencoder.out_dir>/latest.pt) and export it to autoencoder.export
+    (default <autoencoder.out_dir>/vqvae.pt; the config's vqvae.ckpt is overwritten only when export names it)."""
     if ctx.invoked_subcommand is not None:
         return
     if config is None:
         fail("--config is required")
-    cfg = load_cli_config(config, set_, smoke)
+    cfg = load_cli_config(config, set_, smoke, data_root)
     try:
         train_autoencoder(cfg, fresh=fresh)
     except (TrainError, ShardError) as exc:
@@ -447,12 +447,15 @@ def psnr(
     config: ConfigOption,
     set_: SetOption = None,
     smoke: SmokeOption = False,
+    data_root: DataRootOption = None,
     ckpt: Annotated[Optional[Path], typer.Option(help="Checkpoint to evaluate (default: vqvae.ckpt of the config).")] = None,
+    trained: Annotated[bool, typer.Option("--trained", help="Evaluate the autoencoder trainer's export (autoencoder.export) instead.")] = False,
     split: Annotated[Optional[str], typer.Option(help="Split (default: autoencoder.eval_split).")] = None,
     videos: Annotated[Optional[int], typer.Option(help="Use the first N videos (default: autoencoder.eval_videos; 0 = all).")] = None,
 ) -> None:
     """Print the mean per-frame reconstruction PSNR, 10 log10(4 / MSE) on [-1, 1], of decode(encode(x))."""
-    cfg = load_cli_config(config, set_, smoke)
+    cfg = load_cli_config(config, set_, smoke, data_root)
+    ckpt = ckpt or (export_path(cfg) if trained else None)
     vcfg = dataclasses.replace(cfg.vqvae, ckpt=str(ckpt)) if ckpt else cfg.vqvae
     split = split or cfg.autoencoder.eval_split
     videos = cfg.autoencoder.eval_videos if videos is None else videos
