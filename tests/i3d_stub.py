@@ -2,7 +2,7 @@
 
 Same call signature and output: ``forward(x, rescale, resize, return_features) -> [N, 400]`` on float
 ``[N, 3, T, H, W]`` in [-1, 1]; it refuses any other call, so the tests also check that the pipeline calls the
-detector exactly as METHOD.md §7 says. Features: a fixed random linear map of a pooled clip into the first 16 of
+detector exactly as docs/METHOD.md §7 says. Features: a fixed random linear map of a pooled clip into the first 16 of
 the 400 dimensions, the rest 0 (scipy's sqrtm of a dense, rank-deficient 400 x 400 product can take 10 s on a busy
 2-core machine; exact zeros keep it at a fraction of a second).
 """

@@ -1,4 +1,4 @@
-"""Clip sampling follows METHOD.md §1.4 with the off-by-one fixed; short videos are skipped, not fatal."""
+"""Clip sampling follows docs/METHOD.md §1.4 with the off-by-one fixed; short videos are skipped, not fatal."""
 
 from __future__ import annotations
 

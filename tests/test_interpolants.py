@@ -145,7 +145,7 @@ CASES = [
 
 @pytest.mark.parametrize("base,p,eps", CASES)
 def test_score_from_exact_drift_is_exact_score(base: str, p: float, eps: float) -> None:
-    """The score formula of METHOD.md §3 (and its gaussian-base analogue), fed the exact drift, gives the exact
+    """The score formula of docs/METHOD.md §3 (and its gaussian-base analogue), fed the exact drift, gives the exact
     Gaussian score; re-tuning with g = sigma leaves the drift unchanged."""
     dt = torch.float64
     case = GaussianCase(base, p, eps, r=torch.tensor([0.5, -1.0], dtype=dt), m=torch.tensor([1.0, 0.3], dtype=dt),

@@ -28,7 +28,7 @@ def _write(split_dir: Path, videos: list[np.ndarray], per_shard: int = 100_000) 
 
 
 def reference_read(path: Path) -> list[np.ndarray]:
-    """A minimal reader written from METHOD.md §1.2–1.3 alone (not the project's reader)."""
+    """A minimal reader written from docs/METHOD.md §1.2–1.3 alone (not the project's reader)."""
     files = sorted(list(path.glob("*.hdf5")) + list(path.glob("*.h5")))
     lengths = []
     for f in files:

@@ -2,7 +2,7 @@
 
 The Gaussian problems (tests/gaussian_cases.py) use the exact drift E[target | I_t = x], so the only errors are
 discretisation and sampling; each tolerance is checked to reject the same run on a grid with one step too many
-(the reference Euler-Maruyama's off-by-one, METHOD.md §9.5) or one too few.
+(the reference Euler-Maruyama's off-by-one, docs/METHOD.md §9.5) or one too few.
 """
 
 from __future__ import annotations
