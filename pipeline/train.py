@@ -36,6 +36,7 @@ from pipeline.dist import DistInfo, all_ok, barrier, broadcast_object, init_dist
 from pipeline.interpolants import build_interpolant
 from pipeline.model import build_model
 from pipeline.records import changed_keys, code_version, fingerprint, read_json, write_json_atomic
+from pipeline.tracking import log_row, log_video, start_training_run
 from pipeline.triplets import TripletReader, TripletStream, auto_in_memory
 
 LOGGING_ONLY = ("log_every", "latest_every", "save_every", "sample_every", "sample_split", "sample_videos",
@@ -261,13 +262,7 @@ class _Logger:
         self.window: list[tuple[float, float, float]] = []
         self.window_start = time.perf_counter()
         self.wait = 0.0
-        self.wandb = None
-        if cfg.train.wandb_mode != "disabled":
-            import wandb
-
-            self.wandb = wandb.init(project=cfg.train.wandb_project, dir=str(out_dir), mode=cfg.train.wandb_mode,
-                                    config=cfg.to_dict(), name=f"{cfg.data.name}-{cfg.interpolant.kind}", resume="allow",
-                                    id=f"{cfg.data.name}-{cfg.interpolant.kind}-{key}")
+        self.wandb = start_training_run(cfg, out_dir, key)
 
     def _open_metrics(self, path: Path, resumed: bool):
         """Fresh run: a new file. Resumed: keep the rows up to the checkpoint's step (later ones are redone)."""
@@ -279,6 +274,12 @@ class _Logger:
         handle.writelines(line + "\n" for line in keep)
         return handle
 
+    def _write(self, row: dict[str, Any]) -> None:
+        self.metrics.write(json.dumps(row) + "\n")
+        self.metrics.flush()
+        if self.wandb:
+            log_row(self.wandb, row)
+
     def step(self, done: int, loss: float, grad_norm: float, lr: float, batch: int, data_wait: float) -> None:
         self.window.append((loss, grad_norm, float(grad_norm > self.cfg.train.grad_clip > 0)))
         self.wait += data_wait
@@ -289,10 +290,7 @@ class _Logger:
         row = {"step": done, "loss": float(losses.mean()), "grad_norm": float(norms.mean()), "lr": lr,
                "clip_fraction": float(clipped.mean()), "samples_per_s": len(self.window) * batch / elapsed,
                "data_wait_fraction": self.wait / elapsed}
-        self.metrics.write(json.dumps(row) + "\n")
-        self.metrics.flush()
-        if self.wandb:
-            self.wandb.log(row, step=done)
+        self._write(row)
         eta = (self.cfg.train.steps - done) * elapsed / len(self.window)
         print(f"step {done}/{self.cfg.train.steps}  loss {row['loss']:.4f}  |g| {row['grad_norm']:.3f}  lr {lr:.2e}  "
               f"{row['samples_per_s']:.0f} samples/s  wait {row['data_wait_fraction']:.0%}  ETA {eta / 60:.1f} min", flush=True)
@@ -301,7 +299,7 @@ class _Logger:
     def media(self, done: int, path: Path) -> None:
         print(f"step {done}: wrote {path}", flush=True)
         if self.wandb:
-            self.wandb.log({"media/real_vs_generated": str(path)}, step=done)
+            log_video(self.wandb, "media/real_vs_generated", path, step=done, caption=_SampleVideos.CAPTION)
 
     def finish(self) -> None:
         self.metrics.close()
@@ -311,6 +309,8 @@ class _Logger:
 
 class _SampleVideos:
     """Rank 0: real vs generated (raw model and EMA) videos on fixed validation clips, written as mp4."""
+
+    CAPTION = "rows: real (VQ reconstruction), raw model, EMA; one column per clip"
 
     def __init__(self, cfg: Config, store: str, out_dir: Path):
         from pipeline.vqvae import build_vqvae
