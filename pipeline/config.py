@@ -377,7 +377,7 @@ class TrainConfig:
     warmup_steps: int = 10_000  # linear warm-up; the lr of step s is set BEFORE the update (reference: after)
     schedule: Literal["constant", "cosine"] = "constant"  # after warm-up
     min_lr: float = 1e-6  # floor of the schedule
-    grad_clip: float = 1.0  # max total L2 norm (0 = off); the pre-clip norm and clip fraction are logged
+    grad_clip: float = 1.0  # max total L2 norm (0 = off); pre-clip norm and clip fraction logged, warned at >= 90%
     ema_decay: float = 0.9999
     ema_start: int = 10_000  # the EMA equals the model until this step, then averages with ema_decay every step
     bf16: bool = False  # bfloat16 autocast for the network (the loss stays float32)

@@ -250,7 +250,13 @@ def _checkpoint(ckpt_dir: Path, done: int, model, ema, opt, cfg: Config, key: st
 
 
 class _Logger:
-    """Rank 0: metrics.jsonl, wandb (offline by default) and a progress line with ETA."""
+    """Rank 0: metrics.jsonl, wandb (offline by default) and a progress line with ETA.
+
+    metrics.jsonl holds one JSON object per line, each with ``step``: training rows (loss, grad_norm, lr,
+    clip_fraction, ...; ``clip_warning`` once when clipping acts on nearly every step).
+    """
+
+    CLIP_WARN_FRACTION = 0.9  # warn once when clipping acts on at least this fraction of a logging window's steps
 
     def __init__(self, cfg: Config, out_dir: Path, info: DistInfo, inputs, key: str, resumed: bool):
         self.cfg, self.out_dir = cfg, out_dir
@@ -262,6 +268,7 @@ class _Logger:
         self.window: list[tuple[float, float, float]] = []
         self.window_start = time.perf_counter()
         self.wait = 0.0
+        self.clip_warned = False
         self.wandb = start_training_run(cfg, out_dir, key)
 
     def _open_metrics(self, path: Path, resumed: bool):
@@ -290,11 +297,24 @@ class _Logger:
         row = {"step": done, "loss": float(losses.mean()), "grad_norm": float(norms.mean()), "lr": lr,
                "clip_fraction": float(clipped.mean()), "samples_per_s": len(self.window) * batch / elapsed,
                "data_wait_fraction": self.wait / elapsed}
+        if not self.clip_warned and row["clip_fraction"] >= self.CLIP_WARN_FRACTION:
+            row["clip_warning"] = self._clip_warning(row, len(self.window))
+            self.clip_warned = True
+            print(f"step {done}: warning: {row['clip_warning']}", flush=True)
         self._write(row)
         eta = (self.cfg.train.steps - done) * elapsed / len(self.window)
         print(f"step {done}/{self.cfg.train.steps}  loss {row['loss']:.4f}  |g| {row['grad_norm']:.3f}  lr {lr:.2e}  "
               f"{row['samples_per_s']:.0f} samples/s  wait {row['data_wait_fraction']:.0%}  ETA {eta / 60:.1f} min", flush=True)
         self.window, self.wait, self.window_start = [], 0.0, time.perf_counter()
+
+    def _clip_warning(self, row: dict[str, Any], steps: int) -> str:
+        """What near-permanent clipping means: the update is rescaled by clip/|g|, not set by the lr schedule."""
+        clip, norm = self.cfg.train.grad_clip, row["grad_norm"]
+        return (f"gradient clipping was active on {row['clip_fraction']:.0%} of the last {steps} steps (mean pre-clip "
+                f"|g| {norm:.3g} vs train.grad_clip {clip:g}). Every update is rescaled by clip/|g| (~{clip / norm:.2g} "
+                f"here), so the effective step is lr * clip/|g| and the learning-rate schedule is not the one the "
+                f"config says. Consider raising train.grad_clip towards the typical |g|, or lowering train.lr if the "
+                f"large norms mean training is unstable.")
 
     def media(self, done: int, path: Path) -> None:
         print(f"step {done}: wrote {path}", flush=True)
