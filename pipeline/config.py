@@ -391,6 +391,9 @@ class TrainConfig:
     sample_split: str = "val"  # cache split the sample videos condition on
     sample_videos: int = 2  # clips per sample video
     sample_steps: int = 100  # integration grid points for the sample videos
+    val_every: int = 1_000  # steps between validation losses (raw model and EMA; also at the last step); 0 = off
+    val_split: str = "val"  # cache split the fixed validation triplets are drawn from
+    val_clips: int = 256  # fixed (target, reference, context) triplets, drawn once from `seed` (same t and noise each time)
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"  # offline needs no login
     wandb_project: str = "latent-interpolants"
 
@@ -407,6 +410,9 @@ class TrainConfig:
             _require(getattr(self, key) >= 1, key, "must be >= 1")
         _require(self.sample_every >= 0 and self.sample_videos >= 1, "sample_every", "must be >= 0 (sample_videos >= 1)")
         _require(self.sample_steps >= 2, "sample_steps", "must be >= 2")
+        _require(self.val_every >= 0, "val_every", "must be >= 0 (0 = no validation)")
+        _require(bool(self.val_split), "val_split", "must not be empty")
+        _require(self.val_clips >= 1, "val_clips", "must be >= 1")
 
 
 @dataclass

@@ -40,7 +40,7 @@ from pipeline.tracking import log_row, log_video, start_training_run
 from pipeline.triplets import TripletReader, TripletStream, auto_in_memory
 
 LOGGING_ONLY = ("log_every", "latest_every", "save_every", "sample_every", "sample_split", "sample_videos",
-                "sample_steps", "wandb_mode", "wandb_project")
+                "sample_steps", "val_every", "val_split", "val_clips", "wandb_mode", "wandb_project")
 
 
 class TrainingError(RuntimeError):
@@ -128,6 +128,7 @@ def train(cfg: Config, store: str, out_dir: Path, force: bool = False, log: Call
                         generator=torch.Generator())
     logger = _Logger(cfg, out_dir, info, inputs, key, resumed=start > 0) if info.is_main else None
     sampler = _SampleVideos(cfg, store, out_dir) if info.is_main and cfg.train.sample_every else None
+    validation = _Validation(cfg, store, interpolant, info.device) if info.is_main and cfg.train.val_every else None
     overfit = None
 
     wait_start = time.perf_counter()
@@ -146,6 +147,8 @@ def train(cfg: Config, store: str, out_dir: Path, force: bool = False, log: Call
         # checkpoint's EMA weights are usable; afterwards it averages with ema_decay.
         update_ema(ema, model, cfg.train.ema_decay if step >= cfg.train.ema_start else 0.0)
         done = step + 1
+        if validation and (done % cfg.train.val_every == 0 or done == cfg.train.steps):
+            logger.validation(done, validation.losses(model, ema))  # rank 0 only, before the step's training row
         if logger:
             logger.step(done, loss, grad_norm, lr, local_batch * info.world_size, data_wait)
         if done % cfg.train.latest_every == 0 or done % cfg.train.save_every == 0 or done == cfg.train.steps:
@@ -253,7 +256,8 @@ class _Logger:
     """Rank 0: metrics.jsonl, wandb (offline by default) and a progress line with ETA.
 
     metrics.jsonl holds one JSON object per line, each with ``step``: training rows (loss, grad_norm, lr,
-    clip_fraction, ...; ``clip_warning`` once when clipping acts on nearly every step).
+    clip_fraction, ...; ``clip_warning`` once when clipping acts on nearly every step) and validation rows
+    (``val_loss``, ``val_loss_ema``). A validation row comes before the training row of the same step.
     """
 
     CLIP_WARN_FRACTION = 0.9  # warn once when clipping acts on at least this fraction of a logging window's steps
@@ -316,6 +320,12 @@ class _Logger:
                 f"config says. Consider raising train.grad_clip towards the typical |g|, or lowering train.lr if the "
                 f"large norms mean training is unstable.")
 
+    def validation(self, done: int, losses: dict[str, float]) -> None:
+        """A validation row (``val_loss``, ``val_loss_ema``) at step ``done``."""
+        self._write({"step": done, **losses})
+        print(f"step {done}: validation loss {losses['val_loss']:.4f} (EMA {losses['val_loss_ema']:.4f}) on "
+              f"{self.cfg.train.val_clips} fixed {self.cfg.train.val_split} triplets", flush=True)
+
     def media(self, done: int, path: Path) -> None:
         print(f"step {done}: wrote {path}", flush=True)
         if self.wandb:
@@ -368,3 +378,44 @@ class _SampleVideos:
         path.parent.mkdir(parents=True, exist_ok=True)
         iio.imwrite(path, grid, fps=4, macro_block_size=1)
         return path
+
+
+class _Validation:
+    """Rank 0: the loss of the raw model and of the EMA on a fixed set of validation triplets.
+
+    The set — triplets of ``val_split``, their times t and their interpolant noise — is drawn once from the seed
+    alone, so every evaluation (and every resumed run) scores the same examples and the curve is comparable across
+    steps. Both networks run in eval mode (no dropout) without gradients, and no draw touches the global RNG, so
+    the training trajectory is the same with validation on or off. Runs on the unwrapped model, not the DDP one.
+    """
+
+    TAG = 11  # separates the validation draws from the training stream's (seed, rank, step)
+
+    def __init__(self, cfg: Config, store: str, interpolant, device: torch.device):
+        reader = TripletReader(LatentSplit(store, cfg.train.val_split), cfg.data.frames_per_sample, cfg.data.skip_frames)
+        triplets, noise = np.random.SeedSequence([cfg.seed, self.TAG]).spawn(2)
+        batch = reader.batch(np.random.default_rng(triplets), cfg.train.val_clips)
+        gen = torch.Generator().manual_seed(int(noise.generate_state(1)[0]))
+        t = interpolant.sample_t(cfg.train.val_clips, generator=gen)
+        pair = interpolant.training_pair(batch["target"], batch["reference"], t, generator=gen)
+        self.inputs = [x.to(device) for x in (pair.xt, t, batch["reference"], batch["context"], batch["gap"])]
+        self.target = pair.target.to(device)
+        self.interpolant, self.chunk, self.bf16 = interpolant, cfg.train.batch_size, cfg.train.bf16
+
+    def losses(self, model: torch.nn.Module, ema: torch.nn.Module) -> dict[str, float]:
+        """``val_loss`` (raw model) and ``val_loss_ema`` on the fixed set."""
+        return {"val_loss": self._loss(model), "val_loss_ema": self._loss(ema)}
+
+    @torch.no_grad()
+    def _loss(self, net: torch.nn.Module) -> float:
+        """The training loss (per-example sum, mean over the set) of ``net`` in eval mode; its mode is restored."""
+        was_training = net.training
+        net.eval()
+        device = self.target.device
+        per_example = []
+        for i in range(0, len(self.target), self.chunk):
+            with torch.autocast(device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext():
+                pred = net(*(x[i : i + self.chunk] for x in self.inputs))
+            per_example.append(self.interpolant.per_example_loss(pred.float(), self.target[i : i + self.chunk]))
+        net.train(was_training)
+        return float(torch.cat(per_example).mean())
