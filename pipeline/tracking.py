@@ -75,7 +75,7 @@ def log_forecast(cfg: Config, run_dir: Path, ckpt: str | Path, media: list[Path]
 
 
 def log_evaluation(cfg: Config, run_dir: Path, metrics: dict[str, Any], log: Callable[[str], None]) -> bool:
-    """Attach metrics.json's headline numbers (summary) and its PSNR plot (image) to the training run; True if attached."""
+    """Attach metrics.json's headline numbers (summary) and PSNR plot (image) to the training run; True if attached."""
     with _attached(cfg, run_dir, metrics["protocol"]["checkpoint"]["ckpt"], "eval", log) as run:
         if run is None:
             return False
@@ -100,7 +100,8 @@ def headline_numbers(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def _attached(cfg: Config, run_dir: Path, ckpt: str | Path, stage: str, log: Callable[[str], None]) -> Iterator[Any]:
+def _attached(cfg: Config, run_dir: Path, ckpt: str | Path | None, stage: str,
+              log: Callable[[str], None]) -> Iterator[Any]:
     """The training run of ``run_dir`` resumed by id (finished on exit), or None (with one printed line why not)."""
     if cfg.train.wandb_mode == "disabled":
         yield None
@@ -111,7 +112,7 @@ def _attached(cfg: Config, run_dir: Path, ckpt: str | Path, stage: str, log: Cal
         yield None
         return
     if not _own_checkpoint(run_dir, ckpt):
-        log(f"{stage}: wandb: {ckpt} is not a checkpoint of {run_dir}; results not attached to run {record['wandb_id']}")
+        log(f"{stage}: wandb: {ckpt} is not a checkpoint of {run_dir}; not attached to run {record['wandb_id']}")
         yield None
         return
     import wandb
@@ -125,6 +126,6 @@ def _attached(cfg: Config, run_dir: Path, ckpt: str | Path, stage: str, log: Cal
     log(f"{stage}: wandb: results attached to run {record['wandb_id']} ({record['wandb_mode']})")
 
 
-def _own_checkpoint(run_dir: Path, ckpt: str | Path) -> bool:
+def _own_checkpoint(run_dir: Path, ckpt: str | Path | None) -> bool:
     """Whether ``ckpt`` lies in ``<run_dir>/checkpoints/`` (the forecasts come from this training run)."""
-    return Path(ckpt).resolve().is_relative_to((Path(run_dir) / "checkpoints").resolve())
+    return bool(ckpt) and Path(ckpt).resolve().is_relative_to((Path(run_dir) / "checkpoints").resolve())

@@ -20,8 +20,9 @@ from pipeline.tracking import headline_numbers, log_evaluation
 from pipeline.train import _Validation, train, training_inputs
 
 SMALL = ["model.inner_dim=32", "model.heads=2", "model.depth=1", "model.mid_depth=1", "train.steps=6",
-         "train.batch_size=4", "train.log_every=2", "train.latest_every=6", "train.save_every=6", "train.warmup_steps=2",
-         "train.ema_start=2", "train.sample_every=0", "train.val_every=3", "train.val_clips=8", "train.wandb_mode=disabled"]
+         "train.batch_size=4", "train.log_every=2", "train.latest_every=6", "train.save_every=6",
+         "train.warmup_steps=2", "train.ema_start=2", "train.sample_every=0", "train.val_every=3", "train.val_clips=8",
+         "train.wandb_mode=disabled"]
 QUIET = dict(log=lambda _: None)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -48,7 +49,8 @@ def read_offline_run(directory: Path) -> dict:
     Returns the run id, whether the process asked to resume it, the history rows, the merged summary and files/.
     """
     command = [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(directory)]
-    records = [json.loads(line) for line in subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()]
+    printed = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    records = [json.loads(line) for line in printed.splitlines()]
     run = next(r["run"] for r in records if r["type"] == "run")
     summary = {}
     for record in records:
@@ -146,7 +148,8 @@ def test_validation_set_is_fixed_by_the_seed(tiny_store, repo: Path) -> None:
     torch.manual_seed(0)
     model = build_model(cfg.model).train()
     losses = first.losses(model, model)
-    assert losses["val_loss"] == losses["val_loss_ema"] == again.losses(model, model)["val_loss"]  # eval mode: no dropout
+    # eval mode: no dropout, so the same weights score the same, every time
+    assert losses["val_loss"] == losses["val_loss_ema"] == again.losses(model, model)["val_loss"]
     assert model.training  # the mode is restored
 
 
@@ -158,7 +161,8 @@ def test_results_are_not_attached_without_the_training_run(tmp_path: Path, repo:
     lines: list[str] = []
     assert not log_evaluation(cfg, run, published, lines.append)  # no run.json: one line, nothing started
     assert lines == [f"eval: wandb: no training run recorded in {run / 'run.json'}; results not attached"]
-    (run / "run.json").write_text(json.dumps({"wandb_id": "demo-ours-0", "wandb_project": "p", "wandb_mode": "offline"}))
+    record = {"wandb_id": "demo-ours-0", "wandb_project": "p", "wandb_mode": "offline"}
+    (run / "run.json").write_text(json.dumps(record))
     assert not log_evaluation(cfg, run, published, lines.append)  # a checkpoint that is not this run's
     assert "is not a checkpoint of" in lines[-1] and len(lines) == 2
     disabled = load_config(repo / "configs" / "demo.yaml", ["train.wandb_mode=disabled"])
