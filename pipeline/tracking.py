@@ -66,10 +66,13 @@ def log_video(run, key: str, path: Path, step: int | None = None, caption: str |
 
 def log_forecast(cfg: Config, run_dir: Path, ckpt: str | Path, media: list[Path], log: Callable[[str], None]) -> bool:
     """Attach the forecast grids (the MP4s among ``media``) to the training run of ``run_dir``; True if attached."""
+    videos = sorted(p for p in media if p.suffix == ".mp4")
+    if not videos:
+        return False
     with _attached(cfg, run_dir, ckpt, "forecast", log) as run:
         if run is None:
             return False
-        for path in sorted(p for p in media if p.suffix == ".mp4"):
+        for path in videos:
             log_video(run, f"forecast/{path.stem}", path, caption=FORECAST_CAPTION)
         return True
 
