@@ -392,7 +392,12 @@ class _Validation:
     TAG = 11  # separates the validation draws from the training stream's (seed, rank, step)
 
     def __init__(self, cfg: Config, store: str, interpolant, device: torch.device):
-        reader = TripletReader(LatentSplit(store, cfg.train.val_split), cfg.data.frames_per_sample, cfg.data.skip_frames)
+        try:
+            split = LatentSplit(store, cfg.train.val_split)
+            reader = TripletReader(split, cfg.data.frames_per_sample, cfg.data.skip_frames)
+        except (FileNotFoundError, ValueError) as exc:  # no such split, or no video long enough for a clip
+            raise TrainingError(f"train.val_split={cfg.train.val_split}: {exc}; choose a split with clips or set "
+                                "train.val_every=0") from None
         triplets, noise = np.random.SeedSequence([cfg.seed, self.TAG]).spawn(2)
         batch = reader.batch(np.random.default_rng(triplets), cfg.train.val_clips)
         gen = torch.Generator().manual_seed(int(noise.generate_state(1)[0]))
