@@ -386,7 +386,7 @@ class TrainConfig:
     warmup_steps: int = 10_000  # linear warm-up; the lr of step s is set BEFORE the update (reference: after)
     schedule: Literal["constant", "cosine"] = "constant"  # after warm-up
     min_lr: float = 1e-6  # floor of the schedule
-    grad_clip: float = 1.0  # max total L2 norm (0 = off); the pre-clip norm and clip fraction are logged
+    grad_clip: float = 1.0  # max total L2 norm (0 = off); pre-clip norm and clip fraction logged, warned at >= 90%
     ema_decay: float = 0.9999
     ema_start: int = 10_000  # the EMA equals the model until this step, then averages with ema_decay every step
     bf16: bool = False  # bfloat16 autocast for the network (the loss stays float32)
@@ -400,6 +400,9 @@ class TrainConfig:
     sample_split: str = "val"  # cache split the sample videos condition on
     sample_videos: int = 2  # clips per sample video
     sample_steps: int = 100  # integration grid points for the sample videos
+    val_every: int = 1_000  # steps between validation losses (raw model and EMA; also at the last step); 0 = off
+    val_split: str = "val"  # cache split the fixed validation triplets are drawn from
+    val_clips: int = 256  # fixed (target, reference, context) triplets, drawn once from `seed` (same t and noise each time)
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"  # offline needs no login
     wandb_project: str = "latent-interpolants"
 
@@ -416,6 +419,9 @@ class TrainConfig:
             _require(getattr(self, key) >= 1, key, "must be >= 1")
         _require(self.sample_every >= 0 and self.sample_videos >= 1, "sample_every", "must be >= 0 (sample_videos >= 1)")
         _require(self.sample_steps >= 2, "sample_steps", "must be >= 2")
+        _require(self.val_every >= 0, "val_every", "must be >= 0 (0 = no validation)")
+        _require(bool(self.val_split), "val_split", "must not be empty")
+        _require(self.val_clips >= 1, "val_clips", "must be >= 1")
 
 
 @dataclass
@@ -497,6 +503,8 @@ class Config:
         reads = {"train.split": self.train.split, "forecast.split": self.forecast.split}
         if self.train.sample_every:
             reads["train.sample_split"] = self.train.sample_split
+        if self.train.val_every:
+            reads["train.val_split"] = self.train.val_split
         if self.data.source == "demo":
             reads["autoencoder.eval_split"] = self.autoencoder.eval_split
         return reads

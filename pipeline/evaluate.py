@@ -45,6 +45,7 @@ from pipeline.metrics import (
 )
 from pipeline.records import cached_sha256, changed_keys, code_version, fingerprint, read_json
 from pipeline.report import METRICS_FILE, SCHEMA, plot_psnr, write_metrics, write_report
+from pipeline.tracking import log_evaluation
 
 EVAL_FORMAT = 1  # bump when a metric's definition changes: old metrics.json files are then recomputed
 NO_I3D = (
@@ -129,6 +130,7 @@ def evaluate(cfg: Config, url: str, run_dir: Path, force: bool = False, dry_run:
     write_metrics(eval_dir / METRICS_FILE, metrics)
     _log_summary(metrics, log)
     log(f"eval: wrote {eval_dir / METRICS_FILE}; report {write_report(dataset_dir)}")
+    log_evaluation(cfg, run_dir, metrics, log)
     return "evaluated"
 
 

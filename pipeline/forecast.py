@@ -58,6 +58,7 @@ from pipeline.dist import DistInfo, barrier, broadcast_object, init_distributed
 from pipeline.interpolants import build_interpolant
 from pipeline.records import cached_sha256, changed_keys, code_version, fingerprint
 from pipeline.rng import RowGenerators
+from pipeline.tracking import log_forecast
 
 FORMAT_VERSION = 2  # bump when the layout or the meaning of stored values changes (2: ckpt_kind "pipeline", was "ours")
 STORE_NAME = "forecasts.zarr"
@@ -221,7 +222,7 @@ def forecast(cfg: Config, store: str, run: str | Path, ckpt: str | Path | None =
     barrier()
     if info.is_main:
         _finish(url, log)
-        write_media(cfg, url, run / "media", log)
+        log_forecast(cfg, run, ckpt_path, write_media(cfg, url, run / "media", log), log)
     barrier()
     return "forecast"
 

@@ -36,10 +36,11 @@ from pipeline.dist import DistInfo, all_ok, barrier, broadcast_object, init_dist
 from pipeline.interpolants import build_interpolant
 from pipeline.model import build_model
 from pipeline.records import changed_keys, code_version, fingerprint, read_json, write_json_atomic
+from pipeline.tracking import log_row, log_video, start_training_run
 from pipeline.triplets import TripletReader, TripletStream, auto_in_memory
 
 LOGGING_ONLY = ("log_every", "latest_every", "save_every", "sample_every", "sample_split", "sample_videos",
-                "sample_steps", "wandb_mode", "wandb_project")
+                "sample_steps", "val_every", "val_split", "val_clips", "wandb_mode", "wandb_project")
 
 
 class TrainingError(RuntimeError):
@@ -136,6 +137,7 @@ def train(cfg: Config, store: str, out_dir: Path, force: bool = False, dry_run: 
                         generator=torch.Generator())
     logger = _Logger(cfg, out_dir, info, inputs, key, overrides or [], resumed=start > 0) if info.is_main else None
     sampler = _SampleVideos(cfg, store, out_dir) if info.is_main and cfg.train.sample_every else None
+    validation = _Validation(cfg, store, interpolant, info.device) if info.is_main and cfg.train.val_every else None
     overfit = None
 
     wait_start = time.perf_counter()
@@ -154,6 +156,8 @@ def train(cfg: Config, store: str, out_dir: Path, force: bool = False, dry_run: 
         # checkpoint's EMA weights are usable; afterwards it averages with ema_decay.
         update_ema(ema, model, cfg.train.ema_decay if step >= cfg.train.ema_start else 0.0)
         done = step + 1
+        if validation and (done % cfg.train.val_every == 0 or done == cfg.train.steps):
+            logger.validation(done, validation.losses(model, ema))  # rank 0 only, before the step's training row
         if logger:
             logger.step(done, loss, grad_norm, lr, local_batch * info.world_size, data_wait)
         if done % cfg.train.latest_every == 0 or done % cfg.train.save_every == 0 or done == cfg.train.steps:
@@ -263,7 +267,14 @@ def _checkpoint(ckpt_dir: Path, done: int, model, ema, opt, cfg: Config, key: st
 
 
 class _Logger:
-    """Rank 0: metrics.jsonl, wandb (offline by default) and a progress line with ETA."""
+    """Rank 0: metrics.jsonl, wandb (offline by default) and a progress line with ETA.
+
+    metrics.jsonl holds one JSON object per line, each with ``step``: training rows (loss, grad_norm, lr,
+    clip_fraction, ...; ``clip_warning`` once when clipping acts on nearly every step) and validation rows
+    (``val_loss``, ``val_loss_ema``). A validation row comes before the training row of the same step.
+    """
+
+    CLIP_WARN_FRACTION = 0.9  # warn once when clipping acts on at least this fraction of a logging window's steps
 
     def __init__(self, cfg: Config, out_dir: Path, info: DistInfo, inputs, key: str, overrides: list[str], resumed: bool):
         self.cfg, self.out_dir = cfg, out_dir
@@ -276,13 +287,8 @@ class _Logger:
         self.window: list[tuple[float, float, float]] = []
         self.window_start = time.perf_counter()
         self.wait = 0.0
-        self.wandb = None
-        if cfg.train.wandb_mode != "disabled":
-            import wandb
-
-            self.wandb = wandb.init(project=cfg.train.wandb_project, dir=str(out_dir), mode=cfg.train.wandb_mode,
-                                    config=cfg.to_dict(), name=f"{cfg.data.name}-{out_dir.name}", resume="allow",
-                                    id=f"{cfg.data.name}-{out_dir.name}-{key}")
+        self.clip_warned = False
+        self.wandb = start_training_run(cfg, out_dir, key)
 
     def _open_metrics(self, path: Path, resumed: bool):
         """Fresh run: a new file. Resumed: keep the rows up to the checkpoint's step (later ones are redone)."""
@@ -294,6 +300,12 @@ class _Logger:
         handle.writelines(line + "\n" for line in keep)
         return handle
 
+    def _write(self, row: dict[str, Any]) -> None:
+        self.metrics.write(json.dumps(row) + "\n")
+        self.metrics.flush()
+        if self.wandb:
+            log_row(self.wandb, row)
+
     def step(self, done: int, loss: float, grad_norm: float, lr: float, batch: int, data_wait: float) -> None:
         self.window.append((loss, grad_norm, float(grad_norm > self.cfg.train.grad_clip > 0)))
         self.wait += data_wait
@@ -304,19 +316,35 @@ class _Logger:
         row = {"step": done, "loss": float(losses.mean()), "grad_norm": float(norms.mean()), "lr": lr,
                "clip_fraction": float(clipped.mean()), "samples_per_s": len(self.window) * batch / elapsed,
                "data_wait_fraction": self.wait / elapsed}
-        self.metrics.write(json.dumps(row) + "\n")
-        self.metrics.flush()
-        if self.wandb:
-            self.wandb.log(row, step=done)
+        if not self.clip_warned and row["clip_fraction"] >= self.CLIP_WARN_FRACTION:
+            row["clip_warning"] = self._clip_warning(row, len(self.window))
+            self.clip_warned = True
+            print(f"step {done}: warning: {row['clip_warning']}", flush=True)
+        self._write(row)
         eta = (self.cfg.train.steps - done) * elapsed / len(self.window)
         print(f"step {done}/{self.cfg.train.steps}  loss {row['loss']:.4f}  |g| {row['grad_norm']:.3f}  lr {lr:.2e}  "
               f"{row['samples_per_s']:.0f} samples/s  wait {row['data_wait_fraction']:.0%}  ETA {eta / 60:.1f} min", flush=True)
         self.window, self.wait, self.window_start = [], 0.0, time.perf_counter()
 
+    def _clip_warning(self, row: dict[str, Any], steps: int) -> str:
+        """What near-permanent clipping means: the update is rescaled by clip/|g|, not set by the lr schedule."""
+        clip, norm = self.cfg.train.grad_clip, row["grad_norm"]
+        return (f"gradient clipping was active on {row['clip_fraction']:.0%} of the last {steps} steps (mean pre-clip "
+                f"|g| {norm:.3g} vs train.grad_clip {clip:g}). Every update is rescaled by clip/|g| (~{clip / norm:.2g} "
+                f"here), so the effective step is lr * clip/|g| and the learning-rate schedule is not the one the "
+                f"config says. Consider raising train.grad_clip towards the typical |g|, or lowering train.lr if the "
+                f"large norms mean training is unstable.")
+
+    def validation(self, done: int, losses: dict[str, float]) -> None:
+        """A validation row (``val_loss``, ``val_loss_ema``) at step ``done``."""
+        self._write({"step": done, **losses})
+        print(f"step {done}: validation loss {losses['val_loss']:.4f} (EMA {losses['val_loss_ema']:.4f}) on "
+              f"{self.cfg.train.val_clips} fixed {self.cfg.train.val_split} triplets", flush=True)
+
     def media(self, done: int, path: Path) -> None:
         print(f"step {done}: wrote {path}", flush=True)
         if self.wandb:
-            self.wandb.log({"media/real_vs_generated": str(path)}, step=done)
+            log_video(self.wandb, "media/real_vs_generated", path, step=done, caption=_SampleVideos.CAPTION)
 
     def finish(self) -> None:
         self.metrics.close()
@@ -326,6 +354,8 @@ class _Logger:
 
 class _SampleVideos:
     """Rank 0: real vs generated (raw model and EMA) videos on fixed validation clips, written as mp4."""
+
+    CAPTION = "rows: real (VQ reconstruction), raw model, EMA; one column per clip"
 
     def __init__(self, cfg: Config, store: str, out_dir: Path):
         from pipeline.vqvae import build_vqvae
@@ -363,3 +393,49 @@ class _SampleVideos:
         path.parent.mkdir(parents=True, exist_ok=True)
         iio.imwrite(path, grid, fps=4, macro_block_size=1)
         return path
+
+
+class _Validation:
+    """Rank 0: the loss of the raw model and of the EMA on a fixed set of validation triplets.
+
+    The set — triplets of ``val_split``, their times t and their interpolant noise — is drawn once from the seed
+    alone, so every evaluation (and every resumed run) scores the same examples and the curve is comparable across
+    steps. Both networks run in eval mode (no dropout) without gradients, and no draw touches the global RNG, so
+    the training trajectory is the same with validation on or off. Runs on the unwrapped model, not the DDP one.
+    """
+
+    TAG = 11  # separates the validation draws from the training stream's (seed, rank, step)
+
+    def __init__(self, cfg: Config, store: str, interpolant, device: torch.device):
+        try:
+            split = LatentSplit(store, cfg.train.val_split)
+            reader = TripletReader(split, cfg.data.frames_per_sample, cfg.data.skip_frames)
+        except (FileNotFoundError, ValueError) as exc:  # no such split, or no video long enough for a clip
+            raise TrainingError(f"train.val_split={cfg.train.val_split}: {exc}; choose a split with clips or set "
+                                "train.val_every=0") from None
+        triplets, noise = np.random.SeedSequence([cfg.seed, self.TAG]).spawn(2)
+        batch = reader.batch(np.random.default_rng(triplets), cfg.train.val_clips)
+        gen = torch.Generator().manual_seed(int(noise.generate_state(1)[0]))
+        t = interpolant.sample_t(cfg.train.val_clips, generator=gen)
+        pair = interpolant.training_pair(batch["target"], batch["reference"], t, generator=gen)
+        self.inputs = [x.to(device) for x in (pair.xt, t, batch["reference"], batch["context"], batch["gap"])]
+        self.target = pair.target.to(device)
+        self.interpolant, self.chunk, self.bf16 = interpolant, cfg.train.batch_size, cfg.train.bf16
+
+    def losses(self, model: torch.nn.Module, ema: torch.nn.Module) -> dict[str, float]:
+        """``val_loss`` (raw model) and ``val_loss_ema`` on the fixed set."""
+        return {"val_loss": self._loss(model), "val_loss_ema": self._loss(ema)}
+
+    @torch.no_grad()
+    def _loss(self, net: torch.nn.Module) -> float:
+        """The training loss (per-example sum, mean over the set) of ``net`` in eval mode; its mode is restored."""
+        was_training = net.training
+        net.eval()
+        device = self.target.device
+        per_example = []
+        for i in range(0, len(self.target), self.chunk):
+            with torch.autocast(device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext():
+                pred = net(*(x[i : i + self.chunk] for x in self.inputs))
+            per_example.append(self.interpolant.per_example_loss(pred.float(), self.target[i : i + self.chunk]))
+        net.train(was_training)
+        return float(torch.cat(per_example).mean())
