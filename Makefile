@@ -94,17 +94,17 @@ encode: data ## Stage 1: latent cache $(OUT)/$(DATASET)/latents.zarr, shared by 
 
 train: encode ## Stage 2: train each run into $(OUT)/$(DATASET)/runs/<run>/ (TRAIN_NPROC>1: DDP)
 	@for run in $(RUNS); do \
-	  $(call launch,$(TRAIN_NPROC)) train_latent.py $(COMMON) --run $$run $(RUN_FLAGS) || exit 1; \
+	  $(call launch,$(TRAIN_NPROC)) train_latent.py $(COMMON) --run-name $$run $(RUN_FLAGS) || exit 1; \
 	done
 
 forecast: $(if $(CKPT),encode,train) ## Stage 3: forecast each run's test videos into runs/<run>/forecasts.zarr (CKPT=any flow checkpoint)
 	@for run in $(RUNS); do \
-	  $(call launch,$(NPROC)) forecast.py $(COMMON) --run $$run $(if $(CKPT),--ckpt $(call q,$(CKPT)),) $(RUN_FLAGS) || exit 1; \
+	  $(call launch,$(NPROC)) forecast.py $(COMMON) --run-name $$run $(if $(CKPT),--ckpt $(call q,$(CKPT)),) $(RUN_FLAGS) || exit 1; \
 	done
 
 eval: forecast ## Stage 4: metrics of each run -> runs/<run>/eval/metrics.json and $(OUT)/$(DATASET)/report.md (I3D= for FVD)
 	@for run in $(RUNS); do \
-	  $(PY) evaluate.py $(COMMON) --run $$run $(if $(I3D),--i3d $(call q,$(I3D)),) $(if $(INTERP),--interp $(INTERP),) $(ARGS) || exit 1; \
+	  $(PY) evaluate.py $(COMMON) --run-name $$run $(if $(I3D),--i3d $(call q,$(I3D)),) $(if $(INTERP),--interp $(INTERP),) $(ARGS) || exit 1; \
 	done
 
 demo: $(STAMP) ## Everything on the demo dataset for both interpolants (runs ours and linear), then the report

@@ -2,8 +2,8 @@
 """Stage 3: forecast the test videos with a trained flow into <out>/<data.name>/runs/<run>/forecasts.zarr (+ GIF/MP4).
 
     python forecast.py --config configs/demo.yaml --interp ours
-    python forecast.py --config configs/demo.yaml --run lr5e-4          # a named run, as it was trained
-    python forecast.py --config configs/kth.yaml --run published --interp ours --ckpt checkpoints/kth_model_ours.pt
+    python forecast.py --config configs/demo.yaml --run-name lr5e-4          # a named run, as it was trained
+    python forecast.py --config configs/kth.yaml --run-name published --interp ours --ckpt checkpoints/kth_model_ours.pt
     torchrun --nproc_per_node=2 forecast.py --config configs/demo.yaml  # disjoint videos per rank
 """
 

@@ -23,7 +23,8 @@ SetOption = Annotated[
 ]
 SmokeOption = Annotated[bool, typer.Option("--smoke", help="Apply the config's smoke settings (seconds, not minutes); outputs and data go to <name>-smoke directories.")]
 InterpOption = Annotated[Optional[str], typer.Option(help="Interpolant: ours | linear | custom (sets interpolant.kind; default: the run's, else the config's).")]
-RunOption = Annotated[Optional[str], typer.Option(help="Run name: its outputs live in <out>/<data.name>/runs/<run>/ (default: the interpolant). A run reapplies the --set overrides it was trained with.")]
+# Not "--run": under torchrun, argparse would take it for an abbreviation of torchrun's own --run-path.
+RunOption = Annotated[Optional[str], typer.Option("--run-name", help="Run name: its outputs live in <out>/<data.name>/runs/<run>/ (default: the interpolant). A run reapplies the --set overrides it was trained with.")]
 OutOption = Annotated[str, typer.Option(help="Outputs root (local path or fsspec URL): a dataset's outputs live in <out>/<data.name>/.")]
 DataRootOption = Annotated[Optional[str], typer.Option(help="Shard root holding <split>/shard_NNNN.hdf5 (sets data.root, taken as a plain path).")]
 StoreOption = Annotated[Optional[str], typer.Option(help="Latent store path/URL (default <out>/<data.name>/latents.zarr).")]
