@@ -80,6 +80,7 @@ class ConvertConfig:
         default_factory=lambda: {"train": [0, 9999], "val": [10000, 14999], "test": [15000, 19999]}
     )
     max_videos_per_split: int = 0  # 0 = all; >0 keeps the first N per split (smoke runs)
+    max_frames: int = 0  # 0 = all; >0 keeps the first N frames of each video (smoke runs: KTH videos are long)
 
     def validate(self) -> None:
         persons = [*self.kth_train_persons, *self.kth_val_persons, *self.kth_test_persons]
@@ -87,6 +88,7 @@ class ConvertConfig:
         for split, bounds in self.clevrer_ranges.items():
             _require(len(bounds) == 2 and bounds[0] <= bounds[1], f"clevrer_ranges.{split}", "must be [first, last]")
         _require(self.max_videos_per_split >= 0, "max_videos_per_split", "must be >= 0")
+        _require(self.max_frames >= 0, "max_frames", "must be >= 0 (0 = all)")
 
 
 @dataclass

@@ -136,3 +136,13 @@ def test_unparseable_kth_name(tmp_path: Path, repo: Path) -> None:
     cfg = load_config(repo / "configs" / "kth.yaml")
     with pytest.raises(ConvertError, match="somebody_walking: not a KTH name"):
         assign_splits(tmp_path / "raw", cfg.convert)
+
+
+def test_max_frames_keeps_the_first_frames_of_each_video(tmp_path: Path, repo: Path) -> None:
+    """Smoke conversions of KTH keep one clip's worth of each (long) video."""
+    _kth_raw(tmp_path / "raw")
+    cfg = load_config(repo / "configs" / "kth.yaml", ["data.image_size=16", "model.state_res=[2, 2]", "convert.max_frames=5"])
+    prepare_data(cfg, tmp_path / "shards", raw=tmp_path / "raw", log=lambda _: None)
+    train = ShardReader(tmp_path / "shards" / "train", image_size=16)
+    assert list(train.lengths) == [5, 5, 5]
+    np.testing.assert_array_equal(train.read_frames(2)[:, 0, 0, 0], 20 + 15 * np.arange(5))

@@ -28,12 +28,12 @@ def world(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("runs")
     config = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
-    config["data"]["root"] = str(root / "data")
+    config["data"]["root"] = str(root / "data dir")
     (root / "demo.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     settings = [*TINY_SETTINGS, *FAST, f"vqvae.ckpt={root / 'vq.pt'}"]
     make_tiny_vqvae(load_config(root / "demo.yaml", settings), root / "vq.pt")
-    variables = [f"CONFIG={root / 'demo.yaml'}", f"OUT={root / 'out'}"]
-    return variables, settings, root / "out" / "demo", root / "out" / "demo-smoke"
+    variables = [f"CONFIG={root / 'demo.yaml'}", f"OUT={root / 'out dir'}"]  # spaces: every path is quoted
+    return variables, settings, root / "out dir" / "demo", root / "out dir" / "demo-smoke"
 
 
 def _make(world, *extra: str, sets: tuple[str, ...] = ()):
@@ -53,7 +53,7 @@ def test_a_dry_run_on_a_fresh_tree_says_what_each_stage_would_do_and_writes_noth
     for stage in ("data", "encode", "train", "forecast", "eval"):
         assert f"{stage}: dry run: resolved config:" in out, out
     assert "data: dry run: would build" in out and "encode: dry run: cannot decide until its inputs exist" in out
-    assert not world[2].exists() and not Path(world[0][0].split("=", 1)[1]).with_name("data").exists()
+    assert not world[2].exists() and not Path(world[0][0].split("=", 1)[1]).with_name("data dir").exists()
 
 
 def test_make_eval_chains_every_stage_then_finds_them_up_to_date(world) -> None:
@@ -90,6 +90,6 @@ def test_named_runs_sit_side_by_side_keep_their_settings_and_share_one_report(wo
 def test_a_smoke_run_leaves_the_real_run_untouched(world) -> None:
     _make(world, "eval", "SMOKE=1")
     assert (world[3] / "runs" / "ours" / "eval" / "metrics.json").is_file()
-    assert Path(world[0][0].split("=", 1)[1]).with_name("data-smoke").is_dir()
+    assert Path(world[0][0].split("=", 1)[1]).with_name("data dir-smoke").is_dir()
     verdicts = stage_verdicts(_make(world, "eval", "RUN=ours"))
     assert len(verdicts) == 5 and all("up to date" in v for v in verdicts), "\n".join(verdicts)

@@ -164,7 +164,8 @@ def convert_videos(
         attrs = {"split": split, "split_rule": rule, "aspect": cfg.aspect}
         with ShardWriter(out_root / split, attrs=attrs) as writer:
             for source in progress(items, desc=f"convert {split}", unit="video"):
-                frames = resize_frames(read_raw_video(source.path), image_size, cfg.aspect)
+                frames = read_raw_video(source.path)
+                frames = resize_frames(frames[: cfg.max_frames] if cfg.max_frames else frames, image_size, cfg.aspect)
                 writer.add(frames, source=source.name)
         counts[split] = len(items)
     return counts
