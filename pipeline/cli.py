@@ -13,7 +13,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 import yaml
 
-from pipeline.config import INTERPOLANT_PRESETS, Config, ConfigError, load_config
+from pipeline.config import INTERPOLANT_PRESETS, Config, ConfigError, absolute_paths, load_config
 from pipeline.layout import Layout, RunNameError
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file (configs/<dataset>.yaml).")]
@@ -52,9 +52,10 @@ def setup_stage(config: Path, overrides: list[str] | None, smoke: bool, out: str
     With ``with_run``, the run is ``run`` (default: the interpolant) and its recorded overrides apply before this
     call's, so a named run keeps its training settings in every later stage.
     """
-    mine = [*(overrides or []), *([f"interpolant.kind={interp}"] if interp else [])]
     location = [f"data.root={data_root}"] if data_root else []
     try:
+        # Paths made absolute here, so a run's recorded overrides mean the same from any directory.
+        mine = [absolute_paths(item) for item in [*(overrides or []), *([f"interpolant.kind={interp}"] if interp else [])]]
         cfg = load_config(config, [*mine, *location], smoke=smoke)
         layout = Layout(out, cfg.data.name)
         if not with_run:
@@ -64,7 +65,6 @@ def setup_stage(config: Path, overrides: list[str] | None, smoke: bool, out: str
             mine.append(f"interpolant.kind={name}")
         merged = merge_overrides(layout.recorded_overrides(name), mine)
         cfg = load_config(config, [*merged, *location], smoke=smoke)
-        layout.run_dir(name)  # checks the name
         return StageSetup(cfg, layout, name, merged)
     except (ConfigError, RunNameError) as exc:
         typer.secho(f"config error: {exc}", fg=typer.colors.RED, err=True)

@@ -582,6 +582,12 @@ def _compact_mapping(value: Any, text: str) -> Any:
     return value
 
 
+def absolute_paths(item: str) -> str:
+    """A ``key=value`` override with a path value (PATH_KEYS) made absolute against the current directory."""
+    key, sep, text = item.partition("=")
+    return f"{key.strip()}={_absolute(text.strip(), Path.cwd())}" if sep and key.strip() in PATH_KEYS else item
+
+
 def _absolute(path: str, base: Path) -> str:
     """``path`` made absolute against ``base``; empty strings ("not set") and URLs stay as they are."""
     if not path or "://" in path or Path(path).is_absolute():

@@ -123,8 +123,15 @@ def write_lightning_ckpt(path: str | Path, cfg: VQVAEConfig, image_size: int, se
     if cfg.arch != "taming":
         raise ValueError(f"a Lightning .ckpt holds a taming VQModel, not arch={cfg.arch!r}")
     path = Path(path)
-    weights = initialised_weights(cfg, image_size, seed)
-    ckpt = {
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(lightning_checkpoint(initialised_weights(cfg, image_size, seed), HyperParams(cfg.embed_dim, cfg.n_embed)), path)
+    return path
+
+
+def lightning_checkpoint(weights: dict[str, torch.Tensor], hyper_parameters: HyperParams) -> dict:
+    """The dict a Lightning ``.ckpt`` of taming's VQModel holds: the model's weights plus ``loss.*`` training
+    weights under ``state_dict``, optimizer states, counters and the pickled hyper-parameter object."""
+    return {
         "epoch": 12,
         "global_step": 34000,
         "pytorch-lightning_version": "1.0.8",
@@ -136,11 +143,8 @@ def write_lightning_ckpt(path: str | Path, cfg: VQVAEConfig, image_size: int, se
         },
         "optimizer_states": [{"state": {0: {"exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 4.5e-6, "params": [0]}]}],
         "lr_schedulers": [],
-        "hyper_parameters": HyperParams(cfg.embed_dim, cfg.n_embed),
+        "hyper_parameters": hyper_parameters,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, path)
-    return path
 
 
 def write_river_pth(path: str | Path, seed: int = 0) -> Path:

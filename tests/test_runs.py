@@ -93,3 +93,16 @@ def test_a_smoke_run_leaves_the_real_run_untouched(world) -> None:
     assert Path(world[0][0].split("=", 1)[1]).with_name("data dir-smoke").is_dir()
     verdicts = stage_verdicts(_make(world, "eval", "RUN=ours"))
     assert len(verdicts) == 5 and all("up to date" in v for v in verdicts), "\n".join(verdicts)
+
+
+def test_a_run_records_its_overrides_with_absolute_paths(tmp_path: Path, monkeypatch) -> None:
+    from pipeline.cli import merge_overrides, setup_stage
+
+    assert merge_overrides(["train.lr=1", "seed=2"], ["train.lr=3"]) == ["seed=2", "train.lr=3"]
+    monkeypatch.chdir(tmp_path)
+    stage = setup_stage(REPO / "configs" / "demo.yaml", ["vqvae.ckpt=vq.pt"], False, str(tmp_path / "out"),
+                        interp="linear", run="lin", with_run=True)
+    assert stage.overrides == [f"vqvae.ckpt={tmp_path / 'vq.pt'}", "interpolant.kind=linear"]
+    assert stage.run_dir == tmp_path / "out" / "demo" / "runs" / "lin" and stage.cfg.interpolant.kind == "linear"
+    named = setup_stage(REPO / "configs" / "demo.yaml", [], False, "out", run="linear", with_run=True)
+    assert named.cfg.interpolant.kind == "linear"  # a run named after an interpolant is of that interpolant

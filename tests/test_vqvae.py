@@ -18,19 +18,12 @@ from pipeline.vqvae import CheckpointMismatchError, build_model, build_vqvae
 from pipeline.vqvae.load import CheckpointFormatError, extract_state_dict
 from pipeline.vqvae.river import RiverVQVAE
 from pipeline.vqvae.taming import VQModel
+from real_formats import HyperParams, lightning_checkpoint, random_weights
 
 FIXTURES = Path(__file__).parent / "fixtures"
 KTH = VQVAEConfig(arch="taming")  # defaults are the KTH f8_small values
 CLEVRER = VQVAEConfig(arch="river")
 SMALL = VQVAEConfig(arch="taming", ch=32, ch_mult=[1, 2, 2, 2], n_embed=64, attn_resolutions=[8], batch_size=3)
-
-
-class HyperParams:
-    """Stands for the non-tensor objects Lightning pickles into a .ckpt (hyper-parameters, callback states)."""
-
-    def __init__(self) -> None:
-        self.embed_dim = 4
-        self.lossconfig = {"target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator"}
 
 
 class Payload:
@@ -45,19 +38,6 @@ class Payload:
 
 def _layout(sd: dict[str, torch.Tensor]) -> dict[str, dict]:
     return {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in sd.items()}
-
-
-def _random_weights(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """The model's state dict with every float tensor replaced by seeded noise (so a load is visible)."""
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for k, v in model.state_dict().items():
-        if v.is_floating_point():
-            noise = torch.randn(v.shape, generator=gen) * 0.02
-            out[k] = (noise.abs() + 0.5) if k.endswith("running_var") else noise
-        else:
-            out[k] = torch.full_like(v, 7)
-    return out
 
 
 def _cfg(base: VQVAEConfig, ckpt: Path) -> VQVAEConfig:
@@ -92,21 +72,8 @@ def test_river_state_dict_equals_clevrer_listing():
 
 def test_lightning_ckpt_loads_encodes_decodes(tmp_path):
     """KTH: {'state_dict': model + loss.* weights, optimizer_states, epoch, pickled hyper-parameter object}."""
-    weights = _random_weights(build_model(KTH, 64), seed=1)
-    ckpt = {
-        "epoch": 12,
-        "global_step": 34000,
-        "pytorch-lightning_version": "1.0.8",
-        "state_dict": {
-            **weights,
-            "loss.discriminator.main.0.weight": torch.randn(64, 3, 4, 4),
-            "loss.perceptual_loss.net.slice1.0.weight": torch.randn(64, 3, 3, 3),
-            "loss.logvar": torch.zeros(()),
-        },
-        "optimizer_states": [{"state": {0: {"exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 4.5e-6, "params": [0]}]}],
-        "lr_schedulers": [],
-        "hyper_parameters": HyperParams(),
-    }
+    weights = random_weights(build_model(KTH, 64), seed=1)
+    ckpt = lightning_checkpoint(weights, HyperParams())
     path = tmp_path / "kth_vqvae.ckpt"
     torch.save(ckpt, path)
 
@@ -130,7 +97,7 @@ def test_lightning_ckpt_loads_encodes_decodes(tmp_path):
 
 def test_river_pth_loads_encodes_decodes(tmp_path):
     """CLEVRER: {'model': {'module.' + name: tensor}} (DDP-saved), plus ignored extras."""
-    weights = _random_weights(RiverVQVAE(), seed=2)
+    weights = random_weights(RiverVQVAE(), seed=2)
     path = tmp_path / "clevrer_vqvae.pth"
     torch.save({"model": {"module." + k: v for k, v in weights.items()}, "optimizer": {"state": {}}, "step": 5}, path)
 
@@ -156,7 +123,7 @@ def test_module_prefix_is_stripped_only_at_the_start():
 
 
 def test_flat_state_dict_loads_and_float16_is_cast_back(tmp_path):
-    weights = _random_weights(build_model(SMALL, 64), seed=3)
+    weights = random_weights(build_model(SMALL, 64), seed=3)
     path = tmp_path / "flat.pt"
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in weights.items()}, path)
     vq = build_vqvae(_cfg(SMALL, path), 64)
@@ -171,7 +138,7 @@ def test_flat_state_dict_loads_and_float16_is_cast_back(tmp_path):
 
 
 def test_missing_and_renamed_weights_are_listed(tmp_path):
-    weights = _random_weights(build_model(SMALL, 64), seed=4)
+    weights = random_weights(build_model(SMALL, 64), seed=4)
     weights.pop("decoder.conv_out.bias")
     weights["encoder.conv_in.renamed"] = weights.pop("encoder.conv_in.weight")
     path = tmp_path / "broken.ckpt"
@@ -188,7 +155,7 @@ def test_missing_and_renamed_weights_are_listed(tmp_path):
 
 
 def test_shape_mismatch_is_reported(tmp_path):
-    weights = _random_weights(build_model(SMALL, 64), seed=5)
+    weights = random_weights(build_model(SMALL, 64), seed=5)
     weights["quantize.embedding.weight"] = torch.zeros(65, 4)
     path = tmp_path / "wrong_codebook.pt"
     torch.save(weights, path)
@@ -198,7 +165,7 @@ def test_shape_mismatch_is_reported(tmp_path):
 
 def test_malicious_pickle_is_not_executed(tmp_path):
     marker = tmp_path / "pwned"
-    weights = _random_weights(build_model(SMALL, 64), seed=6)
+    weights = random_weights(build_model(SMALL, 64), seed=6)
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": weights, "callbacks": {"x": Payload(marker)}}, path)
     vq = build_vqvae(_cfg(SMALL, path), 64)  # weights still load
