@@ -1,9 +1,10 @@
 # Stage-decoupled latent interpolant pipeline. `make help` lists targets and variables.
-# Every target runs its stage every time: each stage compares what it would produce with what it recorded
-# and does only the work that changed (by content fingerprints, not timestamps).
+# The stage targets chain (eval <- forecast <- train <- encode <- data) and are phony: every stage runs every time,
+# compares what it would produce with what it recorded, and does only the work that changed (by content
+# fingerprints, never timestamps), so an up-to-date stage returns in seconds.
 
 SHELL := /bin/bash
-# No brace expansion in recipes: ARGS='--set demo.videos={train: 16, test: 4}' reaches the stage as written.
+# No brace expansion in recipes: ARGS='--set demo.videos={train:16,val:4,test:4}' reaches the stage as written.
 .SHELLFLAGS := +B -c
 .DEFAULT_GOAL := help
 
@@ -35,12 +36,14 @@ q           = '$(subst ','\'',$(1))'
 SMOKE_FLAG := $(if $(filter 1,$(SMOKE)),--smoke,)
 FORCE_FLAG := $(if $(filter 1,$(FORCE)),--force,)
 DRY_FLAG   := $(if $(filter 1,$(DRY_RUN)),--dry-run,)
-CONFIG_OPTS = --config $(CONFIG) $(SMOKE_FLAG) $(if $(DATA_DIR),--data-root $(call q,$(DATA_DIR)),) \
+CONFIG_OPTS = --config $(call q,$(CONFIG)) $(SMOKE_FLAG) $(if $(DATA_DIR),--data-root $(call q,$(DATA_DIR)),) \
               $(if $(VQVAE_CKPT),--set $(call q,vqvae.ckpt=$(VQVAE_CKPT)),)
 COMMON      = $(CONFIG_OPTS) --out $(call q,$(OUT)) $(DRY_FLAG)
 # The runs that train / forecast / eval work on: RUN (one or more names), else INTERP, else every trained run of
 # the dataset (on a fresh tree: the config's interpolant). A run named ours or linear is of that interpolant.
-RUNS        = $(or $(RUN),$(INTERP),$(shell $(PY) -m pipeline.layout $(CONFIG) $(call q,$(OUT)) $(SMOKE_FLAG)))
+# Computed once, when a recipe first needs it; empty only when the config does not load (its error is printed).
+RUNS        = $(eval RUNS := $(or $(RUN),$(INTERP),$(shell $(PY) -m pipeline.layout $(call q,$(CONFIG)) $(call q,$(OUT)) $(SMOKE_FLAG))))$(RUNS)
+FOR_RUNS    = $(if $(strip $(RUNS)),for run in $(RUNS); do,echo "no run to work on" >&2; exit 2; for run in; do)
 RUN_FLAGS   = $(if $(INTERP),--interp $(INTERP),) $(FORCE_FLAG) $(ARGS)
 
 # $(call launch,N): plain python for one process, else torchrun (standalone on one node, c10d rendezvous across nodes).
@@ -93,17 +96,17 @@ encode: data ## Stage 1: latent cache $(OUT)/$(DATASET)/latents.zarr, shared by 
 	$(call launch,$(NPROC)) encode_latents.py $(COMMON) $(FORCE_FLAG) $(ARGS)
 
 train: encode ## Stage 2: train each run into $(OUT)/$(DATASET)/runs/<run>/ (TRAIN_NPROC>1: DDP)
-	@for run in $(RUNS); do \
+	@$(FOR_RUNS) \
 	  $(call launch,$(TRAIN_NPROC)) train_latent.py $(COMMON) --run-name $$run $(RUN_FLAGS) || exit 1; \
 	done
 
 forecast: $(if $(CKPT),encode,train) ## Stage 3: forecast each run's test videos into runs/<run>/forecasts.zarr (CKPT=any flow checkpoint)
-	@for run in $(RUNS); do \
+	@$(FOR_RUNS) \
 	  $(call launch,$(NPROC)) forecast.py $(COMMON) --run-name $$run $(if $(CKPT),--ckpt $(call q,$(CKPT)),) $(RUN_FLAGS) || exit 1; \
 	done
 
 eval: forecast ## Stage 4: metrics of each run -> runs/<run>/eval/metrics.json and $(OUT)/$(DATASET)/report.md (I3D= for FVD)
-	@for run in $(RUNS); do \
+	@$(FOR_RUNS) \
 	  $(PY) evaluate.py $(COMMON) --run-name $$run $(if $(I3D),--i3d $(call q,$(I3D)),) $(if $(INTERP),--interp $(INTERP),) $(ARGS) || exit 1; \
 	done
 

@@ -93,4 +93,9 @@ if __name__ == "__main__":  # python -m pipeline.layout CONFIG OUT [--smoke]: th
     args = [a for a in sys.argv[1:] if a != "--smoke"]
     if len(args) != 2:
         sys.exit("usage: python -m pipeline.layout CONFIG OUT [--smoke]  (prints the run names make works on)")
-    print(" ".join(run_names(args[0], args[1], "--smoke" in sys.argv[1:])))
+    from pipeline.config import ConfigError
+
+    try:
+        print(" ".join(run_names(args[0], args[1], "--smoke" in sys.argv[1:])))
+    except ConfigError as exc:
+        sys.exit(f"config error: {exc}")
