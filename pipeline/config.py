@@ -9,6 +9,7 @@ errors that name the key and the file, so a typo never silently falls back to a 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -112,6 +113,7 @@ class DemoConfig:
         _require(len(self.sprite_size) == 2 and 2 <= self.sprite_size[0] <= self.sprite_size[1], "sprite_size", "[min, max] with 2 <= min <= max")
         _require(len(self.speed) == 2 and 0 <= self.speed[0] <= self.speed[1], "speed", "[min, max] with 0 <= min <= max")
         _require(0.0 <= self.kick_prob <= 1.0, "kick_prob", "must be in [0, 1]")
+        _require(self.seed >= 0, "seed", "must be >= 0")
 
 
 @dataclass
@@ -348,6 +350,7 @@ class SamplingConfig:
         )
         _require(self.n_samples >= 1, "n_samples", "must be >= 1")
         _require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _require(self.seed >= 0, "seed", "must be >= 0")
 
 
 @dataclass
@@ -451,6 +454,7 @@ class EvalConfig:
         _require(self.fvd_resamples >= 0, "fvd_resamples", "must be >= 0 (0 = no bootstrap)")
         _require(self.batch_size >= 1, "batch_size", "must be >= 1")
         _require(self.frame_batch >= 1, "frame_batch", "must be >= 1")
+        _require(self.seed >= 0, "seed", "must be >= 0")
 
 
 @dataclass
@@ -474,7 +478,9 @@ class Config:
     smoke: dict[str, Any] = field(default_factory=dict)  # dotted overrides applied by --smoke
 
     def validate(self) -> None:
-        """Cross-section checks: the flow network's state must be the VQVAE's latent (reference bug 2)."""
+        """Cross-section checks: the flow network's state must be the VQVAE's latent (reference bug 2); every split
+        a stage reads must be produced; the global seed must be >= 0 (numpy's SeedSequence needs it)."""
+        _require(self.seed >= 0, "seed", "must be >= 0")
         factor = 8 if self.vqvae.arch == "river" else 2 ** (len(self.vqvae.ch_mult) - 1)
         channels = 4 if self.vqvae.arch == "river" else self.vqvae.embed_dim
         side = self.data.image_size // factor
@@ -541,9 +547,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None, smoke: boo
     """
     path = Path(path)
     cfg = _build(Config, _read_yaml(path), prefix="", source=str(path))
+    smoked = cfg
+    for key, value in dict(cfg.smoke).items():  # checked (keys, types) also when not applied: no typo waits there
+        smoked = _set_dotted(smoked, key, value, source=f"{path} (smoke)")
     if smoke:  # first, so that explicit --set overrides win over the smoke settings
-        for key, value in dict(cfg.smoke).items():
-            cfg = _set_dotted(cfg, key, value, source=f"{path} (smoke)")
+        cfg = smoked
         cfg.data.name += SMOKE_SUFFIX
         cfg.data.root += SMOKE_SUFFIX
     cfg = _resolve_paths(cfg, PROJECT_ROOT)  # the file's relative paths: against the project, not the caller's cwd
@@ -565,7 +573,7 @@ def apply_override(cfg: Config, item: str, source: str = "--set") -> Config:
     if key in PATH_KEYS:
         return _set_dotted(cfg, key, _absolute(text, Path.cwd()), source=source)
     try:
-        value = _compact_mapping(yaml.safe_load(text), text)
+        value = _compact_mapping(_load_yaml(text), text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source} {item!r}: value is not valid YAML: {exc}") from None
     return _set_dotted(cfg, key, value, source=source)
@@ -578,7 +586,7 @@ def _compact_mapping(value: Any, text: str) -> Any:
     values; a flow mapping whose every key is such a ``name:value`` pair is re-read with the spaces added.
     """
     if isinstance(value, dict) and value and all(v is None and isinstance(k, str) and ":" in k for k, v in value.items()):
-        return yaml.safe_load(re.sub(r"([{,]\s*[^:{},\s]+):(?=\S)", r"\1: ", text))
+        return _load_yaml(re.sub(r"([{,]\s*[^:{},\s]+):(?=\S)", r"\1: ", text))
     return value
 
 
@@ -605,8 +613,9 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     return cfg
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that a key given twice in one mapping is an error (not a silent overwrite)."""
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with two fixes for configs: a key given twice in one mapping is an error (not a silent
+    overwrite), and only true/false are booleans (YAML 1.2: ``in_memory: no`` is the string "no", not False)."""
 
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, Any] = {}
@@ -619,10 +628,22 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+_BOOL = "tag:yaml.org,2002:bool"
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ConfigLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_ConfigLoader)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     """The YAML mapping of a config file; a clear ConfigError for a missing file, a directory, bad YAML, duplicates."""
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+        raw = _load_yaml(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except IsADirectoryError:
@@ -699,13 +720,17 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
         return {str(k): _coerce(args[1], v, f"{key}.{k}", source) for k, v in value.items()}
     if hint is Any:
         return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"{source}: '{key}' must be a finite number, got {value!r}")
         return float(value)
     if hint is float and isinstance(value, str):  # PyYAML reads 2e-4 (no dot) as a string
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
-            pass
+            number = None
+        if number is not None:
+            return _coerce(float, number, key, source)
     if hint in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{source}: '{key}' must be {hint.__name__}, got {value!r}")
     if not isinstance(value, hint):

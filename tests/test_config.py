@@ -122,3 +122,30 @@ def test_dataset_names_are_plain_identifiers(demo_config_path: Path) -> None:
     for bad in ("../../x", "/abs", "a b"):
         with pytest.raises(ConfigError, match="'data.name' must be a plain identifier"):
             load_config(demo_config_path, [f"data.name={bad}"])
+
+
+def test_yes_and_no_are_words_not_booleans(demo_config_path: Path, tmp_path: Path) -> None:
+    """YAML 1.1 reads `no` as False; the configs read YAML 1.2 booleans (true/false) only."""
+    assert load_config(demo_config_path, ["loader.in_memory=no"]).loader.in_memory == "no"
+    text = demo_config_path.read_text().replace("seed: 0\n", "seed: 0\nloader:\n  in_memory: no\n", 1)
+    assert load_config(_write(tmp_path, text)).loader.in_memory == "no"
+    with pytest.raises(ConfigError, match="'encode.hflip_view' must be bool"):
+        load_config(demo_config_path, ["encode.hflip_view=yes"])
+
+
+@pytest.mark.parametrize("override", ["seed=-1", "sample.seed=-3", "demo.seed=-1", "eval.seed=-2"])
+def test_negative_seeds_are_refused(demo_config_path: Path, override: str) -> None:
+    with pytest.raises(ConfigError, match="seed' must be >= 0"):
+        load_config(demo_config_path, [override])
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "1e999"])
+def test_non_finite_numbers_are_refused(demo_config_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match="'train.lr' must be a finite number"):
+        load_config(demo_config_path, [f"train.lr={value}"])
+
+
+def test_a_typo_in_the_smoke_block_is_caught_without_smoke(demo_config_path: Path, tmp_path: Path) -> None:
+    text = demo_config_path.read_text().replace("  train.steps: 20\n", "  train.stpes: 20\n")
+    with pytest.raises(ConfigError, match=r"\(smoke\): unknown key 'train.stpes'"):
+        load_config(_write(tmp_path, text))
