@@ -137,8 +137,16 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     return allowed
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """pickle.Unpickler that resolves only allow-listed globals; everything else becomes a PickledRecord type."""
+class RestrictedUnpickler(pickle._Unpickler):
+    """Unpickler that resolves only allow-listed globals; everything else becomes a PickledRecord type.
+
+    It also refuses BUILD (set state) on anything the file did not create: an allow-listed class, function or
+    module is shared by the whole process, and setting its attributes (a function's ``__defaults__``, a
+    class's method) would change the program beyond the loaded objects. That check needs the opcode dispatch
+    of Python's pure-Python unpickler (``pickle._Unpickler``; the C one has no hook for BUILD).
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     _allowed: dict[tuple[str, str], Any] | None = None
 
@@ -161,6 +169,16 @@ class RestrictedUnpickler(pickle.Unpickler):
         self.replaced.append(f"{module}.{name}")
         log.debug("unpickling: %s.%s replaced by an inert record", module, name)
         return record_type(module, name)
+
+
+    def load_build(self) -> None:
+        target = self.stack[-2]
+        if isinstance(target, (type, types.FunctionType, types.BuiltinFunctionType, types.ModuleType)):
+            raise pickle.UnpicklingError(f"refusing to set the state of {getattr(target, '__qualname__', target)!r}: "
+                                         "the file may only set the state of objects it creates")
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
 
 
 def _restricted_load(file: Any, **kwargs: Any) -> Any:

@@ -244,3 +244,15 @@ def test_taming_quantiser_nearest_code():
     flat = z.permute(0, 2, 3, 1).reshape(-1, 4)
     brute = torch.cdist(flat, book).argmin(1).reshape(2, 3, 3)
     assert torch.equal(idx, brute)
+
+
+def test_a_file_cannot_change_shared_objects_through_build(tmp_path):
+    """BUILD (set state) on an allow-listed function would change it for the whole process: refused."""
+    import torch._utils as tu
+
+    before = tu._rebuild_tensor_v2.__defaults__
+    path = tmp_path / "build.pt"
+    path.write_bytes(b"ctorch._utils\n_rebuild_tensor_v2\n(N}S'__defaults__'\n(I7\ntstb.")
+    with pytest.raises(CheckpointReadError, match="refusing to set the state of '_rebuild_tensor_v2'"):
+        safe_torch_load(path)
+    assert tu._rebuild_tensor_v2.__defaults__ == before
