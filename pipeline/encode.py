@@ -39,6 +39,13 @@ class StaleCacheError(EncodeError):
     """The existing store was built from different inputs; the message names them."""
 
 
+def encoded_splits(cfg: Config) -> list[str]:
+    """The splits of ``data.splits`` that the data settings produce (a KTH config without validation persons
+    lists 'val' but has none), in ``data.splits`` order; each must exist in the shard root."""
+    produced, _ = cfg.produced_splits()
+    return [s for s in cfg.data.splits if s in produced]
+
+
 def vqvae_identity(cfg: VQVAEConfig, ckpt_sha256: str) -> dict[str, Any]:
     """What of the VQVAE determines the latents: architecture, sizes (taming) and the checkpoint's content."""
     identity: dict[str, Any] = {"arch": cfg.arch, "ckpt_sha256": ckpt_sha256}
@@ -79,7 +86,7 @@ def encode_latents(cfg: Config, url: str, force: bool = False, dry_run: bool = F
     # The index alone (no per-frame validation) decides "up to date": unchanged shard checksums mean the shards
     # are the ones validated when the store was built. Validation runs only before encoding.
     readers = {s: ShardReader(d, image_size=cfg.data.image_size, validate=False)
-               for s, d in split_dirs(cfg.data.root, cfg.data.splits).items()}
+               for s, d in split_dirs(cfg.data.root, encoded_splits(cfg)).items()}
     views = make_views(cfg.encode)
     decision = _decide(cfg, url, readers, views, force, dry_run, log) if info.is_main else None
     action, message = broadcast_object(decision)

@@ -164,3 +164,31 @@ def test_single_file_path(tmp_path: Path) -> None:
     single = tmp_path / "one.h5"
     shutil.copy(tmp_path / "train" / "shard_0001.hdf5", single)
     assert len(ShardReader(single)) == 2
+
+
+@pytest.mark.parametrize("case", ["len_string", "len_array", "frame_group", "video_dataset"])
+def test_malformed_entries_name_the_file(tmp_path: Path, case: str) -> None:
+    split = tmp_path / case
+    _write(split, _videos(2))
+    with h5py.File(split / "shard_0001.hdf5", "a") as fh:
+        if case.startswith("len"):
+            del fh["len"]["1"]
+            fh["len"].create_dataset("1", data="five" if case == "len_string" else np.arange(3))
+        elif case == "frame_group":
+            del fh["1"]["0"]
+            fh["1"].create_group("0")
+        else:
+            del fh["1"]
+            fh.create_dataset("1", data=np.zeros(3))
+    expected = {"len_string": "'len/1' must be a scalar integer", "len_array": "'len/1' must be a scalar integer",
+                "frame_group": "frame '0' is a Group, not an array", "video_dataset": "video '1' is listed in 'len' but has no group"}
+    with pytest.raises(ShardError, match=rf"shard_0001\.hdf5: .*{expected[case]}"):
+        ShardReader(split)
+
+
+def test_a_missing_split_directory_is_named_not_skipped(tmp_path: Path) -> None:
+    from pipeline.data.shards import split_dirs
+
+    _write(tmp_path / "train", _videos(1))
+    with pytest.raises(ShardError, match="no split directory val, test"):
+        split_dirs(tmp_path, ["train", "val", "test"])

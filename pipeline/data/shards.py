@@ -196,9 +196,9 @@ class ShardReader:
                 raise ShardError(f"{shard}: 'len' keys must be 0..{len(keys) - 1}, got {keys[:5]}...")
             entries = []
             for key in keys:
-                length = int(fh["len"][key][()])
-                if key not in fh:
-                    raise ShardError(f"{shard}: video '{key}' is listed in 'len' but its group is missing")
+                length = _video_length(shard, key, fh["len"][key])
+                if not isinstance(fh.get(key), h5py.Group):
+                    raise ShardError(f"{shard}: video '{key}' is listed in 'len' but has no group of frames")
                 entries.append(VideoEntry(shard, key, length, str(fh[key].attrs.get("source", ""))))
             return entries
 
@@ -210,6 +210,8 @@ class ShardReader:
             if name not in group:
                 raise ShardError(f"{shard}: video '{key}' is missing frame '{name}' (len says {length} frames)")
             ds = group[name]
+            if not isinstance(ds, h5py.Dataset):
+                raise ShardError(f"{shard}: video '{key}' frame '{name}' is a {type(ds).__name__}, not an array")
             if ds.dtype != np.uint8:
                 raise ShardError(f"{shard}: video '{key}' frame '{name}' has dtype {ds.dtype}, expected uint8")
             if self.frame_shape is None:
@@ -273,10 +275,20 @@ class ShardReader:
         self._pid = os.getpid()
 
 
+def _video_length(shard: Path, key: str, node) -> int:
+    """A video's frame count from its ``len`` entry, which must be a scalar integer dataset (the reference's int64)."""
+    if not isinstance(node, h5py.Dataset) or node.shape != () or node.dtype.kind not in "iu":
+        kind = type(node).__name__ if not isinstance(node, h5py.Dataset) else f"{node.dtype} array of shape {node.shape}"
+        raise ShardError(f"{shard}: 'len/{key}' must be a scalar integer, got a {kind}")
+    return int(node[()])
+
+
 def split_dirs(root: str | Path, splits: list[str]) -> dict[str, Path]:
-    """``{split: <root>/<split>}`` for the splits that exist; a clear error when none does."""
+    """``{split: <root>/<split>}`` for every split asked for; a clear error naming the ones that do not exist
+    (a missing split is never skipped: a stage reading it later would fail far from the cause)."""
     root = Path(root)
-    found = {s: root / s for s in splits if (root / s).is_dir()}
-    if not found:
-        raise ShardError(f"{root}: none of the split directories {splits} exists (run `make data` first?)")
-    return found
+    missing = [s for s in splits if not (root / s).is_dir()]
+    if missing:
+        raise ShardError(f"{root}: no split directory {', '.join(missing)} (the settings produce {', '.join(splits)}): "
+                         "run `make data`, or point DATA_DIR at the shards")
+    return {s: root / s for s in splits}
