@@ -35,8 +35,10 @@ def main(
     dry_run: DryRunOption = False,
 ) -> None:
     """Compute the metrics, or print 'up to date' when the forecasts, eval settings and I3D file are unchanged."""
+    from pipeline.cache import DataIntegrityError
     from pipeline.evaluate import EvalError, evaluate
     from pipeline.forecast import forecast_url
+    from pipeline.metrics import I3DError
 
     stage = setup_stage(config, [*(set_ or []), *([f"eval.i3d={i3d}"] if i3d else [])], smoke, out, data_root, interp, run,
                         with_run=True)
@@ -44,7 +46,7 @@ def main(
         show_dry_run("eval", stage.cfg)
     run_stage("eval", lambda: evaluate(stage.cfg, forecasts or forecast_url(stage.run_dir), stage.run_dir, force=force,
                                        dry_run=dry_run),
-              (EvalError, FileNotFoundError), dry_run)
+              (EvalError, FileNotFoundError, DataIntegrityError, I3DError), dry_run)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ def main(
     dry_run: DryRunOption = False,
 ) -> None:
     """Forecast, resume an interrupted run, or report 'up to date' when the forecasts are complete."""
+    from pipeline.cache import DataIntegrityError
     from pipeline.data.shards import ShardError
     from pipeline.forecast import ForecastError, forecast
     from pipeline.safe_load import CheckpointReadError
@@ -45,7 +46,7 @@ def main(
     run_stage("forecast", lambda: forecast(stage.cfg, store or stage.layout.store_url, stage.run_dir, ckpt=ckpt,
                                            force=force, dry_run=dry_run),
               (ForecastError, ShardError, FileNotFoundError, CheckpointReadError, CheckpointMismatchError,
-               CheckpointFormatError, ValueError), dry_run)
+               CheckpointFormatError, ValueError, DataIntegrityError), dry_run)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,19 @@ Layout (readable by plain ``zarr``)::
 Because every video starts on a chunk boundary and each ``done`` flag has its own chunk, processes writing
 different videos never touch the same chunk: distributed encoding needs no locks, and a killed run leaves only
 videos whose flag is unset, which a rerun encodes again.
+
+Integrity: every read of stored data (this store and ``forecasts.zarr``) goes through this module, which refuses
+to return anything but the stored bytes. A chunk that a read needs must exist (writers store every chunk, even one
+equal to the fill value, so a missing chunk always means lost data), must decode to its full size, and latents must
+be finite; unreadable metadata and inconsistent index arrays are refused when the store is opened. Each error names
+the store, the array and chunk (or the metadata file) and, where known, the video. Float arrays are created with
+fill value NaN, so data read past these checks (e.g. with plain zarr) cannot pass for zeros.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import shutil
 from pathlib import Path
 from typing import Any
@@ -32,6 +40,28 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 FORMAT_VERSION = 1  # bump when the layout or the meaning of stored values changes
+DAMAGED = "the store is damaged: delete it and rerun the stage that writes it"
+
+
+class DataIntegrityError(RuntimeError):
+    """Data cannot be trusted: stored bytes are missing, corrupt or inconsistent, or values are NaN/Inf."""
+
+
+class StoreReadError(DataIntegrityError):
+    """A store's metadata, chunk or index arrays cannot be read as written; the message names store, array, chunk."""
+
+
+class NonFiniteError(DataIntegrityError):
+    """NaN or Inf where finite values are required; the message names the data (store, video, set)."""
+
+
+def require_finite(values: Any, what: str, hint: str = "") -> None:
+    """Raise :class:`NonFiniteError` naming ``what`` unless every value (numpy array or torch tensor) is finite."""
+    values = values.detach().cpu().numpy() if hasattr(values, "detach") else np.asarray(values)
+    if np.isfinite(values).all():
+        return
+    bad = int(values.size - np.isfinite(values).sum())
+    raise NonFiniteError(f"{what}: {bad} of {values.size} values are NaN/Inf" + (f"; {hint}" if hint else ""))
 
 
 def store_url(out_root: str, dataset: str) -> str:
@@ -47,11 +77,52 @@ def chunk_aligned_offsets(lengths: np.ndarray, chunk_frames: int) -> tuple[np.nd
 
 
 def open_store(url: str, mode: str = "r") -> zarr.Group | None:
-    """The store's root group, or None when there is no store at ``url``."""
+    """The store's root group, or None when there is no store at ``url``; unreadable metadata is a StoreReadError."""
     try:
         return zarr.open_group(url, mode=mode)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         return None
+    except Exception as exc:
+        raise _metadata_error(url, "zarr.json", exc) from exc
+
+
+def open_node(group: zarr.Group, name: str, url: str) -> zarr.Array | zarr.Group:
+    """Member ``name`` of ``group``: KeyError when it does not exist, StoreReadError when its zarr.json is unreadable."""
+    key = f"{group.path}/{name}/zarr.json".lstrip("/")
+    try:
+        return group[name]
+    except Exception as exc:
+        if isinstance(exc, KeyError) and not _exists(group.store, [key])[0]:
+            raise KeyError(f"{url} holds no '{key[: -len('/zarr.json')]}'") from None
+        raise _metadata_error(url, key, exc) from exc
+
+
+def has_node(group: zarr.Group, name: str) -> bool:
+    """Whether ``group`` has a member ``name`` (its metadata file exists; it is not parsed)."""
+    return _exists(group.store, [f"{group.path}/{name}/zarr.json".lstrip("/")])[0]
+
+
+def read_array(array: zarr.Array, selection: Any, url: str, what: str = "", missing_ok: bool = False) -> np.ndarray:
+    """``array[selection]`` (ints and unit-step slices over leading axes), read only from chunks that exist and decode.
+
+    ``what`` says what the selection is (e.g. a video), for the error. ``missing_ok`` is for arrays whose absent chunks
+    mean the fill value by design (``done`` flags: an unwritten flag is False).
+    """
+    coords = _selected_chunks(array, selection)
+    if not missing_ok:
+        missing = [c for c, there in zip(coords, _exists(array.store, _chunk_keys(array, coords))) if not there]
+        if missing:
+            more = f" (and {len(missing) - 1} more of the {len(coords)} chunks it needs)" if len(missing) > 1 else ""
+            raise _chunk_error(array, url, missing[0], f"is missing{more}: never written or deleted", what)
+    try:
+        return array[selection]
+    except Exception as exc:
+        raise _undecodable(array, url, coords, exc, what) from exc
+
+
+def write_array(array: zarr.Array, selection: Any, values: Any) -> None:
+    """``array[selection] = values``, storing every chunk even when it equals the fill value (so none is ever absent)."""
+    array.with_config({"write_empty_chunks": True})[selection] = values
 
 
 def delete_store(url: str) -> None:
@@ -75,12 +146,13 @@ def create_split(
     group = root.create_group(split)
     group.attrs["videos"] = videos
     compressor = BloscCodec(cname="zstd", clevel=compression_level, shuffle=BloscShuffle.bitshuffle)
-    group.create_array(
+    group.create_array(  # fill NaN: never mistaken for latents (padding frames after each video read as NaN too)
         "latents", shape=(n_views, total, *latent_shape), chunks=(1, chunk_frames, *latent_shape),
-        dtype=dtype, compressors=compressor, fill_value=0,
+        dtype=dtype, compressors=compressor, fill_value=float("nan"),
     )
-    group.create_array("offsets", data=offsets, chunks=(max(len(offsets), 1),))
-    group.create_array("lengths", data=lengths, chunks=(max(len(lengths), 1),))
+    stored = {"write_empty_chunks": True}  # an all-zero index (one video at offset 0) is stored, not left absent
+    group.create_array("offsets", data=offsets, chunks=(max(len(offsets), 1),), config=stored)
+    group.create_array("lengths", data=lengths, chunks=(max(len(lengths), 1),), config=stored)
     group.create_array("done", shape=(len(videos),), chunks=(1,), dtype=bool, fill_value=False)
 
 
@@ -90,22 +162,26 @@ class LatentSplit:
     ``read_frames`` fetches each needed chunk once and decodes it with Blosc directly — about 8x faster than
     zarr's generic indexing for the scattered reads of triplet sampling (benchmarks/); local stores are read
     from the files themselves, other stores (fsspec URLs) through zarr's store layer, all keys concurrently.
+    Every read refuses missing or undecodable chunks and non-finite latents, naming the chunk and the video; the
+    index arrays are validated when the split is opened.
     """
 
     def __init__(self, url: str, split: str):
         root = open_store(url)
         if root is None:
             raise FileNotFoundError(f"no latent store at {url} (run `make encode` first)")
-        if split not in root:
-            held = sorted(name for name, _ in root.groups())
+        if not has_node(root, split):
+            held = sorted(name for name in root.group_keys())
             raise FileNotFoundError(f"{url} holds no split '{split}' (it holds: {', '.join(held) or 'none'}): the "
                                     f"shards had no '{split}' directory when it was encoded, or data.splits left it out")
         self.url, self.split = url, split
-        group = root[split]
-        self.latents = group["latents"]
-        self.offsets = group["offsets"][:]
-        self.lengths = group["lengths"][:]
-        self.done = group["done"][:]
+        group = open_node(root, split, url)
+        self.latents = open_node(group, "latents", url)
+        # Stores written before every chunk was stored left an all-zero offsets chunk (a one-video split) absent:
+        # absent offsets read as zeros, which _check_index refuses unless they are right.
+        self.offsets = read_array(open_node(group, "offsets", url), slice(None), url, missing_ok=True)
+        self.lengths = read_array(open_node(group, "lengths", url), slice(None), url)
+        self.done = read_array(open_node(group, "done", url), slice(None), url, missing_ok=True)
         self.videos = group.attrs["videos"]
         self.attrs = dict(root.attrs)
         self.n_views = self.latents.shape[0]
@@ -113,6 +189,7 @@ class LatentSplit:
         self.chunk_frames = self.latents.chunks[1]
         self._in_memory: np.ndarray | None = None
         self._direct = _blosc_only(self.latents)
+        _check_index(self)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -121,10 +198,24 @@ class LatentSplit:
     def nbytes(self) -> int:
         return int(np.prod(self.latents.shape)) * self.latents.dtype.itemsize
 
-    def load_into_memory(self) -> None:
-        """Read the whole latents array once; later reads are plain numpy indexing."""
-        if self._in_memory is None:
-            self._in_memory = self.latents[:]
+    def load_into_memory(self, chunks_per_read: int = 256) -> None:
+        """Read the whole latents array once (checked like every read); later reads are plain numpy indexing."""
+        if self._in_memory is not None:
+            return
+        cf, frames = self.chunk_frames, self.latents.shape[1]
+        memory = np.empty(self.latents.shape, dtype=self.latents.dtype)
+        keys = [(v, c) for v in range(self.n_views) for c in range(-(-frames // cf))]
+        for i in range(0, len(keys), chunks_per_read):
+            part = keys[i : i + chunks_per_read]
+            for (v, c), chunk in zip(part, self._fetch_chunks(part)):
+                memory[v, c * cf : (c + 1) * cf] = chunk[: frames - c * cf]
+        for k in range(len(self)):
+            start, length = int(self.offsets[k]), int(self.lengths[k])
+            for v in range(self.n_views):
+                block = memory[v, start : start + length]
+                if not np.isfinite(block).all():
+                    raise self._nonfinite(block, np.full(length, v), np.arange(start, start + length))
+        self._in_memory = memory
 
     @property
     def in_memory(self) -> bool:
@@ -135,12 +226,12 @@ class LatentSplit:
         start, length = int(self.offsets[index]), int(self.lengths[index])
         if self._in_memory is not None:
             return self._in_memory[view, start : start + length]
-        return self.latents[view, start : start + length]
+        return self.read_frames(np.full(length, view), np.arange(start, start + length))
 
     def read_frames(self, views: np.ndarray, frames: np.ndarray) -> np.ndarray:
         """Latents at (view, global frame) pairs: ``[len(frames), C, h, w]`` as stored (float32/float16)."""
         views, frames = np.asarray(views, dtype=np.int64), np.asarray(frames, dtype=np.int64)
-        if self._in_memory is not None:
+        if self._in_memory is not None:  # checked when loaded
             return self._in_memory[views, frames]
         chunk_ids = views * (self.latents.shape[1] // self.chunk_frames + 1) + frames // self.chunk_frames
         unique, inverse = np.unique(chunk_ids, return_inverse=True)
@@ -153,22 +244,142 @@ class LatentSplit:
         for slot, chunk in enumerate(decoded):
             rows = np.flatnonzero(inverse == slot)
             out[rows] = chunk[within[rows]]
+        if not np.isfinite(out).all():
+            raise self._nonfinite(out, views, frames)
         return out
 
     def _fetch_chunks(self, keys: list[tuple[int, int]]) -> list[np.ndarray]:
-        """Decoded chunks ``[chunk_frames, C, h, w]`` for (view, chunk index) keys."""
-        cf = self.chunk_frames
+        """Decoded chunks ``[chunk_frames, C, h, w]`` for (view, chunk index) keys; missing or corrupt ones raise."""
+        cf, tail = self.chunk_frames, [0] * len(self.latent_shape)
+        coords = [(v, c, *tail) for v, c in keys]
         if not self._direct:  # a store written with other codecs: zarr's generic path
-            return [self.latents[v, c * cf : (c + 1) * cf] for v, c in keys]
-        meta = self.latents.metadata
-        names = [meta.encode_chunk_key((v, c, *([0] * len(self.latent_shape)))) for v, c in keys]
-        store, prefix = self.latents.store_path.store, self.latents.store_path.path
+            return [read_array(self.latents, (v, slice(c * cf, (c + 1) * cf)), self.url, self._describe(v, c))
+                    for v, c in keys]
+        names = _chunk_keys(self.latents, coords)
+        store = self.latents.store
         if isinstance(store, LocalStore):
-            raw = [_read_file(Path(store.root) / prefix / name) for name in names]
+            raw = [_read_file(Path(store.root) / name) for name in names]
         else:
-            raw = sync(_gather(store, [f"{prefix}/{name}" for name in names]))
+            raw = sync(_gather(store, names))
         shape = (cf, *self.latent_shape)
-        return [_decode(blob, self.latents.dtype, shape) for blob in raw]
+        return [self._decode(blob, coord, shape) for blob, coord in zip(raw, coords)]
+
+    def _decode(self, blob: bytes | None, coord: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+        """One chunk's Blosc bytes as an array of ``shape``; an absent or undecodable chunk names itself and its video."""
+        if blob is None:
+            raise _chunk_error(self.latents, self.url, coord, "is missing: never written or deleted", self._describe(*coord[:2]))
+        try:
+            return np.frombuffer(_BLOSC.decode(blob), dtype=self.latents.dtype).reshape(shape)
+        except Exception as exc:
+            raise _chunk_error(self.latents, self.url, coord, f"cannot be decoded ({type(exc).__name__}: {exc})",
+                               self._describe(*coord[:2])) from exc
+
+    def _video_of(self, frame: int) -> int:
+        return int(np.searchsorted(self.offsets, frame, side="right")) - 1
+
+    def _describe(self, view: int, chunk: int) -> str:
+        """What a chunk holds: the view, its frames and the video they belong to."""
+        first = chunk * self.chunk_frames
+        k = self._video_of(first)
+        return (f"view {view}, frames {first}-{first + self.chunk_frames - 1}: video {k} "
+                f"({self.videos[k].get('source', '?')}) of split '{self.split}'") if 0 <= k < len(self) else f"view {view}"
+
+    def _nonfinite(self, values: np.ndarray, views: np.ndarray, frames: np.ndarray) -> NonFiniteError:
+        """The error for latents read at (views, frames) that hold NaN/Inf: the first such frame's video, and how many."""
+        bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
+        frame, k = int(frames[bad[0]]), self._video_of(int(frames[bad[0]]))
+        more = f" (and {len(bad) - 1} more of the {len(values)} frames read)" if len(bad) > 1 else ""
+        return NonFiniteError(f"{self.url}: split '{self.split}' holds non-finite latents (NaN/Inf) in video {k} "
+                             f"({self.videos[k].get('source', '?')}), view {int(views[bad[0]])}, frame "
+                             f"{frame - int(self.offsets[k])}{more}; {DAMAGED}")
+
+
+def _check_index(split: LatentSplit) -> None:
+    """The index arrays must agree with each other, the recorded videos and the latents array; else StoreReadError."""
+    offsets, lengths, cf, frames = split.offsets, split.lengths, split.chunk_frames, split.latents.shape[1]
+    sizes = {"offsets": offsets.shape, "lengths": lengths.shape, "done": split.done.shape, "videos": (len(split.videos),)}
+    problems = []
+    if len(set(sizes.values())) > 1:
+        problems.append("offsets, lengths, done and the videos attribute differ in length ("
+                        + ", ".join(f"{k} {v}" for k, v in sizes.items()) + ")")
+    else:
+        recorded = np.array([v.get("length", -1) for v in split.videos], dtype=np.int64)
+        ends = offsets + -(-lengths // cf) * cf
+        checks = [
+            (lengths < 0, lambda k: f"video {k} has a negative length {lengths[k]}"),
+            (lengths != recorded, lambda k: f"video {k} has length {lengths[k]} but was recorded with {recorded[k]}"),
+            (offsets % cf != 0, lambda k: f"video {k} starts at frame {offsets[k]}, not on a chunk boundary ({cf} frames)"),
+            (offsets < 0, lambda k: f"video {k} starts at a negative frame {offsets[k]}"),
+            (np.r_[False, offsets[1:] < ends[:-1]], lambda k: f"video {k} starts at frame {offsets[k]}, inside video "
+                                                             f"{k - 1} (frames {offsets[k - 1]}..{ends[k - 1] - 1})"),
+            (offsets + lengths > frames, lambda k: f"video {k} ends at frame {offsets[k] + lengths[k]}, past the "
+                                                   f"latents array's {frames} frames"),
+        ]
+        problems = [describe(int(np.flatnonzero(bad)[0])) for bad, describe in checks if bad.any()]
+    if problems:
+        raise StoreReadError(f"{split.url}: the index arrays of split '{split.split}' are inconsistent: "
+                             f"{'; '.join(problems)}; {DAMAGED}")
+
+
+def _selected_chunks(array: zarr.Array, selection: Any) -> list[tuple[int, ...]]:
+    """Coordinates of the chunks that ``array[selection]`` reads (ints and unit-step slices, leading axes first)."""
+    selection = selection if isinstance(selection, tuple) else (selection,)
+    ranges = []
+    for dim, (size, chunk) in enumerate(zip(array.shape, array.metadata.chunk_grid.chunk_shape)):
+        part = selection[dim] if dim < len(selection) else slice(None)
+        if isinstance(part, slice):
+            start, stop, step = part.indices(size)
+            if step != 1:
+                raise ValueError(f"read_array: unsupported slice step {step}")
+            ranges.append(range(start // chunk, -(-stop // chunk)) if stop > start else range(0))
+        else:
+            index = int(part) + size if int(part) < 0 else int(part)
+            ranges.append(range(index // chunk, index // chunk + 1))
+    return list(itertools.product(*ranges))
+
+
+def _chunk_keys(array: zarr.Array, coords: list[tuple[int, ...]]) -> list[str]:
+    """Store keys (from the store's root) of the chunks at ``coords``, as zarr v3's chunk key encoding names them."""
+    return [f"{array.path}/{array.metadata.encode_chunk_key(c)}".lstrip("/") for c in coords]
+
+
+def _exists(store: Any, keys: list[str]) -> list[bool]:
+    """Whether each key exists: a file check for local stores, the store's own ``exists`` otherwise."""
+    if isinstance(store, LocalStore):
+        return [(Path(store.root) / key).is_file() for key in keys]
+
+    async def check() -> list[bool]:
+        return list(await asyncio.gather(*[store.exists(key) for key in keys]))
+
+    return sync(check())
+
+
+def _location(url: str, key: str) -> str:
+    return f"{url.rstrip('/')}/{key}"
+
+
+def _chunk_error(array: zarr.Array, url: str, coord: tuple[int, ...], problem: str, what: str = "") -> StoreReadError:
+    """The error for one bad chunk: store, array, chunk key and file, what it holds, and what to do."""
+    key = _chunk_keys(array, [coord])[0]
+    holds = f"; it holds {what}" if what else ""
+    return StoreReadError(f"{url}: chunk {key[len(array.path) + 1:]} of array '{array.path}' ({_location(url, key)}) "
+                          f"{problem}{holds}; {DAMAGED}")
+
+
+def _undecodable(array: zarr.Array, url: str, coords: list[tuple[int, ...]], exc: Exception, what: str) -> StoreReadError:
+    """Find which of ``coords`` fails to decode (a whole-selection read failed) and name it."""
+    chunk = array.metadata.chunk_grid.chunk_shape
+    for coord in coords:
+        try:
+            array[tuple(slice(c * n, (c + 1) * n) for c, n in zip(coord, chunk))]
+        except Exception as inner:
+            return _chunk_error(array, url, coord, f"cannot be decoded ({type(inner).__name__}: {inner})", what)
+    return StoreReadError(f"{url}: reading array '{array.path}' failed ({type(exc).__name__}: {exc})"
+                          + (f" for {what}" if what else ""))
+
+
+def _metadata_error(url: str, key: str, exc: Exception) -> StoreReadError:
+    return StoreReadError(f"{url}: unreadable metadata file {_location(url, key)} ({type(exc).__name__}: {exc}); {DAMAGED}")
 
 
 def _blosc_only(array: zarr.Array) -> bool:
@@ -179,12 +390,6 @@ def _blosc_only(array: zarr.Array) -> bool:
 
 
 _BLOSC = numcodecs.Blosc()
-
-
-def _decode(blob: bytes | None, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-    if blob is None:  # chunk never written: the fill value
-        return np.zeros(shape, dtype=dtype)
-    return np.frombuffer(_BLOSC.decode(blob), dtype=dtype).reshape(shape)
 
 
 def _read_file(path: Path) -> bytes | None:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.cache import FORMAT_VERSION, LatentSplit, create_split, delete_store, open_store
+from pipeline.cache import FORMAT_VERSION, LatentSplit, create_split, delete_store, open_store, require_finite, write_array
 from pipeline.config import Config, VQVAEConfig
 from pipeline.data.clips import to_model_range
 from pipeline.data.shards import ShardReader, split_dirs
@@ -198,8 +198,10 @@ def _encode_my_videos(cfg: Config, url: str, readers, views, info: DistInfo, log
                 vq.encode(to_model_range(apply_view(frames, view, cfg.seed, split, int(k), i)).to(info.device)).cpu().numpy()
                 for i, view in enumerate(views)
             ]).astype(dtype)
+            require_finite(latents, f"{url}: the VQVAE's latents of {split} video {k} ({reader.videos[k].source})",
+                           f"not written, the video stays unflagged (check vqvae.ckpt={cfg.vqvae.ckpt} and encode.dtype)")
             start = int(offsets[k])
-            group["latents"][:, start : start + len(frames)] = latents
+            write_array(group["latents"], (slice(None), slice(start, start + len(frames))), latents)
             group["done"][int(k)] = True  # last: a video counts as done only once its latents are written
             bar.update(latents.shape[0] * latents.shape[1])
     bar.close()

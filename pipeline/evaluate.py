@@ -30,6 +30,7 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.cache import has_node, open_node, open_store, read_array
 from pipeline.config import Config
 from pipeline.metrics import (
     DATA_RANGE,
@@ -62,17 +63,14 @@ class EvalError(RuntimeError):
 
 def open_forecasts(url: str):
     """The forecasts store (read-only), checked for the arrays and attributes this stage needs."""
-    import zarr
-
-    try:
-        root = zarr.open_group(url, mode="r")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
-        raise EvalError(f"no forecasts store at {url}: run the forecast stage first (make forecast)") from None
-    missing = [name for name in ("real", "recon", "samples", "done") if name not in root]
+    root = open_store(url)
+    if root is None:
+        raise EvalError(f"no forecasts store at {url}: run the forecast stage first (make forecast)")
+    missing = [name for name in ("real", "recon", "samples", "done") if not has_node(root, name)]
     missing += [f"attrs.{k}" for k in ("fingerprint", "cond_frames", "complete") if k not in root.attrs]
     if missing:
         raise EvalError(f"{url} is not a forecasts store (missing {', '.join(missing)})")
-    done = np.asarray(root["done"][:], dtype=bool)
+    done = np.asarray(read_array(open_node(root, "done", url), slice(None), url, missing_ok=True), dtype=bool)
     if not root.attrs.get("complete") or not done.all():
         raise EvalError(
             f"forecasts store {url} is incomplete ({int(done.sum())}/{done.size} videos done): finish it by rerunning "
@@ -137,7 +135,7 @@ def evaluate(cfg: Config, url: str, run_dir: Path, force: bool = False, dry_run:
 def compute_metrics(cfg: Config, root, url: str, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Score every evaluated video (progress bar over videos); the metrics.json body without the bookkeeping."""
     attrs = dict(root.attrs)
-    real, recon, samples = root["real"], root["recon"], root["samples"]
+    real, recon, samples = (open_node(root, name, url) for name in ("real", "recon", "samples"))
     n_total, n_samples, frames = samples.shape[0], samples.shape[1], samples.shape[2]
     cond = int(attrs["cond_frames"])
     if real.shape != recon.shape or real.shape != (n_total, *samples.shape[2:]):
@@ -151,12 +149,12 @@ def compute_metrics(cfg: Config, root, url: str, log: Callable[[str], None] = pr
     banks: dict[str, I3DFeatures] = {}
     if cfg.eval.i3d:
         detector = load_i3d(cfg.eval.i3d, device)
-        banks = {name: I3DFeatures(detector, cfg.eval.batch_size, device) for name in ("real", *SETS)}
+        banks = {name: I3DFeatures(detector, cfg.eval.batch_size, device, name, cfg.eval.i3d) for name in ("real", *SETS)}
         log(f"eval: I3D {cfg.eval.i3d} on {device}; FVD over {fvd_videos} videos ({cfg.eval.fvd_samples} sample(s) each)")
 
     scores = {name: {"psnr": [], "ssim": []} for name in SETS}
     for v in tqdm(range(videos), desc="eval", unit="video"):
-        real_v, recon_v, samples_v = np.asarray(real[v]), np.asarray(recon[v]), np.asarray(samples[v])
+        real_v, recon_v, samples_v = (read_array(array, v, url, f"video row {v}") for array in (real, recon, samples))
         copy_v = np.concatenate([real_v[:cond], np.repeat(real_v[cond - 1:cond], frames - cond, axis=0)])
         truth = real_v[cond:]
         for name, pred in (("model", samples_v[:, cond:]), ("vq_ceiling", recon_v[None, cond:]), ("copy_last", copy_v[None, cond:])):
@@ -189,7 +187,7 @@ def _fvd(cfg: Config, banks: dict[str, I3DFeatures], fvd_videos: int, result: di
     if fvd_videos < 2:
         return f"FVD needs >= 2 videos, got {fvd_videos}: FVD is null", counts
     for name in SETS:
-        result[name]["fvd"] = fvd_from_features(feats["real"], feats[name])
+        result[name]["fvd"] = fvd_from_features(feats["real"], feats[name], names=("real", name))
     if cfg.eval.fvd_resamples:
         per_video = {name: feats[name].reshape(fvd_videos, -1, feats[name].shape[-1]) for name in SETS}
         for name, boot in bootstrap_fvd(feats["real"], per_video, cfg.eval.fvd_resamples, cfg.eval.seed).items():

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.cache import LatentSplit, delete_store, open_store
+from pipeline.cache import LatentSplit, delete_store, open_node, open_store, read_array, require_finite, write_array
 from pipeline.checkpoints import FlowCheckpoint, load_flow_checkpoint
 from pipeline.config import Config
 from pipeline.data.clips import clip_frame_indices, to_uint8
@@ -368,7 +368,7 @@ def _create(cfg: Config, url: str, split: LatentSplit, plan: _Plan, inputs, hash
     root.create_array("recon", shape=(n, t, size, size, 3), chunks=(1, t, size, size, 3), dtype="uint8", **codec)
     root.create_array("samples", shape=(n, s, t, size, size, 3), chunks=(1, 1, t, size, size, 3), dtype="uint8", **codec)
     root.create_array("latents", shape=(n, s, t, *plan.latent_shape), chunks=(1, s, t, *plan.latent_shape),
-                      dtype="float32", **codec)
+                      dtype="float32", **{**codec, "fill_value": float("nan")})  # NaN: never mistaken for latents
     root.create_array("done", shape=(n,), chunks=(1,), dtype=bool, fill_value=False)
     interpolant = build_interpolant(cfg.interpolant)
     videos = [{"index": int(k), "source": split.videos[k]["source"], "shard": split.videos[k]["shard"],
@@ -414,6 +414,9 @@ def _forecast_my_groups(cfg: Config, url: str, split: LatentSplit, reader: Shard
         for j, r in enumerate(int(r) for r in group):
             if done[r]:  # written by an earlier, interrupted run: identical by construction
                 continue
+            source = split.videos[int(plan.videos[r])]["source"]
+            require_finite(latents[j], f"{url}: the generated latents of video {int(plan.videos[r])} ({source})",
+                           "not written, the video stays unflagged (a diverged or mismatched flow checkpoint?)")
             _write_row(root, r, reader, int(plan.videos[r]), plan, clips[r], latents[j], vq)
     bar.close()
 
@@ -444,10 +447,8 @@ def _write_row(root, row: int, reader: ShardReader, video: int, plan: _Plan, cli
     pixels = to_uint8(vq.decode(generated.to(device))).reshape(s, gen, *recon.shape[1:])
     # The conditioning frames of every sample are the decoded conditioning latents: recon's first frames.
     samples = np.concatenate([np.broadcast_to(recon[None, : plan.cond], (s, plan.cond, *recon.shape[1:])), pixels], axis=1)
-    root["real"][row] = real
-    root["recon"][row] = recon
-    root["samples"][row] = samples
-    root["latents"][row] = latents.cpu().numpy()
+    for name, values in (("real", real), ("recon", recon), ("samples", samples), ("latents", latents.cpu().numpy())):
+        write_array(root[name], row, values)
     root["done"][row] = True  # last: a video counts as done only once everything else is written
 
 
@@ -496,7 +497,9 @@ def write_media(cfg: Config, url: str, media_dir: Path, log, only_missing: bool 
         paths = [media_dir / f"forecast_{k}.gif", media_dir / f"forecast_{k}.mp4"]
         if only_missing and all(p.exists() for p in paths):
             continue
-        frames = media_grid(root["real"][k], root["recon"][k], root["samples"][k, : cfg.forecast.media_samples], cond)
+        rows = {"real": k, "recon": k, "samples": (k, slice(0, cfg.forecast.media_samples))}
+        real, recon, samples = (read_array(open_node(root, n, url), sel, url, f"video row {k}") for n, sel in rows.items())
+        frames = media_grid(real, recon, samples, cond)
         media_dir.mkdir(parents=True, exist_ok=True)
         for path in paths:
             tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")  # ffmpeg needs the suffix

@@ -20,7 +20,9 @@ already gives ≈ 89 dB.
 FVD: 400-d features of the StyleGAN-V TorchScript I3D, called exactly as the reference does
 (``detector(x, rescale=False, resize=True, return_features=True)`` on float ``[N, 3, T, H, W]`` in [-1, 1]);
 Fréchet distance of the two feature Gaussians in float64 (``np.cov(rowvar=False)``, ``scipy.linalg.sqrtm``, real
-part).
+part). Features and their statistics must be finite (scipy's sqrtm of a NaN matrix runs for tens of minutes): a
+non-finite set is refused by name. An I3D file that does not load as TorchScript, rejects the call or returns
+another shape is refused naming the file (:class:`I3DError`).
 """
 
 from __future__ import annotations
@@ -33,11 +35,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.cache import require_finite
+
 DATA_RANGE = 2.0  # [-1, 1]
 PSNR_EPS = 1e-10  # the reference's MSE offset; only used to define the cap
 PSNR_CAP_DB = 10.0 * math.log10(DATA_RANGE**2 / PSNR_EPS)  # ≈ 106.02 dB: the PSNR of identical frames
 I3D_FEATURES = 400
 RECOMMENDED_FVD_VIDEOS = 256
+I3D_CALL = "detector(x, rescale=False, resize=True, return_features=True) on float32 [N, 3, T, H, W] in [-1, 1]"
+
+
+class I3DError(RuntimeError):
+    """The I3D file is not the StyleGAN-V TorchScript detector (does not load, rejects the call, wrong output)."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -103,16 +112,26 @@ def summarize(scores: np.ndarray) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance (float64, ``np.cov(rowvar=False)``) of features ``[N, D]``, N >= 2."""
+def feature_stats(features: np.ndarray, name: str = "features") -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (float64, ``np.cov(rowvar=False)``) of features ``[N, D]``, N >= 2, both finite.
+
+    ``name`` says which set they are (real, model, ...), for the error when the features or statistics are NaN/Inf.
+    """
     f = np.asarray(features, dtype=np.float64)
     if f.ndim != 2 or f.shape[0] < 2:
         raise ValueError(f"need features [N >= 2, D], got {f.shape}")
-    return f.mean(axis=0), np.cov(f, rowvar=False)
+    require_finite(f, f"FVD: the I3D features of the {name} set")
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, by set
+        mu, sigma = f.mean(axis=0), np.cov(f, rowvar=False)
+    require_finite(sigma, f"FVD: the feature covariance of the {name} set (overflow)")
+    return mu, sigma
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+                     names: tuple[str, str] = ("first", "second")) -> float:
     """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) in float64, the real part of sqrtm taken.
+
+    The moments must be finite (``names`` say whose they are, for the error): sqrtm would hang on NaN.
 
     ``scipy.linalg.sqrtm(A)``: SciPy >= 1.16 deprecates ``disp=False``, which only changed what is returned (an
     extra error estimate), not the square root; like ``disp=False`` its singular-matrix warning is silenced
@@ -125,6 +144,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
         raise ValueError(f"mismatched moments: {mu1.shape}, {mu2.shape}, {s1.shape}, {s2.shape}")
+    for name, mu, sigma in ((names[0], mu1, s1), (names[1], mu2, s2)):
+        require_finite(np.concatenate([mu, sigma.ravel()]), f"FVD: the feature mean/covariance of the {name} set")
     with warnings.catch_warnings():  # singular covariances are expected with fewer clips than feature dimensions
         warnings.simplefilter("ignore", linalg.LinAlgWarning)
         covmean = linalg.sqrtm(s1 @ s2)
@@ -136,9 +157,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
 
 
-def fvd_from_features(real: np.ndarray, generated: np.ndarray) -> float:
-    """Fréchet distance between the Gaussians fitted to two feature sets ``[N, D]``, ``[M, D]``."""
-    return frechet_distance(*feature_stats(real), *feature_stats(generated))
+def fvd_from_features(real: np.ndarray, generated: np.ndarray, names: tuple[str, str] = ("real", "generated")) -> float:
+    """Fréchet distance between the Gaussians fitted to two feature sets ``[N, D]``, ``[M, D]`` (named for errors)."""
+    return frechet_distance(*feature_stats(real, names[0]), *feature_stats(generated, names[1]), names=names)
 
 
 def bootstrap_fvd(
@@ -158,7 +179,7 @@ def bootstrap_fvd(
         if np.unique(idx).size < 2:
             continue
         for name, gen in generated.items():
-            values[name].append(fvd_from_features(real[idx], gen[idx].reshape(-1, gen.shape[-1])))
+            values[name].append(fvd_from_features(real[idx], gen[idx].reshape(-1, gen.shape[-1]), names=("real", name)))
     return {
         name: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "resamples": len(v)}
         for name, v in values.items()
@@ -180,10 +201,14 @@ def resolve_device(choice: str) -> torch.device:
 
 
 def load_i3d(path: str | Path, device: torch.device) -> torch.jit.ScriptModule:
-    """The StyleGAN-V TorchScript I3D (``i3d_torchscript.pt``), in eval mode on ``device``."""
-    with warnings.catch_warnings():  # torch >= 2.9 deprecates TorchScript; the detector only exists in that format
-        warnings.simplefilter("ignore", DeprecationWarning)
-        detector = torch.jit.load(str(path), map_location=device)
+    """The StyleGAN-V TorchScript I3D (``i3d_torchscript.pt``), in eval mode on ``device``; I3DError if not TorchScript."""
+    try:
+        with warnings.catch_warnings():  # torch >= 2.9 deprecates TorchScript; the detector only exists in that format
+            warnings.simplefilter("ignore", DeprecationWarning)
+            detector = torch.jit.load(str(path), map_location=device)
+    except Exception as exc:  # torch raises RuntimeError, ValueError, ... for files that are not TorchScript archives
+        raise I3DError(f"I3D file {path} does not load as TorchScript ({_gist(exc)}): eval.i3d must be the StyleGAN-V "
+                       "i3d_torchscript.pt") from None
     detector.eval()
     return detector
 
@@ -192,11 +217,13 @@ class I3DFeatures:
     """Accumulates uint8 clips ``[k, T, H, W, 3]`` and runs the detector on batches of ``batch_size`` clips.
 
     The call is the reference's, unchanged: ``detector(x, rescale=False, resize=True, return_features=True)`` with
-    ``x`` float32 ``[B, 3, T, H, W]`` in [-1, 1]; the output must be ``[B, 400]``.
+    ``x`` float32 ``[B, 3, T, H, W]`` in [-1, 1]; the output must be finite ``[B, 400]``. ``name`` (the clip set:
+    real, model, ...) and ``source`` (the I3D file) name the errors.
     """
 
-    def __init__(self, detector, batch_size: int, device: torch.device):
+    def __init__(self, detector, batch_size: int, device: torch.device, name: str = "clips", source: str = "the I3D"):
         self.detector, self.batch_size, self.device = detector, batch_size, device
+        self.name, self.source = name, source
         self._pending: list[np.ndarray] = []
         self._features: list[np.ndarray] = []
 
@@ -217,12 +244,24 @@ class I3DFeatures:
 
     def _run(self, clips: list[np.ndarray]) -> None:
         x = uint8_to_model(np.stack(clips), self.device).movedim(2, 1).contiguous()  # [B, T, 3, H, W] -> [B, 3, T, H, W]
-        with torch.inference_mode():
-            out = self.detector(x, rescale=False, resize=True, return_features=True)
+        try:
+            with torch.inference_mode():
+                out = self.detector(x, rescale=False, resize=True, return_features=True)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # TorchScript reports a wrong signature or a rejected input as RuntimeError
+            raise I3DError(f"I3D file {self.source} failed on the {self.name} clips {list(x.shape)} ({_gist(exc)}); "
+                           f"expected the StyleGAN-V TorchScript I3D, called as {I3D_CALL}") from None
         if not isinstance(out, torch.Tensor) or out.shape != (len(clips), I3D_FEATURES):
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise RuntimeError(
-                f"the I3D returned {shape}, expected [{len(clips)}, {I3D_FEATURES}] features: is this the StyleGAN-V "
-                "TorchScript I3D (i3d_torchscript.pt)?"
-            )
+            shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise I3DError(f"I3D file {self.source} returned {shape} for the {self.name} clips, expected "
+                           f"[{len(clips)}, {I3D_FEATURES}] features: is it the StyleGAN-V i3d_torchscript.pt?")
+        require_finite(out, f"FVD: the I3D features of the {self.name} clips (from {self.source})",
+                       "the I3D file produced NaN/Inf from finite clips")
         self._features.append(out.detach().double().cpu().numpy())
+
+
+def _gist(exc: Exception) -> str:
+    """Type and gist of a torch error: the first sentence of its last line (TorchScript puts its traceback first)."""
+    lines = [line for line in str(exc).splitlines() if line.strip()] or [""]
+    return f"{type(exc).__name__}: {lines[-1].strip().split('. ')[0][:300]}"
