@@ -33,13 +33,16 @@ def main(
     """Write the latent store; prints 'up to date' and does nothing when its inputs are unchanged."""
     from pipeline.data.shards import ShardError
     from pipeline.encode import EncodeError, encode_latents
+    from pipeline.locks import LockedError
+    from pipeline.safe_load import CheckpointReadError
     from pipeline.vqvae import CheckpointFormatError, CheckpointMismatchError
 
     stage = setup_stage(config, set_, smoke, out, data_root)
     if dry_run:
         show_dry_run("encode", stage.cfg)
     run_stage("encode", lambda: encode_latents(stage.cfg, store or stage.layout.store_url, force=force, dry_run=dry_run),
-              (EncodeError, ShardError, FileNotFoundError, CheckpointMismatchError, CheckpointFormatError), dry_run)
+              (EncodeError, ShardError, OSError, LockedError, CheckpointReadError, CheckpointMismatchError,
+               CheckpointFormatError), dry_run)
 
 
 if __name__ == "__main__":
