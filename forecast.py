@@ -36,6 +36,7 @@ def main(
     """Forecast, resume an interrupted run, or report 'up to date' when the forecasts are complete."""
     from pipeline.data.shards import ShardError
     from pipeline.forecast import ForecastError, forecast
+    from pipeline.locks import LockedError
     from pipeline.safe_load import CheckpointReadError
     from pipeline.vqvae import CheckpointFormatError, CheckpointMismatchError
 
@@ -44,7 +45,7 @@ def main(
         show_dry_run("forecast", stage.cfg)
     run_stage("forecast", lambda: forecast(stage.cfg, store or stage.layout.store_url, stage.run_dir, ckpt=ckpt,
                                            force=force, dry_run=dry_run),
-              (ForecastError, ShardError, FileNotFoundError, CheckpointReadError, CheckpointMismatchError,
+              (ForecastError, ShardError, OSError, LockedError, CheckpointReadError, CheckpointMismatchError,
                CheckpointFormatError, ValueError), dry_run)
 
 
