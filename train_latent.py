@@ -35,6 +35,7 @@ def main(
     dry_run: DryRunOption = False,
 ) -> None:
     """Train, resume an interrupted run exactly, or report 'up to date' when the run is finished."""
+    from pipeline.locks import LockedError
     from pipeline.safe_load import CheckpointReadError
     from pipeline.train import TrainingError, train
 
@@ -43,7 +44,7 @@ def main(
         show_dry_run("train", stage.cfg)
     run_stage("train", lambda: train(stage.cfg, store or stage.layout.store_url, stage.run_dir, force=force,
                                      dry_run=dry_run, overrides=stage.overrides),
-              (TrainingError, FileNotFoundError, CheckpointReadError), dry_run)
+              (TrainingError, OSError, LockedError, CheckpointReadError), dry_run)
 
 
 if __name__ == "__main__":
