@@ -37,6 +37,7 @@ def main(
     """Compute the metrics, or print 'up to date' when the forecasts, eval settings and I3D file are unchanged."""
     from pipeline.evaluate import EvalError, evaluate
     from pipeline.forecast import forecast_url
+    from pipeline.locks import LockedError
 
     stage = setup_stage(config, [*(set_ or []), *([f"eval.i3d={i3d}"] if i3d else [])], smoke, out, data_root, interp, run,
                         with_run=True)
@@ -44,7 +45,7 @@ def main(
         show_dry_run("eval", stage.cfg)
     run_stage("eval", lambda: evaluate(stage.cfg, forecasts or forecast_url(stage.run_dir), stage.run_dir, force=force,
                                        dry_run=dry_run),
-              (EvalError, FileNotFoundError), dry_run)
+              (EvalError, OSError, LockedError), dry_run)
 
 
 if __name__ == "__main__":
