@@ -21,10 +21,13 @@ import socket
 import sys
 import time
 from contextlib import contextmanager
+from textwrap import shorten
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
 from pipeline.records import write_error
+
+COMMAND_CHARS = 240  # the holder's command line as recorded: enough to tell runs apart, not a screenful
 
 
 class LockedError(RuntimeError):
@@ -46,7 +49,7 @@ def output_lock(path: str | Path, what: str, stage: str, log: Callable[[str], No
     """
     handle = _open(Path(path), what)
     try:
-        _take(handle, what, stage, log)
+        _take(handle, Path(path), what, stage, log)
         try:
             yield
         finally:
@@ -63,12 +66,12 @@ def _open(path: Path, what: str) -> IO[str]:
         raise write_error(what, exc) from None
 
 
-def _take(handle: IO[str], what: str, stage: str, log: Callable[[str], None]) -> None:
+def _take(handle: IO[str], path: Path, what: str, stage: str, log: Callable[[str], None]) -> None:
     """Lock ``handle`` without waiting and record this process in it; a leftover record means its writer died."""
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise LockedError(f"{what} is being written by {describe(_read(handle))} (lock {handle.name}); wait for "
+        raise LockedError(f"{what} is being written by {describe(_read(handle))} (lock {path}); wait for "
                           "that process to finish, or stop it, then rerun") from None
     previous = _read(handle)
     if previous:
@@ -98,7 +101,7 @@ def _read(handle: IO[str]) -> dict[str, Any]:
 def holder() -> dict[str, Any]:
     """What a lock file records about this process."""
     return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "command": shlex.join([Path(sys.executable).name, *sys.argv])}
+            "command": shorten(shlex.join([Path(sys.executable).name, *sys.argv]), COMMAND_CHARS, placeholder=" ...")}
 
 
 def describe(record: dict[str, Any]) -> str:
