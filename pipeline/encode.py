@@ -135,7 +135,8 @@ def _settle(cfg, url, readers, views, force, dry_run, held: ExitStack, log) -> t
             verdict = _decide(cfg, url, readers, views, force, hashes)
         if verdict.action == "stale":
             return "stale", url, verdict.message
-        log(verdict.message)
+        if verdict.message:
+            log(verdict.message)
         if verdict.action == "create":
             _create(cfg, verdict, readers, views, hashes)
             log(f"encode: created {verdict.target} (fingerprint {verdict.key}, {len(views)} view(s))")

@@ -60,8 +60,8 @@ from pipeline.data.shards import ShardReader
 from pipeline.dist import DistInfo, barrier, broadcast_object, init_distributed
 from pipeline.interpolants import build_interpolant
 from pipeline.locks import LockedError, lock_file, output_lock
-from pipeline.records import (cached_sha256, changed_keys, code_version, fingerprint, recover_replacement,
-                              remove_stale_temporaries, replace_directory)
+from pipeline.records import (cached_sha256, changed_keys, clean_temporaries, code_version, fingerprint,
+                              recover_replacement, replace_directory)
 from pipeline.rng import RowGenerators
 from pipeline.tracking import log_forecast
 
@@ -284,12 +284,10 @@ def _lock(url: str, held: ExitStack, log) -> None:
     held.enter_context(output_lock(lock_file(url), url, "forecast", log))
     if recover_replacement(url + REBUILD, url, bool(_attrs(url + REBUILD).get("complete"))):
         log(f"forecast: put the finished rebuild {url + REBUILD} in place of {url} (a run stopped while swapping them)")
-    removed = remove_stale_temporaries(Path(url).parent / "media")
-    if removed:
-        log(f"forecast: removed {len(removed)} temporary file(s) of interrupted writes: {', '.join(p.name for p in removed)}")
+    clean_temporaries("forecast", [Path(url).parent / "media"], log)
 
 
-def _create_store(cfg: Config, action: str, target: str, split: LatentSplit, plan: "_Plan", inputs, hashes,
+def _create_store(cfg: Config, action: str, target: str, split: LatentSplit, plan: _Plan, inputs, hashes,
                   ckpt_path: Path, ckpt_info: dict, store: str, log) -> str | None:
     """Rank 0, once the checkpoint has loaded: create the store (replacing leftovers there) or note the resume.
 
