@@ -3,7 +3,7 @@
 Launched by torchrun (``WORLD_SIZE`` set) the process joins a group — nccl on GPUs, gloo on CPU; run plainly it is
 a world of one, and every helper degrades to a no-op, so stage code reads the same in both cases.
 
-A launched process dies with its launcher (:func:`die_with_launcher`): torchrun's agent, killed with SIGKILL,
+A process started by torchrun dies with it (:func:`die_with_launcher`): torchrun's agent, killed with SIGKILL,
 cannot stop its workers, which would otherwise go on writing checkpoints beside the next run.
 """
 
@@ -37,7 +37,7 @@ class DistInfo:
 
 def init_distributed(prefer_cuda: bool = True) -> DistInfo:
     """Join the torchrun process group if launched by torchrun; pick this process's device."""
-    if "WORLD_SIZE" in os.environ:
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun's agent, which is therefore the parent
         die_with_launcher()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -57,8 +57,9 @@ def die_with_launcher() -> None:
     A kernel parent-death signal (Linux ``prctl(PR_SET_PDEATHSIG)``) acts at once, whatever the process is doing:
     blocked in a collective, in C code holding the GIL, or sleeping. A polling watchdog thread would need the GIL
     and a polling period. The signal is only armed from here on, so a parent that died earlier is caught by
-    comparing the parent pid with the one seen at import: an orphan has been re-parented to another process.
-    Elsewhere than on Linux this does nothing.
+    comparing the parent pid with the one seen when this module was imported: an orphan has been re-parented.
+    (A launcher that dies before that import, in the worker's first seconds, is not seen by the comparison; such a
+    worker cannot join the process group, whose store the launcher held.) Elsewhere than on Linux this does nothing.
     """
     if not sys.platform.startswith("linux"):
         return
