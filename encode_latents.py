@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli import (ConfigOption, DataRootOption, DryRunOption, OutOption, SetOption, SmokeOption, StoreOption,
-                          run_stage, setup_stage, show_dry_run)
+                          expected_errors, run_stage, setup_stage, show_dry_run)
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
@@ -31,7 +31,6 @@ def main(
     dry_run: DryRunOption = False,
 ) -> None:
     """Write the latent store; prints 'up to date' and does nothing when its inputs are unchanged."""
-    from pipeline.cache import DataIntegrityError
     from pipeline.data.shards import ShardError
     from pipeline.encode import EncodeError, encode_latents
     from pipeline.vqvae import CheckpointFormatError, CheckpointMismatchError
@@ -40,7 +39,7 @@ def main(
     if dry_run:
         show_dry_run("encode", stage.cfg)
     run_stage("encode", lambda: encode_latents(stage.cfg, store or stage.layout.store_url, force=force, dry_run=dry_run),
-              (EncodeError, ShardError, FileNotFoundError, CheckpointMismatchError, CheckpointFormatError, DataIntegrityError), dry_run)
+              expected_errors(EncodeError, ShardError, CheckpointMismatchError, CheckpointFormatError), dry_run)
 
 
 if __name__ == "__main__":

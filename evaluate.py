@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.cli import (ConfigOption, DataRootOption, DryRunOption, InterpOption, OutOption, RunOption, SetOption,
-                          SmokeOption, run_stage, setup_stage, show_dry_run)
+                          SmokeOption, expected_errors, run_stage, setup_stage, show_dry_run)
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
@@ -35,7 +35,6 @@ def main(
     dry_run: DryRunOption = False,
 ) -> None:
     """Compute the metrics, or print 'up to date' when the forecasts, eval settings and I3D file are unchanged."""
-    from pipeline.cache import DataIntegrityError
     from pipeline.evaluate import EvalError, evaluate
     from pipeline.forecast import forecast_url
     from pipeline.metrics import I3DError
@@ -46,7 +45,7 @@ def main(
         show_dry_run("eval", stage.cfg)
     run_stage("eval", lambda: evaluate(stage.cfg, forecasts or forecast_url(stage.run_dir), stage.run_dir, force=force,
                                        dry_run=dry_run),
-              (EvalError, FileNotFoundError, DataIntegrityError, I3DError), dry_run)
+              expected_errors(EvalError, I3DError), dry_run)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.cli import (ConfigOption, DataRootOption, DryRunOption, InterpOption, OutOption, RunOption, SetOption,
-                          SmokeOption, StoreOption, run_stage, setup_stage, show_dry_run)
+                          SmokeOption, StoreOption, expected_errors, run_stage, setup_stage, show_dry_run)
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
@@ -34,10 +34,8 @@ def main(
     dry_run: DryRunOption = False,
 ) -> None:
     """Forecast, resume an interrupted run, or report 'up to date' when the forecasts are complete."""
-    from pipeline.cache import DataIntegrityError
     from pipeline.data.shards import ShardError
     from pipeline.forecast import ForecastError, forecast
-    from pipeline.safe_load import CheckpointReadError
     from pipeline.vqvae import CheckpointFormatError, CheckpointMismatchError
 
     stage = setup_stage(config, set_, smoke, out, data_root, interp, run, with_run=True)
@@ -45,8 +43,8 @@ def main(
         show_dry_run("forecast", stage.cfg)
     run_stage("forecast", lambda: forecast(stage.cfg, store or stage.layout.store_url, stage.run_dir, ckpt=ckpt,
                                            force=force, dry_run=dry_run),
-              (ForecastError, ShardError, FileNotFoundError, CheckpointReadError, CheckpointMismatchError,
-               CheckpointFormatError, ValueError, DataIntegrityError), dry_run)
+              expected_errors(ForecastError, ShardError, CheckpointMismatchError, CheckpointFormatError, ValueError),
+              dry_run)
 
 
 if __name__ == "__main__":

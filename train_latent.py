@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli import (ConfigOption, DataRootOption, DryRunOption, InterpOption, OutOption, RunOption, SetOption,
-                          SmokeOption, StoreOption, run_stage, setup_stage, show_dry_run)
+                          SmokeOption, StoreOption, expected_errors, run_stage, setup_stage, show_dry_run)
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
@@ -35,8 +35,6 @@ def main(
     dry_run: DryRunOption = False,
 ) -> None:
     """Train, resume an interrupted run exactly, or report 'up to date' when the run is finished."""
-    from pipeline.cache import DataIntegrityError
-    from pipeline.safe_load import CheckpointReadError
     from pipeline.train import TrainingError, train
 
     stage = setup_stage(config, set_, smoke, out, data_root, interp, run, with_run=True)
@@ -44,7 +42,7 @@ def main(
         show_dry_run("train", stage.cfg)
     run_stage("train", lambda: train(stage.cfg, store or stage.layout.store_url, stage.run_dir, force=force,
                                      dry_run=dry_run, overrides=stage.overrides),
-              (TrainingError, FileNotFoundError, CheckpointReadError, DataIntegrityError), dry_run)
+              expected_errors(TrainingError), dry_run)
 
 
 if __name__ == "__main__":

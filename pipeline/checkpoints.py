@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from pipeline.records import atomic_path, sha256_file
-from pipeline.safe_load import PickledRecord, safe_torch_load
+from pipeline.records import atomic_path, sha256_file, write_error
+from pipeline.safe_load import CheckpointReadError, PickledRecord, safe_torch_load
 
 FORMAT = "latent-interpolants/flow-v1"
 PUBLISHED_PREFIXES = ("module.", "vector_field_regressor.")
@@ -64,23 +64,57 @@ def clean_published_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 
 def load_flow_checkpoint(path: str | Path) -> FlowCheckpoint:
-    """Read one of our checkpoints or a published one; raises CheckpointReadError / ValueError naming the file."""
+    """Read one of our checkpoints or a published one; raises CheckpointReadError naming the file and what is wrong.
+
+    Pickled objects come back as inert records (``pipeline.safe_load``); a record where weights or the step belong
+    is refused here, with what it stands for, rather than failing later inside torch.
+    """
     obj = safe_torch_load(path)
     if not isinstance(obj, dict) or "model" not in obj:
-        keys = list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(f"{path}: not a flow checkpoint (expected a dict with a 'model' entry; found {keys})")
-    if obj.get("format") == FORMAT:
-        return FlowCheckpoint(str(path), "pipeline", obj["model"], obj.get("ema"), int(obj["step"]), obj.get("config"), obj)
+        found = f"keys {list(obj)[:10]}" if isinstance(obj, dict) else describe(obj)
+        raise CheckpointReadError(f"{path}: not a flow checkpoint (expected a dict with a 'model' entry; found {found})")
     ema = obj.get("ema")
+    if obj.get("format") == FORMAT:
+        step = obj.get("step")
+        if not isinstance(step, int):
+            raise CheckpointReadError(f"{path}: entry 'step' is {describe(step)}, not a step number")
+        return FlowCheckpoint(str(path), "pipeline", _state_dict(obj["model"], "model", path),
+                              None if ema is None else _state_dict(ema, "ema", path), step, obj.get("config"), obj)
     step = obj.get("step", obj.get("update_steps", 0))
     return FlowCheckpoint(
-        str(path), "published", clean_published_keys(obj["model"]),
-        clean_published_keys(ema) if isinstance(ema, dict) else None,
+        str(path), "published", _state_dict(obj["model"], "model", path, clean=True),
+        _state_dict(ema, "ema", path, clean=True) if isinstance(ema, dict) else None,
         int(step) if isinstance(step, (int, float)) else 0, obj.get("config"), obj,
     )
 
 
+def _state_dict(value: Any, name: str, path: str | Path, clean: bool = False) -> dict[str, torch.Tensor]:
+    """``value`` if it is a state dict (names -> tensors; published prefixes stripped with ``clean``), else an error."""
+    if isinstance(value, dict):
+        state = clean_published_keys(value) if clean else value
+        odd = [key for key, tensor in state.items() if not isinstance(tensor, torch.Tensor)]
+        if not odd:
+            return state
+        raise CheckpointReadError(f"{path}: entry '{name}' is not a state dict of tensors ('{odd[0]}' is "
+                                  f"{describe(state[odd[0]])})")
+    raise CheckpointReadError(f"{path}: entry '{name}' is {describe(value)}, not a state dict of tensors")
+
+
+def describe(value: Any) -> str:
+    """What a loaded value is, for messages: a pickled object is named as the inert record it was loaded as."""
+    if isinstance(value, PickledRecord):
+        return f"a pickled {value.qualname} (loaded as an inert record; nothing in the file was run)"
+    return f"a {type(value).__name__}"
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` (with our format tag) atomically: a crash never leaves a truncated checkpoint."""
+    """Write ``payload`` (with our format tag) atomically: a crash never leaves a truncated checkpoint.
+
+    A failed write raises WriteError naming the file and the space left; torch reports a full disk as a
+    RuntimeError from its writer ("unexpected pos ...", "basic_ios::clear: iostream error").
+    """
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **payload}, tmp)
+        try:
+            torch.save({"format": FORMAT, **payload}, tmp)
+        except RuntimeError as exc:
+            raise write_error(path, exc) from exc

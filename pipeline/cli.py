@@ -106,6 +106,16 @@ def run_stage(stage: str, work: Callable[[], Any], errors: tuple[type[BaseExcept
         typer.echo(f"{stage}: dry run: cannot decide until its inputs exist: {exc}")
 
 
+def expected_errors(*specific: type[BaseException]) -> tuple[type[BaseException], ...]:
+    """The errors every stage reports as one clean line (missing or unreadable files, locks, stored data that
+    fails its checks, unreadable checkpoints), plus the stage's own."""
+    from pipeline.cache import DataIntegrityError
+    from pipeline.locks import LockedError
+    from pipeline.safe_load import CheckpointReadError
+
+    return (OSError, LockedError, DataIntegrityError, CheckpointReadError, *specific)
+
+
 def fail(message: str) -> None:
     """Print ``message`` as an error and exit with status 1 (no traceback for expected user errors)."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)

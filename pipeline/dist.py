@@ -2,16 +2,25 @@
 
 Launched by torchrun (``WORLD_SIZE`` set) the process joins a group — nccl on GPUs, gloo on CPU; run plainly it is
 a world of one, and every helper degrades to a no-op, so stage code reads the same in both cases.
+
+A process started by torchrun dies with it (:func:`die_with_launcher`): torchrun's agent, killed with SIGKILL,
+cannot stop its workers, which would otherwise go on writing checkpoints beside the next run.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+LAUNCHER_PID = os.getppid()  # the parent as first seen: torchrun's agent for its workers
 
 
 @dataclass(frozen=True)
@@ -28,6 +37,8 @@ class DistInfo:
 
 def init_distributed(prefer_cuda: bool = True) -> DistInfo:
     """Join the torchrun process group if launched by torchrun; pick this process's device."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun's agent, which is therefore the parent
+        die_with_launcher()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -38,6 +49,25 @@ def init_distributed(prefer_cuda: bool = True) -> DistInfo:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=device)
+
+
+def die_with_launcher() -> None:
+    """Have the kernel SIGKILL this process when its parent (the launcher) dies; exit now if it already has.
+
+    A kernel parent-death signal (Linux ``prctl(PR_SET_PDEATHSIG)``) acts at once, whatever the process is doing:
+    blocked in a collective, in C code holding the GIL, or sleeping. A polling watchdog thread would need the GIL
+    and a polling period. The signal is only armed from here on, so a parent that died earlier is caught by
+    comparing the parent pid with the one seen when this module was imported: an orphan has been re-parented.
+    (A launcher that dies before that import, in the worker's first seconds, is not seen by the comparison; such a
+    worker cannot join the process group, whose store the launcher held.) Elsewhere than on Linux this does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != LAUNCHER_PID:
+        raise SystemExit(f"rank {os.environ.get('RANK', '?')}: its launcher (pid {LAUNCHER_PID}) has exited; stopping")
 
 
 def barrier() -> None:

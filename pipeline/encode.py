@@ -4,7 +4,9 @@ Contract: reads ``<data.root>/<split>/*.hdf5`` and the VQVAE checkpoint; writes 
 ``pipeline/cache.py``. The store's fingerprint covers everything the latents depend on (VQVAE architecture and
 checkpoint checksum, shard checksums, pixel transform, views, storage layout, format version). A rerun with the
 same fingerprint is "up to date" (or resumes an unfinished store); a different fingerprint is refused, naming what
-changed, unless ``force`` rebuilds — old and new latents are never mixed.
+changed, unless ``force`` rebuilds — old and new latents are never mixed. A rebuild validates every input first
+(shards, VQVAE weights) and is written beside the old store (``<store>.rebuild``), which stays usable until the
+new one is complete and takes its place. One process writes a store at a time (``pipeline/locks.py``).
 
 Resumable: each video's latents are written before its ``done`` flag, so a killed run redoes only unflagged
 videos. Encoding is batched per video (frames [0:B], [B:2B], ...), so a video's latents do not depend on which
@@ -13,7 +15,9 @@ other videos are encoded, by which rank, or in which run: a resumed or distribut
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,10 +29,12 @@ from pipeline.config import Config, VQVAEConfig
 from pipeline.data.clips import to_model_range
 from pipeline.data.shards import ShardReader, split_dirs
 from pipeline.dist import DistInfo, barrier, broadcast_object, init_distributed
-from pipeline.records import cached_sha256, changed_keys, code_version, fingerprint
+from pipeline.locks import LockedError, lock_file, output_lock
+from pipeline.records import cached_sha256, changed_keys, code_version, fingerprint, recover_replacement, replace_directory
 from pipeline.views import View, apply_view, make_views
 
 PIXEL_TRANSFORM = "uint8 HWC -> float32 CHW, x / 127.5 - 1, no resize (shards hold image_size frames)"
+REBUILD = ".rebuild"  # --force builds the replacement of a stale store at <store>.rebuild, swapped in when complete
 
 
 class EncodeError(RuntimeError):
@@ -79,7 +85,7 @@ def encode_latents(cfg: Config, url: str, force: bool = False, dry_run: bool = F
                    log: Callable[[str], None] = print) -> str:
     """Bring the store at ``url`` up to date with ``cfg``; returns 'up to date', 'encoded' or 'dry run'.
 
-    Under torchrun every rank calls this; rank 0 decides and creates, all ranks encode disjoint videos.
+    Under torchrun every rank calls this; rank 0 decides, locks and creates, all ranks encode disjoint videos.
     ``dry_run`` logs what would be done (up to date / resume / build / refuse) and changes nothing.
     """
     info = init_distributed()
@@ -88,90 +94,151 @@ def encode_latents(cfg: Config, url: str, force: bool = False, dry_run: bool = F
     readers = {s: ShardReader(d, image_size=cfg.data.image_size, validate=False)
                for s, d in split_dirs(cfg.data.root, encoded_splits(cfg)).items()}
     views = make_views(cfg.encode)
-    decision = _decide(cfg, url, readers, views, force, dry_run, log) if info.is_main else None
-    action, message = broadcast_object(decision)
-    if action in ("stale", "error"):
-        raise StaleCacheError(message) if action == "stale" else EncodeError(message)
-    if action in ("up to date", "dry run"):
-        return action
-    barrier()
-    _encode_my_videos(cfg, url, readers, views, info, log)
-    barrier()
-    if info.is_main:
-        _finish(cfg, url, log)
-    barrier()
+    with ExitStack() as held:  # rank 0 holds the store's lock until every rank has finished
+        decision = _settle(cfg, url, readers, views, force, dry_run, held, log) if info.is_main else None
+        action, target, message = broadcast_object(decision)
+        if action in ("stale", "error", "locked"):
+            raise {"stale": StaleCacheError, "error": EncodeError, "locked": LockedError}[action](message)
+        if action in ("up to date", "dry run"):
+            return action
+        barrier()
+        _encode_my_videos(cfg, target, readers, views, info, log)
+        barrier()
+        if info.is_main:
+            _finish(cfg, target, log)
+            if target != url:
+                replace_directory(target, url)
+                log(f"encode: {url} replaced by its rebuild")
+        barrier()
     return "encoded"
 
 
-def _decide(cfg, url, readers, views, force, dry_run, log) -> tuple[str, str]:
-    """Rank 0: compare fingerprints; create the store when needed. Returns (action, message) for every rank."""
+@dataclass
+class _Verdict:
+    """Rank 0's decision: the action, the store it writes (``url``, or a rebuild beside it) and what to say."""
+
+    action: str  # up to date | resume | create | stale
+    target: str
+    message: str  # the line to log, or for 'stale' the refusal
+    inputs: dict[str, Any]
+    key: str
+    changed: str = ""  # the inputs that differ from the store's, for messages
+
+
+def _settle(cfg, url, readers, views, force, dry_run, held: ExitStack, log) -> tuple[str, str, str]:
+    """Rank 0: (action, store to write, message) for every rank; for work, lock, decide again, validate, create.
+
+    The first decision takes no lock, so concurrent checks of an up-to-date store (parallel runs of one dataset)
+    never collide. Work takes the store's lock and decides again under it (another process may have finished
+    or changed the store meanwhile), then validates every input before anything is created or replaced.
+    """
     try:
-        root = open_store(url)
-        old = dict(root.attrs) if root is not None else {}
-        hashes = dict(old.get("file_hashes", {}))
-        inputs = cache_inputs(cfg, readers, views, hashes)
-        key = fingerprint(inputs)
-        if root is not None and old.get("fingerprint") == key:
-            if old.get("complete"):
-                log(f"encode: {url} is up to date (fingerprint {key})")
-                return "up to date", ""
-            if dry_run:
-                return _would(log, f"resume {url}")
-            log(f"encode: resuming {url}")
-            return "resume", ""
-        changed = changed_keys(old.get("inputs", {}), inputs)
-        detail = ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
-        detail += f" (VQVAE checkpoint {cfg.vqvae.ckpt})" if any(c.startswith("vqvae.") for c in changed) else ""
-        stale = root is not None and "fingerprint" in old
+        hashes: dict[str, Any] = {}
+        verdict = _decide(cfg, url, readers, views, force, hashes)
         if dry_run:
-            videos = sum(len(r.videos) for r in readers.values())
-            return _would(log, f"refuse: {url} was built from different inputs; changed: {detail} (FORCE=1 rebuilds)"
-                         if stale and not force else f"{'delete and re' if root is not None else ''}build {url} "
-                         f"({videos} videos, {len(views)} view(s))")
-        for reader in readers.values():
-            reader.validate()
-        if stale and not force:
-            return "stale", (
-                f"{url} was built from different inputs; changed: {detail}. "
-                "Refusing to mix old and new latents: rerun with --force (make encode FORCE=1) to rebuild."
-            )
-        if root is not None:
-            log(f"encode: --force: deleting {url} and rebuilding; changed: {detail}")
-            delete_store(url)
-        _create(cfg, url, readers, views, inputs, key, hashes)
-        log(f"encode: created {url} (fingerprint {key}, {len(views)} view(s))")
-        return "create", ""
+            return _would(verdict, url, readers, views, log)
+        if verdict.action in ("create", "resume"):
+            _lock(url, held, log)
+            verdict = _decide(cfg, url, readers, views, force, hashes)
+        if verdict.action == "stale":
+            return "stale", url, verdict.message
+        if verdict.message:
+            log(verdict.message)
+        if verdict.action == "create":
+            _create(cfg, verdict, readers, views, hashes)
+            log(f"encode: created {verdict.target} (fingerprint {verdict.key}, {len(views)} view(s))")
+        return verdict.action, verdict.target, ""
+    except LockedError as exc:
+        return "locked", url, str(exc)
     except Exception as exc:  # reported to every rank, so none waits forever at the broadcast
-        return "error", f"{type(exc).__name__}: {exc}"
+        return "error", url, f"{type(exc).__name__}: {exc}"
 
 
-def _would(log, what: str) -> tuple[str, str]:
+def _decide(cfg, url, readers, views, force, hashes: dict[str, Any]) -> _Verdict:
+    """Rank 0, changing nothing: compare the store's fingerprint with the one ``cfg`` gives (fills ``hashes``)."""
+    old = _attrs(url)
+    hashes.update(old.get("file_hashes", {}))
+    inputs = cache_inputs(cfg, readers, views, hashes)
+    key = fingerprint(inputs)
+    verdict = partial(_Verdict, inputs=inputs, key=key)
+    if old.get("fingerprint") == key:
+        if old.get("complete"):
+            return verdict("up to date", url, f"encode: {url} is up to date (fingerprint {key})")
+        return verdict("resume", url, f"encode: resuming {url}")
+    if "fingerprint" not in old:  # no store, or the remains of a creation killed before it recorded its inputs
+        return verdict("create", url, "")
+    changed = changed_keys(old.get("inputs", {}), inputs)
+    detail = ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
+    detail += f" (VQVAE checkpoint {cfg.vqvae.ckpt})" if any(c.startswith("vqvae.") for c in changed) else ""
+    verdict = partial(verdict, changed=detail)
+    if not force:
+        return verdict("stale", url, f"{url} was built from different inputs; changed: {detail}. Refusing to mix "
+                                     "old and new latents: rerun with --force (make encode FORCE=1) to rebuild.")
+    if "://" in url:  # an object store cannot rename: replaced in place, once every input has been validated
+        return verdict("create", url, f"encode: --force: replacing {url}; changed: {detail}")
+    beside = url + REBUILD
+    if _attrs(beside).get("fingerprint") == key:
+        return verdict("resume", beside, f"encode: --force: resuming the rebuild of {url} in {beside}")
+    return verdict("create", beside, f"encode: --force: rebuilding {url} in {beside}, which replaces it when "
+                                     f"complete; changed: {detail}")
+
+
+def _attrs(url: str) -> dict[str, Any]:
+    root = open_store(url)
+    return dict(root.attrs) if root is not None else {}
+
+
+def _lock(url: str, held: ExitStack, log) -> None:
+    """Rank 0: take the store's lock for the rest of the stage; finish a replacement a crash interrupted.
+
+    A local store only: an object store (fsspec URL) has no file to lock.
+    """
+    if "://" in url:
+        return
+    held.enter_context(output_lock(lock_file(url), url, "encode", log))
+    if recover_replacement(url + REBUILD, url, bool(_attrs(url + REBUILD).get("complete"))):
+        log(f"encode: put the finished rebuild {url + REBUILD} in place of {url} (a run stopped while swapping them)")
+
+
+def _would(verdict: _Verdict, url, readers, views, log) -> tuple[str, str, str]:
     """A dry run's verdict: logged, nothing done."""
+    if verdict.action == "up to date":
+        log(verdict.message)
+        return "up to date", url, ""
+    videos = sum(len(r.videos) for r in readers.values())
+    what = {"resume": f"resume {verdict.target}",
+            "stale": f"refuse: {url} was built from different inputs; changed: {verdict.changed} (FORCE=1 rebuilds)",
+            "create": f"build {verdict.target} ({videos} videos, {len(views)} view(s))"
+                      + (f" and then replace {url} with it" if verdict.target != url else "")}[verdict.action]
     log(f"encode: dry run: would {what}")
-    return "dry run", ""
+    return "dry run", url, ""
 
 
-def _create(cfg: Config, url, readers, views, inputs, key, hashes) -> None:
+def _create(cfg: Config, verdict: _Verdict, readers, views, hashes) -> None:
+    """Validate every input (shards, and the VQVAE loaded with its weights), then create the store.
+
+    Nothing is written before the inputs check out, so a bad checkpoint leaves no store behind to refuse the next
+    run. Whatever sits at the target (a creation killed early, an outdated rebuild) is replaced.
+    """
     import zarr  # local: only rank 0 creates
 
-    root = zarr.open_group(url, mode="w")
-    probe = _latent_shape(cfg)
+    from pipeline.vqvae import build_vqvae
+
+    for reader in readers.values():
+        reader.validate()
+    probe = build_vqvae(cfg.vqvae, cfg.data.image_size).latent_shape()  # the encoder loads it again, on every rank
+    if open_store(verdict.target) is not None:
+        delete_store(verdict.target)
+    root = zarr.open_group(verdict.target, mode="w")
     for split, reader in readers.items():
         videos = [{"shard": v.shard.name, "key": v.key, "source": v.source, "length": v.length} for v in reader.videos]
         create_split(root, split, videos, len(views), probe, cfg.encode.dtype, cfg.encode.chunk_frames, cfg.encode.compression_level)
     root.attrs.update({
-        "fingerprint": key, "inputs": inputs, "file_hashes": hashes, "complete": False,
+        "fingerprint": verdict.key, "inputs": verdict.inputs, "file_hashes": hashes, "complete": False,
         "views": [v.name for v in views], "latent_shape": list(probe), "dtype": cfg.encode.dtype,
         "chunk_frames": cfg.encode.chunk_frames, "vqvae_ckpt": str(cfg.vqvae.ckpt),
         "config": cfg.to_dict(), "code_version": code_version(),
     })
-
-
-def _latent_shape(cfg: Config) -> tuple[int, int, int]:
-    from pipeline.vqvae import build_vqvae
-
-    return build_vqvae(cfg.vqvae, cfg.data.image_size, load_weights=False).latent_shape()
-
 
 
 def _encode_my_videos(cfg: Config, url: str, readers, views, info: DistInfo, log) -> None:

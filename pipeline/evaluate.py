@@ -44,7 +44,8 @@ from pipeline.metrics import (
     resolve_device,
     summarize,
 )
-from pipeline.records import cached_sha256, changed_keys, code_version, fingerprint, read_json
+from pipeline.locks import lock_file, output_lock
+from pipeline.records import cached_sha256, changed_keys, clean_temporaries, code_version, fingerprint, read_json
 from pipeline.report import METRICS_FILE, SCHEMA, plot_psnr, write_metrics, write_report
 from pipeline.tracking import log_evaluation
 
@@ -115,19 +116,22 @@ def evaluate(cfg: Config, url: str, run_dir: Path, force: bool = False, dry_run:
         return "dry run"
     if old.get("fingerprint") and old.get("fingerprint") != key:
         log(f"eval: recomputing {eval_dir / METRICS_FILE}; changed: {', '.join(changed_keys(old.get('inputs', {}), inputs))}")
-    start = time.time()
-    metrics = compute_metrics(cfg, root, url, log)
-    metrics.update({
-        "schema": SCHEMA, "fingerprint": key, "inputs": inputs, "file_hashes": hashes, "run": run_dir.name,
-        "interp": cfg.interpolant.kind, "dataset": dataset_dir.name, "eval_config": asdict(cfg.eval), "code_version": code_version(),
-        "created": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(time.time() - start, 1),
-    })
-    metrics["protocol"]["fvd"]["i3d_sha256"] = inputs["i3d_sha256"]
-    eval_dir.mkdir(parents=True, exist_ok=True)
-    metrics["plot"] = plot_psnr(eval_dir / "psnr_per_frame.png", metrics)
-    write_metrics(eval_dir / METRICS_FILE, metrics)
-    _log_summary(metrics, log)
-    log(f"eval: wrote {eval_dir / METRICS_FILE}; report {write_report(dataset_dir)}")
+    with output_lock(lock_file(eval_dir), eval_dir, "eval", log):  # one evaluation of a run at a time
+        clean_temporaries("eval", [eval_dir, dataset_dir], log)
+        start = time.time()
+        metrics = compute_metrics(cfg, root, url, log)
+        metrics.update({
+            "schema": SCHEMA, "fingerprint": key, "inputs": inputs, "file_hashes": hashes, "run": run_dir.name,
+            "interp": cfg.interpolant.kind, "dataset": dataset_dir.name, "eval_config": asdict(cfg.eval),
+            "code_version": code_version(), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "seconds": round(time.time() - start, 1),
+        })
+        metrics["protocol"]["fvd"]["i3d_sha256"] = inputs["i3d_sha256"]
+        eval_dir.mkdir(parents=True, exist_ok=True)
+        metrics["plot"] = plot_psnr(eval_dir / "psnr_per_frame.png", metrics)
+        write_metrics(eval_dir / METRICS_FILE, metrics)
+        _log_summary(metrics, log)
+        log(f"eval: wrote {eval_dir / METRICS_FILE}; report {write_report(dataset_dir)}")
     log_evaluation(cfg, run_dir, metrics, log)
     return "evaluated"
 

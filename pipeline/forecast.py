@@ -34,13 +34,16 @@ interrupted run did. A resumed or sharded run therefore writes the same arrays a
 
 Resumable and fingerprinted like stage 1: a rerun with the same fingerprint is "up to date" (complete) or resumes
 (redoing the groups whose videos are not all flagged done); a different fingerprint (another checkpoint, cache,
-sampler or forecast setting) is refused, naming what changed, unless ``force``.
+sampler or forecast setting) is refused, naming what changed, unless ``force``. The checkpoint is loaded before
+anything is created, and a ``force`` rebuild is written beside the old store (``<store>.rebuild``), which stays
+until the new one is complete and takes its place. One process writes a store at a time (``pipeline/locks.py``).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -56,7 +59,9 @@ from pipeline.data.clips import clip_frame_indices, to_uint8
 from pipeline.data.shards import ShardReader
 from pipeline.dist import DistInfo, barrier, broadcast_object, init_distributed
 from pipeline.interpolants import build_interpolant
-from pipeline.records import cached_sha256, changed_keys, code_version, fingerprint
+from pipeline.locks import LockedError, lock_file, output_lock
+from pipeline.records import (cached_sha256, changed_keys, clean_temporaries, code_version, fingerprint,
+                              recover_replacement, replace_directory)
 from pipeline.rng import RowGenerators
 from pipeline.tracking import log_forecast
 
@@ -65,6 +70,7 @@ STORE_NAME = "forecasts.zarr"
 RESULT_NEUTRAL_SAMPLE_KEYS = ("batch_size",)  # sampler settings that do not change the forecasts
 MEDIA_KEYS = ("media_videos", "media_samples", "fps")  # forecast settings that only change the media
 SEED_TAG = 3  # separates the forecast streams from other users of sample.seed
+REBUILD = ".rebuild"  # --force builds the replacement of a stale store at <store>.rebuild, swapped in when complete
 COND_COLOUR, GEN_COLOUR = (40, 200, 40), (220, 40, 40)  # tile borders: conditioning / generated frames
 
 
@@ -184,90 +190,125 @@ def forecast(cfg: Config, store: str, run: str | Path, ckpt: str | Path | None =
     _check_shards(reader, split)
     nfe_per_frame(cfg, build_interpolant(cfg.interpolant))  # solver / diffusion combination errors
 
-    decision = _decide(cfg, url, split, ckpt_path, force, dry_run, log) if info.is_main else None
-    action, message, inputs, hashes = broadcast_object(decision)
-    if action == "dry run":
-        return action
-    if action == "stale":
-        raise StaleForecastError(message)
-    if action == "error":
-        raise ForecastError(message)
-    if action == "up to date":
+    with ExitStack() as held:  # rank 0 holds the store's lock until every rank has finished
+        decision = _settle(cfg, url, split, ckpt_path, force, dry_run, held, log) if info.is_main else None
+        action, target, message, inputs, hashes = broadcast_object(decision)
+        if action in ("stale", "error", "locked"):
+            raise {"stale": StaleForecastError, "error": ForecastError, "locked": LockedError}[action](message)
+        if action in ("up to date", "dry run"):
+            if action == "up to date" and info.is_main:
+                write_media(cfg, url, run / "media", log, only_missing=True)
+            return action
+        # Loaded on every rank before anything is created or replaced: a bad checkpoint changes nothing.
+        flow, ckpt_info = load_flow(cfg, ckpt_path, info.device, log if info.is_main else lambda _: None)
+        created = _create_store(cfg, action, target, split, plan, inputs, hashes, ckpt_path, ckpt_info, store, log) \
+            if info.is_main else None
+        created = broadcast_object(created)
+        if created:
+            raise ForecastError(created)
+        barrier()
+        _forecast_my_groups(cfg, target, split, reader, plan, flow, info)
+        barrier()
         if info.is_main:
-            write_media(cfg, url, run / "media", log, only_missing=True)
-        return action
-
-    flow, ckpt_info = load_flow(cfg, ckpt_path, info.device, log if info.is_main else lambda _: None)
-    if info.is_main and ckpt_info["kind"] == "pipeline":
-        trained_on = (ckpt_info.get("cache_fingerprint") or "")
-        if trained_on and trained_on != split.attrs["fingerprint"]:
-            log(f"forecast: note: {ckpt_path} was trained on latent cache {trained_on}, forecasting from "
-                f"{split.attrs['fingerprint']} (same VQVAE checked; other shards or views)")
-    created = None
-    if info.is_main:
-        try:
-            if action == "create":
-                _create(cfg, url, split, plan, inputs, hashes, ckpt_path, ckpt_info, store)
-                log(f"forecast: created {url} ({len(plan.videos)} videos x {plan.n_samples} samples, "
-                    f"{plan.cond} -> {plan.gen} frames, fingerprint {fingerprint(inputs)})")
-            else:
-                log(f"forecast: resuming {url}")
-        except Exception as exc:  # reported to every rank, so none waits forever
-            created = f"{type(exc).__name__}: {exc}"
-    created = broadcast_object(created)
-    if created:
-        raise ForecastError(created)
-    barrier()
-    _forecast_my_groups(cfg, url, split, reader, plan, flow, info)
-    barrier()
-    if info.is_main:
-        _finish(url, log)
-        log_forecast(cfg, run, ckpt_path, write_media(cfg, url, run / "media", log), log)
-    barrier()
+            _finish(target, log)
+            if target != url:
+                replace_directory(target, url)
+                log(f"forecast: {url} replaced by its rebuild")
+            log_forecast(cfg, run, ckpt_path, write_media(cfg, url, run / "media", log), log)
+        barrier()
     return "forecast"
 
 
-def _decide(cfg: Config, url: str, split: LatentSplit, ckpt_path: Path, force: bool, dry_run: bool, log):
-    """Rank 0: (action, message, inputs, file hashes); deletes a store only with ``force``, never in a dry run."""
-    verdict = _decide_or_delete(cfg, url, split, ckpt_path, force, dry_run, log)
-    if dry_run and verdict[0] != "up to date":
-        action, message = verdict[:2]
-        word = {"create": "build", "stale": "refuse", "error": "stop"}.get(action, action)
-        log(f"forecast: dry run: would {word}" + (f": {message}" if message else ""))
-        return "dry run", message, None, None
-    return verdict
+def _settle(cfg: Config, url: str, split: LatentSplit, ckpt_path: Path, force: bool, dry_run: bool,
+            held: ExitStack, log):
+    """Rank 0: (action, store to write, message, inputs, file hashes) for every rank; locks for work, deletes nothing.
 
-
-def _decide_or_delete(cfg: Config, url: str, split: LatentSplit, ckpt_path: Path, force: bool, dry_run: bool, log):
+    The first decision takes no lock (checks of a complete store never collide); work takes the store's lock and
+    decides again under it, since another process may have finished or changed the store meanwhile.
+    """
     try:
-        if not ckpt_path.is_file():
-            return "error", f"flow checkpoint not found: {ckpt_path} (train first, or pass --ckpt / CKPT=...)", None, None
-        root = open_store(url)
-        old = dict(root.attrs) if root is not None else {}
-        hashes = dict(old.get("file_hashes", {}))
-        _check_vqvae(cfg, split, hashes)
-        inputs = forecast_inputs(cfg, split.attrs["fingerprint"], cached_sha256(ckpt_path, hashes))
-        key = fingerprint(inputs)
-        if root is not None and old.get("fingerprint") == key:
-            if old.get("complete"):
-                log(f"forecast: {url} is up to date (fingerprint {key})")
-                return "up to date", "", inputs, hashes
-            return "resume", "", inputs, hashes
-        if root is not None and "fingerprint" in old and not force:
-            changed = changed_keys(old.get("inputs", {}), inputs)
-            detail = ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
-            extra = f" (checkpoint {ckpt_path})" if any(c.startswith("checkpoint") for c in changed) else ""
-            extra += " (the latent cache changed)" if "cache" in changed else ""
-            return "stale", (f"{url} was made from different inputs; changed: {detail}{extra}. Refusing to mix old "
-                             "and new forecasts: rerun with --force (make forecast FORCE=1) to redo them."), None, None
-        if root is not None and not dry_run:
-            log(f"forecast: {'--force: ' if 'fingerprint' in old else ''}deleting {url} and starting again")
-            delete_store(url)
-        return "create", f"{url} ({'replacing the existing store' if root is not None else 'new'})", inputs, hashes
+        hashes: dict[str, Any] = {}
+        verdict = _decide(cfg, url, split, ckpt_path, force, hashes)
+        if dry_run and verdict[0] != "up to date":
+            word = {"create": "build", "stale": "refuse"}.get(verdict[0], verdict[0])
+            log(f"forecast: dry run: would {word}" + (f": {verdict[2]}" if verdict[2] else ""))
+            return "dry run", url, verdict[2], None, None
+        if verdict[0] in ("create", "resume"):
+            _lock(url, held, log)
+            verdict = _decide(cfg, url, split, ckpt_path, force, hashes)
+        if verdict[0] == "up to date":
+            log(verdict[2])
+        return (*verdict, hashes)
+    except LockedError as exc:
+        return "locked", url, str(exc), None, None
     except ForecastError as exc:
-        return "error", str(exc), None, None
+        return "error", url, str(exc), None, None
     except Exception as exc:  # reported to every rank, so none waits forever at the broadcast
-        return "error", f"{type(exc).__name__}: {exc}", None, None
+        return "error", url, f"{type(exc).__name__}: {exc}", None, None
+
+
+def _decide(cfg: Config, url: str, split: LatentSplit, ckpt_path: Path, force: bool, hashes: dict[str, Any]):
+    """Rank 0, changing nothing: (action, store to write, message, inputs); fills ``hashes``."""
+    if not ckpt_path.is_file():
+        raise ForecastError(f"flow checkpoint not found: {ckpt_path} (train first, or pass --ckpt / CKPT=...)")
+    old = _attrs(url)
+    hashes.update(old.get("file_hashes", {}))
+    _check_vqvae(cfg, split, hashes)
+    inputs = forecast_inputs(cfg, split.attrs["fingerprint"], cached_sha256(ckpt_path, hashes))
+    key = fingerprint(inputs)
+    if old.get("fingerprint") == key:
+        if old.get("complete"):
+            return "up to date", url, f"forecast: {url} is up to date (fingerprint {key})", inputs
+        return "resume", url, "", inputs
+    if "fingerprint" not in old:  # no store, or the remains of a creation killed before it recorded its inputs
+        return "create", url, f"{url} (new)", inputs
+    changed = changed_keys(old.get("inputs", {}), inputs)
+    detail = ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
+    extra = f" (checkpoint {ckpt_path})" if any(c.startswith("checkpoint") for c in changed) else ""
+    extra += " (the latent cache changed)" if "cache" in changed else ""
+    if not force:
+        return "stale", url, (f"{url} was made from different inputs; changed: {detail}{extra}. Refusing to mix old "
+                              "and new forecasts: rerun with --force (make forecast FORCE=1) to redo them."), inputs
+    beside = url + REBUILD
+    action = "resume" if _attrs(beside).get("fingerprint") == key else "create"
+    return action, beside, f"{url} (--force: rebuilt in {beside}, which replaces it when complete)", inputs
+
+
+def _attrs(url: str) -> dict[str, Any]:
+    root = open_store(url)
+    return dict(root.attrs) if root is not None else {}
+
+
+def _lock(url: str, held: ExitStack, log) -> None:
+    """Rank 0: take the store's lock for the rest of the stage; finish a replacement a crash interrupted."""
+    held.enter_context(output_lock(lock_file(url), url, "forecast", log))
+    if recover_replacement(url + REBUILD, url, bool(_attrs(url + REBUILD).get("complete"))):
+        log(f"forecast: put the finished rebuild {url + REBUILD} in place of {url} (a run stopped while swapping them)")
+    clean_temporaries("forecast", [Path(url).parent / "media"], log)
+
+
+def _create_store(cfg: Config, action: str, target: str, split: LatentSplit, plan: _Plan, inputs, hashes,
+                  ckpt_path: Path, ckpt_info: dict, store: str, log) -> str | None:
+    """Rank 0, once the checkpoint has loaded: create the store (replacing leftovers there) or note the resume.
+
+    Returns an error message for every rank, or None.
+    """
+    try:
+        trained_on = (ckpt_info.get("cache_fingerprint") or "") if ckpt_info["kind"] == "pipeline" else ""
+        if trained_on and trained_on != split.attrs["fingerprint"]:
+            log(f"forecast: note: {ckpt_path} was trained on latent cache {trained_on}, forecasting from "
+                f"{split.attrs['fingerprint']} (same VQVAE checked; other shards or views)")
+        if action == "resume":
+            log(f"forecast: resuming {target}")
+            return None
+        if open_store(target) is not None:
+            delete_store(target)
+        _create(cfg, target, split, plan, inputs, hashes, ckpt_path, ckpt_info, store)
+        log(f"forecast: created {target} ({len(plan.videos)} videos x {plan.n_samples} samples, "
+            f"{plan.cond} -> {plan.gen} frames, fingerprint {fingerprint(inputs)})")
+        return None
+    except Exception as exc:  # reported to every rank, so none waits forever
+        return f"{type(exc).__name__}: {exc}"
 
 
 def _check_vqvae(cfg: Config, split: LatentSplit, hashes: dict[str, Any]) -> None:

@@ -8,13 +8,16 @@ that looks complete.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
+import shutil
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 MANIFEST = "manifest.json"
 
@@ -78,17 +81,48 @@ def code_version() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
+class WriteError(OSError):
+    """An output file could not be written (disk full, read-only file system, ...); the message names the file."""
+
+
+def write_error(path: str | Path, exc: BaseException) -> WriteError:
+    """A WriteError naming ``path`` and the cause; for a full disk (or a writer that hides the errno, as torch's
+    does) also the space left on its file system."""
+    reason = getattr(exc, "strerror", None) or f"{type(exc).__name__}: " + (str(exc).splitlines() or [""])[0]
+    full = not isinstance(exc, OSError) or exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return WriteError(f"cannot write {path}: {reason}" + (_free_space(Path(path)) if full else ""))
+
+
+def _free_space(path: Path) -> str:
+    """' (N MiB free on its file system)' for the nearest existing folder of ``path`` ('' if unknown)."""
+    for folder in (path, *path.parents):
+        try:
+            return f" ({shutil.disk_usage(folder).free / 2**20:.1f} MiB free on its file system)"
+        except OSError:
+            continue
+    return ""
+
+
 @contextmanager
-def atomic_path(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; on success fsync and rename it into place, on error delete it."""
+def atomic_path(final: str | Path, keep_suffix: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; on success fsync and rename it into place, on error delete it.
+
+    The temporary is ``<name>.tmp-<pid>`` (``.<stem>.tmp-<pid><suffix>`` with ``keep_suffix``, for writers that
+    choose the format by the suffix); an OSError becomes a WriteError naming ``final``.
+    """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    name = f".{final.stem}.tmp-{os.getpid()}{final.suffix}" if keep_suffix else f"{final.name}.tmp-{os.getpid()}"
+    tmp = final.with_name(name)
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
+    except WriteError:
+        raise
+    except OSError as exc:
+        raise write_error(final, exc) from exc
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -108,10 +142,72 @@ def read_json(path: str | Path) -> Any | None:
         return None
 
 
+TEMPORARY = re.compile(r"\.tmp-(\d+)(\.\w+)?$")  # the names atomic_path gives its temporaries
+
+
 def remove_stale_temporaries(directory: str | Path) -> list[Path]:
-    """Delete ``*.tmp-<pid>`` leftovers of interrupted atomic writes in ``directory``; return what was removed."""
+    """Delete the temporaries of interrupted atomic writes in ``directory`` whose writer is dead; return them.
+
+    A temporary names its writer's pid; one whose process still runs (on this host) is being written and is kept.
+    """
     removed = []
     for tmp in Path(directory).glob("*.tmp-*"):
-        tmp.unlink()
-        removed.append(tmp)
+        match = TEMPORARY.search(tmp.name)
+        if match and tmp.is_file() and not process_alive(int(match.group(1))):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
     return removed
+
+
+def clean_temporaries(stage: str, directories: list[Path], log: Callable[[str], None]) -> None:
+    """Remove the stale temporaries of ``directories`` (:func:`remove_stale_temporaries`), saying which."""
+    removed = [tmp for directory in directories for tmp in remove_stale_temporaries(directory)]
+    if removed:
+        log(f"{stage}: removed {len(removed)} temporary file(s) left by interrupted writes: "
+            + ", ".join(str(tmp) for tmp in removed))
+
+
+def process_alive(pid: int) -> bool:
+    """True when process ``pid`` exists on this host (a zombie counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def replace_directory(new: str | Path, final: str | Path) -> None:
+    """Put the complete directory ``new`` in place of ``final`` and delete the old one (old and new never mix).
+
+    ``final`` is renamed to ``<final>.old``, ``new`` to ``final``, then the old one is deleted. A crash between the
+    renames leaves no ``final`` but the complete ``new``: :func:`recover_replacement` finishes the job.
+    """
+    old = Path(f"{final}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if Path(final).exists():
+        os.rename(final, old)
+    os.rename(new, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def recover_replacement(new: str | Path, final: str | Path, new_complete: bool) -> bool:
+    """Finish a :func:`replace_directory` that a crash interrupted; True when ``new`` was put in place.
+
+    No ``final`` and a complete ``new``: the crash fell between the renames, so ``new`` goes in place. Otherwise a
+    ``<final>.old`` beside an existing ``final`` is the leftover of a finished replacement and is deleted.
+    """
+    if not Path(final).exists():
+        if new_complete:
+            replace_directory(new, final)
+        return new_complete
+    old = Path(f"{final}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    return False

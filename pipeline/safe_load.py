@@ -198,6 +198,7 @@ restricted_pickle.UnpicklingError = pickle.UnpicklingError  # type: ignore[attr-
 restricted_pickle.__version__ = "1"  # type: ignore[attr-defined]
 
 
+UNREADABLE = "truncated, corrupt, or not a torch file"
 _READ_ERRORS = (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError, IndexError,
                 pickle.UnpicklingError, zipfile.BadZipFile, UnicodeDecodeError, ImportError, AssertionError)
 
@@ -218,16 +219,20 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
         # Non-tensor objects (or an unreadable pickle stream): retry restricted; a real corruption fails again.
         first = exc
     except _READ_ERRORS as exc:
-        raise CheckpointReadError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+        raise CheckpointReadError(f"cannot read checkpoint {path} ({UNREADABLE}): {_reason(exc)}") from exc
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=restricted_pickle)
     except _READ_ERRORS as exc:
-        short = (str(first).splitlines() or [type(first).__name__])[0][:120]
-        raise CheckpointReadError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {exc} (weights-only load said: {short})"
-        ) from exc
+        raise CheckpointReadError(f"cannot read checkpoint {path} ({UNREADABLE}): {_reason(exc)} (weights-only "
+                                  f"load said: {_reason(first)[:120]})") from exc
     log.info("%s: loaded with the restricted unpickler (non-tensor objects kept as inert records)", path)
     return obj
+
+
+def _reason(exc: BaseException) -> str:
+    """The first sentence of an error's first line, after its type: torch appends paragraphs of advice."""
+    line = (str(exc).splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {line.split('. ')[0]}"
 
 
 def find_records(obj: Any, limit: int = 1000) -> list[PickledRecord]:

@@ -9,7 +9,11 @@ Per step ``s`` (reference order, bugs fixed): set lr(s) BEFORE the update (bug 6
 (a pure function of (seed, rank, s)) → t, noise, (I_t, target) → loss = per-example sum, batch mean →
 backward → clip → AdamW step → EMA (equal to the model until ``ema_start``, then averaged: bug 4). Global torch RNG is
 re-seeded from (seed, rank, s) each step (dropout), so a resumed run reproduces an uninterrupted one exactly
-(bug 3: the step, optimizer, EMA and sampler position are all restored).
+(bug 3: the step, optimizer, EMA and sampler position are all restored) — at the same world size, which a resume
+therefore requires.
+
+One launch writes a run at a time (``<run>/.train.lock``, held by rank 0). A step's sample video is written
+before its checkpoint, so a checkpointed step never lacks its video.
 """
 
 from __future__ import annotations
@@ -30,15 +34,18 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from pipeline.cache import LatentSplit
-from pipeline.checkpoints import load_flow_checkpoint, save_checkpoint
+from pipeline.checkpoints import FlowCheckpoint, load_flow_checkpoint, save_checkpoint
 from pipeline.config import Config
 from pipeline.dist import DistInfo, all_ok, barrier, broadcast_object, init_distributed
 from pipeline.interpolants import build_interpolant
 from pipeline.model import build_model
-from pipeline.records import changed_keys, code_version, fingerprint, read_json, write_json_atomic
+from pipeline.locks import LockedError, output_lock
+from pipeline.records import (atomic_path, changed_keys, clean_temporaries, code_version, fingerprint, read_json,
+                              write_error, write_json_atomic)
 from pipeline.tracking import log_row, log_video, start_training_run
 from pipeline.triplets import TripletReader, TripletStream, auto_in_memory
 
+LOCK = ".train.lock"  # in the run directory: one training process (rank 0 of one launch) writes a run at a time
 LOGGING_ONLY = ("log_every", "latest_every", "save_every", "sample_every", "sample_split", "sample_videos",
                 "sample_steps", "val_every", "val_split", "val_clips", "wandb_mode", "wandb_project")
 
@@ -95,22 +102,29 @@ def train(cfg: Config, store: str, out_dir: Path, force: bool = False, dry_run: 
     _check_latent_shape(cfg, split, store)
     inputs = training_inputs(cfg, split.attrs["fingerprint"])
     key = fingerprint(inputs)
-    ckpt_dir = out_dir / "checkpoints"
-    action, message = broadcast_object(_decide(out_dir, inputs, key, cfg, force, log) if info.is_main else None)
-    if dry_run:
-        verdict = {"fresh": f"train {out_dir} from scratch ({cfg.train.steps} steps)", "resume": f"resume {out_dir}",
-                   "stale": f"refuse: {message}", "discard": f"discard {out_dir} and train from scratch ({message})"}
-        if action != "up to date" and info.is_main:
-            log(f"train: dry run: would {verdict[action]}")
-        return "dry run"
-    if action == "stale":
-        raise TrainingError(message)
-    if action == "up to date":
-        return action
-    if action == "discard" and info.is_main:
-        _discard(out_dir, message, log)
-    barrier()
+    with contextlib.ExitStack() as held:  # rank 0 holds the run's lock until training ends
+        action, message = broadcast_object(_settle(out_dir, inputs, key, cfg, force, dry_run, held, log)
+                                           if info.is_main else None)
+        if dry_run:
+            verdict = {"fresh": f"train {out_dir} from scratch ({cfg.train.steps} steps)", "resume": f"resume {out_dir}",
+                       "stale": f"refuse: {message}", "discard": f"discard {out_dir} and train from scratch ({message})"}
+            if action != "up to date" and info.is_main:
+                log(f"train: dry run: would {verdict[action]}")
+            return "dry run"
+        if action in ("stale", "locked", "error"):
+            raise (LockedError if action == "locked" else TrainingError)(message)
+        if action == "up to date":
+            return action
+        if action == "discard" and info.is_main:
+            _discard(out_dir, message, log)
+        barrier()
+        return _train(cfg, store, out_dir, split, inputs, key, action, info, overrides or [], log)
 
+
+def _train(cfg: Config, store: str, out_dir: Path, split: LatentSplit, inputs, key: str, action: str, info: DistInfo,
+           overrides: list[str], log) -> str:
+    """The training loop of every rank, from scratch or from the run's latest checkpoint."""
+    ckpt_dir = out_dir / "checkpoints"
     torch.manual_seed(cfg.seed)  # the same initial weights in every run of this config (and on every rank)
     model = build_model(cfg.model).to(info.device)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -135,7 +149,7 @@ def train(cfg: Config, store: str, out_dir: Path, force: bool = False, dry_run: 
     stream = TripletStream(reader, local_batch, seed=cfg.seed, rank=info.rank, start_step=start, num_steps=cfg.train.steps - start)
     loader = DataLoader(stream, batch_size=None, num_workers=cfg.loader.num_workers, pin_memory=info.device.type == "cuda",
                         generator=torch.Generator())
-    logger = _Logger(cfg, out_dir, info, inputs, key, overrides or [], resumed=start > 0) if info.is_main else None
+    logger = _Logger(cfg, out_dir, info, inputs, key, overrides, resumed=start > 0) if info.is_main else None
     sampler = _SampleVideos(cfg, store, out_dir) if info.is_main and cfg.train.sample_every else None
     validation = _Validation(cfg, store, interpolant, info.device) if info.is_main and cfg.train.val_every else None
     overfit = None
@@ -160,11 +174,13 @@ def train(cfg: Config, store: str, out_dir: Path, force: bool = False, dry_run: 
             logger.validation(done, validation.losses(model, ema))  # rank 0 only, before the step's training row
         if logger:
             logger.step(done, loss, grad_norm, lr, local_batch * info.world_size, data_wait)
-        if done % cfg.train.latest_every == 0 or done % cfg.train.save_every == 0 or done == cfg.train.steps:
-            _checkpoint(ckpt_dir, done, model, ema, opt, cfg, key, inputs, info)
+        # The step's sample video before its checkpoint: a run that stops in between redoes the step, so every
+        # step up to the latest checkpoint has its video.
         if sampler and (done % cfg.train.sample_every == 0 or done == cfg.train.steps):
             path = sampler.write(done, model, ema, interpolant)
             logger.media(done, path)
+        if done % cfg.train.latest_every == 0 or done % cfg.train.save_every == 0 or done == cfg.train.steps:
+            _checkpoint(ckpt_dir, done, model, ema, opt, cfg, key, inputs, info)
         wait_start = time.perf_counter()
     if logger:
         logger.finish()
@@ -176,6 +192,28 @@ def _check_latent_shape(cfg: Config, split: LatentSplit, store: str) -> None:
     want = (cfg.model.state_size, *cfg.model.state_res)
     if tuple(split.latent_shape) != want:
         raise TrainingError(f"{store}: latents are {list(split.latent_shape)} but model.state_size/state_res expect {list(want)}")
+
+
+def _settle(out_dir: Path, inputs, key, cfg: Config, force: bool, dry_run: bool, held: contextlib.ExitStack,
+            log) -> tuple[str, str]:
+    """Rank 0: (action, message) for every rank; work is decided again under the run's lock, which ``held`` keeps.
+
+    The first decision takes no lock, so checking a finished run never collides with another check. Under the
+    lock, the temporaries that interrupted writes left in the run are removed (their writers are dead).
+    """
+    try:
+        verdict = _decide(out_dir, inputs, key, cfg, force, log)
+        if dry_run or verdict[0] in ("up to date", "stale"):
+            return verdict
+        held.enter_context(output_lock(out_dir / LOCK, out_dir, "train", log))
+        clean_temporaries("train", [out_dir, out_dir / "checkpoints", out_dir / "media"], log)
+        return _decide(out_dir, inputs, key, cfg, force, log)
+    except LockedError as exc:
+        return "locked", str(exc)
+    except OSError as exc:  # a read-only output directory, for example: the message names it
+        return "error", str(exc)
+    except Exception as exc:  # reported to every rank, so none waits forever at the broadcast
+        return "error", f"{type(exc).__name__}: {exc}"
 
 
 def _decide(out_dir: Path, inputs, key, cfg: Config, force: bool, log) -> tuple[str, str]:
@@ -209,11 +247,33 @@ def _discard(out_dir: Path, why: str, log) -> None:
 
 
 def _restore(path: Path, model, ema, opt, info: DistInfo) -> int:
+    """Load the run's latest checkpoint into the model, EMA and optimizer; returns the step to continue from."""
     ckpt = load_flow_checkpoint(path)
+    _check_resumable(ckpt, path, info)
     model.load_state_dict(ckpt.model)
     ema.load_state_dict(ckpt.ema)
     opt.load_state_dict(ckpt.raw["opt"])
     return ckpt.step
+
+
+def _check_resumable(ckpt: FlowCheckpoint, path: Path, info: DistInfo) -> None:
+    """Refuse a checkpoint this trainer did not write, and one written by another number of processes.
+
+    Each rank draws its batches from (seed, rank, step), so the data stream depends on the world size: continuing
+    with another one would match neither an uninterrupted run of the old size nor one of the new.
+    """
+    sampler = ckpt.raw.get("sampler")
+    if ckpt.kind != "pipeline" or not isinstance(ckpt.raw.get("opt"), dict) or not isinstance(sampler, dict):
+        raise TrainingError(f"{path}: not a checkpoint of this trainer (no format tag, optimizer state or data-stream "
+                            "position), so the run cannot resume from it; move it away to train from scratch")
+    recorded = sampler.get("world_size")
+    if recorded != info.world_size:
+        raise TrainingError(
+            f"{path} was written by {recorded} training process(es), and this run has {info.world_size}: each rank "
+            f"draws its batches from (seed, rank, step), so resuming with another world size would continue a "
+            f"different data stream and match neither an uninterrupted {recorded}- nor {info.world_size}-process run. "
+            f"Resume with {recorded} process(es) in all (make train TRAIN_NPROC={recorded}; TRAIN_NPROC x NNODES "
+            f"across nodes), or train with {info.world_size} as a new run (make train RUN=<new name>).")
 
 
 def _overfit_batch(batch: dict[str, torch.Tensor], mode: str) -> dict[str, torch.Tensor]:
@@ -291,18 +351,32 @@ class _Logger:
         self.wandb = start_training_run(cfg, out_dir, key)
 
     def _open_metrics(self, path: Path, resumed: bool):
-        """Fresh run: a new file. Resumed: keep the rows up to the checkpoint's step (later ones are redone)."""
-        keep = []
+        """Fresh run: a new file. Resumed: keep the rows up to the checkpoint's step (later ones are redone).
+
+        The kept rows are rewritten atomically (a crash now loses none), then the file is appended to. A line that
+        does not parse, such as the last one of a crash in mid-write, is dropped with a note.
+        """
+        keep, dropped = [], 0
         if resumed and path.exists():
             step = int((read_json(self.out_dir / "run.json") or {}).get("step", 0))
-            keep = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        handle = open(path, "w")
-        handle.writelines(line + "\n" for line in keep)
-        return handle
+            for line in path.read_text(errors="replace").splitlines():
+                try:
+                    if json.loads(line)["step"] <= step:
+                        keep.append(line)
+                except (json.JSONDecodeError, TypeError, KeyError):
+                    dropped += 1
+        if dropped:
+            print(f"train: {path}: dropped {dropped} unreadable line(s), left by a write that a crash cut short", flush=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in keep))
+        return open(path, "a")
 
     def _write(self, row: dict[str, Any]) -> None:
-        self.metrics.write(json.dumps(row) + "\n")
-        self.metrics.flush()
+        try:
+            self.metrics.write(json.dumps(row) + "\n")
+            self.metrics.flush()
+        except OSError as exc:
+            raise write_error(self.metrics.name, exc) from exc
         if self.wandb:
             log_row(self.wandb, row)
 
@@ -390,8 +464,8 @@ class _SampleVideos:
         pixels = torch.stack([self.vq.decode_clip(r) for r in rows])  # [rows, B, T, 3, H, W]
         grid = to_uint8(rearrange(pixels, "r b t c h w -> t c (r h) (b w)"))
         path = self.out_dir / "media" / f"real_raw_ema_{done:07d}.mp4"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        iio.imwrite(path, grid, fps=4, macro_block_size=1)
+        with atomic_path(path, keep_suffix=True) as tmp:  # ffmpeg picks the format by the suffix
+            iio.imwrite(tmp, grid, fps=4, macro_block_size=1)
         return path
 
 
