@@ -24,8 +24,8 @@ import torch
 import zarr
 
 import pipeline.train as train_module
-from conftest import build_tiny, make_tiny_vqvae, run_make
-from pipeline.checkpoints import FORMAT, save_checkpoint
+from conftest import make_tiny_vqvae, run_make
+from pipeline.checkpoints import save_checkpoint
 from pipeline.config import load_config
 from pipeline.encode import encode_latents
 from pipeline.forecast import forecast
@@ -257,15 +257,17 @@ def test_a_held_latent_store_refuses_make_encode_naming_its_holder(tiny, tmp_pat
 # ----------------------------------------------------------------------------------------------------------
 
 
-def test_a_metrics_line_cut_short_by_a_crash_does_not_break_resume(tiny_store, tmp_path: Path, repo: Path) -> None:
+def test_a_metrics_line_cut_short_by_a_crash_does_not_break_resume(tiny_store, tmp_path: Path, repo: Path,
+                                                                    capsys) -> None:
     _, overrides, store = tiny_store
     cfg = _cfg(repo, overrides, "train.steps=6", "train.latest_every=2", "train.log_every=1")
     run = tmp_path / "run"
     _interrupted_run(cfg, store, run, step=4)  # checkpoint at 4, rows 1-4
     with open(run / "metrics.jsonl", "a") as fh:
         fh.write('{"step": 5, "loss": 0.12')  # a row whose write the crash cut short
-    lines = []
-    assert train(cfg, store, run, log=lines.append) == "trained"
+    capsys.readouterr()
+    assert train(cfg, store, run, **QUIET) == "trained"
+    assert "metrics.jsonl: dropped 1 unreadable line(s)" in capsys.readouterr().out
     assert _training_rows(run) == [1, 2, 3, 4, 5, 6]
 
 
