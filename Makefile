@@ -46,8 +46,10 @@ RUNS        = $(eval RUNS := $(or $(RUN),$(INTERP),$(shell $(PY) -m pipeline.lay
 FOR_RUNS    = $(if $(strip $(RUNS)),for run in $(RUNS); do,echo "no run to work on" >&2; exit 2; for run in; do)
 RUN_FLAGS   = $(if $(INTERP),--interp $(INTERP),) $(FORCE_FLAG) $(ARGS)
 
+# Every stage runs under a supervisor that ends it when make itself dies (even by kill -9): $$PPID is make.
+SUPERVISE   = $(PY) -m pipeline.supervise $$PPID --
 # $(call launch,N): plain python for one process, else torchrun (standalone on one node, c10d rendezvous across nodes).
-launch      = $(if $(and $(filter 1,$(1)),$(filter 1,$(NNODES))),$(PY),$(if $(filter 1,$(NNODES)),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(1),$(PY) -m torch.distributed.run --nnodes=$(NNODES) --nproc_per_node=$(1) --rdzv_backend=c10d --rdzv_endpoint=$(RDZV)))
+launch      = $(SUPERVISE) $(if $(and $(filter 1,$(1)),$(filter 1,$(NNODES))),$(PY),$(if $(filter 1,$(NNODES)),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(1),$(PY) -m torch.distributed.run --nnodes=$(NNODES) --nproc_per_node=$(1) --rdzv_backend=c10d --rdzv_endpoint=$(RDZV)))
 # make demo trains with one process per GPU, or with 2 single-thread CPU processes (DDP over gloo): on a small
 # network that is ~20 % faster than one process with 2 threads. Evaluated only when the demo runs.
 DEMO_NPROC ?= $(shell $(PY) -c 'import torch; print(torch.cuda.device_count() or 2)' 2>/dev/null || echo 1)
@@ -86,7 +88,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) ## Create .venv and install the project (re-runs only when pyproject.toml changes)
 
 data: $(STAMP) ## Shards in DATA_DIR: the demo generator, RAW=dir converted, or existing shards checked and used
-	$(PY) -m pipeline.data $(CONFIG_OPTS) $(DRY_FLAG) $(if $(RAW),--raw $(call q,$(RAW)),) $(ARGS)
+	$(SUPERVISE) $(PY) -m pipeline.data $(CONFIG_OPTS) $(DRY_FLAG) $(if $(RAW),--raw $(call q,$(RAW)),) $(ARGS)
 
 autoencoder: $(STAMP) data ## Retrain the demo VQVAE into autoencoder.out_dir (never over the shipped checkpoint), print its PSNR
 	$(PY) -m pipeline.vqvae.train $(CONFIG_OPTS) --fresh $(ARGS)
@@ -107,7 +109,7 @@ forecast: $(if $(CKPT),encode,train) ## Stage 3: forecast each run's test videos
 
 eval: forecast ## Stage 4: metrics of each run -> runs/<run>/eval/metrics.json and $(OUT)/$(DATASET)/report.md (I3D= for FVD)
 	@$(FOR_RUNS) \
-	  $(PY) evaluate.py $(COMMON) --run-name $$run $(if $(I3D),--i3d $(call q,$(I3D)),) $(if $(INTERP),--interp $(INTERP),) $(ARGS) || exit 1; \
+	  $(SUPERVISE) $(PY) evaluate.py $(COMMON) --run-name $$run $(if $(I3D),--i3d $(call q,$(I3D)),) $(if $(INTERP),--interp $(INTERP),) $(ARGS) || exit 1; \
 	done
 
 demo: $(STAMP) ## Everything on the demo dataset for both interpolants (runs ours and linear), then the report

@@ -209,6 +209,40 @@ def test_kill9_of_torchrun_ends_both_ddp_workers(tiny_store, tmp_path: Path, rep
         launcher.wait()
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every live process below ``pid``."""
+    found, todo = [], [pid]
+    while todo:
+        children = _children(todo.pop())
+        found += children
+        todo += children
+    return found
+
+
+def test_kill9_of_make_ends_the_stage_torchrun_and_its_workers(tiny, tmp_path: Path, repo: Path) -> None:
+    """make -> recipe shell -> supervisor -> torchrun -> workers: killing make ends everything below it."""
+    _, overrides = tiny
+    sets = " ".join(f"--set {shlex.quote(item)}" for item in [*overrides, *SMALL_NET, "train.steps=100000",
+                                                               "train.latest_every=2"])
+    make = subprocess.Popen(["make", "-s", "train", "NPROC=2", f"OUT={tmp_path / 'out'}", f"PY={sys.executable}",
+                             "STAMP=", f"ARGS={sets}"], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=ONE_THREAD)
+    below: list[int] = []
+    try:
+        _wait_for(lambda: _step(tmp_path / "out" / "demo" / "runs" / "ours" / "run.json") >= 2, 240, "training")
+        below = _descendants(make.pid)
+        assert len(below) >= 4, below  # shell, supervisor, torchrun, two workers
+        os.kill(make.pid, signal.SIGKILL)
+        make.wait()
+        _wait_for(lambda: not any(process_alive(pid) for pid in below), 15, "everything below make to end")
+    finally:
+        for pid in below:
+            if process_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        make.kill()
+        make.wait()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # 2. One writer per output
 # ----------------------------------------------------------------------------------------------------------
