@@ -202,11 +202,16 @@ def test_kill9_of_torchrun_ends_both_ddp_workers(tiny_store, tmp_path: Path, rep
         _wait_for(lambda: not any(process_alive(pid) for pid in workers), 10, "the orphaned workers to end")
         assert time.time() - start < 5
     finally:
-        for pid in workers:
-            if process_alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        launcher.kill()
-        launcher.wait()
+        _kill_all(launcher, workers)
+
+
+def _kill_all(process: subprocess.Popen, pids: list[int]) -> None:
+    """What a test leaves running: the processes ``pids`` that are still alive, then ``process`` (reaped)."""
+    for pid in pids:
+        if process_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    process.kill()
+    process.wait()
 
 
 def _descendants(pid: int) -> list[int]:
@@ -236,11 +241,7 @@ def test_kill9_of_make_ends_the_stage_torchrun_and_its_workers(tiny, tmp_path: P
         make.wait()
         _wait_for(lambda: not any(process_alive(pid) for pid in below), 15, "everything below make to end")
     finally:
-        for pid in below:
-            if process_alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        make.kill()
-        make.wait()
+        _kill_all(make, below)
 
 
 # ----------------------------------------------------------------------------------------------------------
