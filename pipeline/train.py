@@ -109,7 +109,7 @@ def train(cfg: Config, store: str, out_dir: Path, force: bool = False, dry_run: 
             verdict = {"fresh": f"train {out_dir} from scratch ({cfg.train.steps} steps)", "resume": f"resume {out_dir}",
                        "stale": f"refuse: {message}", "discard": f"discard {out_dir} and train from scratch ({message})"}
             if action != "up to date" and info.is_main:
-                log(f"train: dry run: would {verdict[action]}")
+                log(f"train: dry run: would {verdict.get(action, f'stop: {message}')}")
             return "dry run"
         if action in ("stale", "locked", "error"):
             raise (LockedError if action == "locked" else TrainingError)(message)
