@@ -1,7 +1,7 @@
 """What every command line shares: its options, how it resolves the config and the run, and how it fails.
 
 ``--config`` and repeatable ``--set section.key=value``, ``--smoke``, ``--out``, ``--data-root`` (taken as a
-plain path, never parsed as YAML), ``--run`` and ``--interp`` for the stages of a run, and ``--dry-run``.
+plain path, never parsed as YAML), ``--run-name`` and ``--interp`` for the stages of a run, and ``--dry-run``.
 """
 
 from __future__ import annotations

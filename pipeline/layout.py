@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import IDENTIFIER
+from pipeline.config import IDENTIFIER, ConfigError, load_config
 
 RUNS = "runs"
 RUN_RECORD = "run.json"
@@ -81,8 +81,6 @@ class Layout:
 
 def run_names(config: str, out: str, smoke: bool) -> list[str]:
     """The runs ``make`` works on when none is named: every trained run of the dataset, else the config's interpolant."""
-    from pipeline.config import load_config
-
     cfg = load_config(config, smoke=smoke)
     return Layout(out, cfg.data.name).trained_runs() or [cfg.interpolant.kind]
 
@@ -93,8 +91,6 @@ if __name__ == "__main__":  # python -m pipeline.layout CONFIG OUT [--smoke]: th
     args = [a for a in sys.argv[1:] if a != "--smoke"]
     if len(args) != 2:
         sys.exit("usage: python -m pipeline.layout CONFIG OUT [--smoke]  (prints the run names make works on)")
-    from pipeline.config import ConfigError
-
     try:
         print(" ".join(run_names(args[0], args[1], "--smoke" in sys.argv[1:])))
     except ConfigError as exc:
