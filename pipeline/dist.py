@@ -9,17 +9,16 @@ cannot stop its workers, which would otherwise go on writing checkpoints beside 
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
+from pipeline.supervise import parent_death_signal
+
 LAUNCHER_PID = os.getppid()  # the parent as first seen: torchrun's agent for its workers
 
 
@@ -61,11 +60,7 @@ def die_with_launcher() -> None:
     (A launcher that dies before that import, in the worker's first seconds, is not seen by the comparison; such a
     worker cannot join the process group, whose store the launcher held.) Elsewhere than on Linux this does nothing.
     """
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    parent_death_signal(signal.SIGKILL)
     if os.getppid() != LAUNCHER_PID:
         raise SystemExit(f"rank {os.environ.get('RANK', '?')}: its launcher (pid {LAUNCHER_PID}) has exited; stopping")
 

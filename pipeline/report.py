@@ -33,6 +33,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipeline.layout import RUNS
 from pipeline.records import atomic_path, write_json_atomic
 
 SCHEMA = "latent-interpolants/eval-metrics/v1"
@@ -151,7 +152,7 @@ def run_label(run: str, metrics: dict[str, Any]) -> str:
 def find_runs(dataset_dir: Path) -> dict[str, dict[str, Any]]:
     """{run: metrics} for every ``<dataset_dir>/runs/<run>/eval/metrics.json``; ours, linear first."""
     runs = {}
-    for path in sorted(Path(dataset_dir).glob(f"runs/*/eval/{METRICS_FILE}")):
+    for path in sorted(Path(dataset_dir).glob(f"{RUNS}/*/eval/{METRICS_FILE}")):
         try:
             runs[path.parent.parent.name] = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
@@ -249,10 +250,10 @@ def write_report(dataset_dir: Path) -> Path:
         lines += [f"## {run_label(run, m)}", "", _protocol_line(m) + ".", "", *_table("scored", rows), "",
                   f"Model mean PSNR gain over copy-last: {gain:+.2f} dB. FVD: {m['fvd_status']}.", ""]
         if m.get("plot"):
-            lines += [f"![PSNR per frame, {run}](runs/{run}/eval/{m['plot']})", ""]
-        gifs = sorted((dataset_dir / "runs" / run / "media").glob("forecast_*.gif"), key=_media_key)
+            lines += [f"![PSNR per frame, {run}]({RUNS}/{run}/eval/{m['plot']})", ""]
+        gifs = sorted((dataset_dir / RUNS / run / "media").glob("forecast_*.gif"), key=_media_key)
         if gifs:
-            lines += ["Forecast grids:", ""] + [f"![{g.stem}](runs/{run}/media/{g.name})" for g in gifs] + [""]
+            lines += ["Forecast grids:", ""] + [f"![{g.stem}]({RUNS}/{run}/media/{g.name})" for g in gifs] + [""]
     path = dataset_dir / REPORT_FILE
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines).rstrip() + "\n")
