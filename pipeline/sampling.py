@@ -232,9 +232,9 @@ def rollout(
     history[:, :n_first] = start
     grid = S.time_grid(cfg.steps, cfg.t_min, cfg.t_max, cfg.grid, device=device)
 
-    was_training = getattr(model, "training", None)
-    if was_training is not None:
-        model.eval()  # type: ignore[union-attr]
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
+    if modes:
+        model.eval()
     nfe: list[int] = []
     try:
         with torch.no_grad():
@@ -243,8 +243,8 @@ def rollout(
                 history[:, n] = frame
                 nfe.append(used)
     finally:
-        if was_training:
-            model.train()  # type: ignore[union-attr]
+        for module, training in modes:  # each submodule's own mode back (model.train() would set them all)
+            module.training = training
     if len(set(nfe)) > 1:
         raise RuntimeError(f"network evaluations differ between frames: {nfe}")
     per_frame = nfe[0] if nfe else 0

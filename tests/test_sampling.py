@@ -145,6 +145,23 @@ def test_no_frames_to_generate() -> None:
     assert torch.equal(res.latents, cond) and res.nfe == 0 and res.latents.data_ptr() != cond.data_ptr()
 
 
+def test_rollout_restores_every_submodule_mode() -> None:
+    """Sampling runs in eval mode and gives each submodule its own mode back (a wrapper in training mode around
+    a network in eval mode must not switch the network's dropout on)."""
+    class Wrapper(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = Recorder().eval()
+
+        def forward(self, *args):
+            return self.inner(*args)
+
+    wrapper = Wrapper()
+    SM.rollout(wrapper, I.linear(), _cond(2, 3), 2, _cfg())
+    assert wrapper.inner.calls and not any(call["training"] for call in wrapper.inner.calls)
+    assert wrapper.training and not wrapper.inner.training
+
+
 @pytest.mark.parametrize("interp,solver", [("linear", "euler"), ("ours", "euler_maruyama"), ("ours", "heun_sde")])
 def test_deterministic_for_a_seed(interp: str, solver: str) -> None:
     def run(seed: int, explicit: bool = False):
