@@ -52,12 +52,13 @@ SORTED_CRPS_FROM = 65  # members: the pairwise CRPS form below this, the sorted 
 
 
 def as_scored(x: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """A tensor to score: uint8 pixels -> float32 in [-1, 1] (x / 127.5 - 1); other integers -> float32."""
+    """A tensor to score: uint8 pixels -> float32 in [-1, 1] (x / 127.5 - 1); other integers and half floats ->
+    float32; float32 and float64 as they are. numpy arrays become CPU tensors."""
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.array(x))  # a copy: broadcast views are read-only
     if x.dtype == torch.uint8:
         return x.float() / 127.5 - 1.0
-    return x if x.is_floating_point() else x.float()
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def _pair(samples, truth) -> tuple[torch.Tensor, torch.Tensor]:
