@@ -1,0 +1,191 @@
+"""Proper scores of a forecast ensemble: fair CRPS, fair energy score, spread-skill, diversity.
+
+Conventions: ``samples`` is ``[m, ...]`` (m ensemble members), ``truth`` is ``[...]`` (the same trailing shape).
+Pixels are compared in the model range ``x / 127.5 - 1`` ([-1, 1]); uint8 inputs are converted that way, float
+inputs (pixels already in [-1, 1], or latents) are used as they are. Everything runs on the inputs' device (CPU or
+CUDA). Elementwise differences are taken in the inputs' float precision (at least float32); every norm and every
+mean over pixels, frames or pairs is accumulated in float64, and the reduced results are float64.
+
+Estimators. For members X_1..X_m and observation y, the *fair* (unbiased) ensemble estimators
+
+    CRPS = 1/m Σ_i |X_i − y|   − 1/(2 m (m−1)) Σ_{i≠j} |X_i − X_j|          (elementwise)
+    ES   = 1/m Σ_i ||X_i − y|| − 1/(2 m (m−1)) Σ_{i≠j} ||X_i − X_j||        (over one event, e.g. a frame)
+
+have expectation (over ensembles drawn iid from a law F) equal to the score of F itself, for every m >= 2, so
+ensembles of different sizes are comparable and a small ensemble is not penalised for being small. With one member
+(copy-last, the VQ reconstruction) the spread term is absent: CRPS = absolute error, ES = error norm, the exact
+scores of a deterministic forecast, so baselines and ensembles go through the same functions.
+
+CRPS is computed in the O(m²) pairwise form (m − 1 vectorised passes over the tensor) for m <= 64 and in the
+O(m log m) sorted form, Σ_{i≠j}|X_i − X_j| = 2 Σ_k (2k − m + 1) X_(k), above: on CPU, torch's sort over a few
+members is slower per element than the pairwise passes (measured: m = 4 and m = 16 pairwise ≈ 2x faster, parity
+near m = 64), while the sorted form wins for large ensembles.
+
+Energy-score unit. ``energy_score`` is the plain Euclidean score by default. For reporting, ``rms=True`` divides it
+by sqrt(D), D = the number of values in one event (H·W·C for a frame): a constant factor, so the score stays
+proper, and in an RMS-like unit, so frames or latents of different sizes are comparable; for one member it is the
+frame's RMSE. ``ensemble_frame_scores`` always reports this normalised ES; ``diversity`` uses the same unit.
+
+Spread-skill. ``spread_skill`` returns the two means the ratio is formed from AFTER aggregation over videos and
+frames (a ratio of means, not a mean of ratios): the unbiased ensemble variance (ddof = 1) and the squared error of
+the ensemble mean. ``spread_skill_ratio`` applies the finite-ensemble correction of Fortin et al. (2014, "Why
+should ensemble spread match the RMSE of the ensemble mean?", J. Hydrometeorology): when the truth and the m
+members are iid from one law with variance σ², E[spread²] = σ² but E[mse] = σ²(1 + 1/m), so
+sqrt((m+1)/m · spread²) / sqrt(mse) has the value 1 for a calibrated ensemble; < 1 is under-dispersion.
+
+scoringrules (0.10.0) has the same fair CRPS and energy score (``estimator="fair"``) with a torch backend, but it
+requires Python >= 3.11 (we support 3.10), its default CRPS estimator is not the fair one, its fair formulas divide
+by m − 1 (no one-member case, which copy-last and the VQ reconstruction need), and its energy score wants one vector
+axis (frames must be flattened by the caller). The formulas are ten lines, so we keep our own and cross-check them
+against scoringrules in tests/test_scores.py when it is installed (a dev-only dependency, Python >= 3.11); the
+tests also check closed forms, which do not depend on it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+SORTED_CRPS_FROM = 65  # members: the pairwise CRPS form below this, the sorted form from here on
+
+
+def as_scored(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """A tensor to score: uint8 pixels -> float32 in [-1, 1] (x / 127.5 - 1); other integers and half floats ->
+    float32; float32 and float64 as they are. numpy arrays become CPU tensors."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.array(x))  # a copy: broadcast views are read-only
+    if x.dtype == torch.uint8:
+        return x.float() / 127.5 - 1.0
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _pair(samples, truth) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both as float tensors of one dtype on the samples' device; checks ``samples [m >= 1, *truth.shape]``."""
+    x, y = as_scored(samples), as_scored(truth)
+    if x.ndim < 1 or x.shape[0] < 1 or tuple(x.shape[1:]) != tuple(y.shape):
+        raise ValueError(f"expected samples [m >= 1, *truth.shape]; got samples {tuple(x.shape)}, truth {tuple(y.shape)}")
+    dtype = torch.promote_types(x.dtype, y.dtype)
+    return x.to(dtype), y.to(device=x.device, dtype=dtype)
+
+
+def _events(x: torch.Tensor, event_dims: int, lead: int) -> torch.Tensor:
+    """Flatten the trailing ``event_dims`` dims of ``x`` (``lead`` leading dims before the event dims) into one."""
+    if not 0 <= event_dims <= x.ndim - lead:
+        raise ValueError(f"event_dims={event_dims} does not fit a tensor of {x.ndim - lead} dims")
+    return x.reshape(*x.shape[: x.ndim - event_dims], -1)
+
+
+def _norm(x: torch.Tensor) -> torch.Tensor:
+    """Euclidean norm over the last dim, accumulated in float64."""
+    return torch.linalg.vector_norm(x, dim=-1, dtype=torch.float64)
+
+
+def _mean_pair_norm(x: torch.Tensor) -> torch.Tensor:
+    """Mean over unordered member pairs i < j of ||X_i − X_j|| (last dim = the event); zeros for one member."""
+    m = x.shape[0]
+    total = torch.zeros(x.shape[1:-1], dtype=torch.float64, device=x.device)
+    for i in range(m - 1):
+        total += _norm(x[i + 1:] - x[i]).sum(0)
+    return total / max(m * (m - 1) // 2, 1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Scores
+# ----------------------------------------------------------------------------------------------------------
+
+
+def crps_ensemble(samples: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Fair ensemble CRPS, elementwise: ``[m, ...]`` and ``[...]`` -> ``[...]``; one member -> |X − y|.
+
+    Same float precision as the inputs (>= float32); pairwise form for m <= 64, sorted form above (module docstring).
+    """
+    x, y = _pair(samples, truth)
+    m = x.shape[0]
+    skill = (x - y).abs().mean(0)
+    if m == 1:
+        return skill
+    if m < SORTED_CRPS_FROM:
+        spread = torch.zeros_like(y)
+        for i in range(m - 1):
+            spread += (x[i + 1:] - x[i]).abs_().sum(0)
+        return skill - spread / (m * (m - 1))
+    ordered = x.reshape(m, -1).T.contiguous().sort(dim=-1).values  # [elements, m]: sorting a contiguous axis is faster
+    weights = (2 * torch.arange(m, device=x.device, dtype=x.dtype) - (m - 1)) / (m * (m - 1))
+    return skill - (ordered @ weights).reshape(y.shape)
+
+
+def energy_score(samples: torch.Tensor, truth: torch.Tensor, event_dims: int, rms: bool = False) -> torch.Tensor:
+    """Fair energy score over events of the trailing ``event_dims`` dims: ``[m, *lead, *event]`` -> ``[*lead]`` float64.
+
+    One member -> ||X − y||; ``event_dims=0`` is the CRPS. ``rms=True`` divides by sqrt(D), D = values per event
+    (the reporting unit: the frame RMSE for one member; see the module docstring).
+    """
+    x, y = _pair(samples, truth)
+    x, y = _events(x, event_dims, 1), _events(y, event_dims, 0)
+    score = _norm(x - y).mean(0) - 0.5 * _mean_pair_norm(x)
+    return score / math.sqrt(x.shape[-1]) if rms else score
+
+
+def spread_skill(samples: torch.Tensor, truth: torch.Tensor, event_dims: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(spread², mse): the mean unbiased ensemble variance (ddof = 1; 0 for one member) and the mean squared error
+    of the ensemble mean, averaged over the trailing ``event_dims`` dims (None: all), float64.
+
+    Aggregate both over videos and frames first, then form :func:`spread_skill_ratio`.
+    """
+    x, y = _pair(samples, truth)
+    event_dims = y.ndim if event_dims is None else event_dims
+    x, y = _events(x, event_dims, 1), _events(y, event_dims, 0)
+    m, mean = x.shape[0], x.mean(0)
+    # two passes by hand: torch's var over the leading (member) axis is ~15x slower on CPU
+    spread2 = (x - mean).square_().sum(0) / (m - 1) if m > 1 else torch.zeros_like(y)
+    mse = (mean - y).square_()
+    return spread2.mean(-1, dtype=torch.float64), mse.mean(-1, dtype=torch.float64)
+
+
+def spread_skill_ratio(spread2_mean, mse_mean, m: int):
+    """sqrt((m+1)/m · spread²) / sqrt(mse) (Fortin et al. 2014): 1 for a calibrated m-member ensemble.
+
+    Works on floats and numpy arrays (e.g. the resampled means of a bootstrap). One member has no spread: 0.
+    mse = 0 gives inf (or nan when the spread is 0 too).
+    """
+    if m < 1:
+        raise ValueError(f"an ensemble has m >= 1 members, got {m}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.sqrt((m + 1) / m * np.asarray(spread2_mean, dtype=np.float64)) / np.sqrt(np.asarray(mse_mean, dtype=np.float64))
+
+
+def diversity(samples: torch.Tensor, event_dims: int | None = None) -> torch.Tensor:
+    """Mean over member pairs of the RMS distance ||X_i − X_j|| / sqrt(D) over the trailing ``event_dims`` dims
+    (None: all), float64; 0 for one member. Twice the spread term of the rms-normalised energy score."""
+    x = as_scored(samples)
+    event_dims = x.ndim - 1 if event_dims is None else event_dims
+    x = _events(x, event_dims, 1)
+    return _mean_pair_norm(x) / math.sqrt(x.shape[-1])
+
+
+def ensemble_frame_scores(samples: torch.Tensor | np.ndarray, truth: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
+    """Per predicted frame scores of one video: ``samples [m, F, ...]``, ``truth [F, ...]`` -> float64 arrays ``[F]``.
+
+    ``crps`` (fair CRPS averaged over the frame's values), ``energy`` (fair ES / sqrt(D), the RMS unit), ``spread2``
+    and ``mse`` (the spread-skill components, averaged over the frame's values), ``diversity`` (mean pairwise RMS
+    distance). Store them per video; average over frames and videos (``spread2`` and ``mse`` separately) to report.
+    uint8 frames are compared in [-1, 1].
+    """
+    x, y = _pair(samples, truth)
+    if y.ndim < 1:
+        raise ValueError(f"expected samples [m, F, ...] and truth [F, ...], got truth {tuple(y.shape)}")
+    event = y.ndim - 1
+    crps = crps_ensemble(x, y).reshape(y.shape[0], -1).mean(-1, dtype=torch.float64)
+    spread2, mse = spread_skill(x, y, event)
+    xf, yf = _events(x, event, 1), _events(y, event, 0)
+    pair, root_d = _mean_pair_norm(xf), math.sqrt(xf.shape[-1])  # shared by the energy score and the diversity
+    out = {
+        "crps": crps,
+        "energy": (_norm(xf - yf).mean(0) - 0.5 * pair) / root_d,
+        "spread2": spread2,
+        "mse": mse,
+        "diversity": pair / root_d,
+    }
+    return {name: value.cpu().numpy() for name, value in out.items()}
