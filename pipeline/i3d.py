@@ -147,11 +147,16 @@ class Unit3D(nn.Module):
             x = F.conv3d(F.pad(x, _f_pad(pads)), self.conv.weight, self.conv.bias, self.stride)
         if self.bn is not None:
             x = self.bn(x)
-        return F.relu(x) if self.relu else x
+        return F.relu(x, inplace=True) if self.relu else x
 
 
 class MaxPool3dSame(nn.Module):
-    """Max-pool with TF "SAME" padding; padded positions are -inf, so (as in TF) they never count."""
+    """Max-pool with TF "SAME" padding; padded positions are -inf, so (as in TF) they never count.
+
+    Computed separably, one dimension at a time, as the running maximum of the ``k`` strided shifts of the padded
+    input: the maximum over a box is the maximum of maxima along its sides, so the result is exactly
+    ``F.max_pool3d``'s, and on CPU several times faster than its index-tracking kernel for the blocks' 3x3x3 pools.
+    """
 
     def __init__(self, kernel: tuple[int, int, int], stride: tuple[int, int, int]):
         super().__init__()
@@ -159,9 +164,20 @@ class MaxPool3dSame(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads = _pads(x.shape[2:], self.kernel, self.stride)
-        if all(before == after for before, after in pads):  # PyTorch's implicit max-pool padding is -inf
-            return F.max_pool3d(x, self.kernel, self.stride, tuple(before for before, _ in pads))
-        return F.max_pool3d(F.pad(x, _f_pad(pads), value=float("-inf")), self.kernel, self.stride)
+        if any(p for before_after in pads for p in before_after):
+            x = F.pad(x, _f_pad(pads), value=float("-inf"))
+        for dim, k, s in zip((2, 3, 4), self.kernel, self.stride):
+            if k == 1 and s == 1:
+                continue
+            span = (x.size(dim) - k) // s * s + 1  # input positions covered by the window starts
+            index = [slice(None)] * x.dim()
+            result = None
+            for shift in range(k):
+                index[dim] = slice(shift, shift + span, s)
+                window = x[tuple(index)]
+                result = window if result is None else torch.maximum(result, window)
+            x = result
+        return x
 
 
 class InceptionBlock(nn.Module):

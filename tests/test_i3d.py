@@ -90,6 +90,17 @@ def test_same_max_pool_ignores_padding():
     torch.testing.assert_close(out[..., 2, 2], x[..., 4:6, 4:6].amax(dim=(-2, -1)))
 
 
+@pytest.mark.parametrize("kernel, stride", [((3, 3, 3), (1, 1, 1)), ((1, 3, 3), (1, 2, 2)), ((3, 3, 3), (2, 2, 2)),
+                                            ((2, 2, 2), (2, 2, 2))])
+def test_separable_max_pool_equals_max_pool3d(kernel, stride):
+    gen = torch.Generator().manual_seed(1)
+    for shape in [(2, 3, 5, 9, 10), (1, 2, 8, 17, 16), (1, 1, 4, 14, 14)]:
+        x = torch.randn(shape, generator=gen)
+        pads = i3d._pads(x.shape[2:], kernel, stride)
+        expected = F.max_pool3d(F.pad(x, i3d._f_pad(pads), value=float("-inf")), kernel, stride)
+        torch.testing.assert_close(i3d.MaxPool3dSame(kernel, stride)(x), expected, rtol=0, atol=0)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The FVD protocol
 # ----------------------------------------------------------------------------------------------------------
