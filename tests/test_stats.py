@@ -14,8 +14,8 @@ from pipeline.stats import bootstrap_interval, paired_difference, resample_indic
 def test_interval_fields_and_point_estimate() -> None:
     values = np.random.default_rng(0).normal(3.0, 1.0, size=64)
     r = bootstrap_interval(values)
-    assert set(r) == {"mean", "low", "high", "level", "resamples", "videos"}
-    assert r["mean"] == pytest.approx(values.mean()) and r["low"] < r["mean"] < r["high"]
+    assert set(r) == {"value", "low", "high", "level", "resamples", "videos"}
+    assert r["value"] == pytest.approx(values.mean()) and r["low"] < r["value"] < r["high"]
     assert (r["level"], r["resamples"], r["videos"]) == (0.95, 2000, 64)
     assert bootstrap_interval(values) == r  # deterministic for a seed
     assert bootstrap_interval(values, seed=1) != r
@@ -53,9 +53,9 @@ def test_statistic_of_several_arrays_and_function_of_indices_agree() -> None:
     by_tuple = bootstrap_interval((spread2, mse), statistic=ratio)
     by_fn = bootstrap_interval(lambda idx: spread_skill_ratio(spread2[idx].mean(-1), mse[idx].mean(-1), 4), n_videos=40)
     assert by_tuple == by_fn
-    assert by_tuple["mean"] == pytest.approx(np.sqrt(5 / 4 * spread2.mean()) / np.sqrt(mse.mean()))
+    assert by_tuple["value"] == pytest.approx(np.sqrt(5 / 4 * spread2.mean()) / np.sqrt(mse.mean()))
     median = bootstrap_interval(spread2, statistic=np.median)
-    assert median["mean"] == pytest.approx(np.median(spread2))
+    assert median["value"] == pytest.approx(np.median(spread2))
 
 
 def test_bad_inputs_are_refused() -> None:

@@ -102,9 +102,9 @@ def test_offline_run_holds_videos_validation_and_evaluation(tiny_store, tmp_path
     assert grid.read_bytes() == (run / "media" / "forecast_0.mp4").read_bytes()
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     numbers = headline_numbers(metrics)
-    assert numbers["eval/model/psnr_mean"] == metrics["model"]["psnr"]["mean"]
+    assert numbers["eval/model/psnr"] == metrics["model"]["psnr"]["value"]
     assert {k: evaluated["summary"][k] for k in numbers} == pytest.approx(numbers)
-    plot = _media_file(evaluated, evaluated["history"][0], "eval/psnr_per_frame", "image-file")
+    plot = _media_file(evaluated, evaluated["history"][0], "eval/curves", "image-file")
     assert plot.suffix == ".png"
 
 
