@@ -69,7 +69,7 @@ help: ## Show targets and variables
 	@echo "  RAW=$(RAW)              raw videos for 'make data' (KTH, CLEVRER or <split>/<video> folders)"
 	@echo "  VQVAE_CKPT=$(VQVAE_CKPT)       VQVAE checkpoint overriding vqvae.ckpt of the config"
 	@echo "  CKPT=$(CKPT)             flow checkpoint for 'make forecast/eval' (ours or published; skips training); name the run: RUN=published"
-	@echo "  I3D=$(I3D)              StyleGAN-V TorchScript i3d_torchscript.pt for FVD in 'make eval' (FVD is null without it)"
+	@echo "  I3D=$(I3D)              FVD's I3D for 'make eval': builtin (the config's default), StyleGAN-V's i3d_torchscript.pt, or none (off)"
 	@echo "  FORCE=$(FORCE)          1 = replace a stage output that was made from different inputs (data, encode, train, forecast)"
 	@echo "  DRY_RUN=$(DRY_RUN)        1 = every stage prints its resolved config and what it would do, and does nothing"
 	@echo "  NPROC=$(NPROC)          processes per node (torchrun); TRAIN_NPROC=$(TRAIN_NPROC) for training; NNODES=$(NNODES), RDZV=host:port for multi-node"
@@ -110,7 +110,7 @@ forecast: $(if $(CKPT),encode,train) ## Stage 3: forecast each run's test videos
 	  $(call launch,$(NPROC)) forecast.py $(COMMON) --run-name $$run $(if $(CKPT),--ckpt $(call q,$(CKPT)),) $(RUN_FLAGS) || exit 1; \
 	done
 
-eval: forecast ## Stage 4: metrics of each run -> runs/<run>/eval/metrics.json and $(OUT)/$(DATASET)/report.md (I3D= for FVD)
+eval: forecast ## Stage 4: scores, FVD and intervals of each run -> runs/<run>/eval/metrics.json and $(OUT)/$(DATASET)/report.md
 	@$(FOR_RUNS) \
 	  $(SUPERVISE) $(PY) evaluate.py $(COMMON) --run-name $$run $(if $(I3D),--i3d $(call q,$(I3D)),) $(if $(INTERP),--interp $(INTERP),) $(ARGS) || exit 1; \
 	done

@@ -40,6 +40,7 @@ def main(
     from pipeline.evaluate import EvalError, evaluate
     from pipeline.forecast import forecast_url
     from pipeline.fvd import I3DError
+    from pipeline.i3d import I3DWeightsError
 
     stage = setup_stage(config, [*(set_ or []), *([f"eval.i3d={i3d}"] if i3d else [])], smoke, out, data_root, interp, run,
                         with_run=True)
@@ -47,7 +48,7 @@ def main(
         show_dry_run("eval", stage.cfg)
     run_stage("eval", lambda: evaluate(stage.cfg, forecasts or forecast_url(stage.run_dir), stage.run_dir, force=force,
                                        dry_run=dry_run),
-              expected_errors(EvalError, I3DError), dry_run)
+              expected_errors(EvalError, I3DError, I3DWeightsError), dry_run)
 
 
 if __name__ == "__main__":
