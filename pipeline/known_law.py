@@ -192,11 +192,11 @@ def label_pixels(frames: np.ndarray, colours: np.ndarray, background: np.ndarray
                  tol: int = COLOUR_TOL) -> np.ndarray:
     """Each pixel of ``uint8 [N, H, W, 3]``: the index of its nearest colour among ``colours [C, 3]`` and the
     background (largest channel difference), or -1 where that is the background or farther than ``tol``."""
-    frames = np.asarray(frames).astype(np.int16)
+    channels = [np.asarray(frames)[..., i].astype(np.int16) for i in range(3)]
     classes = np.concatenate([np.asarray(background, np.int16)[None], np.asarray(colours, np.int16)])
-    best, label = np.full(frames.shape[:-1], np.iinfo(np.int16).max, np.int16), np.full(frames.shape[:-1], -1, np.int64)
+    best, label = np.full(channels[0].shape, np.iinfo(np.int16).max, np.int16), np.full(channels[0].shape, -1, np.int64)
     for c, colour in enumerate(classes):  # strict <: a tie goes to the earlier class (the background first)
-        d = np.abs(frames - colour).max(axis=-1)
+        d = np.maximum(np.maximum(np.abs(channels[0] - colour[0]), np.abs(channels[1] - colour[1])), np.abs(channels[2] - colour[2]))
         closer = d < best
         best[closer], label[closer] = d[closer], c - 1
     label[best > tol] = -1
