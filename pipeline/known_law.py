@@ -8,6 +8,15 @@ ensemble of decoded frames in that object space: did each sprite keep its identi
 forecast of what happened (energy score), how far is it from the true law (energy distance), is it calibrated
 (coverage of the oracle's regions).
 
+Use (the evaluation stage, per forecast video)::
+
+    state = load_state(data_root / split)                     # pipeline.data.demo_state; once per split
+    v = state.index(source)                                   # the store's video source key, e.g. demo/test/00003
+    clip = Clip(state.track(v), state.process, frame_indices, cond, video=v)
+    colours = calibrate_colours(samples[0, :cond], clip.track, frame_indices[:cond])  # decoded conditioning frames
+    scores = video_scores(samples[:, cond:], clip, real=real[cond:], colours=colours)  # {set: {metric: [P]}}
+    ... mean_over_videos([scores, ...]), or the stage's own bootstrap over the per-video rows
+
 Conventions. Positions are top-left corners (row y, column x) in pixels, as the simulator holds them; a sprite's
 centre is ``position + size / 2``. Shapes: K sprites (the video's, in drawing order), P predicted frames, S model
 samples, M oracle samples. Everything is numpy, float64.
@@ -608,3 +617,17 @@ def video_scores(samples: np.ndarray, clip: Clip, real: np.ndarray | None = None
         readouts["real"] = clip.read(np.asarray(real)[None])
     law_spread = spread(law)
     return {name: set_scores(readout, clip, law, law_spread) for name, readout in readouts.items()}
+
+
+def mean_over_videos(per_video: list[dict[str, dict[str, np.ndarray]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per set and metric, the curve over predicted frames averaged over videos and its overall mean:
+    ``{set: {metric: {"per_frame": [P] floats, "mean": float}}}`` (sets missing from some videos are averaged over
+    the videos that have them)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in dict.fromkeys(k for scores in per_video for k in scores):
+        rows = [scores[name] for scores in per_video if name in scores]
+        out[name] = {}
+        for metric in rows[0]:
+            curve = np.mean([row[metric] for row in rows], axis=0)
+            out[name][metric] = {"per_frame": [float(x) for x in curve], "mean": float(curve.mean())}
+    return out

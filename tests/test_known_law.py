@@ -292,3 +292,6 @@ def test_video_scores_sets_and_ranking(data) -> None:
     for name in plain:
         for metric in metrics:
             np.testing.assert_array_equal(channel[name][metric], plain[name][metric])
+    summary = KL.mean_over_videos([scores, plain])
+    assert summary["copy_last"]["energy"]["mean"] == pytest.approx(np.mean(scores["copy_last"]["energy"]))
+    assert len(summary["model"]["coverage90"]["per_frame"]) == 12
