@@ -429,14 +429,17 @@ def count_kept(readout: Readout) -> np.ndarray:
     return readout.found.sum(axis=-1) + readout.spurious == readout.found.shape[-1]
 
 
-def _pair_mean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _pair_mean(a: np.ndarray, b: np.ndarray, same: bool = False) -> np.ndarray:
     """Mean Euclidean distance over all pairs: ``a [A, P, D]``, ``b [B, P, D]`` -> ``[P]`` (Gram form on centred
-    vectors, so an oracle of 256 members costs milliseconds; round-off ~1e-6 px)."""
+    vectors, so an oracle of 256 members costs milliseconds; round-off ~1e-6 px). ``same``: ``b`` is ``a``, whose
+    self-pairs are set to exactly 0."""
     out = np.empty(a.shape[1])
     for j in range(a.shape[1]):
         shift = b[:, j].mean(axis=0)
         x, y = a[:, j] - shift, b[:, j] - shift
         d2 = (x * x).sum(axis=1)[:, None] + (y * y).sum(axis=1)[None] - 2 * x @ y.T
+        if same:
+            np.fill_diagonal(d2, 0.0)
         out[j] = np.sqrt(np.maximum(d2, 0.0)).mean()
     return out
 
@@ -444,7 +447,7 @@ def _pair_mean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _within_mean(a: np.ndarray) -> np.ndarray:
     """Mean Euclidean distance over distinct pairs of ``a [A, P, D]`` (the unbiased E|X − X'|) -> ``[P]``; 0 for A = 1."""
     m = len(a)
-    return _pair_mean(a, a) * m / (m - 1) if m > 1 else np.zeros(a.shape[1])
+    return _pair_mean(a, a, same=True) * m / (m - 1) if m > 1 else np.zeros(a.shape[1])
 
 
 def _vectors(positions: np.ndarray) -> tuple[np.ndarray, float]:
