@@ -126,6 +126,7 @@ bench: $(STAMP) ## Run the benchmarks; results in benchmarks/results.json
 	$(PY) -m benchmarks.bench_samplers --interp ours --solvers euler_maruyama,heun_sde --steps 6,11,21,101
 	$(PY) -m benchmarks.bench_samplers --interp linear --solvers euler,heun --steps 6,11,21,101
 	$(PY) -m benchmarks.bench_i3d
+	$(PY) -m benchmarks.bench_known_law
 
 test: $(STAMP) ## Run the test suite
 	$(PY) -m pytest -q $(ARGS)

@@ -22,6 +22,9 @@ HEADLINES = [
     ("train_step", "b_over_a", "training step with the cached loader / bare step (KTH sizes)", "<= 1.10"),
     ("train_step", "c_over_b", "step encoding frames inside (reference design) / cached step", "about 2"),
     ("i3d_throughput", "clips_per_s_batch8", "FVD's I3D: clips/s (16 frames, 64 px resized to 224, batch 8, CPU)", ""),
+    ("known_law", "readout_s", "demo known law: read-out of one video's S = 4 x 12 decoded frames, s (CPU)", ""),
+    ("known_law", "oracle_measure_s", "demo known law: oracle of M = 256 futures x 12 frames, simulated and measured, s", ""),
+    ("known_law", "video_scores_s", "demo known law: every set's scores of one video (video_scores), s", ""),
 ]
 
 

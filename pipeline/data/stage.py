@@ -3,7 +3,9 @@
 Splits are first written to a staging directory beside the target and swapped in only when every split is
 complete, so a crash or a bad raw file leaves the existing shards untouched. ``<root>/manifest.json`` records
 what made the shards (the fingerprint of the settings and the raw file listing, the config, the code version,
-and per-shard size and sha256); a rerun whose fingerprint matches is "up to date" and does nothing.
+and per-shard size and sha256, and for the demo the same of each split's state sidecar ``demo_state.npz``); a rerun
+whose fingerprint matches, with every recorded file in place, is "up to date" and does nothing. A demo tree without
+its sidecars (made before they existed) is regenerated: the shards come out byte-identical, the sidecars are added.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from pipeline.config import Config
 from pipeline.data.convert import assign_splits, convert_videos
 from pipeline.data.demo import generate_demo
+from pipeline.data.demo_state import STATE_FILE
 from pipeline.data.shards import ShardError
 from pipeline.records import MANIFEST, changed_keys, code_version, fingerprint, read_json, sha256_file, write_json_atomic
 
@@ -49,10 +52,11 @@ def prepare_data(cfg: Config, root: Path, raw: Path | None = None, force: bool =
     key = fingerprint(inputs)
     manifest = read_json(root / MANIFEST)
     if manifest and not force:
-        if manifest.get("fingerprint") == key and _shards_intact(root, manifest):
+        damaged = _damaged_files(root, manifest, demo=raw is None)
+        if manifest.get("fingerprint") == key and not damaged:
             log(f"data: {root} is up to date ({sum(manifest['videos'].values())} videos)")
             return manifest
-        changed = changed_keys(manifest.get("inputs", {}), inputs) or ["shard files"]
+        changed = changed_keys(manifest.get("inputs", {}), inputs) or [damaged or "shard files"]
         log(f"data: {'dry run: would rebuild' if dry_run else 'rebuilding'} {root}; changed: {', '.join(changed[:8])}")
     elif dry_run:
         log(f"data: dry run: would {'rebuild (--force)' if manifest else 'build'} {root} "
@@ -72,7 +76,8 @@ def prepare_data(cfg: Config, root: Path, raw: Path | None = None, force: bool =
         "fingerprint": key,
         "inputs": inputs,
         "videos": counts,
-        "shards": {str(p.relative_to(root)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(root.glob("*/*.hdf5"))},
+        "shards": _file_records(root, "*/*.hdf5"),
+        "sidecars": _file_records(root, f"*/{STATE_FILE}"),
         "config": cfg.to_dict(),
         "code_version": code_version(),
     }
@@ -95,10 +100,30 @@ def _use_existing_shards(cfg: Config, root: Path, log) -> None:
     return None
 
 
-def _shards_intact(root: Path, manifest: dict[str, Any]) -> bool:
-    """Every shard the manifest lists still exists with its recorded size (a cheap staleness check)."""
-    shards = manifest.get("shards", {})
-    return bool(shards) and all((root / name).is_file() and (root / name).stat().st_size == info["bytes"] for name, info in shards.items())
+def _file_records(root: Path, pattern: str) -> dict[str, dict[str, Any]]:
+    """``{relative path: {bytes, sha256}}`` of the files of ``root`` matching ``pattern``."""
+    return {str(p.relative_to(root)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(root.glob(pattern))}
+
+
+def _damaged_files(root: Path, manifest: dict[str, Any], demo: bool) -> str:
+    """What is missing or resized among the recorded files ('' if nothing): a cheap staleness check.
+
+    Every shard the manifest lists must exist with its recorded size; a demo tree must also hold a state sidecar
+    for every non-empty split (a manifest from before sidecars lists none, so such a tree counts as damaged and is rebuilt).
+    """
+    if not _intact(root, manifest.get("shards", {})):
+        return "shard files"
+    if demo:
+        sidecars = manifest.get("sidecars", {})
+        wanted = {f"{split}/{STATE_FILE}" for split, n in manifest.get("videos", {}).items() if n}
+        if set(sidecars) != wanted or not _intact(root, sidecars):
+            return f"state sidecars ({STATE_FILE})"
+    return ""
+
+
+def _intact(root: Path, files: dict[str, dict[str, Any]]) -> bool:
+    """Every listed file exists with its recorded size."""
+    return bool(files) and all((root / name).is_file() and (root / name).stat().st_size == info["bytes"] for name, info in files.items())
 
 
 def _swap_in(staging: Path, root: Path, splits: list[str]) -> None:
