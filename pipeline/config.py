@@ -448,6 +448,7 @@ class EvalConfig:
     fvd_resamples: int = 200  # bootstrap resamples of the videos for FVD's interval (0 = no interval)
     resamples: int = 2000  # bootstrap resamples of the videos for every other metric's interval and paired verdicts
     level: float = 0.95  # confidence level of every interval
+    oracle_samples: int = 256  # demo only: draws from the true law of the future per video (known-law scores)
     seed: int = 0  # seed of the bootstrap resampling (equal seeds pair the resamples of runs on the same videos)
     batch_size: int = 8  # clips per I3D call
     frame_batch: int = 512  # frames per PSNR/SSIM call
@@ -460,6 +461,7 @@ class EvalConfig:
         _require(self.fvd_resamples >= 0, "fvd_resamples", "must be >= 0 (0 = no interval)")
         _require(self.resamples >= 100, "resamples", "must be >= 100 (a percentile interval needs many resamples)")
         _require(0.5 <= self.level < 1, "level", "must be in [0.5, 1)")
+        _require(self.oracle_samples >= 16, "oracle_samples", "must be >= 16 (the law's regions need a sample)")
         _require(self.batch_size >= 1, "batch_size", "must be >= 1")
         _require(self.frame_batch >= 1, "frame_batch", "must be >= 1")
         _require(self.seed >= 0, "seed", "must be >= 0")

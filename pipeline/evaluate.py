@@ -51,7 +51,8 @@ from pipeline.tracking import log_evaluation
 
 EVAL_FORMAT = 2  # bump when a metric's definition changes: old metrics.json files are then recomputed (2: scores, intervals)
 NO_I3D = "FVD off (eval.i3d: none): set eval.i3d=builtin (the default) or I3D=/path/to/i3d_torchscript.pt"
-RESULT_KEYS = ("videos", "fvd_videos", "fvd_samples", "fvd_resamples", "resamples", "level", "seed")  # change numbers
+RESULT_KEYS = ("videos", "fvd_videos", "fvd_samples", "fvd_resamples", "resamples", "level", "seed",
+               "oracle_samples")  # the eval settings that change numbers
 SETS = ("model", "vq_ceiling", "copy_last")
 I3D_MIN_FRAMES = 9  # Kinetics-400 I3D: two time steps must reach its final average pool
 FORECAST_ARRAYS = ("real", "recon", "samples", "latents", "truth_latents", "done")
@@ -65,6 +66,12 @@ METRIC_DEFINITIONS = {
     "spread_skill": "sqrt((m+1)/m * mean ensemble variance) / sqrt(mean squared error of the ensemble mean), means "
                     "over pixels, frames and videos; 1 = calibrated, < 1 over-confident (one member: 0)",
     "diversity": "mean pairwise RMS distance between the members of a video's ensemble (one member: 0)",
+    "known_law": "demo only, sprites read from pixels (pipeline/known_law.py): identity_kept / count_kept = fraction "
+                 "of samples with every sprite found in its own colour within reach / with the true object count; "
+                 "missing = fraction of sprites not found; energy = fair energy score of the sprite positions vs the "
+                 "state that happened (px per sprite); law_distance = energy distance of the ensemble's positions to "
+                 "the true law's (oracle draws from the recorded state with fresh kicks, px per sprite); "
+                 "coverage50/90 = fraction of samples inside the law's 50 % / 90 % position regions",
 }
 LOWER_IS_BETTER = ("crps", "energy", "energy_latent", "fvd")
 
@@ -181,6 +188,7 @@ def compute_metrics(cfg: Config, root, url: str, dataset_dir: Path, log: Callabl
         spread2, mse = (np.stack([row[k] for row in rows]) for k in ("spread2", "mse"))  # [V, P]
         result[name]["spread_skill"] = spread_skill_block(spread2, mse, members, bootstrap)
     fvd_status, fvd_protocol = _fvd(cfg, store, videos, device, Path(dataset_dir), result, log)
+    result["known_law"] = known_law_scores(cfg, store, videos, bootstrap, log)
     result["fvd_status"] = fvd_status
     result["protocol"] = _protocol(cfg, store, videos, fvd_protocol)
     return result
@@ -279,6 +287,39 @@ def summarize_metric(metric: str, rows: list[np.ndarray], bootstrap: dict[str, A
 
 def _interval(result: dict[str, Any]) -> dict[str, float]:
     return {k: float(result[k]) for k in ("value", "low", "high")}
+
+
+def known_law_scores(cfg: Config, store: _Store, videos: int, bootstrap: dict[str, Any], log) -> dict[str, Any]:
+    """The demo's known-law scores (:mod:`pipeline.known_law`) of every set, with intervals; other data: a status.
+
+    Sets: the model's samples, the oracle (S independent draws from the true law: its law distance is the noise
+    floor), copy-last, constant velocity, the VQ reconstruction and the real frames (the read-out's ceiling).
+    Sprites are read in the colours the decoder draws (calibrated on each video's decoded conditioning frames).
+    """
+    from pipeline.data.demo_state import load_state
+    from pipeline.known_law import Clip, calibrate_colours, video_scores
+
+    if cfg.data.source != "demo":
+        return {"status": "not a simulator dataset: the true law of the future is unknown"}
+    path = Path(cfg.data.root) / str(store.attrs.get("split")) / "demo_state.npz"
+    if not path.is_file():
+        return {"status": f"no state sidecar {path}: regenerate the demo data (make data) to get known-law scores"}
+    state = load_state(path)
+    frames, c = np.asarray(store.attrs["frame_indices"]), store.cond
+    rows = []
+    for v in tqdm(range(videos), desc="eval: known law", unit="video"):
+        index = state.index(store.attrs["videos"][v]["source"])
+        clip = Clip(state.track(index), state.process, frames, c, video=index)
+        samples, real, recon = store.row("samples", v), store.row("real", v), store.row("recon", v)
+        colours = calibrate_colours(samples[0, :c], clip.track, frames[:c])
+        rows.append(video_scores(samples[:, c:], clip, real=real[c:], n_oracle=cfg.eval.oracle_samples,
+                                 seed=cfg.eval.seed, colours=colours, frame_sets={"vq_ceiling": recon[None, c:]}))
+    sets = {name: {metric: summarize_metric(metric, [row[name][metric] for row in rows], bootstrap)
+                   for metric in rows[0][name]} for name in rows[0]}
+    log(f"eval: known law: identity kept {sets['model']['identity_kept']['value']:.3f} (oracle "
+        f"{sets['oracle']['identity_kept']['value']:.3f}), law distance {sets['model']['law_distance']['value']:.2f} px "
+        f"(noise floor {sets['oracle']['law_distance']['value']:.2f}, copy-last {sets['copy_last']['law_distance']['value']:.2f})")
+    return {"status": f"ok: {videos} videos, {cfg.eval.oracle_samples} oracle draws each, state {path}", "sets": sets}
 
 
 def _fvd(cfg: Config, store: _Store, videos: int, device: torch.device, dataset_dir: Path, result: dict[str, Any],

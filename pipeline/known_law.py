@@ -593,7 +593,8 @@ def set_scores(readout: Readout, clip: Clip, law: np.ndarray, law_spread: np.nda
 
 
 def video_scores(samples: np.ndarray, clip: Clip, real: np.ndarray | None = None, n_oracle: int = ORACLE_SAMPLES,
-                 seed: int = 0, colours: np.ndarray | None = None, channel: Channel | None = None) -> dict[str, dict[str, np.ndarray]]:
+                 seed: int = 0, colours: np.ndarray | None = None, channel: Channel | None = None,
+                 frame_sets: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Known-law scores of a video's decoded forecasts ``uint8 [S, P, H, W, 3]`` (the predicted frames) and of
     the references, each ``{metric: [P]}`` (:func:`set_scores`), under the sets:
 
@@ -603,7 +604,9 @@ def video_scores(samples: np.ndarray, clip: Clip, real: np.ndarray | None = None
       ``law_distance`` (0 in expectation) is the noise floor of the model's;
     * ``copy_last``, ``constant_velocity``: one-member deterministic references;
     * ``real``: the real predicted frames ``uint8 [P, H, W, 3]``, if given, as a one-member set (the read-out's
-      ceiling: identity lost only under heavy occlusion, energy = the pixel grid's error).
+      ceiling: identity lost only under heavy occlusion, energy = the pixel grid's error);
+    * every entry of ``frame_sets``, ``{name: uint8 [L, P, H, W, 3]}``, read like the samples (e.g. the VQ
+      reconstruction of the real frames, ``vq_ceiling``: the decoder's own share of the model's scores).
 
     The reference law has ``n_oracle`` members (seed ``seed``). The oracle and reference sets are measured
     exactly as their rendered frames would read (:func:`measure_states`), or, with ``channel`` (e.g. the VQVAE's
@@ -618,6 +621,7 @@ def video_scores(samples: np.ndarray, clip: Clip, real: np.ndarray | None = None
                 **{name: measure(p) for name, p in clip.references().items()}}
     if real is not None:
         readouts["real"] = clip.read(np.asarray(real)[None])
+    readouts.update({name: clip.read(frames, colours) for name, frames in (frame_sets or {}).items()})
     law_spread = spread(law)
     return {name: set_scores(readout, clip, law, law_spread) for name, readout in readouts.items()}
 

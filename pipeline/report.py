@@ -56,6 +56,17 @@ COLUMNS = (
     ("spread_skill", "spread/skill", "", "one", ".2f"),
     ("diversity", "diversity", "", None, ".4f"),
 )
+# The demo's known-law scores (metrics.json "known_law"; better "nominal" = closer to the level is better).
+KNOWN_LAW_COLUMNS = (
+    ("identity_kept", "identity kept", "", "higher", ".3f"),
+    ("count_kept", "count kept", "", "higher", ".3f"),
+    ("energy", "position energy score (px)", "px", "lower", ".2f"),
+    ("law_distance", "distance to the true law (px)", "px", "lower", ".3f"),
+    ("coverage50", "coverage of the law's 50 % region", "", "nominal 0.5", ".3f"),
+    ("coverage90", "coverage of the law's 90 % region", "", "nominal 0.9", ".3f"),
+)
+KNOWN_LAW_SETS = {"oracle": "oracle (draws from the true law)", "constant_velocity": "constant velocity",
+                  "copy_last": "copy-last", "vq_ceiling": "VQ reconstruction", "real": "real frames"}
 MEAN_METRICS = ("psnr", "ssim", "crps", "energy", "energy_latent", "spread2", "mse", "diversity")
 PROTOCOL_KEYS = ("split", "videos", "video_ids", "n_samples", "clip_length", "cond_frames", "pred_frames",
                  "data_range", "definitions", "intervals", "fvd", "checkpoint", "sampler", "seeds")
@@ -144,6 +155,28 @@ def plot_curves(path: Path, runs: dict[str, dict[str, Any]], title: str) -> str:
     return _save(fig, Path(path))
 
 
+def plot_known_law(path: Path, runs: dict[str, dict[str, Any]]) -> str:
+    """Per predicted frame: distance to the true law and identity kept, for every run and the references."""
+    fig, (law_ax, identity_ax) = _figure(2)
+    first = next(iter(runs.values()))
+    x = _frames(first)
+    for run, m in runs.items():
+        sets = m["known_law"]["sets"]
+        law_ax.plot(_frames(m), sets["model"]["law_distance"]["per_frame"], "o-", ms=3, label=run_label(run, m))
+        identity_ax.plot(_frames(m), sets["model"]["identity_kept"]["per_frame"], "o-", ms=3, label=run_label(run, m))
+    refs = first["known_law"]["sets"]
+    for name, style in (("oracle", "--"), ("constant_velocity", "-."), ("copy_last", ":")):
+        law_ax.plot(x, refs[name]["law_distance"]["per_frame"], style, color="gray", label=KNOWN_LAW_SETS[name])
+    for name, style in (("real", "--"), ("vq_ceiling", ":")):
+        identity_ax.plot(x, refs[name]["identity_kept"]["per_frame"], style, color="gray", label=KNOWN_LAW_SETS[name])
+    for ax, title in ((law_ax, "distance to the true law (px) ↓"), (identity_ax, "identity kept ↑")):
+        ax.set_xlabel(f"frame (predicted from {first['protocol']['cond_frames']})")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, Path(path))
+
+
 def plot_run_curves(path: Path, metrics: dict[str, Any]) -> str:
     """The curves of one run (metrics.json's ``plot``)."""
     run = metrics.get("run", "model")
@@ -227,27 +260,34 @@ def _number(value: float, fmt: str) -> str:
     return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
-def _table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    header = ["", *(f"{label} {_arrow(better)}" for _, label, _, better, _ in COLUMNS)]
+def _table(rows: list[tuple[str, dict[str, Any]]], columns=COLUMNS) -> list[str]:
+    header = ["", *(f"{label} {_arrow(better)}".strip() for _, label, _, better, _ in columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for label, block in rows:
-        lines.append("| " + " | ".join([label, *(_cell(block.get(metric), fmt) for metric, _, _, _, fmt in COLUMNS)]) + " |")
+        lines.append("| " + " | ".join([label, *(_cell(block.get(metric), fmt) for metric, _, _, _, fmt in columns)]) + " |")
     return lines
 
 
 def _arrow(better: str | None) -> str:
-    return {"higher": "↑", "lower": "↓", "one": "→1"}.get(better, "").strip()
+    if better and better.startswith("nominal"):
+        return "→" + better.split()[1]
+    return {"higher": "↑", "lower": "↓", "one": "→1"}.get(better, "")
 
 
-def paired_rows(a: dict[str, Any], b: dict[str, Any], protocol: dict[str, Any]) -> list[tuple]:
+def paired_rows(a: dict[str, Any], b: dict[str, Any], protocol: dict[str, Any], columns=COLUMNS) -> list[tuple]:
     """(label, result, unit) per metric: A − B with its interval and verdict, on the same videos and draws."""
     intervals = protocol["intervals"]
     draws = {"resamples": intervals["resamples"], "seed": intervals["seed"], "level": intervals["level"]}
     rows = []
-    for metric, label, unit, better, _ in COLUMNS:
+    for metric, label, unit, better, _ in columns:
         if better is None or not (a.get(metric) and b.get(metric)):
             continue
-        if metric == "fvd":
+        if better.startswith("nominal"):  # compared by the distance from the nominal level: lower is better
+            level = float(better.split()[1])
+            fn_a, fn_b = (_distance_from(block[metric]["per_video"], level) for block in (a, b))
+            result = paired_difference(fn_a, fn_b, False, n_videos=len(a[metric]["per_video"]), **draws)
+            label = f"{label}: distance from {level}"
+        elif metric == "fvd":
             result = _paired_fvd(a["fvd"], b["fvd"], intervals["level"])
         elif metric == "spread_skill":  # compared by the distance from calibration, |1 − ratio|: lower is better
             if min(a["n_samples"], b["n_samples"]) == 1:
@@ -261,6 +301,12 @@ def paired_rows(a: dict[str, Any], b: dict[str, Any], protocol: dict[str, Any]) 
         if result is not None:
             rows.append((label, result, unit.strip()))
     return rows
+
+
+def _distance_from(per_video: list[float], level: float):
+    """|mean − level| of per-video values as a function of resampled video indices."""
+    values = np.asarray(per_video)
+    return lambda idx: np.abs(values[idx].mean(-1) - level)
 
 
 def _calibration_error(block: dict[str, Any]):
@@ -371,6 +417,63 @@ def write_report(dataset_dir: Path) -> Path:
     return path
 
 
+def _law_sets(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    return (metrics.get("known_law") or {}).get("sets")
+
+
+def _known_law_section(dataset_dir: Path, runs: dict[str, dict[str, Any]]) -> list[str]:
+    """The demo's known-law table, curves and verdicts (nothing for datasets whose law is unknown)."""
+    with_law = {run: m for run, m in runs.items() if _law_sets(m)}
+    if not with_law:
+        missing = [m["known_law"]["status"] for m in runs.values() if "sidecar" in (m.get("known_law") or {}).get("status", "")]
+        return [f"Known-law scores: {missing[0]}", ""] if missing else []
+    first = _law_sets(next(iter(with_law.values())))
+    rows = [(f"{run_label(run, m)} (N={m['model']['n_samples']})", _law_sets(m)["model"]) for run, m in with_law.items()]
+    rows += [(label, first[name]) for name, label in KNOWN_LAW_SETS.items() if name in first]
+    lines = ["## The true law of the future (demo simulator)", "",
+             "Sprites read back from the pixels of every sample and compared with the simulator: with the state that "
+             "happened, and with the true conditional law of the future (oracle: the recorded state at the last "
+             "conditioning frame advanced by the generator's dynamics with fresh kicks). The oracle row is what a "
+             "perfect forecaster scores (its distance to the law is the noise floor); the VQ reconstruction and real "
+             "frames rows are the read-out's ceilings. Reference rows from the first run's clips.", "",
+             *_table(rows, KNOWN_LAW_COLUMNS), "",
+             f"![known-law curves]({plot_known_law(dataset_dir / 'known_law.png', with_law)})", ""]
+    verdicts = law_verdicts(with_law)
+    if verdicts:
+        lines += ["### Verdict: which ensemble is closer to the true law", "", *[f"* {v}" for v in verdicts], ""]
+    return lines
+
+
+def law_verdicts(runs: dict[str, dict[str, Any]]) -> list[str]:
+    """Paired distance-to-the-law sentences: interpolants at equal network evaluations per frame, and sampler
+    variants (e.g. diffusion re-tuning) of one checkpoint. Only runs scored on the same clips are paired."""
+    sentences = []
+    items = list(runs.items())
+    for k, (run_a, a) in enumerate(items):
+        for run_b, b in items[k + 1:]:
+            what = _pairing(a, b)
+            if what is None or _comparable({run_a: a, run_b: b}):
+                continue
+            intervals = a["protocol"]["intervals"]
+            values = [np.asarray(_law_sets(m)["model"]["law_distance"]["per_video"]) for m in (a, b)]
+            result = paired_difference(*values, False, intervals["resamples"], intervals["seed"], intervals["level"])
+            sentences.append(verdict_sentence(f"Distance to the true law, {what}", run_label(run_a, a),
+                                              run_label(run_b, b), result, "px"))
+    return sentences
+
+
+def _pairing(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """How two runs relate: different interpolants at equal NFE per frame, or one checkpoint sampled two ways."""
+    sa, sb = a["protocol"]["sampler"], b["protocol"]["sampler"]
+    if a.get("interp") != b.get("interp") and sa.get("nfe_per_frame") == sb.get("nfe_per_frame"):
+        return f"at {sa.get('nfe_per_frame')} network evaluations per frame"
+    same_weights = a["protocol"]["checkpoint"] == b["protocol"]["checkpoint"]
+    changed = sorted(k for k in set(sa) | set(sb) if sa.get(k) != sb.get(k) and k != "solver_resolved")
+    if a.get("interp") == b.get("interp") and same_weights and changed:
+        return "one checkpoint sampled with different " + ", ".join(changed)
+    return None
+
+
 def _summary(dataset_dir: Path, runs: dict[str, dict[str, Any]]) -> list[str]:
     """The comparison table, the paired differences, the curves and the loss curves of all runs."""
     first_run, first = next(iter(runs.items()))
@@ -386,8 +489,11 @@ def _summary(dataset_dir: Path, runs: dict[str, dict[str, Any]]) -> list[str]:
         else:
             for run, m in list(runs.items())[1:]:
                 names = (run_label(first_run, first), run_label(run, m))
-                lines += _paired_table(f"### Paired: {names[0]} − {names[1]} (same videos, same resamples)",
-                                       paired_rows(first["model"], m["model"], first["protocol"]), names)
+                rows = paired_rows(first["model"], m["model"], first["protocol"])
+                if _law_sets(first) and _law_sets(m):
+                    rows += paired_rows(_law_sets(first)["model"], _law_sets(m)["model"], first["protocol"], KNOWN_LAW_COLUMNS)
+                lines += _paired_table(f"### Paired: {names[0]} − {names[1]} (same videos, same resamples)", rows, names)
+    lines += _known_law_section(dataset_dir, runs)
     title = f"{dataset_dir.name}: " + ", ".join(run_label(r, m) for r, m in runs.items())
     lines += [f"![per-frame curves]({plot_curves(dataset_dir / 'curves.png', runs, title)})", ""]
     losses = plot_losses(dataset_dir / "loss_curves.png", {run: read_losses(dataset_dir / RUNS / run) for run in runs})

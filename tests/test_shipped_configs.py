@@ -123,7 +123,7 @@ def test_shipped_config_runs_every_stage_through_make(dataset: str, outcomes) ->
         assert path.exists(), f"{path} missing" + _tail(first)
 
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
-    psnr = metrics["model"]["psnr"]["mean"]
+    psnr = metrics["model"]["psnr"]["value"]
     assert isinstance(psnr, float) and math.isfinite(psnr), metrics["model"]
 
     # The forecasts follow the real protocol: clip length, conditioning frames, frame size.
