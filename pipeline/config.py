@@ -162,7 +162,7 @@ class AutoencoderConfig:
     full_frame_steps: int = 0  # with crop_size > 0: the last steps use full frames (norm statistics, attention size)
     quantize_after: int = 200  # steps as a plain autoencoder, then k-means codebook init and quantisation on
     kmeans_frames: int = 512  # frames encoded to initialise the codebook with k-means
-    beta: float = 0.25  # commitment weight: |sg[z_q] - z|^2 * beta + |z_q - sg[z]|^2
+    beta: float = 0.25  # commitment weight, standard VQ-VAE form: |z_q - sg[z]|^2 + beta * |sg[z_q] - z|^2 (not taming's legacy)
     l1_weight: float = 0.2  # reconstruction loss = l1_weight * mean|x - y| + mse_weight * mean (x - y)^2
     mse_weight: float = 1.0  # (MSE-heavy: PSNR is an MSE metric; the small L1 term keeps flat areas clean)
     restart_every: int = 100  # every n steps, codes unused since the last check restart at encoder outputs; 0 = off
