@@ -213,3 +213,14 @@ def test_torchrun_two_processes_equal_one(tiny_store, tmp_path: Path, repo: Path
                             env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     _assert_same(tmp_path / "one" / "demo" / "runs" / "ours" / "forecasts.zarr", tmp_path / "two" / "demo" / "runs" / "ours" / "forecasts.zarr")
+
+
+def test_a_past_horizon_forecast_records_the_window_rule(repo: Path) -> None:
+    """past_horizon H once allowed gaps up to H, now H - 1 (docs/METHOD.md §9.15): a store forecast with H > 0 under
+    the old rule must not pass as up to date; the default (H = 0, unchanged) keeps its fingerprint."""
+    from pipeline.forecast import forecast_inputs
+
+    whole = forecast_inputs(load_config(repo / "configs" / "demo.yaml"), "cache", "ckpt")
+    assert "past_horizon_window" not in whole["sampler"]
+    window = forecast_inputs(load_config(repo / "configs" / "demo.yaml", ["sample.past_horizon=3"]), "cache", "ckpt")
+    assert window["sampler"]["past_horizon"] == 3 and window["sampler"]["past_horizon_window"] == "reference included"
