@@ -5,8 +5,8 @@ For each new frame, with n latent frames so far:
 * reference = frame n - 1; context index c uniform on {lo, ..., n - 2} per example, where lo = 0 (whole history)
   or max(0, n - H) with ``past_horizon`` H >= 2: the conditioning window is the last H frames, the reference
   included, so the gap is at most H - 1 (RIVER's intent; its code took a minimum for the maximum and never limited
-  the context, docs/METHOD.md §9.15); gap = (n - 1) - c >= 1. ``per_frame`` draws c once and holds it for every integration step
-  (the reference [VI]); ``per_step`` draws it again at every network evaluation (RIVER);
+  the context, docs/METHOD.md §9.15); gap = (n - 1) - c >= 1. ``per_frame`` draws c once and holds it for every
+  integration step (the reference [VI]); ``per_step`` draws it again at every network evaluation (RIVER);
 * start at the interpolant's base given the reference (N(0, I) for ``linear``, the reference latent for ``ours``),
   or at its spread start when the diffusion is re-tuned (see :func:`start_state`);
 * integrate f(x, t) = model(x, t, ref, context, gap) (re-tuned when asked) with the chosen solver over the grid:

@@ -13,7 +13,7 @@ The difference from the reference: a video offers V fixed jitters instead of a n
 
 Which views training draws from (:func:`training_views`): the reference jitters *every* CLEVRER clip, so when the
 store holds jitter views, training draws uniformly among every view but the identity (the identity stays in the
-store for forecasting, the VQ ceiling and the statistics); otherwise among all views (identity, and hflip if cached).
+store for forecasting and the latent statistics); otherwise among all views (identity, and hflip if cached).
 """
 
 from __future__ import annotations
