@@ -48,8 +48,11 @@ RUN_FLAGS   = $(if $(INTERP),--interp $(INTERP),) $(FORCE_FLAG) $(ARGS)
 
 # Every stage runs under a supervisor that ends it when make itself dies (even by kill -9): $$PPID is make.
 SUPERVISE   = $(PY) -m pipeline.supervise $$PPID --
-# $(call launch,N): plain python for one process, else torchrun (standalone on one node, c10d rendezvous across nodes).
-launch      = $(SUPERVISE) $(if $(and $(filter 1,$(1)),$(filter 1,$(NNODES))),$(PY),$(if $(filter 1,$(NNODES)),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(1),$(PY) -m torch.distributed.run --nnodes=$(NNODES) --nproc_per_node=$(1) --rdzv_backend=c10d --rdzv_endpoint=$(RDZV)))
+# $(call launch,N,ID): plain python for one process, else torchrun (standalone on one node, c10d rendezvous across
+# nodes). Across nodes every node runs the same make command; the c10d rendezvous at RDZV assigns node ranks in order
+# of arrival (no --node_rank), and ID names the launch (stage and run, the same on every node), so consecutive launches
+# of one command, or other jobs that share the endpoint, never join each other's rendezvous.
+launch      = $(SUPERVISE) $(if $(and $(filter 1,$(1)),$(filter 1,$(NNODES))),$(PY),$(if $(filter 1,$(NNODES)),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(1),$(if $(RDZV),,$(error NNODES=$(NNODES) needs RDZV=host:port, the same c10d endpoint on every node))$(PY) -m torch.distributed.run --nnodes=$(NNODES) --nproc_per_node=$(1) --rdzv_backend=c10d --rdzv_endpoint=$(call q,$(RDZV)) --rdzv_id=$(2)))
 # make demo trains with one process per GPU, or with 2 single-thread CPU processes (DDP over gloo): on a small
 # network that is ~20 % faster than one process with 2 threads. Evaluated only when the demo runs.
 DEMO_NPROC ?= $(shell $(PY) -c 'import torch; print(torch.cuda.device_count() or 2)' 2>/dev/null || echo 1)
@@ -98,16 +101,16 @@ autoencoder: $(STAMP) data ## Retrain the demo VQVAE into autoencoder.out_dir (n
 	$(PY) -m pipeline.vqvae.train psnr --trained $(CONFIG_OPTS) $(ARGS)
 
 encode: data ## Stage 1: latent cache $(OUT)/$(DATASET)/latents.zarr, shared by every run (NPROC>1: torchrun)
-	$(call launch,$(NPROC)) encode_latents.py $(COMMON) $(FORCE_FLAG) $(ARGS)
+	$(call launch,$(NPROC),encode) encode_latents.py $(COMMON) $(FORCE_FLAG) $(ARGS)
 
 train: encode ## Stage 2: train each run into $(OUT)/$(DATASET)/runs/<run>/ (TRAIN_NPROC>1: DDP)
 	@$(FOR_RUNS) \
-	  $(call launch,$(TRAIN_NPROC)) train_latent.py $(COMMON) --run-name $$run $(RUN_FLAGS) || exit 1; \
+	  $(call launch,$(TRAIN_NPROC),train-$$run) train_latent.py $(COMMON) --run-name $$run $(RUN_FLAGS) || exit 1; \
 	done
 
 forecast: $(if $(CKPT),encode,train) ## Stage 3: forecast each run's test videos into runs/<run>/forecasts.zarr (CKPT=any flow checkpoint)
 	@$(FOR_RUNS) \
-	  $(call launch,$(NPROC)) forecast.py $(COMMON) --run-name $$run $(if $(CKPT),--ckpt $(call q,$(CKPT)),) $(RUN_FLAGS) || exit 1; \
+	  $(call launch,$(NPROC),forecast-$$run) forecast.py $(COMMON) --run-name $$run $(if $(CKPT),--ckpt $(call q,$(CKPT)),) $(RUN_FLAGS) || exit 1; \
 	done
 
 eval: forecast ## Stage 4: scores, FVD and intervals of each run -> runs/<run>/eval/metrics.json and $(OUT)/$(DATASET)/report.md

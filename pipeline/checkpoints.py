@@ -7,9 +7,12 @@ Ours, written atomically by the trainer and loadable with ``torch.load(..., weig
      "fingerprint": training-run fingerprint, "cache_fingerprint": str, "code_version": str}
 
 Published (``kth_model_ours.pt``, ``kth_model_linear.pt``; docs/METHOD.md §5): ``model``, ``ema``, ``opt``, a pickled
-``Config`` object of the authors' code, ``step``. Model keys may carry ``module.`` and/or
-``vector_field_regressor.`` prefixes and ``ae.*`` entries (an embedded autoencoder). They are read through
-``pipeline.safe_load`` — nothing in the file is executed; the pickled config becomes an inert, printable record.
+``Config`` object of the authors' code, ``step``; or RIVER's trainer format, which the authors' older checkpoints
+follow: ``model`` (DDP names ``module.vector_field_regressor.*`` and ``module.ae.*``), ``optimizer``,
+``lr_scheduler``, ``global_step``. Model keys may carry ``module.`` and/or ``vector_field_regressor.`` prefixes and
+``ae.*`` entries (an embedded autoencoder). The step is the first of ``step``, ``global_step``, ``update_steps``
+that the file records as a whole number (0 when it records none). They are read through ``pipeline.safe_load`` —
+nothing in the file is executed; the pickled config becomes an inert, printable record.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pipeline.safe_load import CheckpointReadError, PickledRecord, safe_torch_lo
 
 FORMAT = "latent-interpolants/flow-v1"
 PUBLISHED_PREFIXES = ("module.", "vector_field_regressor.")
+PUBLISHED_STEP_KEYS = ("step", "global_step", "update_steps")  # the authors' files; RIVER's trainer; the reference's name
 EMBEDDED_AUTOENCODER = "ae."
 
 
@@ -80,12 +84,26 @@ def load_flow_checkpoint(path: str | Path) -> FlowCheckpoint:
             raise CheckpointReadError(f"{path}: entry 'step' is {describe(step)}, not a step number")
         return FlowCheckpoint(str(path), "pipeline", _state_dict(obj["model"], "model", path),
                               None if ema is None else _state_dict(ema, "ema", path), step, obj.get("config"), obj)
-    step = obj.get("step", obj.get("update_steps", 0))
     return FlowCheckpoint(
         str(path), "published", _state_dict(obj["model"], "model", path, clean=True),
         _state_dict(ema, "ema", path, clean=True) if isinstance(ema, dict) else None,
-        int(step) if isinstance(step, (int, float)) else 0, obj.get("config"), obj,
+        published_step(obj), obj.get("config"), obj,
     )
+
+
+def published_step(obj: dict[str, Any]) -> int:
+    """The training step a published checkpoint records: the first of ``PUBLISHED_STEP_KEYS`` holding a whole
+    number (a Python int or integral float, or a one-element integer tensor), else 0."""
+    for key in PUBLISHED_STEP_KEYS:
+        value = obj.get(key)
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point() \
+                and value.dtype != torch.bool:
+            value = int(value.item())
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+            return int(value)
+    return 0
 
 
 def _state_dict(value: Any, name: str, path: str | Path, clean: bool = False) -> dict[str, torch.Tensor]:

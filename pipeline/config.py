@@ -162,7 +162,7 @@ class AutoencoderConfig:
     full_frame_steps: int = 0  # with crop_size > 0: the last steps use full frames (norm statistics, attention size)
     quantize_after: int = 200  # steps as a plain autoencoder, then k-means codebook init and quantisation on
     kmeans_frames: int = 512  # frames encoded to initialise the codebook with k-means
-    beta: float = 0.25  # commitment weight: |sg[z_q] - z|^2 * beta + |z_q - sg[z]|^2
+    beta: float = 0.25  # commitment weight, standard VQ-VAE form: |z_q - sg[z]|^2 + beta * |sg[z_q] - z|^2 (not taming's legacy)
     l1_weight: float = 0.2  # reconstruction loss = l1_weight * mean|x - y| + mse_weight * mean (x - y)^2
     mse_weight: float = 1.0  # (MSE-heavy: PSNR is an MSE metric; the small L1 term keeps flat areas clean)
     restart_every: int = 100  # every n steps, codes unused since the last check restart at encoder outputs; 0 = off
@@ -333,7 +333,7 @@ class SamplingConfig:
     t_min: float = 1e-4  # first grid time
     t_max: float = 0.9999  # last grid time: the generated frame is the state here
     context: Literal["per_frame", "per_step"] = "per_frame"  # draw the context once per frame ([VI]) or per call ([RV])
-    past_horizon: int = 0  # 0 = context from the whole history; H > 0 = from the H frames before the reference
+    past_horizon: int = 0  # 0 = context from the whole history; H >= 2 = the last H frames, reference included: gap <= H - 1
     diffusion: Literal["sigma", "sigma_scaled", "quartic"] = "sigma"  # g = sigma, scale*sigma, scale*eps*(1-t)^4
     diffusion_scale: float = 1.0  # factor on the trained noise level for diffusion = sigma_scaled / quartic
     n_samples: int = 1  # sampled futures per conditioning video (the KTH protocol uses 100)
@@ -343,7 +343,8 @@ class SamplingConfig:
     def validate(self) -> None:
         _require(self.steps >= 2, "steps", "must be >= 2 (a grid of N points has N - 1 steps)")
         _require(0.0 <= self.t_min < self.t_max <= 1.0, "t_min", f"need 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
-        _require(self.past_horizon >= 0, "past_horizon", "must be >= 0 (0 = whole history)")
+        _require(self.past_horizon == 0 or self.past_horizon >= 2, "past_horizon",
+                 "must be 0 (whole history) or >= 2 (the last H frames, the reference included: gaps up to H - 1)")
         _require(0.0 <= self.diffusion_scale < float("inf"), "diffusion_scale", "must be finite and >= 0")
         _require(
             self.diffusion == "sigma" or self.solver not in ("euler", "heun"), "diffusion",

@@ -150,6 +150,8 @@ def nfe_per_frame(cfg: Config, interpolant) -> int:
 def forecast_inputs(cfg: Config, cache_fingerprint: str, ckpt_sha256: str) -> dict[str, Any]:
     """Everything the stored forecasts depend on (batch size and media settings excluded: they change nothing)."""
     sample = {k: v for k, v in asdict(cfg.sample).items() if k not in RESULT_NEUTRAL_SAMPLE_KEYS}
+    if cfg.sample.past_horizon:  # H once allowed gaps up to H; now H - 1 (docs/METHOD.md §9.15): older stores are stale
+        sample["past_horizon_window"] = "reference included"
     forecast = {k: v for k, v in asdict(cfg.forecast).items() if k not in MEDIA_KEYS}
     data = {"frames_per_sample": cfg.data.frames_per_sample, "skip_frames": cfg.data.skip_frames,
             "cond_frames": cfg.data.cond_frames, "image_size": cfg.data.image_size}

@@ -3,9 +3,10 @@
 For each new frame, with n latent frames so far:
 
 * reference = frame n - 1; context index c uniform on {lo, ..., n - 2} per example, where lo = 0 (whole history)
-  or max(0, n - 1 - H) with ``past_horizon`` H (so the gap is at most H; RIVER's version never limited it,
-  docs/METHOD.md §9.15); gap = (n - 1) - c >= 1. ``per_frame`` draws c once and holds it for every integration step
-  (the reference [VI]); ``per_step`` draws it again at every network evaluation (RIVER);
+  or max(0, n - H) with ``past_horizon`` H >= 2: the conditioning window is the last H frames, the reference
+  included, so the gap is at most H - 1 (RIVER's intent; its code took a minimum for the maximum and never limited
+  the context, docs/METHOD.md §9.15); gap = (n - 1) - c >= 1. ``per_frame`` draws c once and holds it for every
+  integration step (the reference [VI]); ``per_step`` draws it again at every network evaluation (RIVER);
 * start at the interpolant's base given the reference (N(0, I) for ``linear``, the reference latent for ``ours``),
   or at its spread start when the diffusion is re-tuned (see :func:`start_state`);
 * integrate f(x, t) = model(x, t, ref, context, gap) (re-tuned when asked) with the chosen solver over the grid:
@@ -110,10 +111,18 @@ def sampling_diffusion(cfg: "SamplingConfig", interpolant: StochasticInterpolant
 
 
 def context_bounds(n: int, past_horizon: int) -> tuple[int, int]:
-    """Context indices {lo, ..., hi} for a history of n frames (reference n - 1): hi = n - 2, lo from the horizon."""
+    """Context indices {lo, ..., hi} for a history of n frames (reference n - 1): hi = n - 2, lo from the horizon.
+
+    ``past_horizon`` H = 0: the whole history (lo = 0). H >= 2: the last H frames, the reference included
+    (lo = max(0, n - H)), so the largest gap is H - 1 — RIVER's ``past_horizon`` as meant ("number of frames to
+    condition on"), with its min/max slip fixed. H = 1 would leave no context frame and is refused.
+    """
     if n < 2:
         raise ValueError(f"need at least 2 frames of history (reference and context), got {n}")
-    lo = 0 if past_horizon <= 0 else max(0, n - 1 - past_horizon)
+    if past_horizon == 1 or past_horizon < 0:
+        raise ValueError(f"past_horizon must be 0 (whole history) or >= 2 (the last H frames, reference included), "
+                         f"got {past_horizon}")
+    lo = 0 if past_horizon == 0 else max(0, n - past_horizon)
     return lo, n - 2
 
 

@@ -44,6 +44,7 @@ from pipeline.records import (atomic_path, changed_keys, clean_temporaries, code
                               write_error, write_json_atomic)
 from pipeline.tracking import log_row, log_video, start_training_run
 from pipeline.triplets import TripletReader, TripletStream, auto_in_memory
+from pipeline.views import training_views
 
 LOCK = ".train.lock"  # in the run directory: one training process (rank 0 of one launch) writes a run at a time
 LOGGING_ONLY = ("log_every", "latest_every", "save_every", "sample_every", "sample_split", "sample_videos",
@@ -54,10 +55,17 @@ class TrainingError(RuntimeError):
     """Training cannot start or continue (stale cache, NaN, ...); the message says where and why."""
 
 
-def training_inputs(cfg: Config, cache_fingerprint: str) -> dict[str, Any]:
-    """Everything the trained weights depend on."""
+def training_inputs(cfg: Config, cache_fingerprint: str, views: list[str] | None = None) -> dict[str, Any]:
+    """Everything the trained weights depend on.
+
+    ``views``: the names of the store's views. When training draws from a subset of them (every view but the identity,
+    for stores with colour-jitter views: ``pipeline.views.training_views``) the drawn names are recorded under
+    ``data.views``; when it draws from all of them nothing is added (the cache fingerprint covers the view set).
+    """
     train = {k: v for k, v in asdict(cfg.train).items() if k not in LOGGING_ONLY}
     data = {"frames_per_sample": cfg.data.frames_per_sample, "skip_frames": cfg.data.skip_frames}
+    if views is not None and len(drawn := training_views(views, len(views))) < len(views):
+        data["views"] = [views[i] for i in drawn]
     return {"cache": cache_fingerprint, "model": asdict(cfg.model), "interpolant": asdict(cfg.interpolant),
             "train": train, "data": data, "seed": cfg.seed}
 
@@ -100,7 +108,7 @@ def train(cfg: Config, store: str, out_dir: Path, force: bool = False, dry_run: 
     if not split.attrs.get("complete"):
         raise TrainingError(f"{store} is not complete: finish `make encode` first")
     _check_latent_shape(cfg, split, store)
-    inputs = training_inputs(cfg, split.attrs["fingerprint"])
+    inputs = training_inputs(cfg, split.attrs["fingerprint"], split.attrs.get("views"))
     key = fingerprint(inputs)
     with contextlib.ExitStack() as held:  # rank 0 holds the run's lock until training ends
         action, message = broadcast_object(_settle(out_dir, inputs, key, cfg, force, dry_run, held, log)

@@ -6,7 +6,9 @@ The distribution is exactly the reference's (docs/METHOD.md §1.4, §4.1, §8), 
 * clip start uniform on ``{0, …, n − S}`` (off-by-one fixed, see ``pipeline.data.clips``);
 * target clip index ``d ~ UniformInt{2, …, T − 1}``, reference ``r = d − 1``, context ``c = ⌊u·(d − 1)⌋`` with
   ``u ~ U[0, 1)`` (uniform on ``{0, …, r − 1}``), gap ``g = r − c ≥ 1``;
-* clip index ``i`` is raw frame ``start + (skip + 1)·i``; one cached view drawn uniformly per example.
+* clip index ``i`` is raw frame ``start + (skip + 1)·i``; one cached view drawn uniformly per example among the
+  training views (every view but the identity when the store holds colour-jitter views, else every view;
+  ``pipeline.views.training_views``).
 
 Only the three needed frames are read. Batch ``s`` of rank ``k`` is a pure function of ``(seed, k, s)``, so a
 resumed run continues the exact same stream and DataLoader workers (fork or spawn) need no shared state.
@@ -24,6 +26,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.cache import LatentSplit
 from pipeline.data.clips import clip_span, eligible_videos
+from pipeline.views import training_views
 
 
 @dataclass(frozen=True)
@@ -44,16 +47,20 @@ class TripletIndices:
 
 def draw_triplets(
     rng: np.random.Generator, lengths: np.ndarray, eligible: np.ndarray, frames_per_sample: int, skip_frames: int,
-    n_views: int, batch_size: int,
+    n_views: int | np.ndarray, batch_size: int,
 ) -> TripletIndices:
-    """Sample B triplets' indices with the reference distribution (see the module docstring)."""
+    """Sample B triplets' indices with the reference distribution (see the module docstring).
+
+    ``n_views``: the number of views (drawn uniformly from all), or the array of view indices to draw from.
+    """
     span = clip_span(frames_per_sample, skip_frames)
     video = eligible[rng.integers(0, len(eligible), size=batch_size)]
     start = rng.integers(0, lengths[video] - span + 1)
     target = rng.integers(2, frames_per_sample, size=batch_size)
     reference = target - 1
     context = np.floor(rng.random(batch_size) * (target - 1)).astype(np.int64)
-    view = rng.integers(0, n_views, size=batch_size)
+    views = np.arange(n_views) if np.ndim(n_views) == 0 else np.asarray(n_views, dtype=np.int64)
+    view = views[rng.integers(0, len(views), size=batch_size)]  # = rng.integers(0, n) for all n views
     return TripletIndices(video, start, target, reference, context, view)
 
 
@@ -74,9 +81,10 @@ class TripletReader:
         self.skip_frames = skip_frames
         self.stride = skip_frames + 1
         self.eligible = eligible_videos(split.lengths, clip_span(frames_per_sample, skip_frames), what=f"{split.url}:{split.split}")
+        self.views = np.asarray(training_views(split.attrs.get("views"), split.n_views), dtype=np.int64)
 
     def indices(self, rng: np.random.Generator, batch_size: int) -> TripletIndices:
-        return draw_triplets(rng, self.split.lengths, self.eligible, self.frames_per_sample, self.skip_frames, self.split.n_views, batch_size)
+        return draw_triplets(rng, self.split.lengths, self.eligible, self.frames_per_sample, self.skip_frames, self.views, batch_size)
 
     def read(self, idx: TripletIndices) -> dict[str, torch.Tensor]:
         """Latents for the indices: target/reference/context ``float32 [B, C, h, w]``, gap ``[B]``, view ``[B]``."""

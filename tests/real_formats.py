@@ -8,6 +8,8 @@
   ``epoch``, a pickled hyper-parameter object).
 * :func:`write_river_pth`: RIVER's ``.pth`` (the CLEVRER release's wrapper: ``{'model': {'module.' + name: w}}``
   saved from DDP, plus optimizer state and step).
+* :func:`river_flow_checkpoint`: a flow checkpoint in RIVER's trainer format (``model`` with ``module.`` DDP names
+  and an embedded autoencoder, ``optimizer``, ``lr_scheduler``, ``global_step``).
 * :func:`random_weights`: a model's state dict with seeded noise in every float tensor (so a load is visible).
 
 Weights are random but the architectures are the real ones, taken from the dataset's config (``vqvae`` section),
@@ -154,6 +156,20 @@ def write_river_pth(path: str | Path, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": {"module." + k: v for k, v in weights.items()}, "optimizer": {"state": {}}, "step": 5}, path)
     return path
+
+
+def river_flow_checkpoint(flow: dict[str, torch.Tensor], global_step: int) -> dict:
+    """A flow checkpoint as RIVER's trainer saves it (the format of the authors' older checkpoints): the DDP state
+    dict of the whole model — ``module.vector_field_regressor.*`` and the embedded autoencoder ``module.ae.*`` —
+    plus ``optimizer``, ``lr_scheduler`` and ``global_step``; no EMA, no config."""
+    return {
+        "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": list(range(len(flow)))}]},
+        "lr_scheduler": {"last_epoch": global_step, "_step_count": global_step + 1, "base_lrs": [1e-4]},
+        "model": {**{f"module.vector_field_regressor.{k}": v for k, v in flow.items()},
+                  "module.ae.encoder.conv_in.weight": torch.zeros(8, 3, 3, 3),
+                  "module.ae.quantize.embedding.weight": torch.zeros(16, 4)},
+        "global_step": global_step,
+    }
 
 
 def write_vqvae(path_dir: str | Path, cfg: VQVAEConfig, image_size: int, seed: int = 0) -> Path:

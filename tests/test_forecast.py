@@ -213,3 +213,46 @@ def test_torchrun_two_processes_equal_one(tiny_store, tmp_path: Path, repo: Path
                             env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     _assert_same(tmp_path / "one" / "demo" / "runs" / "ours" / "forecasts.zarr", tmp_path / "two" / "demo" / "runs" / "ours" / "forecasts.zarr")
+
+
+def test_a_past_horizon_forecast_records_the_window_rule(repo: Path) -> None:
+    """past_horizon H once allowed gaps up to H, now H - 1 (docs/METHOD.md §9.15): a store forecast with H > 0 under
+    the old rule must not pass as up to date; the default (H = 0, unchanged) keeps its fingerprint."""
+    from pipeline.forecast import forecast_inputs
+
+    whole = forecast_inputs(load_config(repo / "configs" / "demo.yaml"), "cache", "ckpt")
+    assert "past_horizon_window" not in whole["sampler"]
+    window = forecast_inputs(load_config(repo / "configs" / "demo.yaml", ["sample.past_horizon=3"]), "cache", "ckpt")
+    assert window["sampler"]["past_horizon"] == 3 and window["sampler"]["past_horizon_window"] == "reference included"
+
+
+@pytest.mark.parametrize("recorded", [250_000, torch.tensor(250_000)])
+def test_a_river_format_checkpoint_reports_its_global_step(tiny, tmp_path: Path, repo: Path, recorded) -> None:
+    """RIVER's trainer (and the authors' older checkpoints) record the step as ``global_step``: it is the
+    checkpoint's step (forecasts.zarr ``ckpt_step``, the report), not 0; weights load with ``module.`` /
+    ``vector_field_regressor.`` stripped and the embedded ``ae.*`` dropped."""
+    from pipeline.checkpoints import load_flow_checkpoint
+    from pipeline.forecast import load_flow
+    from real_formats import river_flow_checkpoint
+
+    cfg = _cfg(repo, tiny[1])
+    state = _state(cfg, 0)
+    path = tmp_path / "river_flow.pth"
+    torch.save(river_flow_checkpoint(state, 0), path)
+    payload = torch.load(path, weights_only=True)
+    payload["global_step"] = recorded
+    torch.save(payload, path)
+    ckpt = load_flow_checkpoint(path)
+    assert (ckpt.kind, ckpt.step, ckpt.ema) == ("published", 250_000, None)
+    lines: list[str] = []
+    model, info = load_flow(cfg, path, torch.device("cpu"), log=lines.append)
+    assert info["step"] == 250_000 and info["kind"] == "published" and not info["use_ema"]
+    assert any("no EMA weights" in line for line in lines)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    # "step" (the authors' newer files) takes precedence; a file recording none is step 0, as before
+    payload["step"] = 7
+    torch.save(payload, path)
+    assert load_flow_checkpoint(path).step == 7
+    del payload["step"], payload["global_step"]
+    torch.save(payload, path)
+    assert load_flow_checkpoint(path).step == 0

@@ -68,8 +68,8 @@ def _check_rules(model: Recorder, res: SM.RolloutResult, n_first: int, history: 
             assert torch.equal(call["ref"], history[:, n - 1])
             gap = call["gap"].long()
             assert call["gap"].dtype == history.dtype and bool((gap >= 1).all()) and bool((gap <= n - 1).all())
-            if horizon:
-                assert bool((gap <= horizon).all())
+            if horizon:  # the last `horizon` frames, the reference included
+                assert bool((gap <= horizon - 1).all())
             assert torch.equal(call["context"], history[rows, (n - 1) - gap])
             assert not call["training"] and not call["grad"]
 
@@ -106,7 +106,7 @@ def test_per_step_context_is_uniform_over_the_history() -> None:
     assert counts.sum() == res.nfe * 64 and bool(((counts / counts.mean() - 1).abs() < 0.12).all()), counts
 
 
-@pytest.mark.parametrize("horizon", [1, 2, 50])
+@pytest.mark.parametrize("horizon", [2, 3, 50])
 def test_past_horizon_bounds_the_context(horizon: int) -> None:
     model = Recorder()
     cond = _cond(16, 4)
@@ -114,16 +114,35 @@ def test_past_horizon_bounds_the_context(horizon: int) -> None:
                                                         past_horizon=horizon))
     _check_rules(model, res, 4, res.latents, horizon)
     last = torch.stack([c["gap"] for c in _frame_calls(model, res.nfe_per_frame, 2)]).long()
-    assert set(last.unique().tolist()) == set(range(1, min(horizon, 5) + 1))  # n = 6: the whole allowed range
+    assert set(last.unique().tolist()) == set(range(1, min(horizon - 1, 5) + 1))  # n = 6: the whole allowed range
 
 
 def test_context_bounds() -> None:
     assert SM.context_bounds(2, 0) == (0, 0)
     assert SM.context_bounds(10, 0) == (0, 8)
-    assert SM.context_bounds(10, 3) == (6, 8)
+    assert SM.context_bounds(10, 3) == (7, 8)  # the last 3 frames 7, 8, 9; the reference 9 is not a context
+    assert SM.context_bounds(10, 2) == (8, 8)  # the smallest window: context = the frame before the reference
     assert SM.context_bounds(3, 50) == (0, 1)  # a horizon longer than the history never goes negative
     with pytest.raises(ValueError):
         SM.context_bounds(1, 0)
+    with pytest.raises(ValueError, match="past_horizon"):
+        SM.context_bounds(10, 1)  # a window of the reference alone has no context frame
+
+
+@pytest.mark.parametrize("horizon", [2, 4, 7])
+def test_past_horizon_largest_gap_is_horizon_minus_one(horizon: int) -> None:
+    """RIVER's past_horizon H, as meant: the context comes from the last H frames, the reference included, so the
+    largest gap is H - 1 (drawn) and H never is; the whole range 1..H-1 is drawn uniformly."""
+    n = 12
+    lo, hi = SM.context_bounds(n, horizon)
+    assert (n - 1) - lo == horizon - 1 and hi == n - 2
+    context = SM.draw_context(30_000, n, horizon, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+    gaps = (n - 1) - context
+    assert int(gaps.min()) == 1 and int(gaps.max()) == horizon - 1
+    counts = torch.bincount(gaps, minlength=horizon)[1:].double()
+    assert bool(((counts / counts.mean() - 1).abs() < 0.05).all()), counts
+    # the whole history when the window is longer than it: n = 4 frames, H = 7 -> gaps 1..3
+    assert SM.context_bounds(4, horizon) == (max(0, 4 - horizon), 2)
 
 
 def test_single_conditioning_frame_is_duplicated_then_dropped() -> None:
@@ -221,6 +240,7 @@ def test_sample_many_futures_per_video() -> None:
 @pytest.mark.parametrize(
     "override,key",
     [("steps=1", "steps"), ("t_min=-0.1", "t_min"), ("t_min=0.9999", "t_min"), ("t_max=1.5", "t_min"), ("past_horizon=-1", "past_horizon"),
+     ("past_horizon=1", "past_horizon"),
      ("diffusion_scale=-0.5", "diffusion_scale"), ("n_samples=0", "n_samples"), ("batch_size=0", "batch_size"),
      ("solver=rk4", "solver"), ("context=sometimes", "context"), ("grid=log", "grid")],
 )

@@ -172,3 +172,14 @@ def test_smoke_block_keeps_the_real_formats_and_shrinks_the_rest(dataset: str) -
     assert smoke.data.name == f"{dataset}-smoke"
     assert count_parameters(build_model(smoke.model)) < 1_000_000  # the shipped network has 98M
     assert smoke.train.steps <= 50 and smoke.sample.n_samples == 2 and smoke.forecast.max_videos == 1
+
+
+def test_clevrer_caches_jitter_views_like_the_reference_jitters_every_clip() -> None:
+    """docs/METHOD.md §9.19: the reference colour-jitters every CLEVRER clip; KTH's transform is the identity."""
+    from pipeline.config import load_config
+
+    clevrer, kth = (load_config(REPO / "configs" / f"{name}.yaml") for name in ("clevrer", "kth"))
+    assert clevrer.encode.jitter_views == 4 and kth.encode.jitter_views == 0
+    assert load_config(REPO / "configs" / "clevrer.yaml", smoke=True).encode.jitter_views == 1  # the path, cheaply
+    assert (clevrer.encode.jitter_brightness, clevrer.encode.jitter_contrast, clevrer.encode.jitter_saturation,
+            clevrer.encode.jitter_hue) == (0.1, 0.1, 0.1, 0.25)  # the reference's ranges (§1.4)

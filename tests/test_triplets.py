@@ -87,3 +87,43 @@ def test_stream_is_the_same_with_workers(store: str, context: str) -> None:
     assert torch.equal(resumed[0]["context"], plain[2]["context"])  # resuming at step 7 continues the stream
     other_rank = next(iter(TripletStream(reader, 16, seed=3, rank=0, start_step=5, num_steps=1)))
     assert not torch.equal(other_rank["target"], plain[0]["target"])
+
+
+def test_training_views_leave_out_the_identity_only_when_jitter_views_exist() -> None:
+    from pipeline.views import training_views
+
+    assert training_views(["identity"], 1) == [0]
+    assert training_views(["identity", "hflip"], 2) == [0, 1]  # no jitter: every view, as before
+    assert training_views(["identity", "jitter1", "jitter2"], 3) == [1, 2]  # the reference jitters every clip
+    assert training_views(["identity", "hflip", "jitter1"], 3) == [1, 2]
+    assert training_views(None, 3) == [0, 1, 2]  # names not recorded: every view
+    # all views given as an array draws the same stream as the count (stores without jitter train as before)
+    lengths, eligible = np.array([30, 30]), np.array([0, 1])
+    by_count = draw_triplets(np.random.default_rng(4), lengths, eligible, 8, 0, 3, 500)
+    by_array = draw_triplets(np.random.default_rng(4), lengths, eligible, 8, 0, np.arange(3), 500)
+    assert all(np.array_equal(getattr(by_count, f), getattr(by_array, f))
+               for f in ("video", "start", "target", "reference", "context", "view"))
+
+
+def test_a_store_with_jitter_views_trains_on_them_only(tiny, tmp_path) -> None:
+    from pipeline.encode import encode_latents
+    from pipeline.train import training_inputs
+
+    cfg, _ = tiny
+    cfg.encode.jitter_views = 2
+    url = str(tmp_path / "latents.zarr")
+    encode_latents(cfg, url, log=lambda _: None)
+    split = LatentSplit(url, "train")
+    assert split.attrs["views"] == ["identity", "jitter1", "jitter2"]
+    reader = TripletReader(split, 8, 0)
+    views = np.concatenate([reader.indices(np.random.default_rng(seed), 256).view for seed in range(4)])
+    counts = np.bincount(views, minlength=3)
+    assert counts[0] == 0 and _chi2(counts[1:]) < 10.8  # never the identity; uniform over the jittered (p = 0.001)
+    batch = reader.read(idx := reader.indices(np.random.default_rng(0), 8))
+    for i in range(8):  # the latents read are those of the drawn jittered view
+        video = split.video(int(idx.video[i]), view=int(idx.view[i]))
+        assert torch.equal(batch["target"][i], torch.from_numpy(video[idx.start[i] + idx.target[i]]))
+    # the drawn views enter the run's fingerprint, only when they are a subset of the store's
+    assert training_inputs(cfg, "cache", split.attrs["views"])["data"]["views"] == ["jitter1", "jitter2"]
+    assert "views" not in training_inputs(cfg, "cache", ["identity", "hflip"])["data"]
+    assert training_inputs(cfg, "cache", ["identity"]) == training_inputs(cfg, "cache")

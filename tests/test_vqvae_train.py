@@ -119,3 +119,30 @@ def test_kmeans_and_psnr_helpers():
     y[1] += 0.2  # MSE 0.04 -> 10 log10(4 / 0.04) = 20 dB
     p = frame_psnr(x, y)
     assert p[0] == pytest.approx(10 * np.log10(4 / 1e-10)) and p[1] == pytest.approx(20.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("beta", [0.25, 0.5])
+def test_quantiser_loss_is_the_standard_form_beta_on_the_commitment(tmp_path, beta):
+    """The trainer's quantiser loss is codebook ||e - sg[z]||^2 + beta * commitment ||sg[e] - z||^2 (standard
+    VQ-VAE, taming's legacy=False), with ``autoencoder.beta``: the encoder output z gets beta * 2 (z - e) / N,
+    the code vectors the full 2 (e - z) / N. Taming's legacy=True form would give z the full share and e beta."""
+    from pipeline.vqvae.train import trainable_model
+
+    model = trainable_model(_config(tmp_path, "q", beta=beta))
+    torch.manual_seed(0)
+    z = torch.randn(2, model.embed_dim, 4, 4, requires_grad=True)
+    with torch.no_grad():
+        model.quantize.embedding.weight.copy_(torch.randn_like(model.quantize.embedding.weight))
+    z_q, loss, idx = model.quantize(z)
+    codes = model.quantize.embedding.weight
+    e = codes[idx].permute(0, 3, 1, 2).detach()  # the nearest code vector at each position
+    n = z.numel()
+    assert torch.allclose(loss, (1 + beta) * ((z - e) ** 2).mean())  # the value does not tell the forms apart
+    loss.backward()
+    # encoder side: beta times the commitment gradient
+    assert torch.allclose(z.grad, beta * 2 * (z - e).detach() / n, atol=1e-7)
+    # codebook side: the full codebook gradient, summed over the positions that chose each code
+    flat = (2 * (e - z.detach()) / n).permute(0, 2, 3, 1).reshape(-1, model.embed_dim)
+    expected = torch.zeros_like(codes).index_add_(0, idx.flatten(), flat)
+    assert torch.allclose(codes.grad, expected, atol=1e-7)
+    assert torch.equal(z_q, z + (e - z).detach())  # straight-through output: the decoder's gradient reaches z as is

@@ -217,8 +217,17 @@ class Decoder(nn.Module):
 class VectorQuantizer(nn.Module):
     """Codebook ``embedding`` [n_embed, dim]; nearest entry by squared L2; straight-through gradient.
 
-    ``loss`` in :meth:`forward` is the legacy taming form: ||sg[z_q] - z||^2 * beta + ||z_q - sg[z]||^2
-    (commitment weighted by beta), only used when training.
+    ``loss`` in :meth:`forward` (only used when training, by ``pipeline.vqvae.train``) is the standard VQ-VAE form
+    of van den Oord et al. (2017), taming's ``VectorQuantizer2(legacy=False)``:
+
+        codebook ||z_q - sg[z]||^2  +  beta * commitment ||sg[z_q] - z||^2        (means over elements)
+
+    so at each position the gradient reaching z is ``beta`` times the (opposite) one reaching its code vector.
+    Taming's default ``legacy=True`` — what LDM's ``VQModel`` uses, and so, most likely, what trained RIVER's KTH
+    VQVAE (a Lightning checkpoint of that model) — puts ``beta`` on the codebook term instead,
+    ``||sg[z_q] - z||^2 + beta * ||z_q - sg[z]||^2``: the same value (both squared distances are ||z - z_q||^2 in
+    the forward pass), but there the encoder gets 1/beta = 4 times the gradient it gets here and the codebook beta =
+    1/4 of it. Inference and checkpoint loading do not depend on the form.
     """
 
     def __init__(self, n_embed: int, embed_dim: int, beta: float = 0.25):
@@ -240,10 +249,10 @@ class VectorQuantizer(nn.Module):
         return self.lookup(self.indices(z))
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (straight-through z_q, codebook + beta * commitment loss, indices)."""
+        """Returns (straight-through z_q, codebook + beta * commitment loss (the standard form), indices)."""
         idx = self.indices(z)
         z_q = self.lookup(idx)
-        loss = self.beta * F.mse_loss(z, z_q.detach()) + F.mse_loss(z_q, z.detach())
+        loss = self.beta * F.mse_loss(z, z_q.detach()) + F.mse_loss(z_q, z.detach())  # commitment, codebook
         z_q = z + (z_q - z).detach()
         return z_q, loss, idx
 

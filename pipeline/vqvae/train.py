@@ -5,7 +5,11 @@
 
 Recipe (sized for a shared 2-core CPU: the demo model trains in about 9 minutes, test PSNR about 29 dB):
 
-* loss = l1 * |x - y| + mse * (x - y)^2 + codebook/commitment loss (beta), straight-through estimator;
+* loss = l1 * |x - y| + mse * (x - y)^2 + the quantiser's loss, straight-through estimator. The quantiser's loss
+  is the standard VQ-VAE form, codebook ||z_q - sg[z]||^2 + beta * commitment ||sg[z_q] - z||^2 (``autoencoder.beta``,
+  0.25; taming's ``legacy=False``), which trained ``checkpoints/demo_vqvae.pt``. Taming's default ``legacy=True``
+  (LDM's VQModel, most likely what trained RIVER's KTH VQVAE) puts beta on the codebook term instead: the same loss
+  value, but there the encoder's gradient from this term is 1/beta (4x) the one here (docs/METHOD.md §9.26);
 * the first ``quantize_after`` steps train a plain autoencoder; the codebook is then initialised by k-means on
   encoder outputs and quantisation switched on; every ``restart_every`` steps codes unused since the last
   check are restarted at random current encoder outputs (their Adam moments zeroed);
@@ -196,6 +200,15 @@ def restart_dead_codes(model: VQModel, opt: torch.optim.Optimizer, usage: torch.
     return len(dead)
 
 
+def trainable_model(cfg: Config) -> VQModel:
+    """A fresh taming VQModel of ``cfg.vqvae`` whose quantiser loss weighs the commitment by ``autoencoder.beta``."""
+    model = build_model(cfg.vqvae, cfg.data.image_size)
+    if not isinstance(model, VQModel):
+        raise TrainError(f"only vqvae.arch=taming can be trained here (got {cfg.vqvae.arch})")
+    model.quantize.beta = cfg.autoencoder.beta
+    return model
+
+
 def _training_signature(cfg: Config) -> dict[str, Any]:
     """The config entries that determine the trained model (compared on resume)."""
     ae = {k: v for k, v in dataclasses.asdict(cfg.autoencoder).items() if k not in _RESUME_NEUTRAL}
@@ -273,9 +286,7 @@ def _train(cfg: Config, fresh: bool, until_step: int | None, log: Callable[[str]
     signature = _training_signature(cfg)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(vcfg, size)
-    assert isinstance(model, VQModel)
-    model = model.to(memory_format=torch.channels_last)
+    model = trainable_model(cfg).to(memory_format=torch.channels_last)
     codebook = model.quantize.embedding.weight
     others = [p for n, p in model.named_parameters() if p is not codebook]
     opt = torch.optim.AdamW(
