@@ -210,7 +210,7 @@ def plot_losses(path: Path, losses: dict[str, dict[str, list[tuple[int, float]]]
             train_ax.plot(*zip(*series["loss"]), label=run)
         for key, style in (("val_loss", "-"), ("val_loss_ema", "--")):
             if series[key]:
-                val_ax.plot(*zip(*series[key]), style, label=f"{run} ({'EMA' if key.endswith('ema') else 'raw'})")
+                val_ax.plot(*zip(*series[key]), style, marker="o", ms=3, label=f"{run} ({'EMA' if key.endswith('ema') else 'raw'})")
     for ax, title in ((train_ax, "training loss (mean over each logging window)"), (val_ax, "validation loss")):
         ax.set_xlabel("step")
         ax.set_yscale("log")
