@@ -13,6 +13,9 @@ metrics.json (``SCHEMA``), one file per run::
         "n_samples": N (1 for vq_ceiling and copy_last)
       },
       "fvd_status": "ok: ..." | why FVD is null,
+      "known_law": {"status", "sets": {model | oracle | copy_last | constant_velocity | vq_ceiling | real:
+                    {identity_kept, count_kept, missing, energy, law_distance, coverage50, coverage90: metric block}}}
+                   (demo only: scores of sprite positions read from pixels against the simulator's true law),
       "protocol": {split, videos, video_ids, n_samples, clip_length, cond_frames, pred_frames, image_size,
                    definitions, intervals: {method, level, resamples, fvd_resamples, seed}, fvd: {...},
                    checkpoint, sampler, interpolant, seeds, ...},
@@ -22,8 +25,9 @@ metrics.json (``SCHEMA``), one file per run::
 
 ``report.md`` gathers every ``runs/<run>/eval/metrics.json`` of the dataset: the comparison table with intervals,
 the paired differences of every run against the first (ours before linear) with one verdict per metric, each
-model against copy-last, per-frame curves (PSNR, energy score, spread-skill), training/validation loss curves from
-``runs/<run>/metrics.jsonl``, and each run's protocol and labelled GIF grids.
+model against copy-last, on the demo the known-law table, curves and verdicts (interpolants at equal network
+evaluations per frame, sampler variants of one checkpoint), per-frame curves (PSNR, energy score, spread-skill),
+training/validation loss curves from ``runs/<run>/metrics.jsonl``, and each run's protocol and labelled GIF grids.
 """
 
 from __future__ import annotations
