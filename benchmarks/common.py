@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 RESULTS = Path(__file__).resolve().parent / "results.json"
 TABLE = RESULTS.with_suffix(".md")
 
@@ -70,6 +68,8 @@ def best_time(fn: Callable[[], Any], repeats: int = 3) -> float:
 
 
 def machine() -> dict[str, Any]:
+    import torch  # here, not at the top: bench_contention's parent process never loads torch
+
     cuda = torch.cuda.is_available()
     return {
         "cpu": platform.processor() or platform.machine(),

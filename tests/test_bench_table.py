@@ -84,3 +84,12 @@ def test_benchmark_device_options_on_cpu(tmp_path, monkeypatch) -> None:
     assert (tmp_path / "results.md").is_file()
     assert peak_bf16_flops("NVIDIA H200")[0] == 989e12 and peak_bf16_flops("NVIDIA H100 PCIe")[0] == 756e12
     assert peak_bf16_flops("Some GPU")[0] is None
+
+
+def test_contention_table_in_the_summary() -> None:
+    study = {"setting": "s", "results": [{"threads": "1", "omp_wait_policy": "unset", "torch_threads": 1, "encode_quiet_s": 10.0,
+                                          "encode_busy_s": 20.0, "encode_ratio": 2.0, "step_quiet_s": 0.2,
+                                          "step_busy_s": 0.3, "step_ratio": 1.5}]}
+    table = markdown_table({"thread_contention": study})
+    assert "**thread_contention** (s)" in table
+    assert "| 1 | unset | 1 | 10.0 | 20.0 | 2.0 | 0.2 | 0.3 | 1.5 |" in table
