@@ -25,6 +25,7 @@ VQVAE_CKPT ?=
 FORCE      ?= 0
 CKPT       ?=
 I3D        ?=
+THREADS    ?=
 
 PYTHON     ?= python3
 VENV       := .venv
@@ -46,8 +47,11 @@ RUNS        = $(eval RUNS := $(or $(RUN),$(INTERP),$(shell $(PY) -m pipeline.lay
 FOR_RUNS    = $(if $(strip $(RUNS)),for run in $(RUNS); do,echo "no run to work on" >&2; exit 2; for run in; do)
 RUN_FLAGS   = $(if $(INTERP),--interp $(INTERP),) $(FORCE_FLAG) $(ARGS)
 
+# THREADS=N: torch (OpenMP) threads of every stage process, passed as OMP_NUM_THREADS, which the stages honour
+# (pipeline/threads.py; unset: the CPUs this process may use, affinity and cgroup quota, / processes per node).
+THREADS_ENV = $(if $(THREADS),OMP_NUM_THREADS=$(call q,$(THREADS)) ,)
 # Every stage runs under a supervisor that ends it when make itself dies (even by kill -9): $$PPID is make.
-SUPERVISE   = $(PY) -m pipeline.supervise $$PPID --
+SUPERVISE   = $(THREADS_ENV)$(PY) -m pipeline.supervise $$PPID --
 # $(call launch,N,ID): plain python for one process, else torchrun (standalone on one node, c10d rendezvous across
 # nodes). Across nodes every node runs the same make command; the c10d rendezvous at RDZV assigns node ranks in order
 # of arrival (no --node_rank), and ID names the launch (stage and run, the same on every node), so consecutive launches
@@ -76,6 +80,7 @@ help: ## Show targets and variables
 	@echo "  FORCE=$(FORCE)          1 = replace a stage output that was made from different inputs (data, encode, train, forecast)"
 	@echo "  DRY_RUN=$(DRY_RUN)        1 = every stage prints its resolved config and what it would do, and does nothing"
 	@echo "  NPROC=$(NPROC)          processes per node (torchrun); TRAIN_NPROC=$(TRAIN_NPROC) for training; NNODES=$(NNODES), RDZV=host:port for multi-node"
+	@echo "  THREADS=$(THREADS)          torch threads per stage process (OMP_NUM_THREADS; default: usable CPUs / processes per node)"
 	@echo "  DEMO_NPROC=...     training processes of 'make demo' (default: one per GPU, else 2 single-thread CPU processes)"
 	@echo "  SMOKE=$(SMOKE)          1 = every stage at its smoke setting (seconds), in its own <dataset>-smoke directories"
 	@echo "  ARGS=$(ARGS)             --set overrides for every stage of the chain, e.g. ARGS='--set train.lr=5e-4' (a new run records them)"
@@ -130,6 +135,7 @@ bench: $(STAMP) ## Run the benchmarks; results in benchmarks/results.json
 	$(PY) -m benchmarks.bench_samplers --interp linear --solvers euler,heun --steps 6,11,21,101
 	$(PY) -m benchmarks.bench_i3d
 	$(PY) -m benchmarks.bench_known_law
+	$(PY) -m benchmarks.bench_contention
 
 test: $(STAMP) ## Run the test suite
 	$(PY) -m pytest -q $(ARGS)

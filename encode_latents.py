@@ -35,7 +35,7 @@ def main(
     from pipeline.encode import EncodeError, encode_latents
     from pipeline.vqvae import CheckpointFormatError, CheckpointMismatchError
 
-    stage = setup_stage(config, set_, smoke, out, data_root)
+    stage = setup_stage(config, set_, smoke, out, data_root, stage="encode")
     if dry_run:
         show_dry_run("encode", stage.cfg)
     run_stage("encode", lambda: encode_latents(stage.cfg, store or stage.layout.store_url, force=force, dry_run=dry_run),

@@ -43,7 +43,7 @@ def main(
     from pipeline.i3d import I3DWeightsError
 
     stage = setup_stage(config, [*(set_ or []), *([f"eval.i3d={i3d}"] if i3d else [])], smoke, out, data_root, interp, run,
-                        with_run=True)
+                        with_run=True, stage="eval")
     if dry_run:
         show_dry_run("eval", stage.cfg)
     run_stage("eval", lambda: evaluate(stage.cfg, forecasts or forecast_url(stage.run_dir), stage.run_dir, force=force,

@@ -38,7 +38,7 @@ def main(
     from pipeline.forecast import ForecastError, forecast
     from pipeline.vqvae import CheckpointFormatError, CheckpointMismatchError
 
-    stage = setup_stage(config, set_, smoke, out, data_root, interp, run, with_run=True)
+    stage = setup_stage(config, set_, smoke, out, data_root, interp, run, with_run=True, stage="forecast")
     if dry_run:
         show_dry_run("forecast", stage.cfg)
     run_stage("forecast", lambda: forecast(stage.cfg, store or stage.layout.store_url, stage.run_dir, ckpt=ckpt,

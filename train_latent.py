@@ -37,7 +37,7 @@ def main(
     """Train, resume an interrupted run exactly, or report 'up to date' when the run is finished."""
     from pipeline.train import TrainingError, train
 
-    stage = setup_stage(config, set_, smoke, out, data_root, interp, run, with_run=True)
+    stage = setup_stage(config, set_, smoke, out, data_root, interp, run, with_run=True, stage="train")
     if dry_run:
         show_dry_run("train", stage.cfg)
     run_stage("train", lambda: train(stage.cfg, store or stage.layout.store_url, stage.run_dir, force=force,

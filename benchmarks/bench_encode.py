@@ -2,7 +2,8 @@
 
 Goal (issue 4): stage throughput / bare forward throughput >= 0.9. The stage's extra work is reading shards,
 the pixel transform, compressing and writing chunks and the per-video done flags; fixed costs (building the
-model, loading and hashing the checkpoint) are reported separately.
+model, loading and hashing the checkpoint) are reported separately. Both run on the device the stage picks (a GPU
+when there is one: ``pipeline.dist.init_distributed``), so the ratio compares like with like.
 
     python -m benchmarks.bench_encode [--videos 8]
 """
@@ -17,11 +18,13 @@ from pathlib import Path
 import torch
 import typer
 
+from benchmarks.bench_train import sync
 from benchmarks.common import record
 from pipeline.config import load_config
 from pipeline.data.clips import to_model_range
 from pipeline.data.shards import ShardReader
 from pipeline.data.demo import generate_demo
+from pipeline.dist import init_distributed
 from pipeline.encode import encode_latents
 from pipeline.vqvae import build_model, build_vqvae
 
@@ -39,15 +42,18 @@ def main(videos: int = 8, frames: int = 48) -> None:
         torch.manual_seed(0)
         torch.save(build_model(cfg.vqvae, 64).state_dict(), cfg.vqvae.ckpt)
 
+        device = init_distributed().device  # the stage's device
         start = time.perf_counter()
-        vq = build_vqvae(cfg.vqvae, 64)
+        vq = build_vqvae(cfg.vqvae, 64).to(device)
         fixed_s = time.perf_counter() - start
         reader = ShardReader(Path(cfg.data.root) / "train")
         clips = [to_model_range(reader.read_frames(k)) for k in range(len(reader))]
-        vq.encode(clips[0][:2])  # warm-up
+        vq.encode(clips[0][:2].to(device))  # warm-up
+        sync(device)
         start = time.perf_counter()
-        for clip in clips:
-            vq.encode(clip)
+        for clip in clips:  # host frames in, latents back on the host, as the stage
+            vq.encode(clip.to(device)).cpu()
+        sync(device)
         bare_s = time.perf_counter() - start
         n_frames = sum(len(c) for c in clips)
 
@@ -55,7 +61,7 @@ def main(videos: int = 8, frames: int = 48) -> None:
         encode_latents(cfg, str(directory / "latents.zarr"), log=lambda _: None)
         stage_s = time.perf_counter() - start
         record("encode_throughput", {
-            "model": "taming f8_small (KTH size, 64M params)", "frames": n_frames, "vqvae_batch": cfg.vqvae.batch_size,
+            "model": "taming f8_small (KTH size, 64M params)", "device": str(device), "frames": n_frames, "vqvae_batch": cfg.vqvae.batch_size,
             "bare_forward_frames_per_s": round(n_frames / bare_s, 2),
             "stage_frames_per_s": round(n_frames / stage_s, 2),
             "stage_frames_per_s_excluding_fixed": round(n_frames / max(stage_s - fixed_s, 1e-9), 2),

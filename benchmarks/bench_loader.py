@@ -22,16 +22,17 @@ from pipeline.cache import LatentSplit, create_split
 from pipeline.triplets import TripletReader
 
 
-def build_store(directory: Path, videos: int, frames: int, chunk_frames: int) -> str:
+def build_store(directory: Path, videos: int, frames: int, chunk_frames: int,
+                latent_shape: tuple[int, int, int] = (4, 8, 8)) -> str:
     url = str(directory / f"bench_{chunk_frames}.zarr")
     root = zarr.open_group(url, mode="w")
     meta = [{"shard": "synthetic", "key": str(k), "source": "", "length": frames} for k in range(videos)]
-    create_split(root, "train", meta, 1, (4, 8, 8), "float32", chunk_frames, 3)
+    create_split(root, "train", meta, 1, tuple(latent_shape), "float32", chunk_frames, 3)
     latents = root["train"]["latents"]
     rng = np.random.default_rng(0)
     for k in range(videos):
         start = int(root["train"]["offsets"][k])
-        latents[:, start : start + frames] = rng.standard_normal((1, frames, 4, 8, 8), dtype=np.float32)
+        latents[:, start : start + frames] = rng.standard_normal((1, frames, *latent_shape), dtype=np.float32)
     return url
 
 

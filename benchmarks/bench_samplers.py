@@ -12,7 +12,16 @@ batch, divided by the generated frames (rows x frames). PSNR (data range 2 on [-
 predicted frames only, 10 log10(4 / MSE): the best of the samples per video averaged over videos (best-of-N), and
 the mean over all videos and samples (mean, the criterion of the demo); ``vq_ceiling`` is the same for
 decode(cached latents of the real clip), ``copy_last`` for the last conditioning frame repeated. Results are stored
-per interpolant (``samplers_ours``, ``samplers_linear``).
+per interpolant (``samplers_ours``, ``samplers_linear``; on a GPU or in bf16 ``samplers_<interp>_<device>[_bf16]``).
+
+On a GPU (``--device cuda``) the network, the conditioning and the random streams live on the device and the
+clock stops after a synchronisation; ``generated_frames_per_s`` is rows x generated frames / wall time, and
+``peak_memory_gb`` the most the device held. ``--bf16`` runs each network call under bfloat16 autocast (its
+output cast back to float32): stage 3 has no such option (it forecasts in float32), so this measures what one
+would give. For KTH-size throughput without trained weights:
+
+    python -m benchmarks.bench_samplers --config configs/kth.yaml --device cuda --videos 16 --samples 16 \
+        --solvers euler_maruyama --steps 21,101 --set data.frames_per_sample=12
 """
 
 from __future__ import annotations
@@ -53,9 +62,15 @@ def main(
     videos: Annotated[int, typer.Option(help="Conditioning videos.")] = 4,
     samples: Annotated[int, typer.Option(help="Samples per video (best-of-N PSNR).")] = 4,
     threads: Annotated[int, typer.Option(help="torch CPU threads (0 = leave the default).")] = 0,
+    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N | auto.")] = "cpu",
+    bf16: Annotated[bool, typer.Option("--bf16", help="Run the network under bfloat16 autocast (not a stage-3 option).")] = False,
+    name: Annotated[str, typer.Option(help="Record name (default: samplers_<interp>, plus _<device> off CPU and _bf16).")] = "",
 ) -> None:
+    from benchmarks.bench_train import resolve_device, sync
+
     if threads:
         torch.set_num_threads(threads)
+    dev = resolve_device(device)
     cfg = load_config(config, [*(set_ or []), f"interpolant.kind={interp}"])
     layout = Layout(str(REPO / "outputs"), cfg.data.name)
     store = store or _existing(Path(layout.store_url))
@@ -66,19 +81,22 @@ def main(
         from pipeline.forecast import load_flow
 
         cond, clip_latents, real = _conditioning(cfg, store, videos)
-        model, info = load_flow(cfg, ckpt, torch.device("cpu"), log=lambda _: None)
+        cond, clip_latents = cond.to(dev), clip_latents.to(dev)
+        real = real.to(dev) if real is not None else None
+        model, info = load_flow(cfg, ckpt, dev, log=lambda _: None)
         setting = f"trained checkpoint {ckpt} ({info['kind']} checkpoint, step {info['step']}, ema {info['use_ema']}) on {store}"
         if real is not None and cfg.vqvae.ckpt and Path(cfg.vqvae.ckpt).is_file():
             from pipeline.vqvae import build_vqvae
 
-            vq = build_vqvae(cfg.vqvae, cfg.data.image_size)
+            vq = build_vqvae(cfg.vqvae, cfg.data.image_size).to(dev)
     else:
         from pipeline.model import build_model
 
         torch.manual_seed(0)
-        model = build_model(cfg.model).eval().requires_grad_(False)
-        cond = torch.randn(videos, n0, cfg.model.state_size, *cfg.model.state_res, generator=torch.Generator().manual_seed(0))
+        model = build_model(cfg.model).eval().requires_grad_(False).to(dev)
+        cond = torch.randn(videos, n0, cfg.model.state_size, *cfg.model.state_res, generator=torch.Generator().manual_seed(0)).to(dev)
         setting = "randomly initialised network of the config's size on random conditioning latents (no PSNR)"
+    net = _Autocast(model, dev) if bf16 else model
     interpolant = build_interpolant(cfg.interpolant)
     video_ids = np.arange(cond.shape[0])
     rows_total = cond.shape[0] * samples
@@ -87,7 +105,10 @@ def main(
     base.n_samples, base.batch_size = samples, rows_total
     warm = copy.deepcopy(base)
     warm.steps = 2
-    sample(model, interpolant, cond, 1, warm, row_generators(0, video_ids, samples, torch.device("cpu")))  # warm-up
+    sample(net, interpolant, cond, 1, warm, row_generators(0, video_ids, samples, dev))  # warm-up
+    sync(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
 
     ceiling = copy_last = None
     if vq is not None:
@@ -99,26 +120,43 @@ def main(
             scfg = copy.deepcopy(base)
             scfg.solver, scfg.steps = solver, n
             scfg.validate()
-            gens = row_generators(base.seed, video_ids, samples, torch.device("cpu"))
+            gens = row_generators(base.seed, video_ids, samples, dev)
+            sync(dev)
             start = time.perf_counter()
-            out = sample(model, interpolant, cond, gen, scfg, gens)
+            out = sample(net, interpolant, cond, gen, scfg, gens)
+            sync(dev)
             wall = time.perf_counter() - start
             row = {"solver": out.solver, "steps": n, "nfe_per_frame": out.nfe_per_frame,
                    "ms_per_generated_frame": round(1000 * wall / (rows_total * gen), 3),
-                   "ms_per_frame_of_batch": round(1000 * wall / gen, 2)}
+                   "ms_per_frame_of_batch": round(1000 * wall / gen, 2),
+                   "generated_frames_per_s": round(rows_total * gen / wall, 2)}
             if vq is not None:
                 values = psnr(_decode(vq, out.latents[:, :, n0:]), real[:, None, n0:])  # [videos, samples]
                 row.update(psnr_best_of_n=round(float(values.max(dim=1).values.mean()), 3),
                            psnr_mean=round(float(values.mean()), 3))
             results.append(row)
             print(row, flush=True)
-    record(f"samplers_{cfg.interpolant.kind}", {
-        "setting": setting, "interpolant": cfg.interpolant.kind, "videos": int(cond.shape[0]), "samples": samples,
+    suffix = ("" if dev.type == "cpu" else f"_{dev.type}") + ("_bf16" if bf16 else "")
+    record(name or f"samplers_{cfg.interpolant.kind}{suffix}", {
+        "setting": setting + (f"; network under bfloat16 autocast" if bf16 else ""), "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None, "bf16": bf16,
+        "peak_memory_gb": round(torch.cuda.max_memory_allocated(dev) / 2**30, 3) if dev.type == "cuda" else None, "interpolant": cfg.interpolant.kind, "videos": int(cond.shape[0]), "samples": samples,
         "cond_frames": n0, "generated_frames": gen, "latent_shape": list(cond.shape[2:]), "grid": cfg.sample.grid,
         "context": cfg.sample.context, "batch_rows": rows_total, "threads": torch.get_num_threads(),
         "vq_ceiling_psnr": None if ceiling is None else round(ceiling, 3),
         "copy_last_psnr": None if copy_last is None else round(copy_last, 3), "results": results,
     })
+
+
+class _Autocast:
+    """The network called under bfloat16 autocast, its output cast back to float32 (the solvers' arithmetic)."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device):
+        self.model, self.device = model, device
+
+    def __call__(self, z, t, ref, context, gap):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            return self.model(z, t, ref, context, gap).float()
 
 
 def _existing(path: Path) -> str | None:

@@ -1,14 +1,17 @@
-"""Shared benchmark plumbing: timing and the results file (benchmarks/results.json, merged per benchmark)."""
+"""Shared benchmark plumbing: timing and the results file (benchmarks/results.json, merged per benchmark).
+
+``BENCH_RESULTS=path.json`` in the environment sends the results to another file (its table beside it, ``.md``):
+``benchmarks/gpu_check.sh`` writes ``benchmarks/results_gpu.json`` so, keeping the CPU record apart.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
 from typing import Any, Callable
-
-import torch
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 TABLE = RESULTS.with_suffix(".md")
@@ -28,6 +31,32 @@ HEADLINES = [
 ]
 
 
+# Peak dense bf16 tensor-core FLOP/s by GPU name (vendor data sheets, SXM parts), for model FLOP utilisation (MFU).
+# The first key found in the device name applies; order matters (H100 PCIe before H100).
+PEAK_BF16_DENSE = [
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("GH200", 989e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("A10G", 70e12),
+]
+
+
+def peak_bf16_flops(device_name: str | None) -> tuple[float | None, str]:
+    """(peak dense bf16 FLOP/s, what was assumed) for a GPU name; (None, reason) when unknown."""
+    for key, peak in PEAK_BF16_DENSE:
+        if device_name and key.lower() in device_name.lower():
+            return peak, f"{key} dense bf16 peak {peak / 1e12:.0f} TFLOP/s (from the device name {device_name!r})"
+    return None, f"no known bf16 peak for {device_name!r}: MFU not computed (pass --peak-tflops)"
+
+
+def results_path() -> Path:
+    """The results file: ``BENCH_RESULTS`` when set, else benchmarks/results.json."""
+    return Path(os.environ["BENCH_RESULTS"]) if os.environ.get("BENCH_RESULTS") else RESULTS
+
+
 def best_time(fn: Callable[[], Any], repeats: int = 3) -> float:
     """Fastest wall time of ``repeats`` calls (the least disturbed by other processes)."""
     times = []
@@ -39,19 +68,25 @@ def best_time(fn: Callable[[], Any], repeats: int = 3) -> float:
 
 
 def machine() -> dict[str, Any]:
+    import torch  # here, not at the top: bench_contention's parent process never loads torch
+
+    cuda = torch.cuda.is_available()
     return {
         "cpu": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cuda": torch.cuda.get_device_name(0) if cuda else None,
+        "torch": torch.__version__,
+        **({"cuda_version": torch.version.cuda} if cuda else {}),
     }
 
 
 def record(name: str, result: dict[str, Any]) -> None:
-    """Store ``result`` under ``name`` in results.json (other benchmarks' entries are kept) and print it."""
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    """Store ``result`` under ``name`` in the results file (other benchmarks' entries are kept) and print it."""
+    path = results_path()
+    results = json.loads(path.read_text()) if path.exists() else {}
     results[name] = {**result, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
-    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    TABLE.write_text(markdown_table(results))
+    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    path.with_suffix(".md").write_text(markdown_table(results))
     print(json.dumps({name: results[name]}, indent=2))
 
 
@@ -67,10 +102,28 @@ def markdown_table(results: dict[str, Any]) -> str:
                      f"consumes (KTH sizes, this machine) | {need} | >= 1 |")
     for name in sorted(k for k in results if k.startswith("samplers_")):
         lines += ["", *sampler_table(name, results[name])]
+    if "thread_contention" in results:
+        lines += ["", *contention_table(results["thread_contention"])]
     return "\n".join(lines) + "\n"
 
 
-SAMPLER_COLUMNS = ["solver", "steps", "nfe_per_frame", "ms_per_generated_frame", "psnr_mean", "psnr_best_of_n"]
+CONTENTION_COLUMNS = [("threads", "threads"), ("omp_wait_policy", "OMP_WAIT_POLICY"), ("torch_threads", "torch threads"),
+                      ("encode_quiet_s", "encode quiet s"), ("encode_busy_s", "encode beside a busy process s"),
+                      ("encode_ratio", "encode ratio"), ("step_quiet_s", "train step quiet s"),
+                      ("step_busy_s", "train step beside a busy process s"), ("step_ratio", "train step ratio")]
+
+
+def contention_table(study: dict[str, Any]) -> list[str]:
+    """bench_contention as markdown: one row per thread setting, quiet vs beside one busy process."""
+    lines = [f"**thread_contention** ({study.get('setting', '')})", "",
+             "| " + " | ".join(title for _, title in CONTENTION_COLUMNS) + " |", "|" + "---|" * len(CONTENTION_COLUMNS)]
+    for row in study.get("results", []):
+        lines.append("| " + " | ".join(str(row.get(key, "")) for key, _ in CONTENTION_COLUMNS) + " |")
+    return lines
+
+
+SAMPLER_COLUMNS = ["solver", "steps", "nfe_per_frame", "ms_per_generated_frame", "psnr_mean", "psnr_best_of_n",
+                   "generated_frames_per_s"]
 
 
 def sampler_table(name: str, study: dict[str, Any]) -> list[str]:

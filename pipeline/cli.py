@@ -6,6 +6,7 @@ plain path, never parsed as YAML), ``--run-name`` and ``--interp`` for the stage
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -46,12 +47,16 @@ class StageSetup:
 
 
 def setup_stage(config: Path, overrides: list[str] | None, smoke: bool, out: str, data_root: str | None = None,
-                interp: str | None = None, run: str | None = None, with_run: bool = False) -> StageSetup:
+                interp: str | None = None, run: str | None = None, with_run: bool = False,
+                stage: str | None = None) -> StageSetup:
     """Load the config for a command line, exiting cleanly (status 2) on a config or run-name error.
 
     With ``with_run``, the run is ``run`` (default: the interpolant) and its recorded overrides apply before this
-    call's, so a named run keeps its training settings in every later stage.
+    call's, so a named run keeps its training settings in every later stage. A ``stage`` (encode, train, forecast,
+    eval) first sets torch's thread count for this process (:func:`stage_threads`).
     """
+    if stage:
+        stage_threads(stage)
     location = [f"data.root={data_root}"] if data_root else []
     try:
         # Paths made absolute here, so a run's recorded overrides mean the same from any directory.
@@ -69,6 +74,15 @@ def setup_stage(config: Path, overrides: list[str] | None, smoke: bool, out: str
     except (ConfigError, RunNameError) as exc:
         typer.secho(f"config error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
+
+
+def stage_threads(stage: str) -> None:
+    """Torch threads of a stage's process (``pipeline/threads.py``: OMP_NUM_THREADS, else the usable CPUs shared by
+    the processes of this node), logged in one line by rank 0 (it starts with ``threads:``)."""
+    from pipeline.threads import configure_threads, processes_on_node
+
+    main = os.environ.get("RANK", "0") == "0"
+    configure_threads(None, processes_on_node(), log=(lambda line: print(line, flush=True)) if main else None, what=stage)
 
 
 def merge_overrides(first: list[str], then: list[str]) -> list[str]:

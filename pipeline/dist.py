@@ -83,9 +83,17 @@ def all_ok(ok: bool) -> bool:
     """True on every rank iff ``ok`` on every rank (so a failure on one rank stops all of them together)."""
     if not (dist.is_available() and dist.is_initialized()):
         return ok
-    flag = torch.tensor([0 if ok else 1], dtype=torch.int64)
+    flag = torch.tensor([0 if ok else 1], dtype=torch.int64, device=collective_device())
     dist.all_reduce(flag)
     return int(flag.item()) == 0
+
+
+def collective_device() -> torch.device:
+    """Where a collective's tensors must live: this process's GPU under nccl (which has no CPU collectives), else
+    the CPU (gloo)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def shutdown() -> None:
