@@ -409,13 +409,18 @@ class _Logger:
         self.window, self.wait, self.window_start = [], 0.0, time.perf_counter()
 
     def _clip_warning(self, row: dict[str, Any], steps: int) -> str:
-        """What near-permanent clipping means: the update is rescaled by clip/|g|, not set by the lr schedule."""
+        """What near-permanent clipping means under AdamW: every gradient is normalised to the clip norm.
+
+        AdamW divides by the running RMS of the gradients, so a common rescaling of all of them mostly cancels: the
+        step size still follows the lr schedule. What clipping on every step changes is the weighting between steps
+        (each contributes a unit-norm direction, whatever its |g|), which is worth knowing, not necessarily wrong.
+        """
         clip, norm = self.cfg.train.grad_clip, row["grad_norm"]
         return (f"gradient clipping was active on {row['clip_fraction']:.0%} of the last {steps} steps (mean pre-clip "
-                f"|g| {norm:.3g} vs train.grad_clip {clip:g}). Every update is rescaled by clip/|g| (~{clip / norm:.2g} "
-                f"here), so the effective step is lr * clip/|g| and the learning-rate schedule is not the one the "
-                f"config says. Consider raising train.grad_clip towards the typical |g|, or lowering train.lr if the "
-                f"large norms mean training is unstable.")
+                f"|g| {norm:.3g} vs train.grad_clip {clip:g}): every gradient is rescaled to norm {clip:g}, so AdamW "
+                f"sees gradient directions only (its per-parameter normalisation keeps the step size on the lr "
+                f"schedule, but steps are no longer weighted by |g|). Raise train.grad_clip towards the typical |g| "
+                f"if clipping is meant only to catch outliers.")
 
     def validation(self, done: int, losses: dict[str, float]) -> None:
         """A validation row (``val_loss``, ``val_loss_ema``) at step ``done``."""
