@@ -487,15 +487,17 @@ def _summary(dataset_dir: Path, runs: dict[str, dict[str, Any]]) -> list[str]:
     if len(runs) > 1:
         lines += ["VQ ceiling and copy-last rows: from the first run's store (the same test clips when the protocols "
                   "agree).", ""]
-        diffs = _comparable(runs)
-        if diffs:
-            lines += [f"**Not comparable as is**: the runs differ in {', '.join(diffs)}; no paired differences.", ""]
-        else:
-            for run, m in list(runs.items())[1:]:
-                names = (run_label(first_run, first), run_label(run, m))
+        for run, m in list(runs.items())[1:]:
+            names = (run_label(first_run, first), run_label(run, m))
+            diffs = _comparable({first_run: first, run: m})
+            if diffs:
+                lines += [f"**Not comparable as is**: {names[0]} and {names[1]} differ in {', '.join(diffs)}; no "
+                          "paired differences.", ""]
+            else:
                 rows = paired_rows(first["model"], m["model"], first["protocol"])
                 if _law_sets(first) and _law_sets(m):
-                    rows += paired_rows(_law_sets(first)["model"], _law_sets(m)["model"], first["protocol"], KNOWN_LAW_COLUMNS)
+                    rows += paired_rows(_law_sets(first)["model"], _law_sets(m)["model"], first["protocol"],
+                                        KNOWN_LAW_COLUMNS)
                 lines += _paired_table(f"### Paired: {names[0]} − {names[1]} (same videos, same resamples)", rows, names)
     lines += _known_law_section(dataset_dir, runs)
     title = f"{dataset_dir.name}: " + ", ".join(run_label(r, m) for r, m in runs.items())
