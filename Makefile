@@ -131,8 +131,8 @@ demo: $(STAMP) ## Everything on the demo dataset for both interpolants (runs our
 # with Heun) and, for ours, with the diffusion re-tuned after training (half and twice the trained noise level).
 DEMO_DIR     = $(OUT)/demo$(if $(filter 1,$(SMOKE)),-smoke,)
 DEMO_VERDICT = ours-nfe100:ours:ours:sample.steps=51 linear-nfe100:linear:linear:sample.steps=51 \
-               ours-g0.5:ours:ours:sample.diffusion=sigma_scaled:sample.diffusion_scale=0.5 \
-               ours-g2:ours:ours:sample.diffusion=sigma_scaled:sample.diffusion_scale=2
+               ours-gx0_5:ours:ours:sample.diffusion=sigma_scaled:sample.diffusion_scale=0.5 \
+               ours-gx2:ours:ours:sample.diffusion=sigma_scaled:sample.diffusion_scale=2
 demo-verdict: $(STAMP) ## After make demo: both interpolants at 100 calls/frame, ours with re-tuned diffusion; the report's verdict
 	$(MAKE) --no-print-directory train DATASET=demo RUN='ours linear' INTERP= TRAIN_NPROC=$(DEMO_NPROC)
 	@for spec in $(DEMO_VERDICT); do \

@@ -220,3 +220,31 @@ def test_cli(tmp_path: Path) -> None:
     assert missing.exit_code == 1 and "I3D file not found" in missing.output
     other = runner.invoke(cli.app, [*args[:-1], "ours"])
     assert other.exit_code == 1 and "no forecasts store" in other.output
+
+
+def _law_run(interp: str, ckpt: str, sampler: dict, law_distance: list[float]) -> dict:
+    """A metrics.json body with only what the law verdicts read."""
+    protocol = {"intervals": {"resamples": 500, "seed": 0, "level": 0.95}, "sampler": sampler,
+                "checkpoint": {"ckpt": ckpt}, "split": "test", "videos": len(law_distance), "video_ids": [],
+                "real_clips_sha256": "same", "n_samples": 4, "clip_length": 16, "cond_frames": 4,
+                "fvd": {"videos": 0, "generated": "first", "i3d_sha256": None}}
+    return {"interp": interp, "protocol": protocol,
+            "known_law": {"sets": {"model": {"law_distance": {"per_video": law_distance}}}}}
+
+
+def test_law_verdicts_pair_interpolants_at_equal_budget_and_samplers_of_one_checkpoint() -> None:
+    from pipeline.report import law_verdicts
+
+    rng = np.random.default_rng(0)
+    near, far = list(rng.normal(2.0, 0.5, 32)), list(rng.normal(5.0, 0.5, 32))
+    runs = {"ours": _law_run("ours", "ours.pt", {"nfe_per_frame": 20, "steps": 11}, far),
+            "linear": _law_run("linear", "linear.pt", {"nfe_per_frame": 20, "steps": 11}, near),
+            "ours-nfe100": _law_run("ours", "ours.pt", {"nfe_per_frame": 100, "steps": 51}, far),
+            "linear-nfe100": _law_run("linear", "linear.pt", {"nfe_per_frame": 100, "steps": 51}, near)}
+    verdicts = law_verdicts(runs)
+    assert any("at 20 network evaluations per frame: linear is better than ours" in v for v in verdicts)
+    assert any("at 100 network evaluations per frame: linear-nfe100 (linear) is better" in v for v in verdicts)
+    assert any("one checkpoint sampled with different nfe_per_frame, steps: the data cannot tell ours" in v
+               for v in verdicts)
+    assert not any("ours and linear-nfe100" in v for v in verdicts)  # different interpolants at different budgets
+    assert len(verdicts) == 4
