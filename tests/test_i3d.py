@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import torch_threads
 
 from pipeline import i3d
 from pipeline.records import sha256_file
@@ -27,10 +28,8 @@ FIXTURE = Path(__file__).resolve().parent / "fixtures" / "i3d_kinetics400.npz"
 
 @pytest.fixture(scope="module")
 def threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(2):
+        yield
 
 
 @pytest.fixture(scope="module")
