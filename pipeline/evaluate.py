@@ -230,7 +230,7 @@ def _read_store(root, url: str) -> _Store:
                         f"truth_latents {truth} do not agree")
     if not 1 <= cond < t:
         raise EvalError(f"{url}: cond_frames={cond} leaves no predicted frame in clips of {t}")
-    return _Store(url, attrs, *arrays.values(), n_videos=n, n_samples=s, frames=t, cond=cond)
+    return _Store(url, attrs, **arrays, n_videos=n, n_samples=s, frames=t, cond=cond)
 
 
 def score_video(store: _Store, v: int, frame_batch: int, device: torch.device) -> dict[str, dict[str, np.ndarray]]:
