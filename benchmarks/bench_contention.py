@@ -1,8 +1,10 @@
 """Thread settings on a shared CPU: stage-1 encode and a training step, quiet and beside one busy process.
 
 For each thread setting — torch's own default (no choice made), 1 thread (``OMP_NUM_THREADS=1``), and the stages'
-default (``pipeline.threads.configure_threads``: usable CPUs / processes per node) — and each ``OMP_WAIT_POLICY``
-(unset, ``PASSIVE``), a fresh process (OpenMP reads its variables when it starts) measures
+default (``pipeline.threads.configure_threads``: usable CPUs / processes per node) — and each way idle OpenMP
+threads wait (OpenMP's own default: spin, then sleep; ``OMP_WAIT_POLICY=PASSIVE``, the stages' default set by
+``pipeline.threads``; ``spin:N`` = ``GOMP_SPINCOUNT=N``), a fresh process (OpenMP reads its variables when it starts)
+measures
 
 * stage 1: ``encode_latents`` of a small demo dataset with the shipped demo VQVAE (seconds for the whole stage call);
 * a training step: the demo's flow network, ``pipeline.train.train_step`` on a fixed batch of the demo's size
@@ -12,7 +14,8 @@ once quiet and once while another process spins (``python -c 'while True: pass'`
 just after). The ratio busy / quiet says how much a setting suffers from one competing process. Quiet and busy runs of
 a setting follow each other, so slow drifts of the machine hit both alike.
 
-    python -m benchmarks.bench_contention                 # every setting: 12 processes, ~10-20 s quiet each
+    python -m benchmarks.bench_contention                 # every setting: 12 processes, ~10-30 s quiet each
+    python -m benchmarks.bench_contention --settings auto --waits ,PASSIVE,spin:10000   # one thread setting
     python -m benchmarks.bench_contention --quick         # tiny sizes, one setting: checks the wiring in seconds
 
 Records ``thread_contention`` in benchmarks/results.json (``--quick`` only prints its table).
@@ -48,7 +51,11 @@ def _sizes(quick: bool, videos: int, frames: int) -> tuple[list[str], list[str]]
 
 
 def _child(spec_path: Path, threads: str) -> None:
-    """One measurement process: print one JSON line {threads, encode_s, frames, step_s, steps}."""
+    """One measurement process: print one JSON line {threads, encode_s, frames, step_s, steps}.
+
+    torch (and with it OpenMP) loads before ``pipeline``, so the wait setting is the environment's as
+    :func:`_environment` made it: with none there, OpenMP's own default, not the pipeline's.
+    """
     import numpy as np
     import torch
 
@@ -91,12 +98,25 @@ def _child(spec_path: Path, threads: str) -> None:
 
 
 def _environment(threads: str, wait: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    """The child's environment: ``wait`` is '' (OpenMP's default), an ``OMP_WAIT_POLICY`` value, or ``spin:N``
+    (``GOMP_SPINCOUNT=N``: how long GNU OpenMP's idle threads spin before they sleep)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     if threads == "1":
         env["OMP_NUM_THREADS"] = "1"
-    if wait:
+    if wait.startswith("spin:"):
+        env["GOMP_SPINCOUNT"] = wait.removeprefix("spin:")
+    elif wait:
         env["OMP_WAIT_POLICY"] = wait
     return env
+
+
+def _wait_label(wait: str) -> str:
+    """How the table names a wait setting."""
+    if not wait:
+        return "OpenMP default (spin, then sleep)"
+    if wait.startswith("spin:"):
+        return f"GOMP_SPINCOUNT={wait.removeprefix('spin:')}"
+    return f"{wait} (stages' default)" if wait.upper() == "PASSIVE" else wait
 
 
 def _measure(spec_path: Path, threads: str, wait: str, busy: bool, timeout: float) -> dict[str, Any]:
@@ -111,7 +131,7 @@ def _measure(spec_path: Path, threads: str, wait: str, busy: bool, timeout: floa
             competitor.kill()
             competitor.wait()
     if result.returncode != 0:
-        raise RuntimeError(f"measurement (threads={threads}, OMP_WAIT_POLICY={wait or 'unset'}, busy={busy}) failed:\n"
+        raise RuntimeError(f"measurement (threads={threads}, wait={_wait_label(wait)}, busy={busy}) failed:\n"
                            + result.stderr[-3000:])
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -133,7 +153,7 @@ def main(
     frames: Annotated[int, typer.Option(help="Frames per video.")] = 48,
     train_seconds: Annotated[float, typer.Option(help="Seconds of timed training steps per measurement (at least 3 steps).")] = 12.0,
     settings: Annotated[str, typer.Option(help="Comma-separated thread settings: default, 1, auto.")] = ",".join(THREAD_SETTINGS),
-    waits: Annotated[str, typer.Option(help="Comma-separated OMP_WAIT_POLICY values ('' = unset, PASSIVE).")] = ",".join(WAIT_POLICIES),
+    waits: Annotated[str, typer.Option(help="Comma-separated OpenMP wait settings: '' = unset, an OMP_WAIT_POLICY value (PASSIVE, ACTIVE), spin:N = GOMP_SPINCOUNT=N.")] = ",".join(WAIT_POLICIES),
     timeout: Annotated[float, typer.Option(help="Seconds before one measurement process is given up.")] = 600.0,
     child: Annotated[Optional[Path], typer.Option(hidden=True)] = None,
     child_threads: Annotated[str, typer.Option(hidden=True)] = "default",
@@ -163,7 +183,7 @@ def main(
             quiet = _measure(spec_path, threads, wait, busy=False, timeout=timeout)
             busy = _measure(spec_path, threads, wait, busy=True, timeout=timeout)
             row = {"threads": {"default": "torch default", "1": "1", "auto": "configure_threads"}[threads],
-                   "omp_wait_policy": wait or "unset", "torch_threads": quiet["threads"],
+                   "omp_wait_policy": _wait_label(wait), "torch_threads": quiet["threads"],
                    "encode_quiet_s": round(quiet["encode_s"], 2), "encode_busy_s": round(busy["encode_s"], 2),
                    "encode_ratio": round(busy["encode_s"] / quiet["encode_s"], 2),
                    "encode_frames_per_s_quiet": round(quiet["frames"] / quiet["encode_s"], 1),

@@ -107,7 +107,7 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-CONTENTION_COLUMNS = [("threads", "threads"), ("omp_wait_policy", "OMP_WAIT_POLICY"), ("torch_threads", "torch threads"),
+CONTENTION_COLUMNS = [("threads", "threads"), ("omp_wait_policy", "OpenMP wait"), ("torch_threads", "torch threads"),
                       ("encode_quiet_s", "encode quiet s"), ("encode_busy_s", "encode beside a busy process s"),
                       ("encode_ratio", "encode ratio"), ("step_quiet_s", "train step quiet s"),
                       ("step_busy_s", "train step beside a busy process s"), ("step_ratio", "train step ratio")]

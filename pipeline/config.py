@@ -165,6 +165,7 @@ class AutoencoderConfig:
     beta: float = 0.25  # commitment weight, standard VQ-VAE form: |z_q - sg[z]|^2 + beta * |sg[z_q] - z|^2 (not taming's legacy)
     l1_weight: float = 0.2  # reconstruction loss = l1_weight * mean|x - y| + mse_weight * mean (x - y)^2
     mse_weight: float = 1.0  # (MSE-heavy: PSNR is an MSE metric; the small L1 term keeps flat areas clean)
+    foreground_weight: float = 0.0  # >0: pixels of (and around) objects differing from the frame's median colour weigh 1 + this
     restart_every: int = 100  # every n steps, codes unused since the last check restart at encoder outputs; 0 = off
     frame_stride: int = 1  # use every n-th frame of each training video (neighbouring frames are near duplicates)
     flip: bool = True  # random horizontal/vertical flips of training frames
@@ -195,6 +196,7 @@ class AutoencoderConfig:
         _require(self.beta >= 0, "beta", "must be >= 0")
         _require(self.l1_weight >= 0 and self.mse_weight >= 0 and self.l1_weight + self.mse_weight > 0,
                  "l1_weight", "l1_weight and mse_weight must be >= 0, not both 0")
+        _require(self.foreground_weight >= 0, "foreground_weight", "must be >= 0 (0 = plain mean over pixels)")
         _require(self.restart_every >= 0, "restart_every", "must be >= 0")
         _require(self.frame_stride >= 1, "frame_stride", "must be >= 1")
         _require(self.threads >= 0, "threads", "must be >= 0")

@@ -12,6 +12,13 @@ Policy (:func:`configure_threads`, called once at the start of every stage's com
 2. else the ``requested`` count, when a caller asks for one;
 3. else ``available_cpus() // processes on this node``, at least 1.
 
+How idle threads wait (:func:`default_wait_policy`, applied when :mod:`pipeline` is imported, before torch loads
+OpenMP): ``OMP_WAIT_POLICY=PASSIVE`` unless the environment already names a policy (``OMP_WAIT_POLICY`` or
+``GOMP_SPINCOUNT``). OpenMP's own default spins each idle thread for a while at every barrier; beside another busy
+process those spins take the CPU the working threads need, and stage 1 took 9x, a training step 14x their quiet
+time. Passive threads sleep instead: 1.2x / 1.5x, for a cost when the machine is quiet (``benchmarks/results.md``,
+thread_contention). The thread count, and so every result, does not depend on it.
+
 :func:`available_cpus` is the smaller of the CPUs in this process's affinity mask and the cgroup CPU quota
 (quota / period, rounded down, at least 1: a thread throttled for part of every period stalls the others).
 """
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -117,6 +125,33 @@ def available_cpus(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) ->
     return max(1, cpus)
 
 
+WAIT_POLICY_DEFAULT = "PASSIVE"
+WAIT_POLICY_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")  # either one is the user's choice of how threads wait
+
+
+def default_wait_policy(environ: dict[str, str] | None = None) -> str:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` in ``environ`` (default ``os.environ``) unless it names a wait policy already.
+
+    Returns the policy in force, in words. OpenMP reads the variable once, when torch loads it: this must run before
+    ``import torch`` to act on this process (``pipeline/__init__.py`` calls it); child processes (torchrun's
+    workers, the stages ``make`` starts) inherit it either way.
+    """
+    environ = os.environ if environ is None else environ
+    chosen = {k: environ[k] for k in WAIT_POLICY_KEYS if environ.get(k, "").strip()}
+    if chosen:
+        return ", ".join(f"{k}={v}" for k, v in chosen.items()) + " in the environment"
+    environ["OMP_WAIT_POLICY"] = WAIT_POLICY_DEFAULT
+    return f"OMP_WAIT_POLICY={WAIT_POLICY_DEFAULT} (the pipeline's default)"
+
+
+def _apply_on_import() -> str:
+    """:func:`default_wait_policy` for this process; says so when OpenMP was loaded before (torch imported first)."""
+    policy = default_wait_policy()
+    if "torch" in sys.modules and "pipeline's default" in policy:
+        policy += ", for child processes only (torch was imported before pipeline)"
+    return policy
+
+
 @dataclass(frozen=True)
 class ThreadChoice:
     threads: int  # torch intra-op threads set
@@ -171,7 +206,7 @@ def configure_threads(requested: int | None, world_size: int, log: Callable[[str
     if log is not None:
         where = f"{what}: " if what else ""
         log(f"threads: {where}{choice.threads} torch thread(s) per process ({choice.reason}; THREADS=N or "
-            f"OMP_NUM_THREADS=N to choose)")
+            f"OMP_NUM_THREADS=N to choose); idle threads wait by {WAIT_POLICY_IN_FORCE}")
     return choice
 
 
@@ -184,3 +219,6 @@ def processes_on_node(environ: Mapping[str, str] | None = None) -> int:
         except (KeyError, ValueError):
             continue
     return 1
+
+
+WAIT_POLICY_IN_FORCE = _apply_on_import()  # pipeline/__init__.py imports this module before anything loads torch

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -118,6 +121,7 @@ def test_configure_sets_torch_and_logs_one_line(monkeypatch) -> None:
     assert len(lines) == 2 and all(line.startswith("threads: ") and "\n" not in line for line in lines)
     assert "encode: 3 torch thread(s)" in lines[0] and "3 usable CPU(s) / 1 process(es)" in lines[0]
     assert "OMP_NUM_THREADS=1 in the environment" in lines[1]
+    assert all("idle threads wait by OMP_WAIT_POLICY=" in line for line in lines)
 
 
 def test_processes_on_node() -> None:
@@ -125,3 +129,31 @@ def test_processes_on_node() -> None:
     assert threads.processes_on_node({"WORLD_SIZE": "4"}) == 4
     assert threads.processes_on_node({"WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "2"}) == 2  # 2 of the 8 on this node
     assert threads.processes_on_node({"LOCAL_WORLD_SIZE": "x", "WORLD_SIZE": "3"}) == 3
+
+
+@pytest.mark.parametrize("environ, policy, kept", [
+    ({}, "PASSIVE", False),
+    ({"OMP_WAIT_POLICY": " "}, "PASSIVE", False),  # blank = unset
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE", True),
+    ({"GOMP_SPINCOUNT": "10000"}, None, True),  # a spin count is a choice of how to wait too
+])
+def test_wait_policy_default_only_where_none_is_chosen(environ, policy, kept) -> None:
+    said = threads.default_wait_policy(environ)
+    assert environ.get("OMP_WAIT_POLICY") == policy
+    assert ("in the environment" in said) == kept and ("pipeline's default" in said) == (not kept)
+
+
+def _python(code: str, **env: str) -> str:
+    clean = {k: v for k, v in os.environ.items() if k not in threads.WAIT_POLICY_KEYS}
+    done = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent, check=True)
+    return done.stdout.strip()
+
+
+def test_importing_pipeline_sets_the_policy_before_torch_loads_openmp() -> None:
+    """A stage process: pipeline first, so OpenMP starts with PASSIVE; the user's setting wins; torch first is said."""
+    code = "import os, pipeline, pipeline.threads as t; print(os.environ.get('OMP_WAIT_POLICY'), '|', t.WAIT_POLICY_IN_FORCE)"
+    assert _python(code) == "PASSIVE | OMP_WAIT_POLICY=PASSIVE (the pipeline's default)"
+    assert _python(code, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE | OMP_WAIT_POLICY=ACTIVE in the environment"
+    late = _python("import torch, pipeline.threads as t; print(t.WAIT_POLICY_IN_FORCE)")
+    assert late.endswith("for child processes only (torch was imported before pipeline)")

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from pipeline.config import AutoencoderConfig, Config, VQVAEConfig
 from pipeline.data.shards import ShardWriter
 from pipeline.vqvae import build_vqvae
-from pipeline.vqvae.train import LATEST, TrainError, app, frame_psnr, kmeans_codebook, train_autoencoder
+from pipeline.vqvae.train import (LATEST, TrainError, app, foreground_weights, frame_psnr, kmeans_codebook,
+                                  reconstruction_loss, train_autoencoder)
 
 
 def _write_split(root: Path, split: str, videos: int, size: int, seed: int) -> None:
@@ -107,6 +108,27 @@ def test_float16_export_and_psnr_cli(data, tmp_path):
     result = CliRunner().invoke(app, ["psnr", "--trained", "--config", str(config_file), "--videos", "1"])
     assert result.exit_code == 0, result.output
     assert "PSNR" in result.output and "dB" in result.output
+
+
+def test_foreground_weights_cover_the_object_and_its_rim():
+    x = torch.full((1, 3, 16, 16), -0.8)
+    x[0, :, 6:9, 6:9] = torch.tensor([0.8, -0.5, 0.2])[:, None, None]  # a 3x3 object on a plain background
+    w = foreground_weights(x, 4.0, radius=2)[0, 0]
+    assert w.shape == (16, 16) and set(w.unique().tolist()) == {1.0, 5.0}
+    assert bool((w[4:11, 4:11] == 5.0).all()) and float(w.sum()) == 16 * 16 + 4.0 * 7 * 7  # 3x3 dilated by 2 = 7x7
+
+
+def test_reconstruction_loss_weights_object_pixels():
+    ae = AutoencoderConfig(l1_weight=0.2, mse_weight=1.0)
+    x = torch.full((2, 3, 16, 16), -0.8)
+    x[:, :, 2:5, 2:5] = 0.6
+    y_background, y_object = x.clone(), x.clone()
+    y_background[:, :, 12, 12] += 0.5  # one background pixel wrong
+    y_object[:, :, 3, 3] += 0.5  # one object pixel wrong, by as much
+    assert torch.isclose(reconstruction_loss(x, y_background, ae), reconstruction_loss(x, y_object, ae))
+    weighted = AutoencoderConfig(l1_weight=0.2, mse_weight=1.0, foreground_weight=9.0)
+    assert float(reconstruction_loss(x, y_object, weighted)) > 5 * float(reconstruction_loss(x, y_background, weighted))
+    assert torch.isclose(reconstruction_loss(x, x, weighted), torch.zeros(()))
 
 
 def test_kmeans_and_psnr_helpers():
