@@ -5,9 +5,10 @@ predicted, 64 px): the read-out of S = 4 decoded samples (48 frames), the oracle
 simulation, and the exact measurement of its 3072 frames), and all of ``video_scores`` (model, oracle,
 copy-last, constant velocity and real sets). Measured: the read-out's position error on ground-truth frames, on
 blurred + noisy frames, and (when the shipped VQVAE checkpoint is there) on VQ reconstructions, read in palette
-colours and in the colours calibrated on two other reconstructed frames of the same video.
+colours and in the colours calibrated on two other reconstructed frames of the same video, with the
+reconstructions' PSNR over whole frames and over sprite pixels.
 
-    python -m benchmarks.bench_known_law [--videos 16] [--repeats 3] [--vq/--no-vq]
+    python -m benchmarks.bench_known_law [--videos 16] [--repeats 3] [--vq/--no-vq] [--vq-ckpt FILE]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 import typer
@@ -30,15 +32,6 @@ REPO = Path(__file__).resolve().parent.parent
 CLIP, COND, SAMPLES = np.arange(16), 4, 4
 
 
-def _pooled(results: list[dict[str, float]]) -> dict[str, float]:
-    """Mean over videos of each readout_error entry (max for the max_ entries), rounded."""
-    out = {}
-    for key in results[0]:
-        values = [r[key] for r in results if not np.isnan(r[key])]
-        out[key] = round(float(max(values) if key.startswith("max_") else np.mean(values)), 3) if values else None
-    return out
-
-
 def _blur_and_noise(frames: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
     """A 3 x 3 box blur and Gaussian noise of std ``noise`` (grey levels)."""
     size = frames.shape[1]
@@ -47,33 +40,24 @@ def _blur_and_noise(frames: np.ndarray, noise: float, rng: np.random.Generator) 
     return np.clip(blurred + rng.normal(0, noise, blurred.shape), 0, 255).round().astype(np.uint8)
 
 
-def _vq_errors(state, reader, videos: int) -> dict[str, dict[str, float]] | None:
-    """Read-out error on the shipped VQVAE's reconstructions (every 4th frame of each video), or None."""
+def _vq_errors(state, reader, videos: int, ckpt: Path | None = None) -> dict[str, Any] | None:
+    """:func:`pipeline.known_law.decoder_fidelity` of a demo VQVAE (every 4th frame of each video): the shipped one
+    (configs/demo.yaml's vqvae.ckpt) unless ``ckpt``; None when there is none."""
     import torch
 
     from pipeline.config import load_config
     from pipeline.vqvae import build_vqvae
 
     cfg = load_config(REPO / "configs" / "demo.yaml")
-    if not (REPO / cfg.vqvae.ckpt).is_file():
+    cfg.vqvae.ckpt = str(ckpt if ckpt is not None else REPO / cfg.vqvae.ckpt)
+    if not Path(cfg.vqvae.ckpt).is_file():
         return None
-    cfg.vqvae.ckpt = str(REPO / cfg.vqvae.ckpt)
     vq = build_vqvae(cfg.vqvae, cfg.data.image_size)
-    ids = np.arange(0, reader.lengths.min(), 4)
-    palette, calibrated = [], []
-    for v in range(videos):
-        frames = reader.read_frames(v, ids)
-        with torch.inference_mode():
-            out = vq(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1)
-        recon = ((out.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
-        track = state.track(v)
-        colours = KL.calibrate_colours(recon[:2], track, ids[:2])
-        palette.append(KL.readout_error(recon[2:], track, ids[2:]))
-        calibrated.append(KL.readout_error(recon[2:], track, ids[2:], colours=colours))
-    return {"palette_colours": _pooled(palette), "calibrated_colours": _pooled(calibrated)}
+    return {"ckpt": Path(cfg.vqvae.ckpt).name, **KL.decoder_fidelity(vq.reconstruct_uint8, reader, state, videos)}
 
 
-def main(videos: int = 16, repeats: int = 3, vq: bool = typer.Option(True, help="also measure on VQ reconstructions")) -> None:
+def main(videos: int = 16, repeats: int = 3, vq: bool = typer.Option(True, help="also measure on VQ reconstructions"),
+         vq_ckpt: Optional[Path] = typer.Option(None, help="a demo VQVAE checkpoint to measure instead of the shipped one")) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_known_law_") as root:
         generate_demo(DemoConfig(videos={"test": videos}), 64, root)
         state, reader = load_state(Path(root) / "test"), ShardReader(Path(root) / "test")
@@ -94,7 +78,7 @@ def main(videos: int = 16, repeats: int = 3, vq: bool = typer.Option(True, help=
         noisy = [KL.readout_error(_blur_and_noise(reader.read_frames(v), 8.0, rng), state.track(v), all_frames)
                  for v in range(videos)]
         start = time.perf_counter()
-        vq_errors = _vq_errors(state, reader, videos) if vq else None
+        vq_errors = _vq_errors(state, reader, videos, vq_ckpt) if vq else None
         vq_s = time.perf_counter() - start
 
     result = {
@@ -102,8 +86,8 @@ def main(videos: int = 16, repeats: int = 3, vq: bool = typer.Option(True, help=
                    f"P = {len(CLIP) - COND}; S = {SAMPLES} samples; M = {KL.ORACLE_SAMPLES} oracle futures; seconds "
                    f"per video, best of {repeats}",
         **{k: round(v, 4) for k, v in timings.items()},
-        "readout_error_ground_truth": _pooled(exact),
-        "readout_error_blur3_noise8": _pooled(noisy),
+        "readout_error_ground_truth": KL.pooled_readout_errors(exact),
+        "readout_error_blur3_noise8": KL.pooled_readout_errors(noisy),
         "readout_error_vq": vq_errors,
         "vq_measure_s": round(vq_s, 1),
     }

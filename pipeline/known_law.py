@@ -387,9 +387,62 @@ def readout_error(frames: np.ndarray, track: SpriteTrack, frame_ids: Sequence[in
            "spurious_rate": float((got.spurious > 0).mean())}
     for tag, ref in (("vs_state", truth), ("vs_exact", exact.positions)):
         e = np.linalg.norm(got.positions - ref, axis=-1)[both]
-        for name, value in (("rms", np.sqrt(np.mean(e**2))), ("median", np.median(e)), ("p90", np.percentile(e, 90)), ("max", e.max())):
-            out[f"{name}_{tag}"] = float(value) if e.size else float("nan")
+        stats = {"rms": lambda: np.sqrt(np.mean(e**2)), "median": lambda: np.median(e),
+                 "p90": lambda: np.percentile(e, 90), "max": lambda: e.max()}
+        for name, value in stats.items():
+            out[f"{name}_{tag}"] = float(value()) if e.size else float("nan")  # nan: no sprite found in both
     return out
+
+
+def sprite_pixel_psnr(frames: np.ndarray, real: np.ndarray, background: np.ndarray = demo.BACKGROUND) -> float:
+    """PSNR (dB, peak 255) of ``frames`` against ``real`` (both uint8 [N, H, W, 3]) over the pixels where ``real``
+    shows a sprite (any channel differs from the background), pooled over all frames: the demo's sprites cover a few
+    percent of a frame, so a whole-frame PSNR is mostly the background's."""
+    real = np.asarray(real)
+    sprite = (real != np.asarray(background, real.dtype)).any(axis=-1)
+    if not sprite.any():
+        raise ValueError("sprite_pixel_psnr: no sprite pixel in the real frames")
+    err = np.asarray(frames, np.float64)[sprite] - real[sprite].astype(np.float64)
+    mse = float(np.mean(err**2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def pooled_readout_errors(results: list[dict[str, float]]) -> dict[str, float | None]:
+    """Mean over videos of each :func:`readout_error` entry (max for the ``max_`` entries; NaNs left out), rounded."""
+    out: dict[str, float | None] = {}
+    for key in results[0]:
+        values = [r[key] for r in results if not np.isnan(r[key])]
+        out[key] = round(float(max(values) if key.startswith("max_") else np.mean(values)), 3) if values else None
+    return out
+
+
+def decoder_fidelity(reconstruct: Callable[[np.ndarray], np.ndarray], reader, state, videos: int = 0,
+                     stride: int = 4) -> dict[str, Any]:
+    """How well an autoencoder keeps the demo's sprites: its reconstructions of every ``stride``-th frame of the
+    first ``videos`` videos (0 = all) of a split (``reader``: its ShardReader; ``state``: its DemoState), read out.
+
+    ``reconstruct``: uint8 frames [N, H, W, 3] -> their uint8 reconstructions. Returns the PSNR of whole frames and
+    of sprite pixels (:func:`sprite_pixel_psnr`), and the pooled :func:`readout_error` read in the palette's colours
+    (``palette_colours``: is each sprite drawn in its own colour?) and in the colours calibrated on the first two
+    reconstructed frames of each video (``calibrated_colours``: is it drawn in a consistent colour?), on the others.
+    """
+    count = len(reader) if videos <= 0 else min(videos, len(reader))
+    palette, calibrated, reals, recons = [], [], [], []
+    for v in range(count):
+        ids = np.arange(0, int(reader.lengths[v]), stride)
+        real = reader.read_frames(v, ids)
+        recon = reconstruct(real)
+        track = state.track(v)
+        colours = calibrate_colours(recon[:2], track, ids[:2])
+        palette.append(readout_error(recon[2:], track, ids[2:]))
+        calibrated.append(readout_error(recon[2:], track, ids[2:], colours=colours))
+        reals.append(real)
+        recons.append(recon)
+    real, recon = np.concatenate(reals), np.concatenate(recons)
+    mse = float(np.mean((recon.astype(np.float64) - real) ** 2))
+    return {"videos": count, "frames": len(real), "psnr": round(10 * np.log10(255.0**2 / max(mse, 1e-12)), 2),
+            "psnr_sprite_pixels": round(sprite_pixel_psnr(recon, real), 2),
+            "palette_colours": pooled_readout_errors(palette), "calibrated_colours": pooled_readout_errors(calibrated)}
 
 
 # ----------------------------------------------------------------------------------------------------------

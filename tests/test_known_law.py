@@ -173,6 +173,31 @@ def test_readout_survives_blur_and_noise(data) -> None:
     assert max(r["spurious_rate"] for r in results) == 0
 
 
+def test_sprite_pixel_psnr_looks_only_at_sprites(data) -> None:
+    state, reader = data
+    real = reader.read_frames(0, np.arange(4))
+    off_sprites, on_sprites = real.copy(), real.copy()
+    background = (real == KL.demo.BACKGROUND).all(axis=-1)
+    off_sprites[background] = 255 - off_sprites[background]  # every background pixel wrong
+    on_sprites[~background] = on_sprites[~background] // 2 + 1  # every sprite pixel wrong
+    assert KL.sprite_pixel_psnr(off_sprites, real) == float("inf") and KL.sprite_pixel_psnr(real, real) == float("inf")
+    err = (on_sprites[~background].astype(float) - real[~background]) ** 2
+    assert KL.sprite_pixel_psnr(on_sprites, real) == pytest.approx(10 * np.log10(255**2 / err.mean()))
+    with pytest.raises(ValueError, match="no sprite pixel"):
+        KL.sprite_pixel_psnr(real, np.broadcast_to(KL.demo.BACKGROUND, real.shape).copy())
+
+
+def test_decoder_fidelity_of_a_perfect_and_a_colour_swapping_decoder(data) -> None:
+    state, reader = data
+    perfect = KL.decoder_fidelity(lambda frames: frames, reader, state, videos=4, stride=2)
+    assert perfect["videos"] == 4 and perfect["frames"] == 4 * CFG.frames // 2
+    own = perfect["palette_colours"]
+    assert own["found_rate"] == 1.0 and own["rms_vs_exact"] == 0.0 and own["spurious_rate"] == 0.0
+    assert perfect["psnr_sprite_pixels"] == float("inf")
+    swapped = KL.decoder_fidelity(lambda frames: frames[..., ::-1].copy(), reader, state, videos=4, stride=2)  # RGB -> BGR
+    assert swapped["palette_colours"]["found_rate"] < 0.5 and swapped["psnr_sprite_pixels"] < 20
+
+
 def test_calibrated_colours_read_a_colour_shifted_decoder() -> None:
     """A decoder that draws yellow nearer orange than yellow: read in palette colours the sprite is lost and an
     orange object appears; read in the colours measured on frames of known state, it is found where it is."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from einops import rearrange
 from torch import nn
@@ -178,6 +179,12 @@ class FrozenVQVAE(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """Reconstruction decode(encode(x)): the achievable ceiling for any forecast."""
         return self.decode(self.encode(pixels))
+
+    def reconstruct_uint8(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 frames [N, H, W, 3] -> their reconstructions, uint8 [N, H, W, 3] (rounded)."""
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        y = self(x)
+        return ((y + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def build_vqvae(cfg: VQVAEConfig, image_size: int, load_weights: bool = True) -> FrozenVQVAE:

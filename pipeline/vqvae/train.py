@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from pipeline.cli import ConfigOption, DataRootOption, SetOption, SmokeOption, fail, load_cli_config
 from pipeline.config import Config
+from pipeline.data.demo_state import STATE_FILE
 from pipeline.data.shards import ShardError, ShardReader
 from pipeline.records import atomic_path, code_version, read_json, sha256_file, write_json_atomic
 from pipeline.safe_load import safe_torch_load
@@ -510,6 +511,26 @@ def psnr(
         f"PSNR {value:.2f} dB  ({count} frames of {cfg.data.root}/{split}, checkpoint {vq.ckpt}, "
         f"{time.time() - t0:.0f} s)"
     )
+    if (Path(cfg.data.root) / split / STATE_FILE).is_file():
+        typer.echo(object_fidelity_line(vq, Path(cfg.data.root) / split, videos))
+
+
+def object_fidelity_line(vq: FrozenVQVAE, split_dir: Path, videos: int) -> str:
+    """The demo's sprites in a VQVAE's reconstructions (every 4th frame; pipeline.known_law.decoder_fidelity),
+    in one line: found in their own colours, position error against the exact frames' read-out, sprite PSNR."""
+    from pipeline import known_law
+    from pipeline.data.demo_state import load_state
+
+    reader = ShardReader(split_dir)
+    try:
+        fid = known_law.decoder_fidelity(vq.reconstruct_uint8, reader, load_state(split_dir), videos)
+    finally:
+        reader.close()
+    own = {k: (float("nan") if v is None else v) for k, v in fid["palette_colours"].items()}  # None: no sprite found
+    return (f"sprites: {100 * own['found_rate']:.1f} % found in their own colour, position error RMS "
+            f"{own['rms_vs_exact']:.2f} px (median {own['median_vs_exact']:.2f}, 90th pct {own['p90_vs_exact']:.2f}), "
+            f"spurious objects in {100 * own['spurious_rate']:.1f} % of frames; PSNR on sprite pixels "
+            f"{fid['psnr_sprite_pixels']:.2f} dB  ({fid['frames']} frames of {fid['videos']} videos)")
 
 
 if __name__ == "__main__":
