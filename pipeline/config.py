@@ -148,7 +148,8 @@ class AutoencoderConfig:
 
     The architecture comes from the ``vqvae`` section; the finished model is written, as a flat state dict, to
     ``export`` (default ``<out_dir>/vqvae.pt``: never over the shipped ``vqvae.ckpt`` unless ``export`` names it).
-    Training frames come from ``data.root``/train. Defaults = the demo recipe (about 9 minutes on a shared 2-core CPU).
+    Training frames come from ``data.root``/train. Defaults: a short full-frame recipe (about 9 minutes on a 2-core
+    CPU, ~29 dB on the demo); configs/demo.yaml holds the recipe of the shipped demo VQVAE.
     """
 
     steps: int = 1000  # optimiser steps in total (crop steps + full-frame steps)

@@ -3,7 +3,8 @@
     python -m pipeline.vqvae.train --config configs/demo.yaml [--set autoencoder.steps=...] [--smoke] [--fresh]
     python -m pipeline.vqvae.train psnr --config configs/demo.yaml [--ckpt file]
 
-Recipe (sized for a shared 2-core CPU: the demo model trains in about 9 minutes, test PSNR about 29 dB):
+Recipe (configs/demo.yaml's ``autoencoder`` section trained ``checkpoints/demo_vqvae.pt`` in 25 minutes on a 2-core
+CPU: test PSNR 33.6 dB, 23.7 dB on sprite pixels; 98.9 % of sprites read back in their own colour, 0.37 px RMS):
 
 * loss = l1 * |x - y| + mse * (x - y)^2 + the quantiser's loss, straight-through estimator. The quantiser's loss
   is the standard VQ-VAE form, codebook ||z_q - sg[z]||^2 + beta * commitment ||sg[z_q] - z||^2 (``autoencoder.beta``,
@@ -13,9 +14,11 @@ Recipe (sized for a shared 2-core CPU: the demo model trains in about 9 minutes,
 * the first ``quantize_after`` steps train a plain autoencoder; the codebook is then initialised by k-means on
   encoder outputs and quantisation switched on; every ``restart_every`` steps codes unused since the last
   check are restarted at random current encoder outputs (their Adam moments zeroed);
-* full frames by default; optionally random (most-varied-of-k) crops with a final full-frame phase;
-* bfloat16 autocast for the convolutions, float32 for the codebook search; one CPU thread by default
-  (two threads on a CPU shared with other jobs thrash: measured 9 s/step instead of 0.5 s/step);
+* full frames by default; optionally random (most-varied-of-k) crops with a final full-frame phase, and a loss that
+  weighs pixels unlike the frame's median colour (objects, with a 2 px rim) ``1 + foreground_weight``;
+* bfloat16 autocast for the convolutions, float32 for the codebook search; ``threads`` CPU threads (1 by default:
+  two threads on a CPU shared with other jobs once thrashed, 9 s/step instead of 0.5 s/step, before the stages'
+  ``OMP_WAIT_POLICY=PASSIVE`` default, pipeline/threads.py);
 * AdamW with linear warm-up and cosine decay; runs are deterministic (a rerun gives bit-identical weights).
 
 Resumable: ``<out_dir>/latest.pt`` (model, optimiser, step, code-usage counters, RNG states, config) is written
