@@ -16,8 +16,9 @@ How idle threads wait (:func:`default_wait_policy`, applied when :mod:`pipeline`
 OpenMP): ``OMP_WAIT_POLICY=PASSIVE`` unless the environment already names a policy (``OMP_WAIT_POLICY`` or
 ``GOMP_SPINCOUNT``). OpenMP's own default spins each idle thread for a while at every barrier; beside another busy
 process those spins take the CPU the working threads need, and stage 1 took 9x, a training step 14x their quiet
-time. Passive threads sleep instead: 1.2x / 1.5x, for a cost when the machine is quiet (``benchmarks/results.md``,
-thread_contention). The thread count, and so every result, does not depend on it.
+time. Passive threads sleep instead: 1.2-1.6x / 1.5-2.4x in three runs, for a cost of 20-70 % when the machine is
+quiet (README, "Threads on a shared CPU"; ``benchmarks/results.md``, thread_contention). The thread count, and so
+every result, does not depend on it.
 
 :func:`available_cpus` is the smaller of the CPUs in this process's affinity mask and the cgroup CPU quota
 (quota / period, rounded down, at least 1: a thread throttled for part of every period stalls the others).
@@ -30,7 +31,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, MutableMapping
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_CGROUP = Path("/proc/self/cgroup")
@@ -129,7 +130,7 @@ WAIT_POLICY_DEFAULT = "PASSIVE"
 WAIT_POLICY_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")  # either one is the user's choice of how threads wait
 
 
-def default_wait_policy(environ: dict[str, str] | None = None) -> str:
+def default_wait_policy(environ: MutableMapping[str, str] | None = None) -> str:
     """Set ``OMP_WAIT_POLICY=PASSIVE`` in ``environ`` (default ``os.environ``) unless it names a wait policy already.
 
     Returns the policy in force, in words. OpenMP reads the variable once, when torch loads it: this must run before
