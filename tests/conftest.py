@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+
+# `make test ARGS=...` passes its command-line variables to every make below it through MAKEFLAGS: the makes the tests
+# run must see only their own (an outer ARGS=--durations=40 reached `python -m pipeline.data` as an option).
+for _variable in ("MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES", "MAKELEVEL"):
+    os.environ.pop(_variable, None)
 
 
 @contextlib.contextmanager

@@ -14,6 +14,8 @@ from pipeline.data.demo import MAX_SPEED, PALETTE, generate_demo, simulate_video
 from pipeline.data.demo_state import SpriteTrack, load_state
 from pipeline.data.shards import ShardReader
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensor work: one thread is faster on 2 shared cores
+
 CFG = DemoConfig(videos={"test": 16}, frames=20)
 CLIP = np.arange(16)  # the forecast clip: raw frames 0..15, 4 conditioning, 12 predicted
 COND = 4

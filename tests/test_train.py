@@ -20,6 +20,8 @@ from pipeline.model import build_model
 from pipeline.safe_load import PickledRecord
 from pipeline.train import TrainingError, train
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensor work: one thread is faster on 2 shared cores
+
 SMALL_NET = ["model.inner_dim=32", "model.heads=2", "model.depth=1", "model.mid_depth=1", "train.wandb_mode=disabled",
              "train.sample_every=0"]
 
