@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -12,10 +13,24 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
-# `make test ARGS=...` passes its command-line variables to every make below it through MAKEFLAGS: the makes the tests
-# run must see only their own (an outer ARGS=--durations=40 reached `python -m pipeline.data` as an option).
-for _variable in ("MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES", "MAKELEVEL"):
-    os.environ.pop(_variable, None)
+
+
+def _forget_the_outer_make(environ: dict[str, str] | os._Environ = os.environ) -> None:
+    """``make test ARGS=...`` exports its command-line variables (as environment variables and in MAKEFLAGS) to every
+    make below it: the makes the tests run must see only their own (an outer ``ARGS=--durations=40`` reached
+    ``python -m pipeline.data`` as an option)."""
+    flags = environ.get("MAKEFLAGS", "")
+    if " -- " in f" {flags} ":
+        definitions = re.split(r"(?<!\\)\s+", f" {flags} ".split(" -- ", 1)[1].strip())
+        for definition in definitions:
+            name = definition.split("=", 1)[0].rstrip(":+?!")
+            if "=" in definition and name:
+                environ.pop(name, None)
+    for variable in ("MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES", "MAKELEVEL"):
+        environ.pop(variable, None)
+
+
+_forget_the_outer_make()
 
 
 @contextlib.contextmanager
