@@ -388,10 +388,9 @@ def readout_error(frames: np.ndarray, track: SpriteTrack, frame_ids: Sequence[in
            "spurious_rate": float((got.spurious > 0).mean())}
     for tag, ref in (("vs_state", truth), ("vs_exact", exact.positions)):
         e = np.linalg.norm(got.positions - ref, axis=-1)[both]
-        stats = {"rms": lambda: np.sqrt(np.mean(e**2)), "median": lambda: np.median(e),
-                 "p90": lambda: np.percentile(e, 90), "max": lambda: e.max()}
-        for name, value in stats.items():
-            out[f"{name}_{tag}"] = float(value()) if e.size else float("nan")  # nan: no sprite found in both
+        values = (np.sqrt(np.mean(e**2)), np.median(e), np.percentile(e, 90), e.max()) if e.size else (np.nan,) * 4
+        for name, value in zip(("rms", "median", "p90", "max"), values):  # nan: no sprite found in both
+            out[f"{name}_{tag}"] = float(value)
     return out
 
 

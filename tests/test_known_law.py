@@ -201,7 +201,7 @@ def test_decoder_fidelity_of_a_perfect_and_a_colour_swapping_decoder(data) -> No
 
 
 def test_the_shipped_demo_vqvae_keeps_its_sprites(data) -> None:
-    """configs/demo.yaml's VQVAE redraws each sprite in its own colour where it is (issue: >= 99 % found, <= 0.5 px;
+    """configs/demo.yaml's VQVAE redraws each sprite in its own colour where it is (the bar: >= 99 % found, <= 0.5 px;
     measured on the 64 test videos: 98.9 %, 0.37 px RMS). Here 16 videos x 10 frames, with a little slack."""
     import torch
 

@@ -21,6 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from pipeline.config import VQVAEConfig
+from pipeline.data.clips import to_model_range, to_uint8
 from pipeline.records import sha256_file
 
 from .load import CheckpointFormatError, CheckpointMismatchError, load_checkpoint_into
@@ -182,9 +183,7 @@ class FrozenVQVAE(nn.Module):
 
     def reconstruct_uint8(self, frames: np.ndarray) -> np.ndarray:
         """uint8 frames [N, H, W, 3] -> their reconstructions, uint8 [N, H, W, 3] (rounded)."""
-        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        y = self(x)
-        return ((y + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return to_uint8(self(to_model_range(frames)))
 
 
 def build_vqvae(cfg: VQVAEConfig, image_size: int, load_weights: bool = True) -> FrozenVQVAE:
