@@ -344,9 +344,11 @@ def load_flow(cfg: Config, path: str | Path, device: torch.device, log: Callable
     ckpt = load_flow_checkpoint(path)
     if ckpt.kind == "pipeline":
         _check_trained_config(cfg, ckpt)
-    use_ema = bool(cfg.forecast.use_ema and ckpt.ema)
-    if cfg.forecast.use_ema and not ckpt.ema:
+    use_ema = bool(cfg.forecast.use_ema and (ckpt.ema or ckpt.holds_ema_weights))
+    if cfg.forecast.use_ema and not use_ema:
         log(f"forecast: {path} has no EMA weights; using the raw model weights")
+    if not cfg.forecast.use_ema and ckpt.holds_ema_weights:
+        log(f"forecast: {path} holds only the EMA weights (exported for sampling); using them")
     model = build_model(cfg.model)
     try:
         model.load_state_dict(ckpt.weights(use_ema))

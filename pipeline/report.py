@@ -469,13 +469,25 @@ def law_verdicts(runs: dict[str, dict[str, Any]]) -> list[str]:
 def _pairing(a: dict[str, Any], b: dict[str, Any]) -> str | None:
     """How two runs relate: different interpolants at equal NFE per frame, or one checkpoint sampled two ways."""
     sa, sb = a["protocol"]["sampler"], b["protocol"]["sampler"]
-    if a.get("interp") != b.get("interp") and sa.get("nfe_per_frame") == sb.get("nfe_per_frame"):
-        return f"at {sa.get('nfe_per_frame')} network evaluations per frame"
+    if a.get("interp") != b.get("interp") and sa.get("nfe_per_frame") == sb.get("nfe_per_frame") \
+            and _trained_steps(a) == _trained_steps(b):
+        return f"at {sa.get('nfe_per_frame')} network evaluations per frame, both trained {_trained_steps(a)} steps"
     same_weights = a["protocol"]["checkpoint"] == b["protocol"]["checkpoint"]
     changed = sorted(k for k in set(sa) | set(sb) if sa.get(k) != sb.get(k) and k != "solver_resolved")
     if a.get("interp") == b.get("interp") and same_weights and changed:
         return "one checkpoint sampled with different " + ", ".join(changed)
     return None
+
+
+def _trained_steps(metrics: dict[str, Any]) -> int | None:
+    return metrics["protocol"]["checkpoint"].get("ckpt_step")
+
+
+def _baseline(run: str, runs: dict[str, dict[str, Any]]) -> str:
+    """The run a later run is paired against: the first run trained as long (the short demo runs with each other,
+    the shipped checkpoints with each other), else the first run."""
+    same = [r for r in runs if r != run and _trained_steps(runs[r]) == _trained_steps(runs[run])]
+    return same[0] if same and list(runs).index(same[0]) < list(runs).index(run) else next(iter(runs))
 
 
 def _summary(dataset_dir: Path, runs: dict[str, dict[str, Any]]) -> list[str]:
@@ -488,15 +500,17 @@ def _summary(dataset_dir: Path, runs: dict[str, dict[str, Any]]) -> list[str]:
         lines += ["VQ ceiling and copy-last rows: from the first run's store (the same test clips when the protocols "
                   "agree).", ""]
         for run, m in list(runs.items())[1:]:
-            names = (run_label(first_run, first), run_label(run, m))
-            diffs = _comparable({first_run: first, run: m})
+            base_run = _baseline(run, runs)
+            base = runs[base_run]
+            names = (run_label(base_run, base), run_label(run, m))
+            diffs = _comparable({base_run: base, run: m})
             if diffs:
                 lines += [f"**Not comparable as is**: {names[0]} and {names[1]} differ in {', '.join(diffs)}; no "
                           "paired differences.", ""]
             else:
-                rows = paired_rows(first["model"], m["model"], first["protocol"])
-                if _law_sets(first) and _law_sets(m):
-                    rows += paired_rows(_law_sets(first)["model"], _law_sets(m)["model"], first["protocol"],
+                rows = paired_rows(base["model"], m["model"], base["protocol"])
+                if _law_sets(base) and _law_sets(m):
+                    rows += paired_rows(_law_sets(base)["model"], _law_sets(m)["model"], base["protocol"],
                                         KNOWN_LAW_COLUMNS)
                 lines += _paired_table(f"### Paired: {names[0]} − {names[1]} (same videos, same resamples)", rows, names)
     lines += _known_law_section(dataset_dir, runs)

@@ -57,7 +57,9 @@ def write_forecasts(path: Path, seed: int = 0, complete: bool = True, n_done: in
 
 
 def _cfg(*overrides: str):
-    return load_config(REPO / "configs" / "demo.yaml", list(overrides))
+    """The demo config with no shards behind it, whatever the working directory holds: the synthetic stores have no
+    state sidecar (a real data/demo/test would add known-law scores the stores cannot feed)."""
+    return load_config(REPO / "configs" / "demo.yaml", ["data.root=/nonexistent/synthetic-stores", *overrides])
 
 
 def _run(out: Path, interp: str = "ours", *overrides: str, force: bool = False, seed: int = 0) -> tuple[str, dict]:
@@ -209,7 +211,8 @@ def test_cli(tmp_path: Path) -> None:
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     write_forecasts(tmp_path / "demo" / "runs" / "linear" / "forecasts.zarr")
-    args = ["--config", str(REPO / "configs" / "demo.yaml"), "--out", str(tmp_path), "--interp", "linear"]
+    args = ["--config", str(REPO / "configs" / "demo.yaml"), "--out", str(tmp_path),
+            "--data-root", str(tmp_path / "no-shards"), "--interp", "linear"]
     runner = CliRunner()
     first = runner.invoke(cli.app, args)
     assert first.exit_code == 0, first.output
@@ -222,10 +225,10 @@ def test_cli(tmp_path: Path) -> None:
     assert other.exit_code == 1 and "no forecasts store" in other.output
 
 
-def _law_run(interp: str, ckpt: str, sampler: dict, law_distance: list[float]) -> dict:
+def _law_run(interp: str, ckpt: str, sampler: dict, law_distance: list[float], step: int = 1000) -> dict:
     """A metrics.json body with only what the law verdicts read."""
     protocol = {"intervals": {"resamples": 500, "seed": 0, "level": 0.95}, "sampler": sampler,
-                "checkpoint": {"ckpt": ckpt}, "split": "test", "videos": len(law_distance), "video_ids": [],
+                "checkpoint": {"ckpt": ckpt, "ckpt_step": step}, "split": "test", "videos": len(law_distance), "video_ids": [],
                 "real_clips_sha256": "same", "n_samples": 4, "clip_length": 16, "cond_frames": 4,
                 "fvd": {"videos": 0, "generated": "first", "i3d_sha256": None}}
     return {"interp": interp, "protocol": protocol,
@@ -240,11 +243,17 @@ def test_law_verdicts_pair_interpolants_at_equal_budget_and_samplers_of_one_chec
     runs = {"ours": _law_run("ours", "ours.pt", {"nfe_per_frame": 20, "steps": 11}, far),
             "linear": _law_run("linear", "linear.pt", {"nfe_per_frame": 20, "steps": 11}, near),
             "ours-nfe100": _law_run("ours", "ours.pt", {"nfe_per_frame": 100, "steps": 51}, far),
-            "linear-nfe100": _law_run("linear", "linear.pt", {"nfe_per_frame": 100, "steps": 51}, near)}
+            "linear-nfe100": _law_run("linear", "linear.pt", {"nfe_per_frame": 100, "steps": 51}, near),
+            "shipped-ours": _law_run("ours", "s-ours.pt", {"nfe_per_frame": 20, "steps": 11}, near, step=8000),
+            "shipped-linear": _law_run("linear", "s-linear.pt", {"nfe_per_frame": 20, "steps": 11}, far, step=8000)}
     verdicts = law_verdicts(runs)
-    assert any("at 20 network evaluations per frame: linear is better than ours" in v for v in verdicts)
-    assert any("at 100 network evaluations per frame: linear-nfe100 (linear) is better" in v for v in verdicts)
+    assert any("at 20 network evaluations per frame, both trained 1000 steps: linear is better than ours" in v
+               for v in verdicts)
+    assert any("at 100 network evaluations per frame, both trained 1000 steps: linear-nfe100 (linear) is better" in v
+               for v in verdicts)
+    assert any("both trained 8000 steps: shipped-ours (ours) is better than shipped-linear" in v for v in verdicts)
     assert any("one checkpoint sampled with different nfe_per_frame, steps: the data cannot tell ours" in v
                for v in verdicts)
     assert not any("ours and linear-nfe100" in v for v in verdicts)  # different interpolants at different budgets
-    assert len(verdicts) == 4
+    assert not any("shipped-linear" in v and "(ours)" not in v for v in verdicts)  # never short vs shipped
+    assert len(verdicts) == 5

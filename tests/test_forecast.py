@@ -256,3 +256,32 @@ def test_a_river_format_checkpoint_reports_its_global_step(tiny, tmp_path: Path,
     del payload["step"], payload["global_step"]
     torch.save(payload, path)
     assert load_flow_checkpoint(path).step == 0
+
+
+def test_an_exported_checkpoint_samples_with_the_ema_weights_in_float16(tmp_path: Path, repo: Path) -> None:
+    """``python -m pipeline.checkpoints`` keeps the EMA weights (float16), the step and the config, drops the
+    optimizer state; forecast loads it as the EMA without a warning, and refuses the other interpolant."""
+    import json
+
+    from pipeline.checkpoints import load_flow_checkpoint
+    from pipeline.forecast import ForecastError, load_flow
+
+    cfg = _cfg(repo, [])
+    src = _our_checkpoint(cfg, tmp_path / "latest.pt")
+    dst = tmp_path / "shipped" / "flow.pt"
+    subprocess.run([sys.executable, "-m", "pipeline.checkpoints", str(src), str(dst)], check=True, cwd=repo,
+                   env=ONE_THREAD, capture_output=True)
+    exported = load_flow_checkpoint(dst)
+    assert (exported.kind, exported.step, exported.ema) == ("pipeline", 7, None) and exported.holds_ema_weights
+    assert "opt" not in exported.raw and all(t.dtype == torch.float16 for t in exported.model.values())
+    record = json.loads(dst.with_suffix(".json").read_text())
+    assert record["exported"]["weights"] == "ema" and record["interpolant"] == cfg.interpolant.kind
+
+    lines: list[str] = []
+    model, info = load_flow(cfg, dst, torch.device("cpu"), log=lines.append)
+    assert info["use_ema"] and not lines
+    for name, value in _state(cfg, 100).items():  # the EMA of _our_checkpoint, to float16 rounding
+        torch.testing.assert_close(model.state_dict()[name], value, rtol=1e-3, atol=1e-4)
+    other = "linear" if cfg.interpolant.kind == "ours" else "ours"
+    with pytest.raises(ForecastError, match="trained with other settings"):
+        load_flow(_cfg(repo, [f"interpolant.kind={other}"]), dst, torch.device("cpu"), log=lines.append)
