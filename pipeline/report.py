@@ -237,7 +237,8 @@ def run_label(run: str, metrics: dict[str, Any]) -> str:
 
 
 def find_runs(dataset_dir: Path) -> dict[str, dict[str, Any]]:
-    """{run: metrics} for every current ``<dataset_dir>/runs/<run>/eval/metrics.json``; ours, linear first."""
+    """{run: metrics} for every current ``<dataset_dir>/runs/<run>/eval/metrics.json``: ours, linear first, then the
+    other runs by training steps (runs of one checkpoint together), ours before linear, then by name."""
     runs = {}
     for path in sorted(Path(dataset_dir).glob(f"{RUNS}/*/eval/{METRICS_FILE}")):
         try:
@@ -246,8 +247,12 @@ def find_runs(dataset_dir: Path) -> dict[str, dict[str, Any]]:
             continue
         if metrics.get("schema") == SCHEMA:  # an older format is recomputed by its next make eval
             runs[path.parent.parent.name] = metrics
-    order = [i for i in INTERP_ORDER if i in runs] + sorted(i for i in runs if i not in INTERP_ORDER)
-    return {i: runs[i] for i in order}
+    def rank(run: str) -> tuple:
+        interp = runs[run].get("interp")
+        return (run not in INTERP_ORDER, _trained_steps(runs[run]) or 0,
+                INTERP_ORDER.index(interp) if interp in INTERP_ORDER else len(INTERP_ORDER), run)
+
+    return {run: runs[run] for run in sorted(runs, key=rank)}
 
 
 def _cell(block: dict[str, Any] | None, fmt: str) -> str:
@@ -480,7 +485,8 @@ def _pairing(a: dict[str, Any], b: dict[str, Any]) -> str | None:
 
 
 def _trained_steps(metrics: dict[str, Any]) -> int | None:
-    return metrics["protocol"]["checkpoint"].get("ckpt_step")
+    """The training step of the checkpoint a run sampled (None when its metrics do not say)."""
+    return metrics.get("protocol", {}).get("checkpoint", {}).get("ckpt_step")
 
 
 def _baseline(run: str, runs: dict[str, dict[str, Any]]) -> str:

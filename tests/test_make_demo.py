@@ -1,11 +1,13 @@
 """`make demo` itself, at its smoke setting: every stage for both interpolants (training through torchrun with
-DEMO_NPROC=2 processes, as on a CPU-only machine), the report, then a second run that recomputes nothing."""
+DEMO_NPROC=2 processes, as on a CPU-only machine), the shipped flows forecast and evaluated next to them, the report,
+then a second run that recomputes nothing."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from conftest import run_make, stage_verdicts
+from conftest import REPO, run_make, stage_verdicts
 
 
 def _make_demo(tmp_path: Path):
@@ -20,12 +22,29 @@ def test_make_demo_runs_every_stage_then_finds_everything_up_to_date(tmp_path: P
     for run in ("ours", "linear"):
         assert (demo / "runs" / run / "checkpoints" / "latest.pt").is_file()
         assert (demo / "runs" / run / "eval" / "metrics.json").is_file()
+        shipped = demo / "runs" / f"shipped-{run}"
+        assert not (shipped / "checkpoints").exists() and (shipped / "eval" / "metrics.json").is_file()
     report = (demo / "report.md").read_text()
     assert "| ours (N=" in report and "| linear (N=" in report and "| copy-last |" in report
+    assert "| shipped-ours (ours) (N=" in report and "| shipped-linear (linear) (N=" in report
+    assert "### Paired: shipped-ours (ours) − shipped-linear (linear)" in report
     assert "over 2 process(es)" in first.stdout  # DEMO_NPROC=2: torchrun, DDP over gloo
 
     second = _make_demo(tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     verdicts = stage_verdicts(second.stdout)
-    assert len(verdicts) == 8, "\n".join(verdicts)  # data, encode, then train, forecast, eval per interpolant
+    # data, encode, then train, forecast, eval per interpolant; data, encode, forecast, eval per shipped flow
+    assert len(verdicts) == 8 + 2 * 4, "\n".join(verdicts)
     assert all("up to date" in line for line in verdicts), "\n".join(verdicts)
+
+    # make demo-pretrain at the smoke setting: both interpolants trained at once, exported beside the smoke runs;
+    # the shipped checkpoints/ are never written by a smoke run.
+    shipped = {p: p.read_bytes() for p in (REPO / "checkpoints").glob("demo_flow_*.pt")}
+    pretrain = run_make("demo-pretrain", "SMOKE=1", f"OUT={tmp_path / 'out'}", f"DATA_DIR={tmp_path / 'data'}",
+                        "ARGS=--set train.wandb_mode=disabled")
+    assert pretrain.returncode == 0, pretrain.stdout[-3000:] + pretrain.stderr[-3000:]
+    for interp in ("ours", "linear"):
+        record = json.loads((demo / "pretrained" / f"demo_flow_{interp}.json").read_text())
+        assert (record["interpolant"], record["step"], record["exported"]["weights"]) == (interp, 20, "ema")
+        assert record["config"]["train"]["steps"] == 20 and (demo / "runs" / f"pretrain-{interp}").is_dir()
+    assert shipped and all(p.read_bytes() == data for p, data in shipped.items())
