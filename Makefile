@@ -162,7 +162,7 @@ DEMO_VERDICT = shipped-ours-nfe100:ours:sample.steps=51 shipped-linear-nfe100:li
 demo-verdict: $(STAMP) ## After make demo: the shipped flows at 100 calls/frame, ours with re-tuned diffusion; the report's verdict
 	@for spec in $(DEMO_VERDICT); do \
 	  IFS=: read -r run interp sets <<< "$$spec"; \
-	  $(MAKE) --no-print-directory eval DATASET=demo RUN=$$run INTERP=$$interp \
+	  $(MAKE) --no-print-directory eval DATASET=demo RUN=$$run INTERP=$$interp FORCE=1 \
 	    CKPT=$(call SHIPPED_FLOW,$$interp) ARGS="--set $${sets//:/ --set }" || exit 1; \
 	done
 	@echo "demo-verdict: report in $(DEMO_DIR)/report.md"
