@@ -39,7 +39,7 @@ def test_make_demo_runs_every_stage_then_finds_everything_up_to_date(tmp_path: P
 
     # make demo-pretrain at the smoke setting: both interpolants trained at once, exported beside the smoke runs;
     # the shipped checkpoints/ are never written by a smoke run.
-    shipped = {p: p.read_bytes() for p in (REPO / "checkpoints").glob("demo_flow_*.pt")}
+    shipped_bytes = {p: p.read_bytes() for p in (REPO / "checkpoints").glob("demo_flow_*.pt")}
     pretrain = run_make("demo-pretrain", "SMOKE=1", f"OUT={tmp_path / 'out'}", f"DATA_DIR={tmp_path / 'data'}",
                         "ARGS=--set train.wandb_mode=disabled")
     assert pretrain.returncode == 0, pretrain.stdout[-3000:] + pretrain.stderr[-3000:]
@@ -47,4 +47,4 @@ def test_make_demo_runs_every_stage_then_finds_everything_up_to_date(tmp_path: P
         record = json.loads((demo / "pretrained" / f"demo_flow_{interp}.json").read_text())
         assert (record["interpolant"], record["step"], record["exported"]["weights"]) == (interp, 20, "ema")
         assert record["config"]["train"]["steps"] == 20 and (demo / "runs" / f"pretrain-{interp}").is_dir()
-    assert shipped and all(p.read_bytes() == data for p, data in shipped.items())
+    assert shipped_bytes and all(p.read_bytes() == data for p, data in shipped_bytes.items())
