@@ -135,6 +135,7 @@ demo: $(STAMP) ## Both interpolants on the demo: short runs trained here (ours, 
 # single-thread process each (runs pretrain-ours and pretrain-linear; ~65 min on 2 cores, README), then exports each
 # run's EMA weights in float16. Single-thread processes make the weights independent of the machine's core count.
 # SMOKE=1 trains at the smoke setting instead of the recipe and exports into the smoke directory, not checkpoints/.
+# The cache is brought up to date once first, so the two concurrent trainings only find it so.
 SHIPPED_FLOW  = checkpoints/demo_flow_$(1).pt
 DEMO_PRETRAIN = train.steps=8000 train.warmup_steps=200 train.ema_decay=0.999 train.ema_start=1000 \
                 train.save_every=2000 train.latest_every=500 train.sample_every=0 train.val_every=500 train.log_every=250

@@ -492,8 +492,8 @@ def _trained_steps(metrics: dict[str, Any]) -> int | None:
 def _baseline(run: str, runs: dict[str, dict[str, Any]]) -> str:
     """The run a later run is paired against: the first run trained as long (the short demo runs with each other,
     the shipped checkpoints with each other), else the first run."""
-    same = [r for r in runs if r != run and _trained_steps(runs[r]) == _trained_steps(runs[run])]
-    return same[0] if same and list(runs).index(same[0]) < list(runs).index(run) else next(iter(runs))
+    earlier = list(runs)[:list(runs).index(run)]
+    return next((r for r in earlier if _trained_steps(runs[r]) == _trained_steps(runs[run])), earlier[0])
 
 
 def _summary(dataset_dir: Path, runs: dict[str, dict[str, Any]]) -> list[str]:

@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ PYTHON = sys.executable
 
 
 
-def _forget_the_outer_make(environ: dict[str, str] | os._Environ = os.environ) -> None:
+def _forget_the_outer_make(environ: MutableMapping[str, str] = os.environ) -> None:
     """``make test ARGS=...`` exports its command-line variables (as environment variables and in MAKEFLAGS) to every
     make below it: the makes the tests run must see only their own (an outer ``ARGS=--durations=40`` reached
     ``python -m pipeline.data`` as an option)."""
