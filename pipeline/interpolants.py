@@ -282,8 +282,9 @@ class StochasticInterpolant:
         evaluated at max(t, t_floor) (default ``t_min``) to keep its denominator (proportional to t for the
         previous base) away from 0 - the reference evaluates it at the second grid time when the grid starts at 0.
         For the previous base with g < sigma the correction is about (1 - g^2/sigma^2) (x - mean) / (2t): stiff
-        near 0, so use a grid that is fine near t_min and :meth:`sample_start` (g >= sigma, or g/sigma -> 1 at
-        t = 0 like eps (1 - t)^4, is benign on the reference grid).
+        near 0 (for g > sigma too, with the sign reversed), so use a grid that is fine near t_min (the sampler
+        refuses one that is not, ``pipeline.sampling.check_first_step``) and :meth:`sample_start`; g/sigma -> 1
+        at t = 0, like eps (1 - t)^4, is benign on the reference grid.
         """
         tb = _bcast(t, x)
         floor = self.t_min if t_floor is None else t_floor

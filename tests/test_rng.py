@@ -17,7 +17,8 @@ def _fake_net(z, t, ref, context, gap):
 
 
 @pytest.mark.parametrize("kind, settings", [("ours", {}), ("linear", {}), ("ours", {"solver": "heun_sde", "context": "per_step"}),
-                                             ("ours", {"diffusion": "sigma_scaled", "diffusion_scale": 0.5})])
+                                             ("ours", {"diffusion": "sigma_scaled", "diffusion_scale": 0.5,
+                                                      "grid": "quadratic", "t_min": 0.05})])
 def test_row_generators_make_each_rollout_independent_of_its_batch(kind: str, settings: dict) -> None:
     interpolant = build_interpolant(InterpolantConfig(kind=kind))
     cfg = SamplingConfig(steps=6, n_samples=2, batch_size=3, **settings)

@@ -21,6 +21,9 @@ F64 = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+FINE_START = {"grid": "quadratic", "t_min": 0.01}  # a grid that resolves re-tuned `ours` near t = 0 (check_first_step)
+
+
 def _cfg(**kw) -> SamplingConfig:
     cfg = SamplingConfig(**kw)
     cfg.validate()
@@ -207,16 +210,16 @@ def test_generator_must_be_on_the_latents_device() -> None:
 )
 def test_nfe_per_frame(solver: str, per_frame: int) -> None:
     model = Recorder()
-    res = SM.rollout(model, I.ours(), _cond(2, 2), 3, _cfg(solver=solver, steps=10))
+    res = SM.rollout(model, I.ours(), _cond(2, 2), 3, _cfg(solver=solver, steps=10, **FINE_START))
     assert res.nfe_per_frame == per_frame and res.nfe == 3 * per_frame == len(model.calls)
     assert res.solver == {"auto": "euler_maruyama", "auto_heun": "heun_sde"}.get(solver, solver)
-    assert [float(c["t"][0]) for c in model.calls[: res.nfe_per_frame]][0] == pytest.approx(1e-4)
+    assert [float(c["t"][0]) for c in model.calls[: res.nfe_per_frame]][0] == pytest.approx(FINE_START["t_min"])
 
 
 def test_nfe_with_retuned_diffusion_counts_network_calls() -> None:
     model = Recorder()
     res = SM.rollout(model, I.ours(), _cond(2, 2), 2,
-                     _cfg(solver="heun_sde", steps=10, diffusion="sigma_scaled", diffusion_scale=2.0))
+                     _cfg(solver="heun_sde", steps=10, diffusion="sigma_scaled", diffusion_scale=2.0, **FINE_START))
     assert res.nfe_per_frame == 18 and len(model.calls) == 36
 
 
@@ -263,11 +266,11 @@ def test_sampling_diffusion_choices() -> None:
     t = torch.tensor([0.0, 0.5], dtype=F64)
     assert SM.sampling_diffusion(_cfg(), ours, "euler_maruyama") is None
     assert SM.sampling_diffusion(_cfg(diffusion="sigma_scaled"), ours, "heun_sde") is None  # scale 1 = sigma
-    g = SM.sampling_diffusion(_cfg(diffusion="sigma_scaled", diffusion_scale=3.0), ours, "heun_sde")
+    g = SM.sampling_diffusion(_cfg(diffusion="sigma_scaled", diffusion_scale=3.0, **FINE_START), ours, "heun_sde")
     torch.testing.assert_close(g(t), torch.tensor([0.3, 0.15], dtype=F64))
-    g = SM.sampling_diffusion(_cfg(diffusion="quartic", diffusion_scale=2.0), ours, "euler_maruyama")
+    g = SM.sampling_diffusion(_cfg(diffusion="quartic", diffusion_scale=2.0, **FINE_START), ours, "euler_maruyama")
     torch.testing.assert_close(g(t), torch.tensor([0.2, 0.2 / 16], dtype=F64))
-    g = SM.sampling_diffusion(_cfg(solver="heun"), ours, "heun")  # probability-flow ODE
+    g = SM.sampling_diffusion(_cfg(solver="heun", **FINE_START), ours, "heun")  # probability-flow ODE
     assert float(g(t).abs().max()) == 0.0
     assert SM.sampling_diffusion(_cfg(solver="heun"), lin, "heun") is None
     with pytest.raises(ValueError, match="no"):
@@ -359,7 +362,7 @@ def test_ours_euler_maruyama_through_the_rollout_matches_its_discrete_moments() 
 
 @pytest.mark.parametrize(
     "diffusion,scale,grid,var_extra",
-    [("quartic", 1.0, "linear", 0.015), ("sigma_scaled", 2.0, "linear", 0.015),
+    [("quartic", 1.0, "linear", 0.015), ("sigma_scaled", 2.0, "quadratic", 0.015),
      ("sigma_scaled", 0.5, "quadratic", 0.04)],
 )
 def test_retuned_diffusion_keeps_the_law_through_the_rollout(diffusion: str, scale: float, grid: str,
@@ -372,3 +375,21 @@ def test_retuned_diffusion_keeps_the_law_through_the_rollout(diffusion: str, sca
     assert moments_ok(x, mean, var, mean_tol, var_tol), describe(x, mean, var)
     plain = _run("ours", 64, 1, seed=7, solver="heun_sde", steps=101, grid=grid)[:, 0]
     assert not torch.allclose(x[:64], plain)  # the re-tuned sampler takes different paths
+
+
+def test_a_grid_too_coarse_for_the_retuned_start_is_refused_and_would_give_the_wrong_law(monkeypatch) -> None:
+    """Re-tuned `ours` (g = sigma / 2) at 20 steps: the uniform grid from 1e-4 is refused with the remedy, and
+    sampling it anyway (check off) misses the exact law, which the suggested grid (quadratic from 0.01) keeps."""
+    coarse = dict(solver="heun_sde", steps=21, diffusion="sigma_scaled", diffusion_scale=0.5)
+    with pytest.raises(ValueError, match=r"first grid step .* sample.grid=quadratic with sample.t_min=0.01"):
+        _run("ours", 4, 1, seed=8, **coarse)
+    with pytest.raises(ValueError, match="probability-flow ODE"):
+        _run("ours", 4, 1, seed=8, solver="heun", steps=21)
+    n_particles = 20_000
+    mean, var = _frame_law("ours", 1)
+    mean_tol, var_tol = 0.1 + 4 / math.sqrt(n_particles), 0.04 + 4 * math.sqrt(2 / n_particles)  # + 20 steps' bias
+    x = _run("ours", n_particles, 1, seed=8, **coarse, **FINE_START)[:, 0]  # measured: variance within 1 %
+    assert moments_ok(x, mean, var, mean_tol, var_tol), describe(x, mean, var)
+    monkeypatch.setattr(SM, "MAX_FIRST_STEP_STIFFNESS", math.inf)
+    x = _run("ours", n_particles, 1, seed=8, **coarse)[:, 0]
+    assert not moments_ok(x, mean, var, mean_tol, var_tol), describe(x, mean, var)  # measured: variance x24
