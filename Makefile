@@ -158,7 +158,7 @@ demo-pretrain: $(STAMP) ## Train the shipped demo flows (both interpolants, ~65 
 # and twice the trained noise level): the re-tuned drift of the previous-frame base is stiff near t = 0, and the
 # sampler refuses grids that do not resolve it (README).
 DEMO_DIR     = $(OUT)/demo$(if $(filter 1,$(SMOKE)),-smoke,)
-FINE_START   = sample.grid=quadratic:sample.t_min=0.01
+FINE_START   = sample.steps=11:sample.grid=quadratic:sample.t_min=0.01
 DEMO_VERDICT = shipped-ours-nfe100:ours:sample.steps=51 shipped-linear-nfe100:linear:sample.steps=51 \
                shipped-ours-fine:ours:$(FINE_START) \
                shipped-ours-fine-gx0_5:ours:$(FINE_START):sample.diffusion=sigma_scaled:sample.diffusion_scale=0.5 \

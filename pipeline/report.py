@@ -455,7 +455,8 @@ def _known_law_section(dataset_dir: Path, runs: dict[str, dict[str, Any]]) -> li
 
 def law_verdicts(runs: dict[str, dict[str, Any]]) -> list[str]:
     """Paired distance-to-the-law sentences: interpolants at equal network evaluations per frame, and sampler
-    variants (e.g. diffusion re-tuning) of one checkpoint. Only runs scored on the same clips are paired."""
+    variants of one checkpoint that differ in one factor (budget, grid or diffusion re-tuning). Only runs scored
+    on the same clips are paired."""
     sentences = []
     items = list(runs.items())
     for k, (run_a, a) in enumerate(items):
@@ -478,10 +479,18 @@ def _pairing(a: dict[str, Any], b: dict[str, Any]) -> str | None:
             and _trained_steps(a) == _trained_steps(b):
         return f"at {sa.get('nfe_per_frame')} network evaluations per frame, both trained {_trained_steps(a)} steps"
     same_weights = a["protocol"]["checkpoint"] == b["protocol"]["checkpoint"]
-    changed = sorted(k for k in set(sa) | set(sb) if sa.get(k) != sb.get(k) and k != "solver_resolved")
-    if a.get("interp") == b.get("interp") and same_weights and changed:
+    changed = sorted(k for k in set(sa) | set(sb) if sa.get(k) != sb.get(k) and k not in SAMPLER_NEUTRAL)
+    factors = {SAMPLER_FACTORS.get(k, k) for k in changed}
+    if a.get("interp") == b.get("interp") and same_weights and len(factors) == 1:
         return "one checkpoint sampled with different " + ", ".join(changed)
     return None
+
+
+# Sampler settings that move together as one factor: variants of one checkpoint are paired only when they differ in
+# one factor (a change of budget and grid at once says nothing about either).
+SAMPLER_FACTORS = {"steps": "budget", "nfe_per_frame": "budget", "solver": "budget", "grid": "grid",
+                   "t_min": "grid", "t_max": "grid", "diffusion": "diffusion", "diffusion_scale": "diffusion"}
+SAMPLER_NEUTRAL = {"solver_resolved", "batch_size"}  # derived, or changes no sample
 
 
 def _trained_steps(metrics: dict[str, Any]) -> int | None:

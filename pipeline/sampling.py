@@ -151,7 +151,7 @@ def check_first_step(cfg: "SamplingConfig", interpolant: StochasticInterpolant, 
             else f"diffusion={cfg.diffusion} (scale {cfg.diffusion_scale:g}) re-tunes {interpolant.name!r}")
     raise ValueError(
         f"{what}, whose drift near t = {t0:g} changes on a time scale of about {abs(1 / retuning_stiffness(interpolant, g, t0)):.2g}; "
-        f"the first grid step ({t1 - t0:.3g}, {cfg.grid} grid of {cfg.steps} points) is {abs(stiffness):.0f}x that "
+        f"the first grid step ({t1 - t0:.3g}, {cfg.grid} grid of {cfg.steps} points) is {abs(stiffness):.2g}x that "
         f"(explicit steps need <= {MAX_FIRST_STEP_STIFFNESS:g}x). Make the grid fine near its start, e.g. "
         "sample.grid=quadratic with sample.t_min=0.01 (docs/METHOD.md §6)"
     )

@@ -245,7 +245,10 @@ def test_law_verdicts_pair_interpolants_at_equal_budget_and_samplers_of_one_chec
             "ours-nfe100": _law_run("ours", "ours.pt", {"nfe_per_frame": 100, "steps": 51}, far),
             "linear-nfe100": _law_run("linear", "linear.pt", {"nfe_per_frame": 100, "steps": 51}, near),
             "shipped-ours": _law_run("ours", "s-ours.pt", {"nfe_per_frame": 20, "steps": 11}, near, step=8000),
-            "shipped-linear": _law_run("linear", "s-linear.pt", {"nfe_per_frame": 20, "steps": 11}, far, step=8000)}
+            "shipped-linear": _law_run("linear", "s-linear.pt", {"nfe_per_frame": 20, "steps": 11}, far, step=8000),
+            "ours-fine": _law_run("ours", "ours.pt", {"nfe_per_frame": 20, "steps": 11, "grid": "quadratic"}, far),
+            "ours-fine-gx2": _law_run("ours", "ours.pt", {"nfe_per_frame": 20, "steps": 11, "grid": "quadratic",
+                                                          "diffusion": "sigma_scaled", "diffusion_scale": 2.0}, near)}
     verdicts = law_verdicts(runs)
     assert any("at 20 network evaluations per frame, both trained 1000 steps: linear is better than ours" in v
                for v in verdicts)
@@ -256,4 +259,8 @@ def test_law_verdicts_pair_interpolants_at_equal_budget_and_samplers_of_one_chec
                for v in verdicts)
     assert not any("ours and linear-nfe100" in v for v in verdicts)  # different interpolants at different budgets
     assert not any("shipped-linear" in v and "(ours)" not in v for v in verdicts)  # never short vs shipped
-    assert len(verdicts) == 5
+    assert any("different diffusion, diffusion_scale: ours-fine-gx2 (ours) is better than ours-fine" in v for v in verdicts)
+    assert any("different grid: the data cannot tell ours and ours-fine (ours)" in v for v in verdicts)
+    assert not any("ours-nfe100" in v and "ours-fine" in v for v in verdicts)  # budget and grid differ: confounded
+    assert not any("ours and ours-fine-gx2" in v for v in verdicts)  # grid and diffusion differ
+    assert len(verdicts) == 5 + 2 + 2  # + grid, diffusion; + linear against both fine variants (20 calls, 1000 steps)
