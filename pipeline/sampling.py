@@ -144,16 +144,17 @@ def check_first_step(cfg: "SamplingConfig", interpolant: StochasticInterpolant, 
     frame on the uniform grid from 1e-4, the demo's samples lose all structure with g = sigma/2 or 2 sigma).
     """
     t0, t1 = (float(v) for v in S.time_grid(cfg.steps, cfg.t_min, cfg.t_max, cfg.grid)[:2])
-    stiffness = retuning_stiffness(interpolant, g, t0) * (t1 - t0)
+    rate = retuning_stiffness(interpolant, g, max(t0, interpolant.t_min))  # where the drift evaluates the score
+    stiffness = rate * (t1 - t0)
     if abs(stiffness) <= MAX_FIRST_STEP_STIFFNESS:
         return
     what = (f"solver {method} integrates the probability-flow ODE (g = 0) of {interpolant.name!r}" if g is ZERO_DIFFUSION
             else f"diffusion={cfg.diffusion} (scale {cfg.diffusion_scale:g}) re-tunes {interpolant.name!r}")
     raise ValueError(
-        f"{what}, whose drift near t = {t0:g} changes on a time scale of about {abs(1 / retuning_stiffness(interpolant, g, t0)):.2g}; "
-        f"the first grid step ({t1 - t0:.3g}, {cfg.grid} grid of {cfg.steps} points) is {abs(stiffness):.2g}x that "
-        f"(explicit steps need <= {MAX_FIRST_STEP_STIFFNESS:g}x). Make the grid fine near its start, e.g. "
-        "sample.grid=quadratic with sample.t_min=0.01 (docs/METHOD.md §6)"
+        f"{what}, whose drift near t = {t0:g} changes on a time scale of about {1 / abs(rate):.2g}; the first grid "
+        f"step ({t1 - t0:.3g}, {cfg.grid} grid of {cfg.steps} points) is {abs(stiffness):.1f}x that (explicit steps "
+        f"need <= {MAX_FIRST_STEP_STIFFNESS:g}x). Make the grid fine near its start, e.g. sample.grid=quadratic with "
+        "sample.t_min=0.01 (docs/METHOD.md §3)"
     )
 
 
