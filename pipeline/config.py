@@ -328,6 +328,9 @@ class SamplingConfig:
     is the second-order pair (Heun / stochastic Heun, 2 NFE per step), usually better at equal NFE. An ODE solver
     on an SDE interpolant integrates the probability-flow ODE (the drift re-tuned to g = 0). ``diffusion`` applies
     to SDE solvers: the drift is re-tuned for the new g(t) so the generated law stays the trained one (docs/METHOD.md §3).
+    ``start`` is the first state: the base point given the reference (``base``), the interpolant's spread at t_min
+    (``spread``), or ``auto``: the base point with the trained diffusion, the spread when re-tuned. Fixing it lets
+    re-tuned and untuned sampling be compared from one start.
     """
 
     solver: Literal["auto", "auto_heun", "euler", "heun", "euler_maruyama", "heun_sde"] = "auto"  # integrator (see above)
@@ -339,6 +342,7 @@ class SamplingConfig:
     past_horizon: int = 0  # 0 = context from the whole history; H >= 2 = the last H frames, reference included: gap <= H - 1
     diffusion: Literal["sigma", "sigma_scaled", "quartic"] = "sigma"  # g = sigma, scale*sigma, scale*eps*(1-t)^4
     diffusion_scale: float = 1.0  # factor on the trained noise level for diffusion = sigma_scaled / quartic
+    start: Literal["auto", "base", "spread"] = "auto"  # first state: base point, spread at t_min; auto = spread iff re-tuned
     n_samples: int = 1  # sampled futures per conditioning video (the KTH protocol uses 100)
     batch_size: int = 64  # rollouts per network batch
     seed: int = 0  # seed of the sampling generator (context draws, start points, solver noise)

@@ -393,6 +393,7 @@ def _protocol(cfg: Config, store: _Store, videos: int, fvd: dict[str, Any]) -> d
                 "i3d": cfg.eval.i3d or None, "i3d_sha256": None, **FVD_PROTOCOL, **fvd},
         "checkpoint": {k: attrs.get(k) for k in ("ckpt", "ckpt_kind", "ckpt_step", "use_ema")},
         "sampler": {**(store_cfg.get("sample") or {}), "solver_resolved": attrs.get("solver"),
+                    "start_resolved": attrs.get("start"),
                     "nfe_per_frame": attrs.get("nfe_per_frame")},
         "interpolant": store_cfg.get("interpolant"),
         "seeds": {"seed": store_cfg.get("seed"), "sample_seed": (store_cfg.get("sample") or {}).get("seed"),

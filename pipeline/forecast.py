@@ -16,7 +16,7 @@ N, so ranks writing different videos never share a chunk)::
 
     attrs: fingerprint, inputs, config, ckpt, ckpt_kind, ckpt_step, use_ema, split, cond_frames, gen_frames,
            n_samples, image_size, nfe_per_frame, complete, code_version, videos [{index, source, shard, key}],
-           (also: format, frame_indices, solver, latent_shape, latent_store, file_hashes)
+           (also: format, frame_indices, solver, start, latent_shape, latent_store, file_hashes)
     real     uint8   [N, T, H, W, 3]        ground-truth clip pixels, read from the shards
     recon    uint8   [N, T, H, W, 3]        decode(cached latents of the clip): the VQ ceiling
     samples  uint8   [N, S, T, H, W, 3]     decoded forecasts; frames [:cond] = the decoded conditioning latents
@@ -403,7 +403,7 @@ def _create(cfg: Config, url: str, split: LatentSplit, plan: _Plan, inputs, hash
     import zarr
     from zarr.codecs import BloscCodec, BloscShuffle
 
-    from pipeline.sampling import resolve_solver
+    from pipeline.sampling import resolve_solver, resolve_start, sampling_diffusion
 
     n, s, t = len(plan.videos), plan.n_samples, len(plan.frames)
     size = cfg.data.image_size
@@ -418,6 +418,8 @@ def _create(cfg: Config, url: str, split: LatentSplit, plan: _Plan, inputs, hash
                           dtype="float32", **{**codec, "fill_value": float("nan")})
     root.create_array("done", shape=(n,), chunks=(1,), dtype=bool, fill_value=False)
     interpolant = build_interpolant(cfg.interpolant)
+    solver = resolve_solver(cfg.sample, interpolant)
+    start = resolve_start(cfg.sample, sampling_diffusion(cfg.sample, interpolant, solver))
     videos = [{"index": int(k), "source": split.videos[k]["source"], "shard": split.videos[k]["shard"],
                "key": split.videos[k]["key"]} for k in plan.videos]
     root.attrs.update({
@@ -425,7 +427,7 @@ def _create(cfg: Config, url: str, split: LatentSplit, plan: _Plan, inputs, hash
         "ckpt": str(ckpt_path), "ckpt_kind": ckpt_info["kind"], "ckpt_step": int(ckpt_info["step"]),
         "use_ema": ckpt_info["use_ema"], "split": cfg.forecast.split, "cond_frames": plan.cond, "gen_frames": plan.gen,
         "n_samples": s, "image_size": size, "nfe_per_frame": nfe_per_frame(cfg, interpolant),
-        "solver": resolve_solver(cfg.sample, interpolant), "frame_indices": [int(f) for f in plan.frames],
+        "solver": solver, "start": start, "frame_indices": [int(f) for f in plan.frames],
         "latent_shape": list(plan.latent_shape), "latent_store": store, "file_hashes": hashes,
         "complete": False, "code_version": code_version(), "videos": videos,
     })

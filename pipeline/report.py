@@ -455,7 +455,7 @@ def _known_law_section(dataset_dir: Path, runs: dict[str, dict[str, Any]]) -> li
 
 def law_verdicts(runs: dict[str, dict[str, Any]]) -> list[str]:
     """Paired distance-to-the-law sentences: interpolants at equal network evaluations per frame, and sampler
-    variants of one checkpoint that differ in one factor (budget, grid or diffusion re-tuning). Only runs scored
+    variants of one checkpoint that differ in one factor (budget, grid, start or diffusion re-tuning). Only runs scored
     on the same clips are paired."""
     sentences = []
     items = list(runs.items())
@@ -482,15 +482,16 @@ def _pairing(a: dict[str, Any], b: dict[str, Any]) -> str | None:
     changed = sorted(k for k in set(sa) | set(sb) if sa.get(k) != sb.get(k) and k not in SAMPLER_NEUTRAL)
     factors = {SAMPLER_FACTORS.get(k, k) for k in changed}
     if a.get("interp") == b.get("interp") and same_weights and len(factors) == 1:
-        return "one checkpoint sampled with different " + ", ".join(changed)
+        return "one checkpoint sampled with different " + ", ".join(k.removesuffix("_resolved") for k in changed)
     return None
 
 
 # Sampler settings that move together as one factor: variants of one checkpoint are paired only when they differ in
 # one factor (a change of budget and grid at once says nothing about either).
 SAMPLER_FACTORS = {"steps": "budget", "nfe_per_frame": "budget", "solver": "budget", "grid": "grid",
-                   "t_min": "grid", "t_max": "grid", "diffusion": "diffusion", "diffusion_scale": "diffusion"}
-SAMPLER_NEUTRAL = {"solver_resolved", "batch_size"}  # derived, or changes no sample
+                   "t_min": "grid", "t_max": "grid", "diffusion": "diffusion", "diffusion_scale": "diffusion",
+                   "start_resolved": "start"}
+SAMPLER_NEUTRAL = {"solver_resolved", "start", "batch_size"}  # derived, compared resolved, or changes no sample
 
 
 def _trained_steps(metrics: dict[str, Any]) -> int | None:

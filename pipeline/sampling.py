@@ -8,14 +8,14 @@ For each new frame, with n latent frames so far:
   the context, docs/METHOD.md §9.15); gap = (n - 1) - c >= 1. ``per_frame`` draws c once and holds it for every
   integration step (the reference [VI]); ``per_step`` draws it again at every network evaluation (RIVER);
 * start at the interpolant's base given the reference (N(0, I) for ``linear``, the reference latent for ``ours``),
-  or at its spread start when the diffusion is re-tuned (see :func:`start_state`);
+  or at its spread at the first grid time (``sample.start``; by default when the diffusion is re-tuned);
 * integrate f(x, t) = model(x, t, ref, context, gap) (re-tuned when asked) with the chosen solver over the grid:
   N points, N - 1 steps, ending exactly at t_max (the reference's Euler-Maruyama overshoot is fixed);
 * append the result; generated frames join the history (reference and context pool) of later frames.
 
 With a single conditioning frame it is duplicated first (distinct reference and context indices exist, both hold
 the same latent) and the duplicate is dropped from the result. The pieces (:func:`resolve_solver`,
-:func:`sampling_diffusion`, :func:`draw_context`, :func:`start_state`, :func:`generate_frame`) are usable alone;
+:func:`sampling_diffusion`, :func:`draw_context`, :func:`resolve_start`, :func:`start_state`, :func:`generate_frame`) are usable alone;
 :func:`rollout` runs one future per input row and :func:`sample` runs ``n_samples`` futures per video in batches.
 """
 
@@ -182,17 +182,24 @@ def draw_context(
     return rng.randint(lo, hi + 1, (batch,), generator=generator, device=device)
 
 
-def start_state(
-    interpolant: StochasticInterpolant, ref: Tensor, g: Coefficient | None, t0: float,
-    *, generator: rng.Generator,
-) -> Tensor:
-    """The state at the first grid time t0 given the reference latent.
+def resolve_start(cfg: "SamplingConfig", g: Coefficient | None) -> str:
+    """The start the rollout uses: ``cfg.start``; for ``auto`` the base point with the trained diffusion (g None,
+    the reference's start) and the spread start when re-tuned (a point mass is forgotten only slowly when g < sigma,
+    see ``StochasticInterpolant.sample_start``)."""
+    if cfg.start == "auto":
+        return "base" if g is None else "spread"
+    if cfg.start not in ("base", "spread"):
+        raise ValueError(f"unknown start {cfg.start!r}; choose auto, base or spread")
+    return cfg.start
 
-    With the trained diffusion (g None) the reference's base point: N(0, I) (gaussian base) or the reference
-    itself (previous base). With a re-tuned g the interpolant's spread start alpha(t0) x0 + sigma(t0) sqrt(t0) xi,
-    since a point mass is forgotten only slowly when g < sigma (see ``StochasticInterpolant.sample_start``).
-    """
-    if g is None:
+
+def start_state(
+    interpolant: StochasticInterpolant, ref: Tensor, start: str, t0: float, *, generator: rng.Generator,
+) -> Tensor:
+    """The state at the first grid time t0 given the reference latent, for a resolved ``start``: ``base`` is the
+    reference's base point, N(0, I) (gaussian base) or the reference itself (previous base); ``spread`` is the
+    interpolant's spread at t0, alpha(t0) x0 + sigma(t0) sqrt(t0) xi."""
+    if start == "base":
         return interpolant.sample_base(ref, generator=generator)
     return interpolant.sample_start(ref, t0, generator=generator)
 
@@ -238,7 +245,7 @@ def generate_frame(
     ref = history[:, n - 1]
     counter = S.CountingDrift(_network_drift(model, history, n, context))
     drift = interpolant.sampling_drift(counter, x0=ref, g=g)
-    x = start_state(interpolant, ref, g, float(grid[0]), generator=generator)
+    x = start_state(interpolant, ref, resolve_start(cfg, g), float(grid[0]), generator=generator)
     diffusion = interpolant.diffusion if g is None else g
     sol = S.solve(method, drift, x, grid, g=diffusion, generator=generator)  # type: ignore[arg-type]
     return sol.x, counter.nfe

@@ -226,7 +226,8 @@ def test_cli(tmp_path: Path) -> None:
 
 
 def _law_run(interp: str, ckpt: str, sampler: dict, law_distance: list[float], step: int = 1000) -> dict:
-    """A metrics.json body with only what the law verdicts read."""
+    """A metrics.json body with only what the law verdicts read (started from the base point unless said)."""
+    sampler = {"start_resolved": "base", **sampler}
     protocol = {"intervals": {"resamples": 500, "seed": 0, "level": 0.95}, "sampler": sampler,
                 "checkpoint": {"ckpt": ckpt, "ckpt_step": step}, "split": "test", "videos": len(law_distance), "video_ids": [],
                 "real_clips_sha256": "same", "n_samples": 4, "clip_length": 16, "cond_frames": 4,
@@ -248,7 +249,10 @@ def test_law_verdicts_pair_interpolants_at_equal_budget_and_samplers_of_one_chec
             "shipped-linear": _law_run("linear", "s-linear.pt", {"nfe_per_frame": 20, "steps": 11}, far, step=8000),
             "ours-fine": _law_run("ours", "ours.pt", {"nfe_per_frame": 20, "steps": 11, "grid": "quadratic"}, far),
             "ours-fine-gx2": _law_run("ours", "ours.pt", {"nfe_per_frame": 20, "steps": 11, "grid": "quadratic",
-                                                          "diffusion": "sigma_scaled", "diffusion_scale": 2.0}, near)}
+                                                          "diffusion": "sigma_scaled", "diffusion_scale": 2.0,
+                                                          "start": "auto", "start_resolved": "spread"}, near),
+            "ours-fine-spread": _law_run("ours", "ours.pt", {"nfe_per_frame": 20, "steps": 11, "grid": "quadratic",
+                                                             "start": "spread", "start_resolved": "spread"}, far)}
     verdicts = law_verdicts(runs)
     assert any("at 20 network evaluations per frame, both trained 1000 steps: linear is better than ours" in v
                for v in verdicts)
@@ -259,8 +263,11 @@ def test_law_verdicts_pair_interpolants_at_equal_budget_and_samplers_of_one_chec
                for v in verdicts)
     assert not any("ours and linear-nfe100" in v for v in verdicts)  # different interpolants at different budgets
     assert not any("shipped-linear" in v and "(ours)" not in v for v in verdicts)  # never short vs shipped
-    assert any("different diffusion, diffusion_scale: ours-fine-gx2 (ours) is better than ours-fine" in v for v in verdicts)
+    assert any("different diffusion, diffusion_scale: ours-fine-gx2 (ours) is better than ours-fine-spread" in v
+               for v in verdicts)  # re-tuned and untuned from one start ("auto" resolved to the spread)
+    assert any("different start: the data cannot tell ours-fine (ours) and ours-fine-spread" in v for v in verdicts)
+    assert not any("ours-fine (ours)" in v and "gx2" in v for v in verdicts)  # start and diffusion differ
     assert any("different grid: the data cannot tell ours and ours-fine (ours)" in v for v in verdicts)
     assert not any("ours-nfe100" in v and "ours-fine" in v for v in verdicts)  # budget and grid differ: confounded
     assert not any("ours and ours-fine-gx2" in v for v in verdicts)  # grid and diffusion differ
-    assert len(verdicts) == 5 + 2 + 2  # + grid, diffusion; + linear against both fine variants (20 calls, 1000 steps)
+    assert len(verdicts) == 5 + 3 + 3  # + grid, start, diffusion; + linear against the 3 fine variants (20 calls, 1000 steps)
