@@ -85,6 +85,7 @@ help: ## Show targets and variables
 	@echo "  SMOKE=$(SMOKE)          1 = every stage at its smoke setting (seconds), in its own <dataset>-smoke directories"
 	@echo "  ARGS=$(ARGS)             --set overrides for every stage of the chain, e.g. ARGS='--set train.lr=5e-4' (a new run records them)"
 	@echo "  PYTHON=$(PYTHON)     the interpreter that creates .venv"
+	@echo "  TEST_WORKERS=...   make test's pytest-xdist workers (default: usable CPUs; 0 = one process, e.g. for ARGS=--pdb)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -183,8 +184,11 @@ bench: $(STAMP) ## Run the benchmarks; results in benchmarks/results.json
 	$(PY) -m benchmarks.bench_known_law
 	$(PY) -m benchmarks.bench_contention
 
-test: $(STAMP) ## Run the test suite
-	$(PY) -m pytest -q $(ARGS)
+# The suite runs one pytest-xdist worker per usable CPU, a module per worker at a time (module fixtures build once);
+# TEST_WORKERS=0 runs it in one process (pdb, -x).
+TEST_WORKERS ?= $(shell $(PY) -c 'from pipeline.threads import available_cpus; print(available_cpus())' 2>/dev/null || echo 0)
+test: $(STAMP) ## Run the test suite (TEST_WORKERS=N workers; default one per usable CPU)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 
 clean-venv: ## Remove the virtual environment
 	rm -rf $(VENV)
