@@ -15,8 +15,9 @@ For each new frame, with n latent frames so far:
 
 With a single conditioning frame it is duplicated first (distinct reference and context indices exist, both hold
 the same latent) and the duplicate is dropped from the result. The pieces (:func:`resolve_solver`,
-:func:`sampling_diffusion`, :func:`draw_context`, :func:`resolve_start`, :func:`start_state`, :func:`generate_frame`) are usable alone;
-:func:`rollout` runs one future per input row and :func:`sample` runs ``n_samples`` futures per video in batches.
+:func:`sampling_diffusion`, :func:`draw_context`, :func:`resolve_start`, :func:`start_state`,
+:func:`generate_frame`) are usable alone; :func:`rollout` runs one future per input row and :func:`sample` runs
+``n_samples`` futures per video in batches.
 """
 
 from __future__ import annotations
