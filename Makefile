@@ -185,7 +185,7 @@ bench: $(STAMP) ## Run the benchmarks; results in benchmarks/results.json
 	$(PY) -m benchmarks.bench_contention
 
 # The suite runs one pytest-xdist worker per usable CPU, a module per worker at a time (module fixtures build once);
-# TEST_WORKERS=0 runs it in one process (pdb, -x).
+# TEST_WORKERS=0 runs it in one process (for ARGS=--pdb).
 TEST_WORKERS ?= $(shell $(PY) -c 'from pipeline.threads import available_cpus; print(available_cpus())' 2>/dev/null || echo 0)
 test: $(STAMP) ## Run the test suite (TEST_WORKERS=N workers; default one per usable CPU)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)

@@ -408,7 +408,7 @@ def test_sample_start_chooses_the_first_state_and_the_spread_start_keeps_the_law
     mean_tol, var_tol = 0.1 + 4 / math.sqrt(n_particles), 0.04 + 4 * math.sqrt(2 / n_particles)  # + 20 steps' bias
     fine = dict(solver="heun_sde", steps=21, **FINE_START)
     half = dict(diffusion="sigma_scaled", diffusion_scale=0.5)
-    for kw in (dict(start="spread"), dict(**half)):
+    for kw in (dict(start="spread"), half):
         x = _run("ours", n_particles, 1, seed=8, **fine, **kw)[:, 0]
         assert moments_ok(x, mean, var, mean_tol, var_tol), (kw, describe(x, mean, var))
     x = _run("ours", n_particles, 1, seed=8, **fine, **half, start="base")[:, 0]
