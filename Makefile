@@ -80,7 +80,7 @@ help: ## Show targets and variables
 	@echo "  FORCE=$(FORCE)          1 = replace a stage output that was made from different inputs (data, encode, train, forecast)"
 	@echo "  DRY_RUN=$(DRY_RUN)        1 = every stage prints its resolved config and what it would do, and does nothing"
 	@echo "  NPROC=$(NPROC)          processes per node (torchrun); TRAIN_NPROC=$(TRAIN_NPROC) for training; NNODES=$(NNODES), RDZV=host:port for multi-node"
-	@echo "  THREADS=$(THREADS)          torch threads per stage process (OMP_NUM_THREADS; default: usable CPUs / processes per node)"
+	@echo "  THREADS=$(THREADS)          torch threads per stage process (OMP_NUM_THREADS; default: usable CPUs idle at start / processes per node)"
 	@echo "  DEMO_NPROC=...     training processes of 'make demo' (default: one per GPU, else 2 single-thread CPU processes)"
 	@echo "  SMOKE=$(SMOKE)          1 = every stage at its smoke setting (seconds), in its own <dataset>-smoke directories"
 	@echo "  ARGS=$(ARGS)             --set overrides for every stage of the chain, e.g. ARGS='--set train.lr=5e-4' (a new run records them)"
@@ -182,7 +182,7 @@ bench: $(STAMP) ## Run the benchmarks; results in benchmarks/results.json
 	$(PY) -m benchmarks.bench_samplers --interp linear --solvers euler,heun --steps 6,11,21,101
 	$(PY) -m benchmarks.bench_i3d
 	$(PY) -m benchmarks.bench_known_law
-	$(PY) -m benchmarks.bench_contention
+	$(PY) -m benchmarks.bench_contention --settings default,auto,1 --waits PASSIVE --repeats 3
 
 # The suite runs one pytest-xdist worker per usable CPU, a module per worker at a time (module fixtures build once);
 # TEST_WORKERS=0 runs it in one process (for ARGS=--pdb).

@@ -1,10 +1,10 @@
 """Thread settings on a shared CPU: stage-1 encode and a training step, quiet and beside one busy process.
 
 For each thread setting — torch's own default (no choice made), 1 thread (``OMP_NUM_THREADS=1``), and the stages'
-default (``pipeline.threads.configure_threads``: usable CPUs / processes per node) — and each way idle OpenMP
-threads wait (OpenMP's own default: spin, then sleep; ``OMP_WAIT_POLICY=PASSIVE``, the stages' default set by
-``pipeline.threads``; ``spin:N`` = ``GOMP_SPINCOUNT=N``), a fresh process (OpenMP reads its variables when it starts)
-measures
+default (``pipeline.threads.configure_threads``: the usable CPUs idle at its start / processes per node) — and each
+way idle OpenMP threads wait (OpenMP's own default: spin, then sleep; ``OMP_WAIT_POLICY=PASSIVE``, the stages'
+default set by ``pipeline.threads``; ``spin:N`` = ``GOMP_SPINCOUNT=N``), a fresh process (OpenMP reads its variables
+when it starts) measures
 
 * stage 1: ``encode_latents`` of a small demo dataset with the shipped demo VQVAE (seconds for the whole stage call);
 * a training step: the demo's flow network, ``pipeline.train.train_step`` on a fixed batch of the demo's size
@@ -12,9 +12,11 @@ measures
 
 once quiet and once while another process spins (``python -c 'while True: pass'``, started just before and killed
 just after). The ratio busy / quiet says how much a setting suffers from one competing process. Quiet and busy runs of
-a setting follow each other, so slow drifts of the machine hit both alike.
+a setting follow each other, so slow drifts of the machine hit both alike; ``--repeats N`` measures each setting's
+pair N times, round-robin over the settings, and reports medians, the ratio of the medians and the range of the
+N paired ratios (a shared host's speed drifts by tens of percent within minutes).
 
-    python -m benchmarks.bench_contention                 # every setting: 12 processes, ~10-30 s quiet each
+    python -m benchmarks.bench_contention                 # every setting, 3 repeats: 36 processes, ~10-30 s quiet each
     python -m benchmarks.bench_contention --settings auto --waits ,PASSIVE,spin:10000   # one thread setting
     python -m benchmarks.bench_contention --quick         # tiny sizes, one setting: checks the wiring in seconds
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -136,6 +139,26 @@ def _measure(spec_path: Path, threads: str, wait: str, busy: bool, timeout: floa
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _row(threads: str, wait: str, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    """One setting's table row from its (quiet, busy) measurements: medians, the ratio of the medians and the range
+    of the paired ratios."""
+    def median(values: list[float]) -> float:
+        return float(statistics.median(values))
+
+    row: dict[str, Any] = {"threads": {"default": "torch default", "1": "1", "auto": "configure_threads"}[threads],
+                           "omp_wait_policy": _wait_label(wait), "repeats": len(pairs),
+                           "torch_threads": "/".join(sorted({str(q["threads"]) for q, _ in pairs})),
+                           "torch_threads_busy": "/".join(sorted({str(b["threads"]) for _, b in pairs}))}
+    for name, key, digits in (("encode", "encode_s", 2), ("step", "step_s", 4)):
+        quiet, busy = median([q[key] for q, _ in pairs]), median([b[key] for _, b in pairs])
+        ratios = [b[key] / q[key] for q, b in pairs]
+        row.update({f"{name}_quiet_s": round(quiet, digits), f"{name}_busy_s": round(busy, digits),
+                    f"{name}_ratio": round(busy / quiet, 2),
+                    f"{name}_ratio_range": f"{min(ratios):.2f}-{max(ratios):.2f}"})
+    row["encode_frames_per_s_quiet"] = round(pairs[0][0]["frames"] / row["encode_quiet_s"], 1)
+    return row
+
+
 def _prepare(work: Path, quick: bool, videos: int, frames: int) -> list[str]:
     """Write the demo shards under ``work``; the stage's config overrides."""
     from pipeline.config import load_config
@@ -154,6 +177,7 @@ def main(
     train_seconds: Annotated[float, typer.Option(help="Seconds of timed training steps per measurement (at least 3 steps).")] = 12.0,
     settings: Annotated[str, typer.Option(help="Comma-separated thread settings: default, 1, auto.")] = ",".join(THREAD_SETTINGS),
     waits: Annotated[str, typer.Option(help="Comma-separated OpenMP wait settings: '' = unset, an OMP_WAIT_POLICY value (PASSIVE, ACTIVE), spin:N = GOMP_SPINCOUNT=N.")] = ",".join(WAIT_POLICIES),
+    repeats: Annotated[int, typer.Option(min=1, help="Quiet/busy pairs per setting (round-robin over the settings); the table gives medians and the range of the paired ratios.")] = 3,
     timeout: Annotated[float, typer.Option(help="Seconds before one measurement process is given up.")] = 600.0,
     child: Annotated[Optional[Path], typer.Option(hidden=True)] = None,
     child_threads: Annotated[str, typer.Option(hidden=True)] = "default",
@@ -164,7 +188,7 @@ def main(
     from pipeline.threads import available_cpus, cgroup_cpu_limit
 
     if quick:
-        videos, frames, train_seconds = 2, 16, 0.2
+        videos, frames, train_seconds, repeats = 2, 16, 0.2, 1
         grid = [("auto", "PASSIVE")]
     else:
         chosen = [s.strip() for s in settings.split(",") if s.strip()]
@@ -173,25 +197,19 @@ def main(
             raise typer.BadParameter(f"--settings: unknown {sorted(bad)}; choose among {', '.join(THREAD_SETTINGS)}")
         grid = [(t, w.strip()) for t in chosen for w in waits.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench_contention_"))
-    rows = []
     try:
         spec_path = work / "spec.json"
         spec_path.write_text(json.dumps({"encode": _prepare(work, quick, videos, frames), "train": _sizes(quick, videos, frames)[1],
                                          "work": str(work), "frames": videos * frames, "train_seconds": train_seconds,
                                          "min_steps": 1 if quick else 3}))
-        for threads, wait in grid:
-            quiet = _measure(spec_path, threads, wait, busy=False, timeout=timeout)
-            busy = _measure(spec_path, threads, wait, busy=True, timeout=timeout)
-            row = {"threads": {"default": "torch default", "1": "1", "auto": "configure_threads"}[threads],
-                   "omp_wait_policy": _wait_label(wait), "torch_threads": quiet["threads"],
-                   "encode_quiet_s": round(quiet["encode_s"], 2), "encode_busy_s": round(busy["encode_s"], 2),
-                   "encode_ratio": round(busy["encode_s"] / quiet["encode_s"], 2),
-                   "encode_frames_per_s_quiet": round(quiet["frames"] / quiet["encode_s"], 1),
-                   "step_quiet_s": round(quiet["step_s"], 4), "step_busy_s": round(busy["step_s"], 4),
-                   "step_ratio": round(busy["step_s"] / quiet["step_s"], 2), "steps_quiet": quiet["steps"],
-                   "steps_busy": busy["steps"]}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+        pairs: dict[tuple[str, str], list[tuple[dict[str, Any], dict[str, Any]]]] = {setting: [] for setting in grid}
+        for _ in range(repeats):
+            for threads, wait in grid:
+                pairs[threads, wait].append((_measure(spec_path, threads, wait, busy=False, timeout=timeout),
+                                             _measure(spec_path, threads, wait, busy=True, timeout=timeout)))
+                print(json.dumps({"threads": threads, "wait": wait, "quiet": pairs[threads, wait][-1][0],
+                                  "busy": pairs[threads, wait][-1][1]}), flush=True)
+        rows = [_row(threads, wait, pairs[threads, wait]) for threads, wait in grid]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     study = {

@@ -107,10 +107,13 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-CONTENTION_COLUMNS = [("threads", "threads"), ("omp_wait_policy", "OpenMP wait"), ("torch_threads", "torch threads"),
+CONTENTION_COLUMNS = [("threads", "threads"), ("omp_wait_policy", "OpenMP wait"), ("torch_threads", "torch threads quiet"),
+                      ("torch_threads_busy", "torch threads beside it"),
                       ("encode_quiet_s", "encode quiet s"), ("encode_busy_s", "encode beside a busy process s"),
-                      ("encode_ratio", "encode ratio"), ("step_quiet_s", "train step quiet s"),
-                      ("step_busy_s", "train step beside a busy process s"), ("step_ratio", "train step ratio")]
+                      ("encode_ratio", "encode ratio"), ("encode_ratio_range", "encode ratio range"),
+                      ("step_quiet_s", "train step quiet s"), ("step_busy_s", "train step beside a busy process s"),
+                      ("step_ratio", "train step ratio"), ("step_ratio_range", "train step ratio range"),
+                      ("repeats", "repeats")]
 
 
 def contention_table(study: dict[str, Any]) -> list[str]:

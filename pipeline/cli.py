@@ -77,8 +77,8 @@ def setup_stage(config: Path, overrides: list[str] | None, smoke: bool, out: str
 
 
 def stage_threads(stage: str) -> None:
-    """Torch threads of a stage's process (``pipeline/threads.py``: OMP_NUM_THREADS, else the usable CPUs shared by
-    the processes of this node), logged in one line by rank 0 (it starts with ``threads:``)."""
+    """Torch threads of a stage's process (``pipeline/threads.py``: OMP_NUM_THREADS, else the usable CPUs idle at
+    start, shared by the processes of this node), logged in one line by rank 0 (it starts with ``threads:``)."""
     from pipeline.threads import configure_threads, processes_on_node
 
     main = os.environ.get("RANK", "0") == "0"

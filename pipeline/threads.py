@@ -1,24 +1,27 @@
-"""How many torch threads a stage runs: the CPUs this process may use, shared by the processes of its node.
+"""How many torch threads a stage runs: the CPUs this process may use and finds idle, shared by its node's processes.
 
 torch's default is one intra-op thread per CPU it sees. It ignores a container's CPU quota (a 2-CPU quota on a
-64-core host gives 64 threads) and the other training processes of the node. On a shared CPU, threads beyond the
-CPUs a process really gets wait for each other at every OpenMP barrier: stage 1 once took 7x its quiet time on
-2 cores with another busy process beside it.
+64-core host gives 64 threads), the other training processes of the node and other busy jobs. On a shared CPU,
+threads beyond the CPUs a process really gets wait for each other at every OpenMP barrier: stage 1 once took 7x
+its quiet time on 2 cores with another busy process beside it.
 
 Policy (:func:`configure_threads`, called once at the start of every stage's command line, ``pipeline/cli.py``):
 
 1. ``OMP_NUM_THREADS`` in the environment wins (the user's choice; ``make ... THREADS=N`` sets it, and torchrun
    sets it to 1 for several processes per node when it is unset);
 2. else the ``requested`` count, when a caller asks for one;
-3. else ``available_cpus() // processes on this node``, at least 1.
+3. else the usable CPUs (:func:`available_cpus`) that are idle at start (:func:`idle_cpus`: a CPU counts when at
+   least half of it sat idle over a 0.3-s look at /proc/stat), divided by the processes on this node, at least 1.
+   Beside one busy process on 2 CPUs that is 1 thread, which runs at the speed of the one CPU left instead of
+   thrashing (README, "Threads on a shared CPU").
 
 How idle threads wait (:func:`default_wait_policy`, applied when :mod:`pipeline` is imported, before torch loads
 OpenMP): ``OMP_WAIT_POLICY=PASSIVE`` unless the environment already names a policy (``OMP_WAIT_POLICY`` or
 ``GOMP_SPINCOUNT``). OpenMP's own default spins each idle thread for a while at every barrier; beside another busy
 process those spins take the CPU the working threads need, and stage 1 took 9x, a training step 14x their quiet
 time. Passive threads sleep instead: 1.2-1.6x / 1.5-2.4x in three runs, for a cost of 20-70 % when the machine is
-quiet (README, "Threads on a shared CPU"; ``benchmarks/results.md``, thread_contention). The thread count, and so
-every result, does not depend on it.
+quiet (README; ``benchmarks/results.md``, thread_contention). The thread count, and so every result, does not
+depend on it.
 
 :func:`available_cpus` is the smaller of the CPUs in this process's affinity mask and the cgroup CPU quota
 (quota / period, rounded down, at least 1: a thread throttled for part of every period stalls the others).
@@ -29,11 +32,14 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, MutableMapping
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_STAT = Path("/proc/stat")
+IDLE_SAMPLE_S = 0.3  # /proc/stat ticks at 100 Hz: 30 ticks per CPU
 PROC_CGROUP = Path("/proc/self/cgroup")
 V1_CPU_MOUNTS = ("cpu", "cpu,cpuacct", "cpuacct,cpu")  # where cgroup v1 mounts its cpu controller under the root
 
@@ -126,6 +132,41 @@ def available_cpus(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) ->
     return max(1, cpus)
 
 
+def _cpu_ticks(proc_stat: Path) -> dict[int, tuple[int, int]]:
+    """Per CPU of /proc/stat: (idle + iowait ticks, all ticks but guest time, which user time already counts)."""
+    ticks = {}
+    for line in proc_stat.read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and len(fields) >= 4:
+            values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+            ticks[int(name[3:])] = (values[3] + (values[4] if len(values) > 4 else 0), sum(values))
+    return ticks
+
+
+def idle_cpus(sample_s: float = IDLE_SAMPLE_S, proc_stat: Path = PROC_STAT,
+              sleep: Callable[[float], None] = time.sleep) -> float | None:
+    """How many of this process's CPUs (its affinity mask) sat idle over ``sample_s`` seconds: the idle share of
+    each, summed (2 quiet CPUs: ~2.0; one of them taken by a busy process: ~1.0). None where /proc/stat cannot be
+    read (not Linux) or no CPU ticked. This process itself sleeps meanwhile, so what it sees busy is the others."""
+    try:
+        mask = set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        mask = None
+    try:
+        before = _cpu_ticks(proc_stat)
+        sleep(sample_s)
+        after = _cpu_ticks(proc_stat)
+    except (OSError, ValueError):
+        return None
+    shares = []
+    for cpu, (idle_after, total_after) in after.items():
+        if cpu in before and (mask is None or cpu in mask):
+            idle_before, total_before = before[cpu]
+            if total_after > total_before:
+                shares.append(min(1.0, max(0.0, (idle_after - idle_before) / (total_after - total_before))))
+    return sum(shares) if shares else None
+
+
 WAIT_POLICY_DEFAULT = "PASSIVE"
 WAIT_POLICY_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")  # either one is the user's choice of how threads wait
 
@@ -171,11 +212,12 @@ def omp_num_threads(environ: Mapping[str, str]) -> int | None:
 
 
 def choose_threads(requested: int | None, world_size: int, environ: Mapping[str, str] | None = None,
-                   cpus: int | None = None) -> ThreadChoice:
+                   cpus: int | None = None, idle: Callable[[], float | None] | None = None) -> ThreadChoice:
     """The thread count :func:`configure_threads` sets, changing nothing (see the module's policy).
 
     ``world_size``: the processes sharing this node's CPUs (torchrun's LOCAL_WORLD_SIZE). ``requested`` 0 or None
-    means no request.
+    means no request. ``idle``: how many CPUs are idle (:func:`idle_cpus`), asked only when the default applies;
+    None (or a None answer) counts every usable CPU as free.
     """
     environ = os.environ if environ is None else environ
     per_node = max(1, int(world_size))
@@ -189,19 +231,24 @@ def choose_threads(requested: int | None, world_size: int, environ: Mapping[str,
     cpus = available_cpus() if cpus is None else cpus
     bad = environ.get("OMP_NUM_THREADS")
     note = f"; OMP_NUM_THREADS={bad!r} ignored: not a count >= 1" if bad not in (None, "") else ""
-    threads = max(1, cpus // per_node)
-    return ThreadChoice(threads, "default", f"{cpus} usable CPU(s) / {per_node} process(es) on this node{note}")
+    seen = idle() if idle is not None else None
+    free = cpus if seen is None else min(cpus, max(1, math.floor(seen + 0.5)))
+    load = "" if seen is None else f", {seen:.1f} idle at start"
+    threads = max(1, free // per_node)
+    return ThreadChoice(threads, "default", f"{cpus} usable CPU(s){load} / {per_node} process(es) on this node{note}")
 
 
 def configure_threads(requested: int | None, world_size: int, log: Callable[[str], None] | None = print,
-                      environ: Mapping[str, str] | None = None, what: str = "") -> ThreadChoice:
+                      environ: Mapping[str, str] | None = None, what: str = "",
+                      idle: Callable[[], float | None] | None = idle_cpus) -> ThreadChoice:
     """Set torch's intra-op threads by the module's policy and log the decision in one line (``log=None``: silent).
 
-    ``world_size``: the processes sharing this node's CPUs. ``what`` names the stage in the line.
+    ``world_size``: the processes sharing this node's CPUs. ``what`` names the stage in the line. ``idle``: how
+    many CPUs are idle (default :func:`idle_cpus`, a 0.3-s look, taken only when the default count applies).
     """
     import torch
 
-    choice = choose_threads(requested, world_size, environ)
+    choice = choose_threads(requested, world_size, environ, idle=idle)
     if torch.get_num_threads() != choice.threads:
         torch.set_num_threads(choice.threads)
     if log is not None:

@@ -145,6 +145,8 @@ def _train(cfg: Config, store: str, out_dir: Path, split: LatentSplit, inputs, k
         what = f"resuming {out_dir} at step {start}" if start else f"starting {out_dir}"
         log(f"train: {what}: {cfg.train.steps} steps, global batch {cfg.train.batch_size} over "
             f"{info.world_size} process(es) on {info.device.type}")
+        if start:
+            _note_thread_change(out_dir, log)
     net = DDP(model) if info.world_size > 1 else model
     if cfg.train.compile:
         net = torch.compile(net)
@@ -284,6 +286,17 @@ def _check_resumable(ckpt: FlowCheckpoint, path: Path, info: DistInfo) -> None:
             f"across nodes), or train with {info.world_size} as a new run (make train RUN=<new name>).")
 
 
+def _note_thread_change(out_dir: Path, log) -> None:
+    """Say when a resumed run trains with another torch thread count than it began with: CPU float32 sums then
+    round differently in the last bits (1 vs 2 threads: max |dweight| ~1e-6 after 3 steps), so the weights will not
+    be bit-identical to an uninterrupted run. The count follows the CPUs idle at start (pipeline/threads.py)."""
+    began = (read_json(out_dir / "run.json") or {}).get("torch_threads")
+    now = torch.get_num_threads()
+    if began is not None and began != now:
+        log(f"train: note: this run began with {began} torch thread(s) per process and resumes with {now}; its "
+            f"weights will differ in the last bits from an uninterrupted run (THREADS={began} resumes it as it began)")
+
+
 def _overfit_batch(batch: dict[str, torch.Tensor], mode: str) -> dict[str, torch.Tensor]:
     """The first batch, repeated (``batch``) or made of copies of its first example (``one``)."""
     if mode == "one":
@@ -350,7 +363,8 @@ class _Logger:
         if not resumed:
             write_json_atomic(out_dir / "run.json", {"fingerprint": key, "inputs": inputs, "config": cfg.to_dict(),
                                                      "args": {"set": overrides}, "code_version": code_version(),
-                                                     "world_size": info.world_size, "step": 0})
+                                                     "world_size": info.world_size,
+                                                     "torch_threads": torch.get_num_threads(), "step": 0})
         self.metrics = self._open_metrics(out_dir / "metrics.jsonl", resumed)
         self.window: list[tuple[float, float, float]] = []
         self.window_start = time.perf_counter()

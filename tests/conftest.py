@@ -35,6 +35,18 @@ _forget_the_outer_make()
 if os.environ.get("PYTEST_XDIST_WORKER"):  # make test: one worker per usable CPU, each (and what it starts) one thread
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In one process (TEST_WORKERS=0, plain pytest), the stages the tests start get every usable CPU, fixed here:
+    left to choose, they take the CPUs idle at their start (pipeline/threads.py), and tests that compare two runs bit
+    for bit need one count in both. (Not in xdist's controller: its workers would inherit the count.)"""
+    if os.environ.get("PYTEST_XDIST_WORKER") or getattr(config.option, "numprocesses", None):
+        return
+    from pipeline.threads import available_cpus
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(available_cpus()))
+
+
 # The make-driven end-to-end modules, slowest first (measured, serial: 220, 170, 105, 90, 70, 35 s). They are
 # collected first so that make test's workers (pytest-xdist, one module at a time, in this order) start them at once
 # and the many short modules fill in around them.

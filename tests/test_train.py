@@ -69,7 +69,8 @@ def test_kill9_then_resume_matches_uninterrupted(tiny_store, tmp_path: Path, rep
     assert 15 <= json.loads(run_json.read_text())["step"] < 40, "the kill should land mid-run"
     result = subprocess.run(_cli(repo, overrides, store, tmp_path / "killed", *settings), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "resuming" in result.stdout
+    assert "resuming" in result.stdout and "note: this run began with" not in result.stdout  # same thread count
+    assert json.loads(run_json.read_text())["torch_threads"] == int(os.environ["OMP_NUM_THREADS"])
     final = lambda root: _weights(root / "demo-smoke" / "runs" / "linear" / "checkpoints" / "latest.pt")  # noqa: E731
     straight, resumed = final(tmp_path / "straight"), final(tmp_path / "killed")
     for key in straight:
