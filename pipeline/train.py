@@ -33,7 +33,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
-from pipeline.cache import LatentSplit
+from pipeline.cache import LatentSplit, open_store
 from pipeline.checkpoints import FlowCheckpoint, load_flow_checkpoint, save_checkpoint
 from pipeline.config import Config
 from pipeline.dist import DistInfo, all_ok, barrier, broadcast_object, init_distributed
@@ -231,6 +231,11 @@ def _decide(out_dir: Path, inputs, key, cfg: Config, force: bool, log) -> tuple[
     record = read_json(out_dir / "run.json")
     latest = out_dir / "checkpoints" / "latest.pt"
     if record is None or not latest.exists():
+        foreign = _foreign_forecasts(out_dir)
+        if foreign:
+            return "stale", (f"{out_dir} holds forecasts of {foreign}, a flow checkpoint from outside this run (made "
+                             "by make forecast CKPT=...): training here would put a second model in the run. Train "
+                             "under another name (make train RUN=<new name>), or delete the run directory first.")
         return "fresh", ""
     if record.get("fingerprint") == key:
         step = int(record.get("step", 0))
@@ -246,6 +251,15 @@ def _decide(out_dir: Path, inputs, key, cfg: Config, force: bool, log) -> tuple[
                          "Rerun with --force (make train FORCE=1) to discard it and train from scratch, or train "
                          "these settings as a new run beside it (make train RUN=<new name>).")
     return "discard", f"changed: {what}"
+
+
+def _foreign_forecasts(out_dir: Path) -> str | None:
+    """The checkpoint recorded by the run's forecasts when it lies outside the run's own checkpoints/ (a run made by
+    ``make forecast CKPT=...`` holds no training); None when there are no such forecasts."""
+    store = open_store(str(out_dir / "forecasts.zarr"))
+    ckpt = store.attrs.get("ckpt") if store is not None else None
+    own = ckpt and Path(ckpt).parent.name == "checkpoints" and Path(ckpt).parent.parent.name == out_dir.name
+    return None if not ckpt or own else str(ckpt)  # recorded as given (relative to that launch's directory)
 
 
 def _discard(out_dir: Path, why: str, log) -> None:

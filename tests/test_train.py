@@ -137,3 +137,21 @@ def test_published_flow_checkpoint_loads_and_reproduces_outputs(tmp_path: Path, 
     t, gap = torch.tensor([0.3, 0.7]), torch.tensor([1.0, 4.0])
     with torch.no_grad():
         assert torch.equal(loaded(z, t, ref, ctx, gap), reference_net(z, t, ref, ctx, gap))
+
+
+def test_training_is_refused_in_a_run_that_holds_forecasts_of_an_outside_checkpoint(tiny_store, tmp_path: Path,
+                                                                                     repo: Path) -> None:
+    """A run made by `make forecast CKPT=...` (the demo's shipped-<interp>) holds no training: training into it by
+    mistake (make train RUN=shipped-linear) is refused; forecasts of the run's own checkpoints are not in the way."""
+    import zarr
+
+    _, overrides, store = tiny_store
+    cfg = _cfg(repo, overrides, "train.steps=2", "train.latest_every=1")
+    run = tmp_path / "shipped-linear"
+    zarr.open_group(str(run / "forecasts.zarr"), mode="w").attrs["ckpt"] = "checkpoints/demo_flow_linear.pt"
+    with pytest.raises(TrainingError, match="holds forecasts of checkpoints/demo_flow_linear.pt"):
+        train(cfg, store, run, log=lambda _: None)
+    assert not (run / "checkpoints").exists() and not (run / "run.json").exists()
+    own = tmp_path / "mine"
+    zarr.open_group(str(own / "forecasts.zarr"), mode="w").attrs["ckpt"] = "outputs/demo/runs/mine/checkpoints/latest.pt"
+    assert train(cfg, store, own, log=lambda _: None) == "trained"
