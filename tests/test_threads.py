@@ -207,3 +207,48 @@ def test_importing_pipeline_sets_the_policy_before_torch_loads_openmp() -> None:
     assert _python(code, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE | OMP_WAIT_POLICY=ACTIVE in the environment"
     late = _python("import torch, pipeline.threads as t; print(t.WAIT_POLICY_IN_FORCE)")
     assert late.endswith("for child processes only (torch was imported before pipeline)")
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.wall, self.own = 0.0, 0.0
+
+
+def test_thread_adjuster_follows_the_cpus_other_processes_leave(tmp_path, monkeypatch) -> None:
+    """Stage 1's adjuster: another busy process appears (our 2 threads get 1.3 CPUs of the 2 busy ones) -> 1 thread;
+    it stays (2 busy, 1 ours); it leaves (1 busy, ours) -> 2 again; no look before every_s has passed."""
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    stat, clock, count, lines = tmp_path / "stat", _Clock(), [2], []
+    ticks = {0: [0, 0], 1: [0, 0]}  # busy, idle ticks per CPU (100 per second)
+
+    def run(seconds: float, busy_cpus: float, own_cpus: float) -> None:
+        for cpu in ticks:
+            share = min(1.0, max(0.0, busy_cpus - cpu))  # CPU 0 busy first
+            ticks[cpu][0] += round(100 * seconds * share)
+            ticks[cpu][1] += round(100 * seconds * (1 - share))
+        _proc_stat(stat, {cpu: (b + 10, i + 10) for cpu, (b, i) in ticks.items()})
+        clock.wall += seconds
+        clock.own += seconds * own_cpus
+
+    run(0, 0, 0)
+    adjust = threads.ThreadAdjuster(2, every_s=10, proc_stat=stat, wall=lambda: clock.wall, own_cpu=lambda: clock.own,
+                                    set_threads=lambda n: count.__setitem__(0, n), get_threads=lambda: count[0],
+                                    log=lines.append)
+    run(5, 2.0, 1.3)
+    assert adjust() is None and count == [2]  # not yet: every 10 s
+    run(6, 2.0, 1.3)
+    assert adjust() == 1 and count == [1] and "other processes keep 0.7 of 2" in lines[-1]
+    run(10, 2.0, 1.0)
+    assert adjust() is None and count == [1]
+    run(10, 1.0, 1.0)
+    assert adjust() == 2 and count == [2]
+    run(10, 2.0, 2.0)  # our own 2 threads keep both busy: nobody else
+    assert adjust() is None and count == [2]
+
+
+def test_thread_adjuster_only_where_the_default_chose_and_one_process_runs() -> None:
+    default = threads.ThreadChoice(2, "default", "")
+    assert threads.thread_adjuster(threads.ThreadChoice(2, "OMP_NUM_THREADS", ""), 1) is None
+    assert threads.thread_adjuster(threads.ThreadChoice(2, "requested", ""), 1) is None
+    assert threads.thread_adjuster(default, 2) is None
+    assert isinstance(threads.thread_adjuster(default, 1), threads.ThreadAdjuster)
