@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli import (ConfigOption, DataRootOption, DryRunOption, OutOption, SetOption, SmokeOption, StoreOption,
-                          expected_errors, rank0_print, run_stage, setup_stage, show_dry_run)
+                          expected_errors, run_stage, setup_stage, show_dry_run)
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
@@ -33,16 +33,12 @@ def main(
     """Write the latent store; prints 'up to date' and does nothing when its inputs are unchanged."""
     from pipeline.data.shards import ShardError
     from pipeline.encode import EncodeError, encode_latents
-    from pipeline.threads import processes_on_node, thread_adjuster
     from pipeline.vqvae import CheckpointFormatError, CheckpointMismatchError
 
     stage = setup_stage(config, set_, smoke, out, data_root, stage="encode")
     if dry_run:
         show_dry_run("encode", stage.cfg)
-    # The latents do not depend on the thread count: follow the load while encoding (pipeline/threads.py).
-    adjust = thread_adjuster(stage.threads, processes_on_node(), log=rank0_print) if stage.threads else None
-    run_stage("encode", lambda: encode_latents(stage.cfg, store or stage.layout.store_url, force=force, dry_run=dry_run,
-                                               between_videos=adjust),
+    run_stage("encode", lambda: encode_latents(stage.cfg, store or stage.layout.store_url, force=force, dry_run=dry_run),
               expected_errors(EncodeError, ShardError, CheckpointMismatchError, CheckpointFormatError), dry_run)
 
 

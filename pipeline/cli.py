@@ -16,7 +16,6 @@ import yaml
 
 from pipeline.config import INTERPOLANT_PRESETS, Config, ConfigError, absolute_paths, load_config
 from pipeline.layout import Layout, RunNameError
-from pipeline.threads import ThreadChoice
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file (configs/<dataset>.yaml).")]
 SetOption = Annotated[
@@ -41,7 +40,6 @@ class StageSetup:
     layout: Layout
     run: str | None  # None for the stages before training (data, encode)
     overrides: list[str]  # the run's recorded --set overrides, then this call's: what a fresh run records
-    threads: ThreadChoice | None = None  # the stage's torch thread count, when a stage set it
 
     @property
     def run_dir(self) -> Path:
@@ -57,7 +55,8 @@ def setup_stage(config: Path, overrides: list[str] | None, smoke: bool, out: str
     call's, so a named run keeps its training settings in every later stage. A ``stage`` (encode, train, forecast,
     eval) first sets torch's thread count for this process (:func:`stage_threads`).
     """
-    threads = stage_threads(stage) if stage else None
+    if stage:
+        stage_threads(stage)
     location = [f"data.root={data_root}"] if data_root else []
     try:
         # Paths made absolute here, so a run's recorded overrides mean the same from any directory.
@@ -65,30 +64,25 @@ def setup_stage(config: Path, overrides: list[str] | None, smoke: bool, out: str
         cfg = load_config(config, [*mine, *location], smoke=smoke)
         layout = Layout(out, cfg.data.name)
         if not with_run:
-            return StageSetup(cfg, layout, None, mine, threads)
+            return StageSetup(cfg, layout, None, mine)
         name = run or interp or cfg.interpolant.kind
         if interp is None and name in INTERPOLANT_PRESETS:  # a run named 'linear' is a linear run
             mine.append(f"interpolant.kind={name}")
         merged = merge_overrides(layout.recorded_overrides(name), mine)
         cfg = load_config(config, [*merged, *location], smoke=smoke)
-        return StageSetup(cfg, layout, name, merged, threads)
+        return StageSetup(cfg, layout, name, merged)
     except (ConfigError, RunNameError) as exc:
         typer.secho(f"config error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
 
 
-def stage_threads(stage: str) -> ThreadChoice:
+def stage_threads(stage: str) -> None:
     """Torch threads of a stage's process (``pipeline/threads.py``: OMP_NUM_THREADS, else the usable CPUs idle at
     start, shared by the processes of this node), logged in one line by rank 0 (it starts with ``threads:``)."""
     from pipeline.threads import configure_threads, processes_on_node
 
-    return configure_threads(None, processes_on_node(), log=rank0_print, what=stage)
-
-
-def rank0_print(line: str) -> None:
-    """Print ``line`` (flushed) in rank 0 of a launch only."""
-    if os.environ.get("RANK", "0") == "0":
-        print(line, flush=True)
+    main = os.environ.get("RANK", "0") == "0"
+    configure_threads(None, processes_on_node(), log=(lambda line: print(line, flush=True)) if main else None, what=stage)
 
 
 def merge_overrides(first: list[str], then: list[str]) -> list[str]:

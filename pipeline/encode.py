@@ -82,12 +82,11 @@ def cache_inputs(cfg: Config, readers: dict[str, ShardReader], views: list[View]
 
 
 def encode_latents(cfg: Config, url: str, force: bool = False, dry_run: bool = False,
-                   log: Callable[[str], None] = print, between_videos: Callable[[], Any] | None = None) -> str:
+                   log: Callable[[str], None] = print) -> str:
     """Bring the store at ``url`` up to date with ``cfg``; returns 'up to date', 'encoded' or 'dry run'.
 
     Under torchrun every rank calls this; rank 0 decides, locks and creates, all ranks encode disjoint videos.
     ``dry_run`` logs what would be done (up to date / resume / build / refuse) and changes nothing.
-    ``between_videos`` runs after each encoded video (the command line's :class:`pipeline.threads.ThreadAdjuster`).
     """
     info = init_distributed()
     # The index alone (no per-frame validation) decides "up to date": unchanged shard checksums mean the shards
@@ -103,7 +102,7 @@ def encode_latents(cfg: Config, url: str, force: bool = False, dry_run: bool = F
         if action in ("up to date", "dry run"):
             return action
         barrier()
-        _encode_my_videos(cfg, target, readers, views, info, between_videos)
+        _encode_my_videos(cfg, target, readers, views, info, log)
         barrier()
         if info.is_main:
             _finish(cfg, target, log)
@@ -242,9 +241,8 @@ def _create(cfg: Config, verdict: _Verdict, readers, views, hashes) -> None:
     })
 
 
-def _encode_my_videos(cfg: Config, url: str, readers, views, info: DistInfo, between_videos) -> None:
-    """Encode this rank's share (every world_size-th unfinished video) of every split; ``between_videos()`` (if
-    given) after each."""
+def _encode_my_videos(cfg: Config, url: str, readers, views, info: DistInfo, log) -> None:
+    """Encode this rank's share (every world_size-th unfinished video) of every split."""
     from pipeline.vqvae import build_vqvae
 
     root = open_store(url, mode="r+")
@@ -273,8 +271,6 @@ def _encode_my_videos(cfg: Config, url: str, readers, views, info: DistInfo, bet
             write_array(group["latents"], (slice(None), slice(start, start + len(frames))), latents)
             group["done"][int(k)] = True  # last: a video counts as done only once its latents are written
             bar.update(latents.shape[0] * latents.shape[1])
-            if between_videos is not None:
-                between_videos()
     bar.close()
 
 

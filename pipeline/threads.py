@@ -15,10 +15,6 @@ Policy (:func:`configure_threads`, called once at the start of every stage's com
    Beside one busy process on 2 CPUs that is 1 thread, which runs at the speed of the one CPU left instead of
    thrashing (README, "Threads on a shared CPU").
 
-The count stays for the process's life (it changes the last bits of a training step's float32 sums), except where
-results cannot depend on it: stage 1 re-chooses it between videos from what the other processes leave idle
-(:class:`ThreadAdjuster`).
-
 How idle threads wait (:func:`default_wait_policy`, applied when :mod:`pipeline` is imported, before torch loads
 OpenMP): ``OMP_WAIT_POLICY=PASSIVE`` unless the environment already names a policy (``OMP_WAIT_POLICY`` or
 ``GOMP_SPINCOUNT``). OpenMP's own default spins each idle thread for a while at every barrier; beside another busy
@@ -147,97 +143,28 @@ def _cpu_ticks(proc_stat: Path) -> dict[int, tuple[int, int]]:
     return ticks
 
 
-def _affinity_mask() -> set[int] | None:
-    """The CPU ids this process may run on; None where the platform cannot say."""
-    try:
-        return set(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return None
-
-
-def _idle_shares(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], mask: set[int] | None) -> list[float]:
-    """The idle share of each CPU of ``mask`` (all where None) between two /proc/stat readings that ticked."""
-    shares = []
-    for cpu, (idle_after, total_after) in after.items():
-        if cpu in before and (mask is None or cpu in mask):
-            idle_before, total_before = before[cpu]
-            if total_after > total_before:
-                shares.append(min(1.0, max(0.0, (idle_after - idle_before) / (total_after - total_before))))
-    return shares
-
-
 def idle_cpus(sample_s: float = IDLE_SAMPLE_S, proc_stat: Path = PROC_STAT,
               sleep: Callable[[float], None] = time.sleep) -> float | None:
     """How many of this process's CPUs (its affinity mask) sat idle over ``sample_s`` seconds: the idle share of
     each, summed (2 quiet CPUs: ~2.0; one of them taken by a busy process: ~1.0). None where /proc/stat cannot be
     read (not Linux) or no CPU ticked. This process itself sleeps meanwhile, so what it sees busy is the others."""
     try:
+        mask = set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        mask = None
+    try:
         before = _cpu_ticks(proc_stat)
         sleep(sample_s)
         after = _cpu_ticks(proc_stat)
     except (OSError, ValueError):
         return None
-    shares = _idle_shares(before, after, _affinity_mask())
+    shares = []
+    for cpu, (idle_after, total_after) in after.items():
+        if cpu in before and (mask is None or cpu in mask):
+            idle_before, total_before = before[cpu]
+            if total_after > total_before:
+                shares.append(min(1.0, max(0.0, (idle_after - idle_before) / (total_after - total_before))))
     return sum(shares) if shares else None
-
-
-class ThreadAdjuster:
-    """Re-chooses this process's torch threads while it works, from the CPUs the *other* processes leave idle.
-
-    Only for work whose results do not depend on the thread count (stage 1: its latents are bit-identical across
-    counts), where the count chosen at start-up can go stale: a busy job that starts later would leave this
-    process's threads thrashing. Call it between work items; at most every ``every_s`` seconds it reads /proc/stat
-    and this process's CPU time over the window since its last look: the other processes keep ``busy - own`` of
-    the affinity mask's CPUs busy, and the count becomes the rest, rounded, within [1, ``cpus``] (the usable CPUs,
-    as :func:`choose_threads` takes them). Returns the new count when it changed it, else None. ``set_threads`` /
-    ``get_threads`` default to torch's.
-    """
-
-    def __init__(self, cpus: int, every_s: float = 10.0, proc_stat: Path = PROC_STAT,
-                 wall: Callable[[], float] = time.monotonic, own_cpu: Callable[[], float] = time.process_time,
-                 set_threads: Callable[[int], None] | None = None, get_threads: Callable[[], int] | None = None,
-                 log: Callable[[str], None] | None = None):
-        if set_threads is None or get_threads is None:
-            import torch
-
-            set_threads, get_threads = set_threads or torch.set_num_threads, get_threads or torch.get_num_threads
-        self.cpus, self.every_s, self.proc_stat, self.mask = max(1, cpus), every_s, proc_stat, _affinity_mask()
-        self.wall, self.own_cpu, self.set_threads, self.get_threads, self.log = wall, own_cpu, set_threads, get_threads, log
-        self.last = self._look()
-
-    def _look(self) -> tuple[float, float, dict[int, tuple[int, int]]] | None:
-        try:
-            return self.wall(), self.own_cpu(), _cpu_ticks(self.proc_stat)
-        except (OSError, ValueError):
-            return None
-
-    def __call__(self) -> int | None:
-        if self.last is None or self.wall() - self.last[0] < self.every_s:
-            return None
-        now = self._look()
-        (t0, own0, ticks0), self.last = self.last, now
-        if now is None or now[0] <= t0:
-            return None
-        shares = _idle_shares(ticks0, now[2], self.mask)
-        if not shares:
-            return None
-        others = max(0.0, len(shares) - sum(shares) - (now[1] - own0) / (now[0] - t0))
-        threads = min(self.cpus, max(1, math.floor(len(shares) - others + 0.5)))
-        if threads == self.get_threads():
-            return None
-        self.set_threads(threads)
-        if self.log is not None:
-            self.log(f"threads: now {threads} torch thread(s): other processes keep {others:.1f} of {self.cpus} usable "
-                     "CPU(s) busy")
-        return threads
-
-
-def thread_adjuster(choice: ThreadChoice, world_size: int, log: Callable[[str], None] | None = None) -> ThreadAdjuster | None:
-    """A :class:`ThreadAdjuster` for a stage whose count the default policy chose (not ``OMP_NUM_THREADS``, not a
-    request) and that is its node's only process; else None (the count stays what it is)."""
-    if choice.source != "default" or world_size > 1:
-        return None
-    return ThreadAdjuster(available_cpus(), log=log)
 
 
 WAIT_POLICY_DEFAULT = "PASSIVE"
