@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli import (ConfigOption, DataRootOption, DryRunOption, OutOption, SetOption, SmokeOption, StoreOption,
-                          expected_errors, run_stage, setup_stage, show_dry_run)
+                          exit_if_up_to_date, expected_errors, run_stage, setup_stage, show_dry_run, stage_threads)
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
@@ -32,13 +32,17 @@ def main(
 ) -> None:
     """Write the latent store; prints 'up to date' and does nothing when its inputs are unchanged."""
     from pipeline.data.shards import ShardError
-    from pipeline.encode import EncodeError, encode_latents
-    from pipeline.vqvae import CheckpointFormatError, CheckpointMismatchError
+    from pipeline.encode import EncodeError, encode_latents, up_to_date_message
 
-    stage = setup_stage(config, set_, smoke, out, data_root, stage="encode")
+    stage = setup_stage(config, set_, smoke, out, data_root)
+    url = store or stage.layout.store_url
+    exit_if_up_to_date(lambda: up_to_date_message(stage.cfg, url), dry_run, force)
+    stage_threads("encode")
+    from pipeline.vqvae import CheckpointFormatError, CheckpointMismatchError  # loads torch
+
     if dry_run:
         show_dry_run("encode", stage.cfg)
-    run_stage("encode", lambda: encode_latents(stage.cfg, store or stage.layout.store_url, force=force, dry_run=dry_run),
+    run_stage("encode", lambda: encode_latents(stage.cfg, url, force=force, dry_run=dry_run),
               expected_errors(EncodeError, ShardError, CheckpointMismatchError, CheckpointFormatError), dry_run)
 
 

@@ -16,7 +16,8 @@ from typing import Annotated
 import typer
 
 from pipeline.cli import (ConfigOption, DataRootOption, DryRunOption, InterpOption, OutOption, RunOption, SetOption,
-                          SmokeOption, StoreOption, expected_errors, run_stage, setup_stage, show_dry_run)
+                          SmokeOption, StoreOption, exit_if_up_to_date, expected_errors, run_stage, setup_stage,
+                          show_dry_run, stage_threads)
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
@@ -35,13 +36,18 @@ def main(
     dry_run: DryRunOption = False,
 ) -> None:
     """Train, resume an interrupted run exactly, or report 'up to date' when the run is finished."""
-    from pipeline.train import TrainingError, train
+    from pipeline.train_state import up_to_date_message
 
-    stage = setup_stage(config, set_, smoke, out, data_root, interp, run, with_run=True, stage="train")
+    stage = setup_stage(config, set_, smoke, out, data_root, interp, run, with_run=True)
+    url = store or stage.layout.store_url
+    exit_if_up_to_date(lambda: up_to_date_message(stage.cfg, url, stage.run_dir), dry_run, force)
+    stage_threads("train")
+    from pipeline.train import TrainingError, train  # loads torch
+
     if dry_run:
         show_dry_run("train", stage.cfg)
-    run_stage("train", lambda: train(stage.cfg, store or stage.layout.store_url, stage.run_dir, force=force,
-                                     dry_run=dry_run, overrides=stage.overrides),
+    run_stage("train", lambda: train(stage.cfg, url, stage.run_dir, force=force, dry_run=dry_run,
+                                     overrides=stage.overrides),
               expected_errors(TrainingError), dry_run)
 
 

@@ -8,6 +8,9 @@ changed, unless ``force`` rebuilds — old and new latents are never mixed. A re
 (shards, VQVAE weights) and is written beside the old store (``<store>.rebuild``), which stays usable until the
 new one is complete and takes its place. One process writes a store at a time (``pipeline/locks.py``).
 
+Torch loads only when there is work: :func:`up_to_date_message` (the same decision, torch-free) lets a launch
+whose store is up to date return in about a second instead of paying torch's import (``encode_latents.py``).
+
 Resumable: each video's latents are written before its ``done`` flag, so a killed run redoes only unflagged
 videos. Encoding is batched per video (frames [0:B], [B:2B], ...), so a video's latents do not depend on which
 other videos are encoded, by which rank, or in which run: a resumed or distributed store equals a one-shot one.
@@ -19,19 +22,20 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from tqdm import tqdm
 
 from pipeline.cache import FORMAT_VERSION, LatentSplit, create_split, delete_store, open_store, require_finite, write_array
 from pipeline.config import Config, VQVAEConfig
-from pipeline.data.clips import to_model_range
 from pipeline.data.shards import ShardReader, split_dirs
-from pipeline.dist import DistInfo, barrier, broadcast_object, init_distributed
 from pipeline.locks import LockedError, lock_file, output_lock
 from pipeline.records import cached_sha256, changed_keys, code_version, fingerprint, recover_replacement, replace_directory
 from pipeline.views import View, apply_view, make_views
+
+if TYPE_CHECKING:
+    from pipeline.dist import DistInfo
 
 PIXEL_TRANSFORM = "uint8 HWC -> float32 CHW, x / 127.5 - 1, no resize (shards hold image_size frames)"
 REBUILD = ".rebuild"  # --force builds the replacement of a stale store at <store>.rebuild, swapped in when complete
@@ -88,12 +92,10 @@ def encode_latents(cfg: Config, url: str, force: bool = False, dry_run: bool = F
     Under torchrun every rank calls this; rank 0 decides, locks and creates, all ranks encode disjoint videos.
     ``dry_run`` logs what would be done (up to date / resume / build / refuse) and changes nothing.
     """
+    from pipeline.dist import barrier, broadcast_object, init_distributed  # torch: only past the torch-free check
+
     info = init_distributed()
-    # The index alone (no per-frame validation) decides "up to date": unchanged shard checksums mean the shards
-    # are the ones validated when the store was built. Validation runs only before encoding.
-    readers = {s: ShardReader(d, image_size=cfg.data.image_size, validate=False)
-               for s, d in split_dirs(cfg.data.root, encoded_splits(cfg)).items()}
-    views = make_views(cfg.encode)
+    readers, views = _readers(cfg), make_views(cfg.encode)
     with ExitStack() as held:  # rank 0 holds the store's lock until every rank has finished
         decision = _settle(cfg, url, readers, views, force, dry_run, held, log) if info.is_main else None
         action, target, message = broadcast_object(decision)
@@ -111,6 +113,27 @@ def encode_latents(cfg: Config, url: str, force: bool = False, dry_run: bool = F
                 log(f"encode: {url} replaced by its rebuild")
         barrier()
     return "encoded"
+
+
+def up_to_date_message(cfg: Config, url: str) -> str | None:
+    """The stage's "up to date" line when the store at ``url`` is complete and made from ``cfg``'s inputs, else None
+    (work, a refusal or an error: :func:`encode_latents` decides and reports those). The same decision, without
+    torch: a launch with nothing to do need not import it."""
+    try:
+        if not _attrs(url).get("complete"):  # nothing to hash: there is work to do
+            return None
+        verdict = _decide(cfg, url, _readers(cfg), make_views(cfg.encode), False, {})
+    except Exception:  # whatever it is, encode_latents meets it again and says it properly
+        return None
+    return verdict.message if verdict.action == "up to date" else None
+
+
+def _readers(cfg: Config) -> dict[str, ShardReader]:
+    """A shard reader per encoded split. The index alone (no per-frame validation) decides "up to date": unchanged
+    shard checksums mean the shards are the ones validated when the store was built; validation runs only before
+    encoding."""
+    return {s: ShardReader(d, image_size=cfg.data.image_size, validate=False)
+            for s, d in split_dirs(cfg.data.root, encoded_splits(cfg)).items()}
 
 
 @dataclass
@@ -243,6 +266,7 @@ def _create(cfg: Config, verdict: _Verdict, readers, views, hashes) -> None:
 
 def _encode_my_videos(cfg: Config, url: str, readers, views, info: DistInfo, log) -> None:
     """Encode this rank's share (every world_size-th unfinished video) of every split."""
+    from pipeline.data.clips import to_model_range
     from pipeline.vqvae import build_vqvae
 
     root = open_store(url, mode="r+")

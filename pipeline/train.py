@@ -24,7 +24,6 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,41 +32,22 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
-from pipeline.cache import LatentSplit, open_store
+from pipeline.cache import LatentSplit
 from pipeline.checkpoints import FlowCheckpoint, load_flow_checkpoint, save_checkpoint
 from pipeline.config import Config
 from pipeline.dist import DistInfo, all_ok, barrier, broadcast_object, init_distributed
 from pipeline.interpolants import build_interpolant
 from pipeline.model import build_model
 from pipeline.locks import LockedError, output_lock
-from pipeline.records import (atomic_path, changed_keys, clean_temporaries, code_version, fingerprint, read_json,
-                              write_error, write_json_atomic)
+from pipeline.records import (atomic_path, clean_temporaries, code_version, fingerprint, read_json, write_error,
+                              write_json_atomic)
 from pipeline.tracking import log_row, log_video, start_training_run
+from pipeline.train_state import decide_run, training_inputs
 from pipeline.triplets import TripletReader, TripletStream, auto_in_memory
-from pipeline.views import training_views
 
 LOCK = ".train.lock"  # in the run directory: one training process (rank 0 of one launch) writes a run at a time
-LOGGING_ONLY = ("log_every", "latest_every", "save_every", "sample_every", "sample_split", "sample_videos",
-                "sample_steps", "val_every", "val_split", "val_clips", "wandb_mode", "wandb_project")
-
-
 class TrainingError(RuntimeError):
     """Training cannot start or continue (stale cache, NaN, ...); the message says where and why."""
-
-
-def training_inputs(cfg: Config, cache_fingerprint: str, views: list[str] | None = None) -> dict[str, Any]:
-    """Everything the trained weights depend on.
-
-    ``views``: the names of the store's views. When training draws from a subset of them (every view but the identity,
-    for stores with colour-jitter views: ``pipeline.views.training_views``) the drawn names are recorded under
-    ``data.views``; when it draws from all of them nothing is added (the cache fingerprint covers the view set).
-    """
-    train = {k: v for k, v in asdict(cfg.train).items() if k not in LOGGING_ONLY}
-    data = {"frames_per_sample": cfg.data.frames_per_sample, "skip_frames": cfg.data.skip_frames}
-    if views is not None and len(drawn := training_views(views, len(views))) < len(views):
-        data["views"] = [views[i] for i in drawn]
-    return {"cache": cache_fingerprint, "model": asdict(cfg.model), "interpolant": asdict(cfg.interpolant),
-            "train": train, "data": data, "seed": cfg.seed}
 
 
 def lr_at(step: int, cfg: Config) -> float:
@@ -212,54 +192,20 @@ def _settle(out_dir: Path, inputs, key, cfg: Config, force: bool, dry_run: bool,
     lock, the temporaries that interrupted writes left in the run are removed (their writers are dead).
     """
     try:
-        verdict = _decide(out_dir, inputs, key, cfg, force, log)
+        verdict = decide_run(out_dir, inputs, key, cfg, force)
+        if verdict[0] == "up to date":
+            log(verdict[1])
         if dry_run or verdict[0] in ("up to date", "stale"):
             return verdict
         held.enter_context(output_lock(out_dir / LOCK, out_dir, "train", log))
         clean_temporaries("train", [out_dir, out_dir / "checkpoints", out_dir / "media"], log)
-        return _decide(out_dir, inputs, key, cfg, force, log)
+        return decide_run(out_dir, inputs, key, cfg, force)
     except LockedError as exc:
         return "locked", str(exc)
     except OSError as exc:  # a read-only output directory, for example: the message names it
         return "error", str(exc)
     except Exception as exc:  # reported to every rank, so none waits forever at the broadcast
         return "error", f"{type(exc).__name__}: {exc}"
-
-
-def _decide(out_dir: Path, inputs, key, cfg: Config, force: bool, log) -> tuple[str, str]:
-    """Rank 0: fresh start, resume, up to date, or refuse a run made from other inputs."""
-    record = read_json(out_dir / "run.json")
-    latest = out_dir / "checkpoints" / "latest.pt"
-    if record is None or not latest.exists():
-        foreign = _foreign_forecasts(out_dir)
-        if foreign:
-            return "stale", (f"{out_dir} holds forecasts of {foreign}, a flow checkpoint from outside this run (made "
-                             "by make forecast CKPT=...): training here would put a second model in the run. Train "
-                             "under another name (make train RUN=<new name>), or delete the run directory first.")
-        return "fresh", ""
-    if record.get("fingerprint") == key:
-        step = int(record.get("step", 0))
-        if step >= cfg.train.steps:
-            log(f"train: {out_dir} is up to date ({step} steps, fingerprint {key})")
-            return "up to date", ""
-        return "resume", ""
-    changed = changed_keys(record.get("inputs", {}), inputs)
-    what = ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
-    if not force:
-        cache_note = " (the latent cache changed: its fingerprint differs from the checkpoint's)" if "cache" in changed else ""
-        return "stale", (f"{out_dir} was trained from different inputs; changed: {what}{cache_note}. "
-                         "Rerun with --force (make train FORCE=1) to discard it and train from scratch, or train "
-                         "these settings as a new run beside it (make train RUN=<new name>).")
-    return "discard", f"changed: {what}"
-
-
-def _foreign_forecasts(out_dir: Path) -> str | None:
-    """The checkpoint recorded by the run's forecasts when it lies outside the run's own checkpoints/ (a run made by
-    ``make forecast CKPT=...`` holds no training); None when there are no such forecasts."""
-    store = open_store(str(out_dir / "forecasts.zarr"))
-    ckpt = store.attrs.get("ckpt") if store is not None else None
-    own = ckpt and Path(ckpt).parent.name == "checkpoints" and Path(ckpt).parent.parent.name == out_dir.name
-    return None if not ckpt or own else str(ckpt)  # recorded as given (relative to that launch's directory)
 
 
 def _discard(out_dir: Path, why: str, log) -> None:

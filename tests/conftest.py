@@ -156,6 +156,11 @@ def run_make(*args: str, timeout: int = 600):
                           timeout=timeout)
 
 
+def imported_modules(stderr: str) -> set[str]:
+    """The modules a process started with PYTHONPROFILEIMPORTTIME=1 imported, read from its stderr."""
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+
+
 def stage_verdicts(stdout: str) -> list[str]:
     """The lines in which the stages say what they did ('data: ...', 'encode: ...', ...), report lines left out."""
     stages = ("data", "encode", "train", "forecast", "eval")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
-from conftest import make_tiny_vqvae
+from conftest import imported_modules, make_tiny_vqvae
 from pipeline.cache import LatentSplit, open_store
 from pipeline.data.clips import to_model_range
 from pipeline.data.shards import ShardReader
-from pipeline.encode import StaleCacheError, encode_latents
+from pipeline.encode import encode_latents
 from pipeline.vqvae import build_vqvae
 
 QUIET = dict(log=lambda _: None)
@@ -121,6 +119,13 @@ def test_kill9_then_resume_equals_uninterrupted(tiny, tmp_path: Path, repo: Path
     result = subprocess.run(_cli(repo, overrides, killed), capture_output=True, text=True, check=True)
     assert "resuming" in result.stdout
     _assert_same_store(reference, killed)
+    # Nothing left to do: the launch says so without loading torch; a dry run still decides the usual way.
+    again = subprocess.run(_cli(repo, overrides, killed), capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+    assert again.stdout.strip() == f"encode: {killed} is up to date (fingerprint {zarr.open_group(str(killed)).attrs['fingerprint']})"
+    assert "pipeline.encode" in imported_modules(again.stderr) and "torch" not in imported_modules(again.stderr)
+    dry = subprocess.run(_cli(repo, overrides, killed, "--dry-run"), capture_output=True, text=True, check=True)
+    assert "threads:" in dry.stdout and "is up to date" in dry.stdout
 
 
 def test_torchrun_two_processes_equal_one(tiny, tmp_path: Path, repo: Path) -> None:

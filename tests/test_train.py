@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import imported_modules
 from pipeline.checkpoints import load_flow_checkpoint
 from pipeline.config import ModelConfig, load_config
 from pipeline.model import build_model
@@ -75,6 +76,11 @@ def test_kill9_then_resume_matches_uninterrupted(tiny_store, tmp_path: Path, rep
     straight, resumed = final(tmp_path / "straight"), final(tmp_path / "killed")
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
+    # Finished: a further launch says so without loading torch.
+    again = subprocess.run(_cli(repo, overrides, store, tmp_path / "killed", *settings), capture_output=True, text=True,
+                           check=True, env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+    assert again.stdout.startswith(f"train: {run_json.parent} is up to date (40 steps, fingerprint ")
+    assert "pipeline.train_state" in imported_modules(again.stderr) and "torch" not in imported_modules(again.stderr)
 
 
 def test_two_process_ddp(tiny_store, tmp_path: Path, repo: Path) -> None:

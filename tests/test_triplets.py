@@ -107,7 +107,7 @@ def test_training_views_leave_out_the_identity_only_when_jitter_views_exist() ->
 
 def test_a_store_with_jitter_views_trains_on_them_only(tiny, tmp_path) -> None:
     from pipeline.encode import encode_latents
-    from pipeline.train import training_inputs
+    from pipeline.train_state import training_inputs
 
     cfg, _ = tiny
     cfg.encode.jitter_views = 2
