@@ -36,7 +36,7 @@ def main(
 
     stage = setup_stage(config, set_, smoke, out, data_root)
     url = store or stage.layout.store_url
-    exit_if_up_to_date(lambda: up_to_date_message(stage.cfg, url), dry_run, force)
+    exit_if_up_to_date(lambda: up_to_date_message(stage.cfg, url), dry_run)
     stage_threads("encode")
     from pipeline.vqvae import CheckpointFormatError, CheckpointMismatchError  # loads torch
 

@@ -14,7 +14,8 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.cli import (ConfigOption, DataRootOption, DryRunOption, InterpOption, OutOption, RunOption, SetOption,
-                          SmokeOption, StoreOption, expected_errors, run_stage, setup_stage, show_dry_run)
+                          SmokeOption, StoreOption, exit_if_up_to_date, expected_errors, run_stage, setup_stage,
+                          show_dry_run, stage_threads)
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
@@ -34,15 +35,19 @@ def main(
     dry_run: DryRunOption = False,
 ) -> None:
     """Forecast, resume an interrupted run, or report 'up to date' when the forecasts are complete."""
-    from pipeline.data.shards import ShardError
+    from pipeline.forecast_state import up_to_date_message
+
+    stage = setup_stage(config, set_, smoke, out, data_root, interp, run, with_run=True)
+    url = store or stage.layout.store_url
+    exit_if_up_to_date(lambda: up_to_date_message(stage.cfg, url, stage.run_dir, ckpt), dry_run)
+    stage_threads("forecast")
+    from pipeline.data.shards import ShardError  # from here on torch loads
     from pipeline.forecast import ForecastError, forecast
     from pipeline.vqvae import CheckpointFormatError, CheckpointMismatchError
 
-    stage = setup_stage(config, set_, smoke, out, data_root, interp, run, with_run=True, stage="forecast")
     if dry_run:
         show_dry_run("forecast", stage.cfg)
-    run_stage("forecast", lambda: forecast(stage.cfg, store or stage.layout.store_url, stage.run_dir, ckpt=ckpt,
-                                           force=force, dry_run=dry_run),
+    run_stage("forecast", lambda: forecast(stage.cfg, url, stage.run_dir, ckpt=ckpt, force=force, dry_run=dry_run),
               expected_errors(ForecastError, ShardError, CheckpointMismatchError, CheckpointFormatError, ValueError),
               dry_run)
 

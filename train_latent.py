@@ -40,7 +40,7 @@ def main(
 
     stage = setup_stage(config, set_, smoke, out, data_root, interp, run, with_run=True)
     url = store or stage.layout.store_url
-    exit_if_up_to_date(lambda: up_to_date_message(stage.cfg, url, stage.run_dir), dry_run, force)
+    exit_if_up_to_date(lambda: up_to_date_message(stage.cfg, url, stage.run_dir), dry_run)
     stage_threads("train")
     from pipeline.train import TrainingError, train  # loads torch
 

@@ -85,12 +85,13 @@ def stage_threads(stage: str) -> None:
     configure_threads(None, processes_on_node(), log=(lambda line: print(line, flush=True)) if main else None, what=stage)
 
 
-def exit_if_up_to_date(check: Callable[[], str | None], dry_run: bool, force: bool = False) -> None:
+def exit_if_up_to_date(check: Callable[[], str | None], dry_run: bool) -> None:
     """A one-process launch whose stage has nothing to do prints the stage's "up to date" line and exits (status 0)
     before anything loads torch, whose import is most of such a launch's time (``make eval`` checks every stage
-    before it). ``check`` is the stage's torch-free decision (the one the stage makes itself); under torchrun, in a
-    dry run or with --force the stage decides as usual."""
-    if dry_run or force or os.environ.get("WORLD_SIZE", "1") != "1":
+    before it). ``check`` is the stage's torch-free decision (the one the stage makes itself; an up-to-date output
+    is up to date with or without --force, which only replaces outputs made from other inputs). Under torchrun and
+    in a dry run the stage decides as usual."""
+    if dry_run or os.environ.get("WORLD_SIZE", "1") != "1":
         return
     message = check()
     if message:

@@ -59,43 +59,21 @@ from pipeline.config import Config
 from pipeline.data.clips import clip_frame_indices, to_uint8
 from pipeline.data.shards import ShardReader
 from pipeline.dist import DistInfo, barrier, broadcast_object, init_distributed
+from pipeline.forecast_state import (FORMAT_VERSION, REBUILD, ForecastError, StaleForecastError, decide_forecasts,
+                                     default_checkpoint, forecast_url, media_files, store_attrs)
 from pipeline.interpolants import build_interpolant
 from pipeline.locks import LockedError, lock_file, output_lock
-from pipeline.records import (cached_sha256, changed_keys, clean_temporaries, code_version, fingerprint,
-                              recover_replacement, replace_directory)
+from pipeline.records import changed_keys, clean_temporaries, code_version, fingerprint, recover_replacement, replace_directory
 from pipeline.rng import RowGenerators
 from pipeline.tracking import log_forecast
 
-FORMAT_VERSION = 3  # bump when the layout or the meaning of stored values changes (2: ckpt_kind "pipeline"; 3: truth_latents)
-STORE_NAME = "forecasts.zarr"
-RESULT_NEUTRAL_SAMPLE_KEYS = ("batch_size",)  # sampler settings that do not change the forecasts
-MEDIA_KEYS = ("media_videos", "media_samples", "fps")  # forecast settings that only change the media
 SEED_TAG = 3  # separates the forecast streams from other users of sample.seed
-REBUILD = ".rebuild"  # --force builds the replacement of a stale store at <store>.rebuild, swapped in when complete
 COND_COLOUR, GEN_COLOUR = (40, 200, 40), (220, 40, 40)  # tile borders: conditioning / generated frames
-
-
-class ForecastError(RuntimeError):
-    """Stage 3 cannot proceed; the message says why."""
-
-
-class StaleForecastError(ForecastError):
-    """The existing forecasts were made from different inputs; the message names them."""
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Paths, protocol, seeds
 # ----------------------------------------------------------------------------------------------------------
-
-
-def forecast_url(run: str | Path) -> str:
-    """``<run>/forecasts.zarr`` for a run directory ``<out>/<data.name>/<interp>``."""
-    return f"{str(run).rstrip('/')}/{STORE_NAME}"
-
-
-def default_checkpoint(run: str | Path) -> Path:
-    """The trainer's latest checkpoint of a run directory."""
-    return Path(run) / "checkpoints" / "latest.pt"
 
 
 def clip_frames(cfg: Config) -> np.ndarray:
@@ -145,19 +123,6 @@ def nfe_per_frame(cfg: Config, interpolant) -> int:
 # ----------------------------------------------------------------------------------------------------------
 # Inputs and the decision
 # ----------------------------------------------------------------------------------------------------------
-
-
-def forecast_inputs(cfg: Config, cache_fingerprint: str, ckpt_sha256: str) -> dict[str, Any]:
-    """Everything the stored forecasts depend on (batch size and media settings excluded: they change nothing)."""
-    sample = {k: v for k, v in asdict(cfg.sample).items() if k not in RESULT_NEUTRAL_SAMPLE_KEYS}
-    if cfg.sample.past_horizon:  # H once allowed gaps up to H; now H - 1 (docs/METHOD.md §9.15): older stores are stale
-        sample["past_horizon_window"] = "reference included"
-    forecast = {k: v for k, v in asdict(cfg.forecast).items() if k not in MEDIA_KEYS}
-    data = {"frames_per_sample": cfg.data.frames_per_sample, "skip_frames": cfg.data.skip_frames,
-            "cond_frames": cfg.data.cond_frames, "image_size": cfg.data.image_size}
-    return {"format": FORMAT_VERSION, "cache": cache_fingerprint, "checkpoint": {"sha256": ckpt_sha256},
-            "sampler": sample, "forecast": forecast, "data": data,
-            "interpolant": {"kind": cfg.interpolant.kind, **cfg.interpolant.resolved()}, "model": asdict(cfg.model)}
 
 
 @dataclass
@@ -231,14 +196,14 @@ def _settle(cfg: Config, url: str, split: LatentSplit, ckpt_path: Path, force: b
     """
     try:
         hashes: dict[str, Any] = {}
-        verdict = _decide(cfg, url, split, ckpt_path, force, hashes)
+        verdict = decide_forecasts(cfg, url, split, ckpt_path, force, hashes)
         if dry_run and verdict[0] != "up to date":
             word = {"create": "build", "stale": "refuse"}.get(verdict[0], verdict[0])
             log(f"forecast: dry run: would {word}" + (f": {verdict[2]}" if verdict[2] else ""))
             return "dry run", url, verdict[2], None, None
         if verdict[0] in ("create", "resume"):
             _lock(url, held, log)
-            verdict = _decide(cfg, url, split, ckpt_path, force, hashes)
+            verdict = decide_forecasts(cfg, url, split, ckpt_path, force, hashes)
         if verdict[0] == "up to date":
             log(verdict[2])
         return (*verdict, hashes)
@@ -250,42 +215,10 @@ def _settle(cfg: Config, url: str, split: LatentSplit, ckpt_path: Path, force: b
         return "error", url, f"{type(exc).__name__}: {exc}", None, None
 
 
-def _decide(cfg: Config, url: str, split: LatentSplit, ckpt_path: Path, force: bool, hashes: dict[str, Any]):
-    """Rank 0, changing nothing: (action, store to write, message, inputs); fills ``hashes``."""
-    if not ckpt_path.is_file():
-        raise ForecastError(f"flow checkpoint not found: {ckpt_path} (train first, or pass --ckpt / CKPT=...)")
-    old = _attrs(url)
-    hashes.update(old.get("file_hashes", {}))
-    _check_vqvae(cfg, split, hashes)
-    inputs = forecast_inputs(cfg, split.attrs["fingerprint"], cached_sha256(ckpt_path, hashes))
-    key = fingerprint(inputs)
-    if old.get("fingerprint") == key:
-        if old.get("complete"):
-            return "up to date", url, f"forecast: {url} is up to date (fingerprint {key})", inputs
-        return "resume", url, "", inputs
-    if "fingerprint" not in old:  # no store, or the remains of a creation killed before it recorded its inputs
-        return "create", url, f"{url} (new)", inputs
-    changed = changed_keys(old.get("inputs", {}), inputs)
-    detail = ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
-    extra = f" (checkpoint {ckpt_path})" if any(c.startswith("checkpoint") for c in changed) else ""
-    extra += " (the latent cache changed)" if "cache" in changed else ""
-    if not force:
-        return "stale", url, (f"{url} was made from different inputs; changed: {detail}{extra}. Refusing to mix old "
-                              "and new forecasts: rerun with --force (make forecast FORCE=1) to redo them."), inputs
-    beside = url + REBUILD
-    action = "resume" if _attrs(beside).get("fingerprint") == key else "create"
-    return action, beside, f"{url} (--force: rebuilt in {beside}, which replaces it when complete)", inputs
-
-
-def _attrs(url: str) -> dict[str, Any]:
-    root = open_store(url)
-    return dict(root.attrs) if root is not None else {}
-
-
 def _lock(url: str, held: ExitStack, log) -> None:
     """Rank 0: take the store's lock for the rest of the stage; finish a replacement a crash interrupted."""
     held.enter_context(output_lock(lock_file(url), url, "forecast", log))
-    if recover_replacement(url + REBUILD, url, bool(_attrs(url + REBUILD).get("complete"))):
+    if recover_replacement(url + REBUILD, url, bool(store_attrs(url + REBUILD).get("complete"))):
         log(f"forecast: put the finished rebuild {url + REBUILD} in place of {url} (a run stopped while swapping them)")
     clean_temporaries("forecast", [Path(url).parent / "media"], log)
 
@@ -312,24 +245,6 @@ def _create_store(cfg: Config, action: str, target: str, split: LatentSplit, pla
         return None
     except Exception as exc:  # reported to every rank, so none waits forever
         return f"{type(exc).__name__}: {exc}"
-
-
-def _check_vqvae(cfg: Config, split: LatentSplit, hashes: dict[str, Any]) -> None:
-    """The decoder must be the VQVAE the cache was encoded with (same architecture, sizes and checkpoint bytes)."""
-    from pipeline.encode import vqvae_identity
-
-    if not cfg.vqvae.ckpt or not Path(cfg.vqvae.ckpt).is_file():
-        raise ForecastError(f"VQVAE checkpoint not found: '{cfg.vqvae.ckpt}' (set vqvae.ckpt or VQVAE_CKPT=...)")
-    mine = vqvae_identity(cfg.vqvae, cached_sha256(cfg.vqvae.ckpt, hashes))
-    cached = split.attrs.get("inputs", {}).get("vqvae", {})
-    changed = changed_keys(cached, mine)
-    if changed:
-        raise ForecastError(f"{split.url} was encoded with another VQVAE than vqvae.ckpt={cfg.vqvae.ckpt} (differs in: "
-                            f"{', '.join(changed)}); decode with the cache's VQVAE or re-encode (make encode FORCE=1)")
-    want = (cfg.model.state_size, *cfg.model.state_res)
-    if tuple(split.latent_shape) != want:
-        raise ForecastError(f"{split.url}: latents are {list(split.latent_shape)} but the model expects {list(want)}")
-
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -559,7 +474,7 @@ def write_media(cfg: Config, url: str, media_dir: Path, log, only_missing: bool 
     cond = int(root.attrs["cond_frames"])
     written = []
     for k in range(count):
-        paths = [media_dir / f"forecast_{k}.gif", media_dir / f"forecast_{k}.mp4"]
+        paths = media_files(media_dir, k)
         if only_missing and all(p.exists() for p in paths):
             continue
         rows = {"real": k, "recon": k, "samples": (k, slice(0, cfg.forecast.media_samples))}

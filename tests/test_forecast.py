@@ -15,6 +15,7 @@ import pytest
 import torch
 import zarr
 
+from conftest import imported_modules
 from pipeline.checkpoints import save_checkpoint
 from pipeline.config import load_config
 from pipeline.data.clips import to_uint8
@@ -190,8 +191,14 @@ def test_published_checkpoint_through_make_then_up_to_date_then_changed_refused(
     assert root.attrs["complete"] and root["done"][:].all() and (tmp_path / "demo" / "runs" / "ours" / "media" / "forecast_0.gif").exists()
 
     cli = _cli(repo, overrides, store, tmp_path, "--ckpt", str(ckpt))
-    again = subprocess.run(cli, capture_output=True, text=True, env=ONE_THREAD)
+    again = subprocess.run(cli, capture_output=True, text=True, env={**ONE_THREAD, "PYTHONPROFILEIMPORTTIME": "1"})
     assert again.returncode == 0 and "up to date" in again.stdout, again.stderr[-2000:]
+    assert "torch" not in imported_modules(again.stderr)  # nothing to do: said without loading torch
+    media = tmp_path / "demo" / "runs" / "ours" / "media"
+    (media / "forecast_0.mp4").unlink()  # a missing grid is work: the stage decides the usual way and writes it
+    rewritten = subprocess.run(cli, capture_output=True, text=True, env=ONE_THREAD)
+    assert "up to date" in rewritten.stdout and "wrote 2 media files" in rewritten.stdout, rewritten.stderr[-2000:]  # its pair
+    assert (media / "forecast_0.mp4").is_file()
     before = _arrays(tmp_path / "demo" / "runs" / "ours" / "forecasts.zarr")
     _published_checkpoint(_cfg(repo, overrides), ckpt, seed=1)  # other weights at the same path
     refused = subprocess.run(cli, capture_output=True, text=True, env=ONE_THREAD)
@@ -218,7 +225,7 @@ def test_torchrun_two_processes_equal_one(tiny_store, tmp_path: Path, repo: Path
 def test_a_past_horizon_forecast_records_the_window_rule(repo: Path) -> None:
     """past_horizon H once allowed gaps up to H, now H - 1 (docs/METHOD.md §9.15): a store forecast with H > 0 under
     the old rule must not pass as up to date; the default (H = 0, unchanged) keeps its fingerprint."""
-    from pipeline.forecast import forecast_inputs
+    from pipeline.forecast_state import forecast_inputs
 
     whole = forecast_inputs(load_config(repo / "configs" / "demo.yaml"), "cache", "ckpt")
     assert "past_horizon_window" not in whole["sampler"]
