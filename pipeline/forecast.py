@@ -38,6 +38,8 @@ Resumable and fingerprinted like stage 1: a rerun with the same fingerprint is "
 sampler or forecast setting) is refused, naming what changed, unless ``force``. The checkpoint is loaded before
 anything is created, and a ``force`` rebuild is written beside the old store (``<store>.rebuild``), which stays
 until the new one is complete and takes its place. One process writes a store at a time (``pipeline/locks.py``).
+The inputs and the decision are in :mod:`pipeline.forecast_state`, torch-free, so ``forecast.py`` answers "up to
+date" without loading torch.
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ re-seeded from (seed, rank, s) each step (dropout), so a resumed run reproduces 
 therefore requires.
 
 One launch writes a run at a time (``<run>/.train.lock``, held by rank 0). A step's sample video is written
-before its checkpoint, so a checkpointed step never lacks its video.
+before its checkpoint, so a checkpointed step never lacks its video. What a run depends on and the decision for its
+directory are in :mod:`pipeline.train_state`, torch-free, so ``train_latent.py`` answers "up to date" without
+loading torch.
 """
 
 from __future__ import annotations
