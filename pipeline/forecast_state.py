@@ -14,6 +14,7 @@ from typing import Any
 
 from pipeline.cache import LatentSplit, open_store
 from pipeline.config import Config
+from pipeline.encode import vqvae_identity
 from pipeline.records import cached_sha256, changed_keys, fingerprint
 
 FORMAT_VERSION = 3  # bump when the layout or the meaning of stored values changes (2: ckpt_kind "pipeline"; 3: truth_latents)
@@ -92,8 +93,6 @@ def store_attrs(url: str) -> dict[str, Any]:
 
 def check_vqvae(cfg: Config, split: LatentSplit, hashes: dict[str, Any]) -> None:
     """The decoder must be the VQVAE the cache was encoded with (same architecture, sizes and checkpoint bytes)."""
-    from pipeline.encode import vqvae_identity
-
     if not cfg.vqvae.ckpt or not Path(cfg.vqvae.ckpt).is_file():
         raise ForecastError(f"VQVAE checkpoint not found: '{cfg.vqvae.ckpt}' (set vqvae.ckpt or VQVAE_CKPT=...)")
     mine = vqvae_identity(cfg.vqvae, cached_sha256(cfg.vqvae.ckpt, hashes))
