@@ -5,7 +5,7 @@ torch's default is one intra-op thread per CPU it sees. It ignores a container's
 threads beyond the CPUs a process really gets wait for each other at every OpenMP barrier: stage 1 once took 7x
 its quiet time on 2 cores with another busy process beside it.
 
-Policy (:func:`configure_threads`, called once at the start of every stage's command line, ``pipeline/cli.py``):
+Policy (:func:`configure_threads`, called once by a stage's command line that has work to do, ``pipeline/cli.py``):
 
 1. ``OMP_NUM_THREADS`` in the environment wins (the user's choice; ``make ... THREADS=N`` sets it, and torchrun
    sets it to 1 for several processes per node when it is unset);
