@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.cli import (ConfigOption, DataRootOption, DryRunOption, InterpOption, OutOption, RunOption, SetOption,
-                          SmokeOption, expected_errors, run_stage, setup_stage, show_dry_run)
+                          SmokeOption, expected_errors, run_stage, setup_stage, show_dry_run, stage_threads)
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
@@ -43,7 +43,8 @@ def main(
     from pipeline.i3d import I3DWeightsError
 
     stage = setup_stage(config, [*(set_ or []), *([f"eval.i3d={i3d}"] if i3d else [])], smoke, out, data_root, interp, run,
-                        with_run=True, stage="eval")
+                        with_run=True)
+    stage_threads("eval")
     if dry_run:
         show_dry_run("eval", stage.cfg)
     run_stage("eval", lambda: evaluate(stage.cfg, forecasts or forecast_url(stage.run_dir), stage.run_dir, force=force,

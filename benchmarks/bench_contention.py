@@ -142,15 +142,12 @@ def _measure(spec_path: Path, threads: str, wait: str, busy: bool, timeout: floa
 def _row(threads: str, wait: str, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
     """One setting's table row from its (quiet, busy) measurements: medians, the ratio of the medians and the range
     of the paired ratios."""
-    def median(values: list[float]) -> float:
-        return float(statistics.median(values))
-
     row: dict[str, Any] = {"threads": {"default": "torch default", "1": "1", "auto": "configure_threads"}[threads],
                            "omp_wait_policy": _wait_label(wait), "repeats": len(pairs),
                            "torch_threads": "/".join(sorted({str(q["threads"]) for q, _ in pairs})),
                            "torch_threads_busy": "/".join(sorted({str(b["threads"]) for _, b in pairs}))}
     for name, key, digits in (("encode", "encode_s", 2), ("step", "step_s", 4)):
-        quiet, busy = median([q[key] for q, _ in pairs]), median([b[key] for _, b in pairs])
+        quiet, busy = statistics.median(q[key] for q, _ in pairs), statistics.median(b[key] for _, b in pairs)
         ratios = [b[key] / q[key] for q, b in pairs]
         row.update({f"{name}_quiet_s": round(quiet, digits), f"{name}_busy_s": round(busy, digits),
                     f"{name}_ratio": round(busy / quiet, 2),

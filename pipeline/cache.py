@@ -86,6 +86,12 @@ def open_store(url: str, mode: str = "r") -> zarr.Group | None:
         raise _metadata_error(url, "zarr.json", exc) from exc
 
 
+def store_attrs(url: str) -> dict[str, Any]:
+    """The attributes of the zarr store at ``url`` ({} when there is none)."""
+    root = open_store(url)
+    return dict(root.attrs) if root is not None else {}
+
+
 def open_node(group: zarr.Group, name: str, url: str) -> zarr.Array | zarr.Group:
     """Member ``name`` of ``group``: KeyError when it does not exist, StoreReadError when its zarr.json is unreadable."""
     key = f"{group.path}/{name}/zarr.json".lstrip("/")

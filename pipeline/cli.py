@@ -47,16 +47,13 @@ class StageSetup:
 
 
 def setup_stage(config: Path, overrides: list[str] | None, smoke: bool, out: str, data_root: str | None = None,
-                interp: str | None = None, run: str | None = None, with_run: bool = False,
-                stage: str | None = None) -> StageSetup:
+                interp: str | None = None, run: str | None = None, with_run: bool = False) -> StageSetup:
     """Load the config for a command line, exiting cleanly (status 2) on a config or run-name error.
 
     With ``with_run``, the run is ``run`` (default: the interpolant) and its recorded overrides apply before this
-    call's, so a named run keeps its training settings in every later stage. A ``stage`` (encode, train, forecast,
-    eval) first sets torch's thread count for this process (:func:`stage_threads`).
+    call's, so a named run keeps its training settings in every later stage. A stage with work to do then sets
+    torch's thread count (:func:`stage_threads`).
     """
-    if stage:
-        stage_threads(stage)
     location = [f"data.root={data_root}"] if data_root else []
     try:
         # Paths made absolute here, so a run's recorded overrides mean the same from any directory.

@@ -27,11 +27,13 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.cache import FORMAT_VERSION, LatentSplit, create_split, delete_store, open_store, require_finite, write_array
+from pipeline.cache import (FORMAT_VERSION, LatentSplit, create_split, delete_store, open_store, require_finite,
+                           store_attrs, write_array)
 from pipeline.config import Config, VQVAEConfig
 from pipeline.data.shards import ShardReader, split_dirs
 from pipeline.locks import LockedError, lock_file, output_lock
-from pipeline.records import cached_sha256, changed_keys, code_version, fingerprint, recover_replacement, replace_directory
+from pipeline.records import (KnownHashes, cached_sha256, changed_keys, code_version, fingerprint, recover_replacement,
+                              replace_directory)
 from pipeline.views import View, apply_view, make_views
 
 if TYPE_CHECKING:
@@ -118,11 +120,12 @@ def encode_latents(cfg: Config, url: str, force: bool = False, dry_run: bool = F
 def up_to_date_message(cfg: Config, url: str) -> str | None:
     """The stage's "up to date" line when the store at ``url`` is complete and made from ``cfg``'s inputs, else None
     (work, a refusal or an error: :func:`encode_latents` decides and reports those). The same decision, without
-    torch: a launch with nothing to do need not import it."""
+    torch and without hashing (a file that changed size or mtime is left to the stage): a launch with nothing to do
+    need not import torch."""
     try:
-        if not _attrs(url).get("complete"):  # nothing to hash: there is work to do
+        if not store_attrs(url).get("complete"):
             return None
-        verdict = _decide(cfg, url, _readers(cfg), make_views(cfg.encode), False, {})
+        verdict = _decide(cfg, url, _readers(cfg), make_views(cfg.encode), False, KnownHashes())
     except Exception:  # whatever it is, encode_latents meets it again and says it properly
         return None
     return verdict.message if verdict.action == "up to date" else None
@@ -179,7 +182,7 @@ def _settle(cfg, url, readers, views, force, dry_run, held: ExitStack, log) -> t
 
 def _decide(cfg, url, readers, views, force, hashes: dict[str, Any]) -> _Verdict:
     """Rank 0, changing nothing: compare the store's fingerprint with the one ``cfg`` gives (fills ``hashes``)."""
-    old = _attrs(url)
+    old = store_attrs(url)
     hashes.update(old.get("file_hashes", {}))
     inputs = cache_inputs(cfg, readers, views, hashes)
     key = fingerprint(inputs)
@@ -200,15 +203,10 @@ def _decide(cfg, url, readers, views, force, hashes: dict[str, Any]) -> _Verdict
     if "://" in url:  # an object store cannot rename: replaced in place, once every input has been validated
         return verdict("create", url, f"encode: --force: replacing {url}; changed: {detail}")
     beside = url + REBUILD
-    if _attrs(beside).get("fingerprint") == key:
+    if store_attrs(beside).get("fingerprint") == key:
         return verdict("resume", beside, f"encode: --force: resuming the rebuild of {url} in {beside}")
     return verdict("create", beside, f"encode: --force: rebuilding {url} in {beside}, which replaces it when "
                                      f"complete; changed: {detail}")
-
-
-def _attrs(url: str) -> dict[str, Any]:
-    root = open_store(url)
-    return dict(root.attrs) if root is not None else {}
 
 
 def _lock(url: str, held: ExitStack, log) -> None:
@@ -219,7 +217,7 @@ def _lock(url: str, held: ExitStack, log) -> None:
     if "://" in url:
         return
     held.enter_context(output_lock(lock_file(url), url, "encode", log))
-    if recover_replacement(url + REBUILD, url, bool(_attrs(url + REBUILD).get("complete"))):
+    if recover_replacement(url + REBUILD, url, bool(store_attrs(url + REBUILD).get("complete"))):
         log(f"encode: put the finished rebuild {url + REBUILD} in place of {url} (a run stopped while swapping them)")
 
 

@@ -55,14 +55,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.cache import LatentSplit, delete_store, open_node, open_store, read_array, require_finite, write_array
+from pipeline.cache import (LatentSplit, delete_store, open_node, open_store, read_array, require_finite, store_attrs,
+                            write_array)
 from pipeline.checkpoints import FlowCheckpoint, load_flow_checkpoint
 from pipeline.config import Config
 from pipeline.data.clips import clip_frame_indices, to_uint8
 from pipeline.data.shards import ShardReader
 from pipeline.dist import DistInfo, barrier, broadcast_object, init_distributed
 from pipeline.forecast_state import (FORMAT_VERSION, REBUILD, ForecastError, StaleForecastError, decide_forecasts,
-                                     default_checkpoint, forecast_url, media_files, store_attrs)
+                                     default_checkpoint, forecast_url, media_files)
 from pipeline.interpolants import build_interpolant
 from pipeline.locks import LockedError, lock_file, output_lock
 from pipeline.records import changed_keys, clean_temporaries, code_version, fingerprint, recover_replacement, replace_directory

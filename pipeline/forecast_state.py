@@ -12,10 +12,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pipeline.cache import LatentSplit, open_store
+from pipeline.cache import LatentSplit, store_attrs
 from pipeline.config import Config
 from pipeline.encode import vqvae_identity
-from pipeline.records import cached_sha256, changed_keys, fingerprint
+from pipeline.records import KnownHashes, cached_sha256, changed_keys, fingerprint
 
 FORMAT_VERSION = 3  # bump when the layout or the meaning of stored values changes (2: ckpt_kind "pipeline"; 3: truth_latents)
 STORE_NAME = "forecasts.zarr"
@@ -85,12 +85,6 @@ def decide_forecasts(cfg: Config, url: str, split: LatentSplit, ckpt_path: Path,
     return action, beside, f"{url} (--force: rebuilt in {beside}, which replaces it when complete)", inputs
 
 
-def store_attrs(url: str) -> dict[str, Any]:
-    """The attributes of the zarr store at ``url`` ({} when there is none)."""
-    root = open_store(url)
-    return dict(root.attrs) if root is not None else {}
-
-
 def check_vqvae(cfg: Config, split: LatentSplit, hashes: dict[str, Any]) -> None:
     """The decoder must be the VQVAE the cache was encoded with (same architecture, sizes and checkpoint bytes)."""
     if not cfg.vqvae.ckpt or not Path(cfg.vqvae.ckpt).is_file():
@@ -114,7 +108,7 @@ def media_files(media_dir: Path, video: int) -> list[Path]:
 def up_to_date_message(cfg: Config, store: str, run: Path, ckpt: str | Path | None = None) -> str | None:
     """The stage's "up to date" line when ``<run>/forecasts.zarr`` is complete, made from exactly these inputs, and
     its media are all there; else None (work, a refusal or an error: :func:`pipeline.forecast.forecast` decides and
-    reports those, and writes missing media)."""
+    reports those, and writes missing media). It never hashes: a file that changed size or mtime is left to the stage."""
     url = forecast_url(run)
     try:
         attrs = store_attrs(url)
@@ -124,7 +118,7 @@ def up_to_date_message(cfg: Config, store: str, run: Path, ckpt: str | Path | No
         if not split.attrs.get("complete"):
             return None
         ckpt_path = Path(ckpt) if ckpt else default_checkpoint(run)
-        action, _, message, _ = decide_forecasts(cfg, url, split, ckpt_path, False, {})
+        action, _, message, _ = decide_forecasts(cfg, url, split, ckpt_path, False, KnownHashes())
         videos = min(cfg.forecast.media_videos, len(attrs.get("videos", [])))
         media = [path for k in range(videos) for path in media_files(Path(run) / "media", k)]
     except Exception:  # whatever it is, forecast() meets it again and says it properly

@@ -31,17 +31,26 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def cached_sha256(path: str | Path, cache: dict[str, Any]) -> str:
+class KnownHashes(dict):
+    """A hash cache that never hashes: :func:`cached_sha256` answers from the entries it holds and gives None for a
+    file it would have to read. The stages' torch-free "up to date?" checks use it: a file that needs hashing is
+    not known to be unchanged, so the check leaves the decision (and the hashing, once) to the stage."""
+
+
+def cached_sha256(path: str | Path, cache: dict[str, Any]) -> str | None:
     """sha256 of ``path``, reusing ``cache[path]`` while the file's size and mtime are unchanged (updates ``cache``).
 
     Rehashing gigabytes of shards on every "is it up to date?" check would make reruns slow; a file whose size
-    and modification time are unchanged is taken to have unchanged content.
+    and modification time are unchanged is taken to have unchanged content. None only for a :class:`KnownHashes`
+    cache without a current entry.
     """
     stat = Path(path).stat()
     key = str(Path(path).resolve())
     entry = cache.get(key)
     if entry and entry[0] == stat.st_size and entry[1] == stat.st_mtime_ns:
         return entry[2]
+    if isinstance(cache, KnownHashes):
+        return None
     digest = sha256_file(path)
     cache[key] = [stat.st_size, stat.st_mtime_ns, digest]
     return digest

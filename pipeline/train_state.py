@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pipeline.cache import LatentSplit, open_store
+from pipeline.cache import LatentSplit, store_attrs
 from pipeline.config import Config
 from pipeline.records import changed_keys, fingerprint, read_json
 from pipeline.views import training_views
@@ -65,8 +65,7 @@ def decide_run(out_dir: Path, inputs: dict[str, Any], key: str, cfg: Config, for
 def foreign_forecasts(out_dir: Path) -> str | None:
     """The checkpoint recorded by the run's forecasts when it lies outside the run's own checkpoints/ (a run made by
     ``make forecast CKPT=...`` holds no training); None when there are no such forecasts."""
-    store = open_store(str(out_dir / "forecasts.zarr"))
-    ckpt = store.attrs.get("ckpt") if store is not None else None
+    ckpt = store_attrs(str(out_dir / "forecasts.zarr")).get("ckpt")
     own = ckpt and Path(ckpt).parent.name == "checkpoints" and Path(ckpt).parent.parent.name == out_dir.name
     return None if not ckpt or own else str(ckpt)  # recorded as given (relative to that launch's directory)
 

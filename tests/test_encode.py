@@ -126,6 +126,25 @@ def test_kill9_then_resume_equals_uninterrupted(tiny, tmp_path: Path, repo: Path
     assert "pipeline.encode" in imported_modules(again.stderr) and "torch" not in imported_modules(again.stderr)
     dry = subprocess.run(_cli(repo, overrides, killed, "--dry-run"), capture_output=True, text=True, check=True)
     assert "threads:" in dry.stdout and "is up to date" in dry.stdout
+    # A shard touched (same bytes, new mtime): the check never hashes, so it leaves the decision to the stage,
+    # which hashes the shard once and finds the store up to date.
+    shard = sorted((Path(cfg.data.root) / "train").glob("*.hdf5"))[0]
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 1_000_000_000))
+    touched = subprocess.run(_cli(repo, overrides, killed), capture_output=True, text=True, check=True)
+    assert "threads:" in touched.stdout and "is up to date" in touched.stdout
+
+
+def test_the_up_to_date_check_never_hashes(tmp_path: Path) -> None:
+    from pipeline.records import KnownHashes, cached_sha256
+
+    path = tmp_path / "file.bin"
+    path.write_bytes(b"content")
+    hashes: dict = {}
+    digest = cached_sha256(path, hashes)
+    known = KnownHashes(hashes)
+    assert cached_sha256(path, known) == digest  # held and current: answered
+    path.write_bytes(b"other content")
+    assert cached_sha256(path, known) is None and cached_sha256(tmp_path / "file.bin", {}) != digest
 
 
 def test_torchrun_two_processes_equal_one(tiny, tmp_path: Path, repo: Path) -> None:
