@@ -78,6 +78,7 @@ help: ## Show targets and variables
 	@echo "  CKPT=$(CKPT)             flow checkpoint for 'make forecast/eval' (ours or published; skips training); name the run: RUN=published"
 	@echo "  I3D=$(I3D)              FVD's I3D for 'make eval': builtin (the config's default), StyleGAN-V's i3d_torchscript.pt, or none (off)"
 	@echo "  FORCE=$(FORCE)          1 = replace a stage output that was made from different inputs (data, encode, train, forecast)"
+	@echo "  PRETRAIN_INTERPS=$(PRETRAIN_INTERPS)  the interpolants make demo-pretrain trains and exports (default: ours linear)"
 	@echo "  DRY_RUN=$(DRY_RUN)        1 = every stage prints its resolved config and what it would do, and does nothing"
 	@echo "  NPROC=$(NPROC)          processes per node (torchrun); TRAIN_NPROC=$(TRAIN_NPROC) for training; NNODES=$(NNODES), RDZV=host:port for multi-node"
 	@echo "  THREADS=$(THREADS)          torch threads per stage process (OMP_NUM_THREADS; default: usable CPUs idle at start / processes per node)"
@@ -141,14 +142,15 @@ SHIPPED_FLOW  = checkpoints/demo_flow_$(1).pt
 DEMO_PRETRAIN = train.steps=8000 train.warmup_steps=200 train.ema_decay=0.999 train.ema_start=1000 \
                 train.save_every=2000 train.latest_every=500 train.sample_every=0 train.val_every=500 train.log_every=250
 PRETRAIN_SETS = $(if $(filter 1,$(SMOKE)),,$(foreach s,$(DEMO_PRETRAIN),--set $(s)))
+PRETRAIN_INTERPS ?= ours linear
 PRETRAIN_TO   = $(if $(filter 1,$(SMOKE)),$(DEMO_DIR)/pretrained/demo_flow_$(1).pt,$(SHIPPED_FLOW))
 demo-pretrain: $(STAMP) ## Train the shipped demo flows (both interpolants, ~65 min on 2 cores) into checkpoints/
 	$(MAKE) --no-print-directory encode DATASET=demo
-	@pids=; for interp in ours linear; do \
+	@pids=; for interp in $(PRETRAIN_INTERPS); do \
 	  $(MAKE) --no-print-directory train DATASET=demo RUN=pretrain-$$interp INTERP=$$interp TRAIN_NPROC=1 THREADS=1 \
 	    ARGS=$(call q,$(PRETRAIN_SETS) $(ARGS)) & pids="$$pids $$!"; \
 	done; for pid in $$pids; do wait $$pid || exit 1; done
-	@for interp in ours linear; do \
+	@for interp in $(PRETRAIN_INTERPS); do \
 	  $(PY) -m pipeline.checkpoints $(DEMO_DIR)/runs/pretrain-$$interp/checkpoints/latest.pt \
 	    $(call PRETRAIN_TO,$$interp) || exit 1; \
 	done

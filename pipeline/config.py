@@ -210,7 +210,7 @@ class AutoencoderConfig:
 
 INTERPOLANT_PRESETS: dict[str, dict[str, Any]] = {  # what kind=linear / kind=ours fix (docs/METHOD.md §3)
     "linear": {"base": "gaussian", "beta": "t", "eps": 0.0},  # RIVER-like flow matching: ODE from N(0, I)
-    "ours": {"base": "previous", "beta": "t2", "eps": 0.1},  # Foellmer-type SDE from the previous frame
+    "ours": {"base": "previous", "beta": "t2", "eps": 0.1},  # Foellmer-type SDE from the previous frame (eps: ours_eps)
 }
 
 
@@ -219,13 +219,16 @@ class InterpolantConfig:
     """The stochastic interpolant I_t = alpha x0 + beta x1 + sigma(t) sqrt(t) xi and its training times (docs/METHOD.md §3).
 
     alpha(t) = 1 - t and sigma(t) = eps (1 - t) always. A preset fixes base, beta and eps; leave them unset (or
-    restate the preset's value). kind=custom needs all three.
+    restate the preset's value). kind=custom needs all three. The one tunable of a preset is ``ours``' noise
+    strength, ``ours_eps`` (the reference's ``noise_strength``): a key of its own, so a config can set it and still
+    train the other interpolant (``--interp linear``) unchanged.
     """
 
-    kind: Literal["linear", "ours", "custom"] = "ours"  # linear: gaussian, t, 0 (ODE); ours: previous, t2, 0.1 (SDE)
+    kind: Literal["linear", "ours", "custom"] = "ours"  # linear: gaussian, t, 0 (ODE); ours: previous, t2, ours_eps (SDE)
     base: Literal["gaussian", "previous"] | None = None  # x0 ~ N(0,I) independent, or x0 = the previous frame
     beta: Literal["t", "t2"] | None = None  # beta(t) = t or t^2 (t2: beta'(0) = 0, target at t=0 is -x_ref)
     eps: float | None = None  # noise strength: sigma(t) = eps (1 - t); 0 = no noise (ODE)
+    ours_eps: float = 0.1  # eps of kind=ours (the paper's 0.1); read only by kind=ours
     t_min: float = 1e-4  # training times t ~ U(t_min, t_max), per example
     t_max: float = 0.9999
 
@@ -234,9 +237,11 @@ class InterpolantConfig:
             for key in ("base", "beta", "eps"):
                 _require(getattr(self, key) is not None, key, "must be set when kind=custom")
         else:
-            for key, value in INTERPOLANT_PRESETS[self.kind].items():
+            for key, value in self.resolved().items():
                 mine = getattr(self, key)
-                _require(mine is None or mine == value, key, f"is fixed to {value!r} by kind={self.kind}; leave it unset")
+                how = "interpolant.ours_eps" if (self.kind, key) == ("ours", "eps") else f"kind={self.kind}"
+                _require(mine is None or mine == value, key, f"is fixed to {value!r} by {how}; leave it unset")
+        _require(0.0 < self.ours_eps < float("inf"), "ours_eps", "must be finite and > 0")
         p = self.resolved()
         _require(0.0 <= p["eps"] < float("inf"), "eps", "must be finite and >= 0")
         _require(
@@ -249,6 +254,8 @@ class InterpolantConfig:
         """Concrete {base, beta, eps}: the preset's values, or the custom fields."""
         if self.kind == "custom":
             return {"base": self.base, "beta": self.beta, "eps": self.eps}
+        if self.kind == "ours":
+            return {**INTERPOLANT_PRESETS["ours"], "eps": self.ours_eps}
         return dict(INTERPOLANT_PRESETS[self.kind])
 
 

@@ -288,7 +288,7 @@ def _check_trained_config(cfg: Config, ckpt: FlowCheckpoint) -> None:
         return
     mine = {"model": asdict(cfg.model), "interpolant": cfg.interpolant.resolved()}
     theirs_interp = InterpolantConfig(**{k: v for k, v in trained.get("interpolant", {}).items()
-                                         if k in ("kind", "base", "beta", "eps")})
+                                         if k in ("kind", "base", "beta", "eps", "ours_eps")})
     theirs = {"model": trained.get("model", {}), "interpolant": theirs_interp.resolved()}
     changed = changed_keys(theirs, mine)
     if changed:

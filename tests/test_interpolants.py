@@ -229,11 +229,27 @@ def test_config_presets_resolve_and_build() -> None:
     config_from_dict({"interpolant": {"kind": "ours", "beta": "t2", "eps": 0.1}})
 
 
+def test_config_ours_eps_sets_ours_noise_only() -> None:
+    """ours_eps is ours' noise strength (the reference's noise_strength); a config may keep it while training linear."""
+    ours = config_from_dict({"interpolant": {"ours_eps": 1.0}}).interpolant
+    assert ours.resolved() == {"base": "previous", "beta": "t2", "eps": 1.0}
+    assert I.build_interpolant(ours).sigma.scale == 1.0 and I.build_interpolant(ours) != I.ours()
+    lin = config_from_dict({"interpolant": {"kind": "linear", "ours_eps": 1.0}}).interpolant
+    assert I.build_interpolant(lin) == I.linear()
+    custom = config_from_dict({"interpolant": {"kind": "custom", "base": "previous", "beta": "t2", "eps": 0.3, "ours_eps": 1.0}})
+    assert custom.interpolant.resolved()["eps"] == 0.3
+    config_from_dict({"interpolant": {"ours_eps": 1.0, "eps": 1.0}})  # restating it is allowed
+    with pytest.raises(ConfigError, match=r"interpolant\.eps.*ours_eps"):
+        config_from_dict({"interpolant": {"ours_eps": 1.0, "eps": 0.1}})
+
+
 @pytest.mark.parametrize(
     "section,key",
     [
         ({"kind": "custom", "base": "gaussian", "beta": "t"}, "interpolant.eps"),
         ({"kind": "ours", "eps": 0.2}, "interpolant.eps"),
+        ({"ours_eps": 0.0}, "interpolant.ours_eps"),
+        ({"kind": "linear", "ours_eps": float("inf")}, "interpolant.ours_eps"),
         ({"kind": "linear", "base": "previous"}, "interpolant.base"),
         ({"kind": "custom", "base": "gaussian", "beta": "t", "eps": -0.1}, "interpolant.eps"),
         ({"kind": "custom", "base": "previous", "beta": "t2", "eps": 0.0}, "interpolant.eps"),
