@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cache import LatentSplit, store_attrs
-from pipeline.config import Config
+from pipeline.config import Config, InterpolantConfig
 from pipeline.records import changed_keys, fingerprint, read_json
 from pipeline.views import training_views
 
@@ -31,8 +31,18 @@ def training_inputs(cfg: Config, cache_fingerprint: str, views: list[str] | None
     data = {"frames_per_sample": cfg.data.frames_per_sample, "skip_frames": cfg.data.skip_frames}
     if views is not None and len(drawn := training_views(views, len(views))) < len(views):
         data["views"] = [views[i] for i in drawn]
-    return {"cache": cache_fingerprint, "model": asdict(cfg.model), "interpolant": asdict(cfg.interpolant),
+    return {"cache": cache_fingerprint, "model": asdict(cfg.model), "interpolant": interpolant_inputs(cfg.interpolant),
             "train": train, "data": data, "seed": cfg.seed}
+
+
+def interpolant_inputs(interpolant: InterpolantConfig) -> dict[str, Any]:
+    """The interpolant settings the weights depend on: its fields, with ``ours_eps`` only where it acts (kind=ours)
+    and differs from its default, the 0.1 that every run recorded before the key existed was trained with; so a
+    linear run is not made stale by ours' setting, and older runs keep their fingerprints (and resume)."""
+    fields = asdict(interpolant)
+    if interpolant.kind != "ours" or interpolant.ours_eps == InterpolantConfig.ours_eps:
+        del fields["ours_eps"]
+    return fields
 
 
 def decide_run(out_dir: Path, inputs: dict[str, Any], key: str, cfg: Config, force: bool) -> tuple[str, str]:

@@ -264,3 +264,16 @@ def test_config_ours_eps_sets_ours_noise_only() -> None:
 def test_config_rejects_bad_values(section: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         config_from_dict({"interpolant": section})
+
+
+def test_ours_eps_enters_the_training_fingerprint_only_where_it_acts() -> None:
+    """A linear run does not go stale when ours_eps changes, and runs recorded before the key existed (ours at the
+    default 0.1) keep their fingerprints; ours at another eps is another training."""
+    from pipeline.train_state import training_inputs
+
+    def interp(**section):
+        return training_inputs(config_from_dict({"interpolant": section}), "cache")["interpolant"]
+
+    assert "ours_eps" not in interp() and "ours_eps" not in interp(kind="linear", ours_eps=1.0)
+    assert interp(kind="linear", ours_eps=1.0) == interp(kind="linear")
+    assert interp(ours_eps=1.0)["ours_eps"] == 1.0 and interp(ours_eps=1.0) != interp()
