@@ -14,7 +14,10 @@ metrics.json (``SCHEMA``), one file per run::
       },
       "fvd_status": "ok: ..." | why FVD is null,
       "known_law": {"status", "sets": {model | oracle | copy_last | constant_velocity | vq_ceiling | real:
-                    {identity_kept, count_kept, missing, energy, law_distance, coverage50, coverage90: metric block}}}
+                    {identity_kept, count_kept, missing, energy, law_distance, coverage50, coverage90: metric block}},
+                    "horizons": {"law_distance": {"model-constant_velocity" | "model-copy_last" |
+                                 "oracle-constant_velocity": [per frame {diff, low, high, verdict}]},
+                                 "identity_kept": {model | vq_ceiling | oracle: [per frame {value, low, high}]}}}
                    (demo only: scores of sprite positions read from pixels against the simulator's true law),
       "protocol": {split, videos, video_ids, n_samples, clip_length, cond_frames, pred_frames, image_size,
                    definitions, intervals: {method, level, resamples, fvd_resamples, seed}, fvd: {...},
@@ -414,6 +417,7 @@ def write_report(dataset_dir: Path) -> Path:
     for run, m in runs.items():
         lines += [f"## {run_label(run, m)}", "", _protocol_line(m) + ".", ""]
         lines += _against_copy_last(run_label(run, m), m)
+        lines += _horizon_table(m)
         if m.get("plot"):
             lines += [f"![curves, {run}]({RUNS}/{run}/eval/{m['plot']})", ""]
         gifs = sorted((dataset_dir / RUNS / run / "media").glob("forecast_*.gif"), key=_media_key)
@@ -450,7 +454,63 @@ def _known_law_section(dataset_dir: Path, runs: dict[str, dict[str, Any]]) -> li
     verdicts = law_verdicts(with_law)
     if verdicts:
         lines += ["### Verdict: which ensemble is closer to the true law", "", *[f"* {v}" for v in verdicts], ""]
-    return lines
+    return lines + _horizon_summary(with_law)
+
+
+IDENTITY_BAR = 0.9  # the demo's bar: every sprite kept in at least this fraction of samples at every horizon
+
+
+def _horizons(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    return (metrics.get("known_law") or {}).get("horizons")
+
+
+def _listed(frames: list[int], total: int) -> str:
+    return f"{len(frames)}/{total}" + (f" ({', '.join(map(str, frames))})" if 0 < len(frames) < total else "")
+
+
+def _horizon_summary(runs: dict[str, dict[str, Any]]) -> list[str]:
+    """Per run, at how many horizons the demo's bar holds: identity kept >= IDENTITY_BAR, and a distance to the
+    true law that the paired interval puts below copy-last's and constant velocity's; the oracle row (the true
+    law, same ensemble size) shows what is attainable with these videos and samples."""
+    scored = {run: m for run, m in runs.items() if _horizons(m)}
+    if not scored:
+        return []
+    header = ["| | identity kept ≥ 0.9 at | closer to the law than copy-last at | closer than constant velocity at "
+              "| farther than constant velocity at |", "|---|---|---|---|---|"]
+    rows = []
+    for label, h, identity, law in [(run_label(run, m), _horizons(m), "model", "model") for run, m in scored.items()] + \
+            [("oracle (true law)", _horizons(next(iter(scored.values()))), "oracle", "oracle")]:
+        ids = h["identity_kept"][identity]
+        n = len(ids)
+        keep = [k + 1 for k, b in enumerate(ids) if b["value"] >= IDENTITY_BAR]
+        verdicts = {ref: [r["verdict"] for r in h["law_distance"].get(f"{law}-{ref}", [])] for ref in ("copy_last", "constant_velocity")}
+        closer = {ref: [k + 1 for k, v in enumerate(vs) if v == "A"] for ref, vs in verdicts.items()}
+        farther = [k + 1 for k, v in enumerate(verdicts["constant_velocity"]) if v == "B"]
+        cl = _listed(closer["copy_last"], n) if verdicts["copy_last"] else "–"
+        rows.append(f"| {label} | {_listed(keep, n)} | {cl} | {_listed(closer['constant_velocity'], n)} | {_listed(farther, n)} |")
+    return ["### Per horizon: the demo's bar", "",
+            f"At each predicted frame: is every sprite kept in at least {100 * IDENTITY_BAR:.0f} % of samples, and is the "
+            "ensemble's distance to the true law below copy-last's and constant velocity's (paired over the same "
+            "videos, 95 % intervals; neither closer nor farther = cannot tell)? The oracle row is a perfect "
+            "forecaster with the same number of samples: where it is not closer than constant velocity, no model "
+            "can be shown to be. Per-frame numbers in each run's section.", "", *header, *rows, ""]
+
+
+def _horizon_table(m: dict[str, Any]) -> list[str]:
+    """One run's known-law scores per predicted frame, against the references (nothing without them)."""
+    h = _horizons(m)
+    if not h:
+        return []
+    law, ident = h["law_distance"], h["identity_kept"]
+    diff = lambda r: f"{r['diff']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]"  # noqa: E731
+    lines = ["Per predicted frame (known law; distances in px, paired differences over the same videos):", "",
+             "| frame | identity kept | identity kept, VQ recon | law distance − copy-last | "
+             "law distance − constant velocity | oracle − constant velocity |", "|---|---|---|---|---|---|"]
+    for k in range(len(ident["model"])):
+        lines.append(f"| {k + 1} | {_cell(ident['model'][k], '.2f')} | {_cell(ident['vq_ceiling'][k], '.2f')} | "
+                     f"{diff(law['model-copy_last'][k])} | {diff(law['model-constant_velocity'][k])} | "
+                     f"{diff(law['oracle-constant_velocity'][k])} |")
+    return lines + [""]
 
 
 def law_verdicts(runs: dict[str, dict[str, Any]]) -> list[str]:

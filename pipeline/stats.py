@@ -106,7 +106,8 @@ def paired_difference(
     point_a, values_a = _evaluate(fa, na, resamples, seed)
     point_b, values_b = _evaluate(fb, nb, resamples, seed)
     low, high = _interval(values_a - values_b, level)
-    if low > 0 or high < 0:
+    rounding = 1e-9 * max(1.0, abs(point_a), abs(point_b))  # equal sets summed in another order differ by ~1e-15
+    if low > rounding or high < -rounding:
         verdict = "A" if (low > 0) == bool(higher_is_better) else "B"
     else:
         verdict = "cannot tell"

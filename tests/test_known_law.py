@@ -339,3 +339,34 @@ def test_video_scores_sets_and_ranking(data) -> None:
     summary = KL.mean_over_videos([scores, plain])
     assert summary["copy_last"]["energy"]["mean"] == pytest.approx(np.mean(scores["copy_last"]["energy"]))
     assert len(summary["model"]["coverage90"]["per_frame"]) == 12
+
+
+def test_horizon_comparisons_and_the_reports_bar_summary(data) -> None:
+    """Per horizon, paired over videos: a copy-last forecaster ties copy-last exactly and is farther from the law than
+    constant velocity once kicks and motion add up; the VQ row (here the real frames) keeps identity; the report
+    counts the horizons where the bar holds, for the run and for the oracle."""
+    from pipeline.evaluate import horizon_comparisons
+    from pipeline.report import _horizon_summary, _horizon_table
+
+    state, reader = data
+    rows = []
+    for v in range(8):
+        clip = _clip(state, v)
+        real = reader.read_frames(v, CLIP[COND:])
+        stuck = KL.render_states(clip.references()["copy_last"], clip.track, 64)  # [1, P, H, W, 3]
+        rows.append(KL.video_scores(np.repeat(stuck, 2, axis=0), clip, real=real, n_oracle=64, frame_sets={"vq_ceiling": real[None]}))
+    h = horizon_comparisons(rows, {"resamples": 500, "seed": 0, "level": 0.95})
+    assert set(h["law_distance"]) == {"model-constant_velocity", "model-copy_last", "oracle-constant_velocity"}
+    assert all(len(v) == 12 for v in [*h["law_distance"].values(), *h["identity_kept"].values()])
+    assert all(abs(r["diff"]) < 1e-9 and r["verdict"] == "cannot tell" for r in h["law_distance"]["model-copy_last"])
+    late = [r["verdict"] for r in h["law_distance"]["model-constant_velocity"][6:]]
+    assert late == ["B"] * 6  # B = constant velocity is the closer one
+    reference = np.mean([row["real"]["identity_kept"] for row in rows], axis=0)
+    np.testing.assert_allclose([b["value"] for b in h["identity_kept"]["vq_ceiling"]], reference)
+
+    metrics = {"known_law": {"horizons": h}, "interp": "ours", "run": "stuck"}
+    summary = "\n".join(_horizon_summary({"stuck": metrics}))
+    stuck_row = next(line for line in summary.splitlines() if line.startswith("| stuck"))
+    cells = [c.strip() for c in stuck_row.strip("|").split("|")]
+    assert cells[2] == "0/12" and cells[3] == "0/12" and cells[4].startswith(f"{sum(r['verdict'] == 'B' for r in h['law_distance']['model-constant_velocity'])}/12")
+    assert "| oracle (true law) |" in summary and len(_horizon_table(metrics)) == 4 + 12 + 1
