@@ -354,9 +354,13 @@ def test_horizon_comparisons_and_the_reports_bar_summary(data) -> None:
         clip = _clip(state, v)
         real = reader.read_frames(v, CLIP[COND:])
         stuck = KL.render_states(clip.references()["copy_last"], clip.track, 64)  # [1, P, H, W, 3]
-        rows.append(KL.video_scores(np.repeat(stuck, 2, axis=0), clip, real=real, n_oracle=64, frame_sets={"vq_ceiling": real[None]}))
+        drawn = KL.render_states(clip.oracle(2, 0, KL.STREAM_FORECAST), clip.track, 64)  # the oracle set's draws
+        rows.append(KL.video_scores(np.repeat(stuck, 2, axis=0), clip, real=real, n_oracle=64,
+                                    frame_sets={"vq_ceiling": real[None], "oracle_vq": drawn}))
     h = horizon_comparisons(rows, {"resamples": 500, "seed": 0, "level": 0.95})
-    assert set(h["law_distance"]) == {"model-constant_velocity", "model-copy_last", "oracle-constant_velocity"}
+    assert set(h["law_distance"]) == {"model-constant_velocity", "model-copy_last", "oracle-constant_velocity",
+                                      "oracle_vq-constant_velocity"}
+    assert h["law_distance"]["oracle_vq-constant_velocity"] == h["law_distance"]["oracle-constant_velocity"]  # exact channel
     assert all(len(v) == 12 for v in [*h["law_distance"].values(), *h["identity_kept"].values()])
     assert all(abs(r["diff"]) < 1e-9 and r["verdict"] == "cannot tell" for r in h["law_distance"]["model-copy_last"])
     late = [r["verdict"] for r in h["law_distance"]["model-constant_velocity"][6:]]
@@ -369,4 +373,25 @@ def test_horizon_comparisons_and_the_reports_bar_summary(data) -> None:
     stuck_row = next(line for line in summary.splitlines() if line.startswith("| stuck"))
     cells = [c.strip() for c in stuck_row.strip("|").split("|")]
     assert cells[2] == "0/12" and cells[3] == "0/12" and cells[4].startswith(f"{sum(r['verdict'] == 'B' for r in h['law_distance']['model-constant_velocity'])}/12")
-    assert "| oracle (true law) |" in summary and len(_horizon_table(metrics)) == 4 + 12 + 1
+    assert "| oracle (draws from the true law) |" in summary and "| oracle through the VQVAE" in summary
+    table = _horizon_table(metrics)
+    assert len(table) == 4 + 12 + 1 and table[2].count("|") == 9  # frame + 7 columns
+    del h["law_distance"]["oracle_vq-constant_velocity"], h["identity_kept"]["oracle_vq"]  # evaluated without the VQVAE
+    assert _horizon_table(metrics)[2].count("|") == 7 and "| oracle through the VQVAE" not in "\n".join(_horizon_summary({"stuck": metrics}))
+
+
+def test_decoder_channel_is_the_forecasts_own_vqvae(tmp_path: Path, repo: Path) -> None:
+    """The oracle goes through the VQVAE only when the config's checkpoint is the file the forecasts recorded."""
+    from pipeline.config import load_config
+    from pipeline.evaluate import decoder_channel
+    from pipeline.records import cached_sha256
+
+    cfg = load_config(repo / "configs" / "demo.yaml")
+    ckpt = Path(cfg.vqvae.ckpt).resolve()
+    attrs = {"image_size": 64, "file_hashes": {str(ckpt): [0, 0, cached_sha256(ckpt, {})]}}
+    channel, note = decoder_channel(cfg, attrs)
+    frames = np.full((2, 64, 64, 3), 30, np.uint8)
+    assert channel is not None and channel(frames).shape == frames.shape and "oracle_vq" in note
+    attrs["file_hashes"][str(ckpt)][-1] = "0" * 64  # forecasts decoded by another VQVAE
+    channel, note = decoder_channel(cfg, attrs)
+    assert channel is None and "no oracle_vq set" in note
