@@ -293,8 +293,10 @@ def _check_trained_config(cfg: Config, ckpt: FlowCheckpoint) -> None:
     changed = changed_keys(theirs, mine)
     if changed:
         kind = trained.get("interpolant", {}).get("kind")
+        same = (f"--set interpolant.ours_eps={theirs_interp.ours_eps}" if kind == cfg.interpolant.kind == "ours"
+                else f"--interp {kind}")
         raise ForecastError(f"{ckpt.path} was trained with other settings (differ: {', '.join(changed[:6])}; trained "
-                            f"interpolant.kind={kind}); forecast with the same model/interpolant (e.g. --interp {kind})")
+                            f"interpolant.kind={kind}); forecast with the same model/interpolant (e.g. {same})")
 
 
 class _ProgressModel:

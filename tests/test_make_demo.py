@@ -28,6 +28,7 @@ def test_make_demo_runs_every_stage_then_finds_everything_up_to_date(tmp_path: P
     assert "| ours (N=" in report and "| linear (N=" in report and "| copy-last |" in report
     assert "| shipped-ours (ours) (N=" in report and "| shipped-linear (linear) (N=" in report
     assert "### Paired: shipped-ours (ours) − shipped-linear (linear)" in report
+    assert "### Per horizon: the demo's bar" in report and "| oracle through the VQVAE (a perfect latent forecaster) |" in report
     assert "over 2 process(es)" in first.stdout  # DEMO_NPROC=2: torchrun, DDP over gloo
 
     second = _make_demo(tmp_path)
@@ -47,4 +48,11 @@ def test_make_demo_runs_every_stage_then_finds_everything_up_to_date(tmp_path: P
         record = json.loads((demo / "pretrained" / f"demo_flow_{interp}.json").read_text())
         assert (record["interpolant"], record["step"], record["exported"]["weights"]) == (interp, 20, "ema")
         assert record["config"]["train"]["steps"] == 20 and (demo / "runs" / f"pretrain-{interp}").is_dir()
+        assert record["config"]["interpolant"]["ours_eps"] == 1.0  # the demo's noise strength for ours
     assert shipped_bytes and all(p.read_bytes() == data for p, data in shipped_bytes.items())
+    for path in (demo / "pretrained").glob("demo_flow_ours.*"):
+        path.unlink()
+    only = run_make("demo-pretrain", "SMOKE=1", "PRETRAIN_INTERPS=linear", f"OUT={tmp_path / 'out'}",
+                    f"DATA_DIR={tmp_path / 'data'}", "ARGS=--set train.wandb_mode=disabled")
+    assert only.returncode == 0, only.stdout[-3000:] + only.stderr[-3000:]
+    assert not (demo / "pretrained" / "demo_flow_ours.pt").exists() and (demo / "pretrained" / "demo_flow_linear.pt").is_file()
