@@ -120,10 +120,27 @@ def read_array(array: zarr.Array, selection: Any, url: str, what: str = "", miss
         if missing:
             more = f" (and {len(missing) - 1} more of the {len(coords)} chunks it needs)" if len(missing) > 1 else ""
             raise _chunk_error(array, url, missing[0], f"is missing{more}: never written or deleted", what)
+    if _blosc_only(array):  # Blosc decodes a cut-short chunk stored uncompressed without a word: check its length
+        for coord, blob in zip(coords, sync(_gather(array.store, _chunk_keys(array, coords)))):
+            problem = blosc_length_problem(blob) if blob is not None else None
+            if problem:
+                raise _chunk_error(array, url, coord, f"cannot be decoded ({problem})", what)
     try:
         return array[selection]
     except Exception as exc:
         raise _undecodable(array, url, coords, exc, what) from exc
+
+
+def blosc_length_problem(blob: bytes) -> str | None:
+    """Why a Blosc chunk's length contradicts its header (bytes 12-15: the total compressed size), else None.
+
+    Blosc stores a chunk it cannot compress (noise-like frames, early samples) as a plain copy, and decoding a copy
+    that lost its tail returns the missing bytes as whatever lies past the buffer instead of failing; the header's
+    size catches that before any decode."""
+    if len(blob) < BLOSC_HEADER:
+        return f"{len(blob)} bytes, shorter than a Blosc header"
+    total = int.from_bytes(blob[12:16], "little")
+    return None if total == len(blob) else f"its Blosc header says {total} bytes, the chunk holds {len(blob)}"
 
 
 def write_array(array: zarr.Array, selection: Any, values: Any) -> None:
@@ -274,6 +291,9 @@ class LatentSplit:
         """One chunk's Blosc bytes as an array of ``shape``; an absent or undecodable chunk names itself and its video."""
         if blob is None:
             raise _chunk_error(self.latents, self.url, coord, "is missing: never written or deleted", self._describe(*coord[:2]))
+        problem = blosc_length_problem(blob)
+        if problem:
+            raise _chunk_error(self.latents, self.url, coord, f"cannot be decoded ({problem})", self._describe(*coord[:2]))
         try:
             return np.frombuffer(_BLOSC.decode(blob), dtype=self.latents.dtype).reshape(shape)
         except Exception as exc:
@@ -396,6 +416,7 @@ def _blosc_only(array: zarr.Array) -> bool:
 
 
 _BLOSC = numcodecs.Blosc()
+BLOSC_HEADER = 16  # bytes: version, flags, type size, then uncompressed size, block size, compressed size (uint32 LE)
 
 
 def _read_file(path: Path) -> bytes | None:
