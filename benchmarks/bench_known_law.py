@@ -3,7 +3,8 @@
 Timed per video (best of ``repeats``; the demo's forecast protocol: clip of 16 frames, 4 conditioning, P = 12
 predicted, 64 px): the read-out of S = 4 decoded samples (48 frames), the oracle (M = 256 futures of 12 frames:
 simulation, and the exact measurement of its 3072 frames), and all of ``video_scores`` (model, oracle,
-copy-last, constant velocity and real sets). Measured: the read-out's position error on ground-truth frames, on
+copy-last, constant velocity and real sets), and with the shipped VQVAE the ``oracle_vq`` set (the oracle's S draws
+rendered and passed through it, 48 frames). Measured: the read-out's position error on ground-truth frames, on
 blurred + noisy frames, and (when the shipped VQVAE checkpoint is there) on VQ reconstructions, read in palette
 colours and in the colours calibrated on two other reconstructed frames of the same video, with the
 reconstructions' PSNR over whole frames and over sprite pixels.
@@ -40,20 +41,20 @@ def _blur_and_noise(frames: np.ndarray, noise: float, rng: np.random.Generator) 
     return np.clip(blurred + rng.normal(0, noise, blurred.shape), 0, 255).round().astype(np.uint8)
 
 
-def _vq_errors(state, reader, videos: int, ckpt: Path | None = None) -> dict[str, Any] | None:
-    """:func:`pipeline.known_law.decoder_fidelity` of a demo VQVAE (every 4th frame of each video): the shipped one
-    (configs/demo.yaml's vqvae.ckpt) unless ``ckpt``; None when there is none."""
-    import torch
-
+def _demo_vqvae(ckpt: Path | None = None):
+    """A demo VQVAE: the shipped one (configs/demo.yaml's vqvae.ckpt) unless ``ckpt``; None when there is none."""
     from pipeline.config import load_config
     from pipeline.vqvae import build_vqvae
 
     cfg = load_config(REPO / "configs" / "demo.yaml")
     cfg.vqvae.ckpt = str(ckpt if ckpt is not None else REPO / cfg.vqvae.ckpt)
-    if not Path(cfg.vqvae.ckpt).is_file():
-        return None
-    vq = build_vqvae(cfg.vqvae, cfg.data.image_size)
-    return {"ckpt": Path(cfg.vqvae.ckpt).name, **KL.decoder_fidelity(vq.reconstruct_uint8, reader, state, videos)}
+    return build_vqvae(cfg.vqvae, cfg.data.image_size) if Path(cfg.vqvae.ckpt).is_file() else None
+
+
+def _oracle_vq(clip: KL.Clip, vq) -> np.ndarray:
+    """The evaluation's ``oracle_vq`` set of one video: S oracle draws rendered and passed through the VQVAE."""
+    drawn = KL.render_states(clip.oracle(SAMPLES, 0, KL.STREAM_FORECAST), clip.track, 64)
+    return vq.reconstruct_uint8(drawn.reshape(-1, *drawn.shape[-3:])).reshape(drawn.shape)
 
 
 def main(videos: int = 16, repeats: int = 3, vq: bool = typer.Option(True, help="also measure on VQ reconstructions"),
@@ -78,8 +79,12 @@ def main(videos: int = 16, repeats: int = 3, vq: bool = typer.Option(True, help=
         noisy = [KL.readout_error(_blur_and_noise(reader.read_frames(v), 8.0, rng), state.track(v), all_frames)
                  for v in range(videos)]
         start = time.perf_counter()
-        vq_errors = _vq_errors(state, reader, videos, vq_ckpt) if vq else None
+        model = _demo_vqvae(vq_ckpt) if vq else None
+        vq_errors = None if model is None else {
+            "ckpt": Path(model.ckpt).name, **KL.decoder_fidelity(model.reconstruct_uint8, reader, state, videos)}
         vq_s = time.perf_counter() - start
+        if model is not None:  # eval's perfect latent forecaster: S x P frames through the VQVAE per video
+            timings["oracle_vq_s"] = per_video(lambda v: _oracle_vq(clips[v], model))
 
     result = {
         "setting": f"{videos} demo videos (default config, 64 px); clip 16 frames, {COND} conditioning, "

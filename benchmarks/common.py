@@ -28,6 +28,7 @@ HEADLINES = [
     ("known_law", "readout_s", "demo known law: read-out of one video's S = 4 x 12 decoded frames, s (CPU)", ""),
     ("known_law", "oracle_measure_s", "demo known law: oracle of M = 256 futures x 12 frames, simulated and measured, s", ""),
     ("known_law", "video_scores_s", "demo known law: every set's scores of one video (video_scores), s", ""),
+    ("known_law", "oracle_vq_s", "demo known law: the oracle's S = 4 x 12 draws through the demo VQVAE (oracle_vq), s per video", ""),
 ]
 
 

@@ -464,6 +464,8 @@ class EvalConfig:
     resamples: int = 2000  # bootstrap resamples of the videos for every other metric's interval and paired verdicts
     level: float = 0.95  # confidence level of every interval
     oracle_samples: int = 256  # demo only: draws from the true law of the future per video (known-law scores)
+    oracle_vq: bool = True  # demo only: also score the oracle's draws passed through the VQVAE (a perfect latent
+    # forecaster: what any model decoded by it can reach); 48 frames through the VQVAE per video, ~0.4 s on 2 cores
     seed: int = 0  # seed of the bootstrap resampling (equal seeds pair the resamples of runs on the same videos)
     batch_size: int = 8  # clips per I3D call
     frame_batch: int = 512  # frames per PSNR/SSIM call

@@ -52,7 +52,7 @@ from pipeline.tracking import log_evaluation
 EVAL_FORMAT = 3  # bump when a metric's definition changes: old metrics.json files are then recomputed (2: scores, intervals; 3: known-law horizons)
 NO_I3D = "FVD off (eval.i3d: none): set eval.i3d=builtin (the default) or I3D=/path/to/i3d_torchscript.pt"
 RESULT_KEYS = ("videos", "fvd_videos", "fvd_samples", "fvd_resamples", "resamples", "level", "seed",
-               "oracle_samples")  # the eval settings that change numbers
+               "oracle_samples", "oracle_vq")  # the eval settings that change numbers
 SETS = ("model", "vq_ceiling", "copy_last")
 I3D_MIN_FRAMES = 9  # Kinetics-400 I3D: two time steps must reach its final average pool
 FORECAST_ARRAYS = ("real", "recon", "samples", "latents", "truth_latents", "done")
@@ -295,8 +295,8 @@ def known_law_scores(cfg: Config, store: _Store, videos: int, bootstrap: dict[st
     Sets: the model's samples, the oracle (S independent draws from the true law: its law distance is the noise
     floor), copy-last, constant velocity, the VQ reconstruction and the real frames (the read-out's ceiling), and
     the oracle's draws rendered and passed through the forecasts' VQVAE (``oracle_vq``: a perfect latent forecaster,
-    what any model decoded by this VQVAE can reach; left out, with a note, when the config's VQVAE is not the one
-    the forecasts were decoded with). Sprites are read in the colours the decoder draws (calibrated on each video's
+    what any model decoded by this VQVAE can reach; left out, with a note, when ``eval.oracle_vq`` is off or the
+    config's VQVAE is not the one the forecasts were decoded with). Sprites are read in the colours the decoder draws (calibrated on each video's
     decoded conditioning frames).
     """
     from pipeline.data.demo_state import load_state
@@ -308,7 +308,7 @@ def known_law_scores(cfg: Config, store: _Store, videos: int, bootstrap: dict[st
     if not path.is_file():
         return {"status": f"no state sidecar {path}: regenerate the demo data (make data) to get known-law scores"}
     state = load_state(path)
-    channel, channel_note = decoder_channel(cfg, store.attrs)
+    channel, channel_note = decoder_channel(cfg, store.attrs) if cfg.eval.oracle_vq else (None, "eval.oracle_vq off")
     frames, c = np.asarray(store.attrs["frame_indices"]), store.cond
     rows = []
     for v in tqdm(range(videos), desc="eval: known law", unit="video"):
