@@ -34,6 +34,7 @@ from typing import Any
 import numcodecs
 import numpy as np
 import zarr
+from zarr.abc.store import RangeByteRequest
 from zarr.codecs import BloscCodec, BloscShuffle, BytesCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
@@ -121,8 +122,8 @@ def read_array(array: zarr.Array, selection: Any, url: str, what: str = "", miss
             more = f" (and {len(missing) - 1} more of the {len(coords)} chunks it needs)" if len(missing) > 1 else ""
             raise _chunk_error(array, url, missing[0], f"is missing{more}: never written or deleted", what)
     if _blosc_only(array):  # Blosc decodes a cut-short chunk stored uncompressed without a word: check its length
-        for coord, blob in zip(coords, sync(_gather(array.store, _chunk_keys(array, coords)))):
-            problem = blosc_length_problem(blob) if blob is not None else None
+        for coord, (header, size) in zip(coords, sync(_headers(array.store, _chunk_keys(array, coords)))):
+            problem = blosc_length_problem(header, size) if header is not None else None
             if problem:
                 raise _chunk_error(array, url, coord, f"cannot be decoded ({problem})", what)
     try:
@@ -131,16 +132,17 @@ def read_array(array: zarr.Array, selection: Any, url: str, what: str = "", miss
         raise _undecodable(array, url, coords, exc, what) from exc
 
 
-def blosc_length_problem(blob: bytes) -> str | None:
-    """Why a Blosc chunk's length contradicts its header (bytes 12-15: the total compressed size), else None.
+def blosc_length_problem(header: bytes, size: int) -> str | None:
+    """Why a Blosc chunk of ``size`` bytes contradicts its ``header`` (its first bytes; 12-15: the total compressed
+    size), else None.
 
     Blosc stores a chunk it cannot compress (noise-like frames, early samples) as a plain copy, and decoding a copy
     that lost its tail returns the missing bytes as whatever lies past the buffer instead of failing; the header's
     size catches that before any decode."""
-    if len(blob) < BLOSC_HEADER:
-        return f"{len(blob)} bytes, shorter than a Blosc header"
-    total = int.from_bytes(blob[12:16], "little")
-    return None if total == len(blob) else f"its Blosc header says {total} bytes, the chunk holds {len(blob)}"
+    if size < BLOSC_HEADER:
+        return f"{size} bytes, shorter than a Blosc header"
+    total = int.from_bytes(header[12:16], "little")
+    return None if total == size else f"its Blosc header says {total} bytes, the chunk holds {size}"
 
 
 def write_array(array: zarr.Array, selection: Any, values: Any) -> None:
@@ -291,7 +293,7 @@ class LatentSplit:
         """One chunk's Blosc bytes as an array of ``shape``; an absent or undecodable chunk names itself and its video."""
         if blob is None:
             raise _chunk_error(self.latents, self.url, coord, "is missing: never written or deleted", self._describe(*coord[:2]))
-        problem = blosc_length_problem(blob)
+        problem = blosc_length_problem(blob, len(blob))
         if problem:
             raise _chunk_error(self.latents, self.url, coord, f"cannot be decoded ({problem})", self._describe(*coord[:2]))
         try:
@@ -425,6 +427,18 @@ def _read_file(path: Path) -> bytes | None:
             return fh.read()
     except FileNotFoundError:
         return None
+
+
+async def _headers(store: Any, keys: list[str]) -> list[tuple[bytes | None, int | None]]:
+    """(first BLOSC_HEADER bytes, size) of each key's object, (None, None) where it is absent: the length check
+    without reading the chunks a second time."""
+    prototype = default_buffer_prototype()
+
+    async def one(key: str) -> tuple[bytes | None, int | None]:
+        head = await store.get(key, prototype=prototype, byte_range=RangeByteRequest(0, BLOSC_HEADER))
+        return (None, None) if head is None else (head.to_bytes(), await store.getsize(key))
+
+    return list(await asyncio.gather(*[one(key) for key in keys]))
 
 
 async def _gather(store: Any, keys: list[str]) -> list[bytes | None]:

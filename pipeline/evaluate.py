@@ -339,8 +339,9 @@ def decoder_channel(cfg: Config, attrs: dict[str, Any]) -> tuple[Callable[[np.nd
     from pipeline.vqvae import build_vqvae
 
     path = Path(cfg.vqvae.ckpt) if cfg.vqvae.ckpt else None
-    recorded = (attrs.get("file_hashes") or {}).get(str(path.resolve())) if path and path.is_file() else None
-    if not recorded or recorded[-1] != cached_sha256(path, {}):
+    hashes = dict(attrs.get("file_hashes") or {})  # the forecasts' record: an unchanged file is not hashed again
+    recorded = hashes.get(str(path.resolve())) if path and path.is_file() else None
+    if not recorded or recorded[-1] != cached_sha256(path, hashes):
         return None, (f"no oracle_vq set: vqvae.ckpt '{cfg.vqvae.ckpt}' is not the VQVAE file the forecasts recorded "
                       "(file_hashes)")
     vq = build_vqvae(cfg.vqvae, int(attrs["image_size"]))
