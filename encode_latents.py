@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import (ConfigOption, DataRootOption, DryRunOption, OutOption, SetOption, SmokeOption, StoreOption,
+from pipeline.run.cli import (ConfigOption, DataRootOption, DryRunOption, OutOption, SetOption, SmokeOption, StoreOption,
                           exit_if_up_to_date, expected_errors, run_stage, setup_stage, show_dry_run, stage_threads)
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
@@ -32,7 +32,7 @@ def main(
 ) -> None:
     """Write the latent store; prints 'up to date' and does nothing when its inputs are unchanged."""
     from pipeline.data.shards import ShardError
-    from pipeline.encode import EncodeError, encode_latents, up_to_date_message
+    from pipeline.stages.encode import EncodeError, encode_latents, up_to_date_message
 
     stage = setup_stage(config, set_, smoke, out, data_root)
     url = store or stage.layout.store_url

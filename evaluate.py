@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.cli import (ConfigOption, DataRootOption, DryRunOption, InterpOption, OutOption, RunOption, SetOption,
+from pipeline.run.cli import (ConfigOption, DataRootOption, DryRunOption, InterpOption, OutOption, RunOption, SetOption,
                           SmokeOption, expected_errors, run_stage, setup_stage, show_dry_run, stage_threads)
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
@@ -37,10 +37,10 @@ def main(
     dry_run: DryRunOption = False,
 ) -> None:
     """Compute the metrics, or print 'up to date' when the forecasts, eval settings and I3D weights are unchanged."""
-    from pipeline.evaluate import EvalError, evaluate
-    from pipeline.forecast import forecast_url
-    from pipeline.fvd import I3DError
-    from pipeline.i3d import I3DWeightsError
+    from pipeline.stages.evaluate import EvalError, evaluate
+    from pipeline.stages.forecast import forecast_url
+    from pipeline.eval.fvd import I3DError
+    from pipeline.eval.i3d import I3DWeightsError
 
     stage = setup_stage(config, [*(set_ or []), *([f"eval.i3d={i3d}"] if i3d else [])], smoke, out, data_root, interp, run,
                         with_run=True)

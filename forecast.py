@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.cli import (ConfigOption, DataRootOption, DryRunOption, InterpOption, OutOption, RunOption, SetOption,
+from pipeline.run.cli import (ConfigOption, DataRootOption, DryRunOption, InterpOption, OutOption, RunOption, SetOption,
                           SmokeOption, StoreOption, exit_if_up_to_date, expected_errors, run_stage, setup_stage,
                           show_dry_run, stage_threads)
 
@@ -35,14 +35,14 @@ def main(
     dry_run: DryRunOption = False,
 ) -> None:
     """Forecast, resume an interrupted run, or report 'up to date' when the forecasts are complete."""
-    from pipeline.forecast_state import up_to_date_message
+    from pipeline.stages.forecast_state import up_to_date_message
 
     stage = setup_stage(config, set_, smoke, out, data_root, interp, run, with_run=True)
     url = store or stage.layout.store_url
     exit_if_up_to_date(lambda: up_to_date_message(stage.cfg, url, stage.run_dir, ckpt), dry_run)
     stage_threads("forecast")
     from pipeline.data.shards import ShardError  # from here on torch loads
-    from pipeline.forecast import ForecastError, forecast
+    from pipeline.stages.forecast import ForecastError, forecast
     from pipeline.vqvae import CheckpointFormatError, CheckpointMismatchError
 
     if dry_run:

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import (ConfigOption, DataRootOption, DryRunOption, InterpOption, OutOption, RunOption, SetOption,
+from pipeline.run.cli import (ConfigOption, DataRootOption, DryRunOption, InterpOption, OutOption, RunOption, SetOption,
                           SmokeOption, StoreOption, exit_if_up_to_date, expected_errors, run_stage, setup_stage,
                           show_dry_run, stage_threads)
 
@@ -36,13 +36,13 @@ def main(
     dry_run: DryRunOption = False,
 ) -> None:
     """Train, resume an interrupted run exactly, or report 'up to date' when the run is finished."""
-    from pipeline.train_state import up_to_date_message
+    from pipeline.stages.train_state import up_to_date_message
 
     stage = setup_stage(config, set_, smoke, out, data_root, interp, run, with_run=True)
     url = store or stage.layout.store_url
     exit_if_up_to_date(lambda: up_to_date_message(stage.cfg, url, stage.run_dir), dry_run)
     stage_threads("train")
-    from pipeline.train import TrainingError, train  # loads torch
+    from pipeline.stages.train import TrainingError, train  # loads torch
 
     if dry_run:
         show_dry_run("train", stage.cfg)

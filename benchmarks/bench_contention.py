@@ -1,13 +1,13 @@
 """Thread settings on a shared CPU: stage-1 encode and a training step, quiet and beside one busy process.
 
 For each thread setting — torch's own default (no choice made), 1 thread (``OMP_NUM_THREADS=1``), and the stages'
-default (``pipeline.threads.configure_threads``: the usable CPUs idle at its start / processes per node) — and each
+default (``pipeline.run.threads.configure_threads``: the usable CPUs idle at its start / processes per node) — and each
 way idle OpenMP threads wait (OpenMP's own default: spin, then sleep; ``OMP_WAIT_POLICY=PASSIVE``, the stages'
-default set by ``pipeline.threads``; ``spin:N`` = ``GOMP_SPINCOUNT=N``), a fresh process (OpenMP reads its variables
+default set by ``pipeline.run.threads``; ``spin:N`` = ``GOMP_SPINCOUNT=N``), a fresh process (OpenMP reads its variables
 when it starts) measures
 
 * stage 1: ``encode_latents`` of a small demo dataset with the shipped demo VQVAE (seconds for the whole stage call);
-* a training step: the demo's flow network, ``pipeline.train.train_step`` on a fixed batch of the demo's size
+* a training step: the demo's flow network, ``pipeline.stages.train.train_step`` on a fixed batch of the demo's size
   (seconds per step, mean over as many steps as fit in ``--train-seconds`` after one warm-up step);
 
 once quiet and once while another process spins (``python -c 'while True: pass'``, started just before and killed
@@ -62,13 +62,13 @@ def _child(spec_path: Path, threads: str) -> None:
     import numpy as np
     import torch
 
-    from pipeline.config import load_config
-    from pipeline.dist import DistInfo
-    from pipeline.encode import encode_latents
-    from pipeline.interpolants import build_interpolant
-    from pipeline.model import build_model
-    from pipeline.threads import configure_threads
-    from pipeline.train import train_step
+    from pipeline.run.config import load_config
+    from pipeline.run.dist import DistInfo
+    from pipeline.stages.encode import encode_latents
+    from pipeline.core.interpolants import build_interpolant
+    from pipeline.core.model import build_model
+    from pipeline.run.threads import configure_threads
+    from pipeline.stages.train import train_step
 
     spec = json.loads(spec_path.read_text())
     if threads == "auto":
@@ -158,8 +158,8 @@ def _row(threads: str, wait: str, pairs: list[tuple[dict[str, Any], dict[str, An
 
 def _prepare(work: Path, quick: bool, videos: int, frames: int) -> list[str]:
     """Write the demo shards under ``work``; the stage's config overrides."""
-    from pipeline.config import load_config
-    from pipeline.data.demo import generate_demo
+    from pipeline.run.config import load_config
+    from pipeline.demo.generator import generate_demo
 
     encode = [*_sizes(quick, videos, frames)[0], f"data.root={work / 'data'}"]
     cfg = load_config(REPO / "configs" / "demo.yaml", encode)
@@ -182,7 +182,7 @@ def main(
     if child is not None:
         _child(child, child_threads)
         return
-    from pipeline.threads import available_cpus, cgroup_cpu_limit
+    from pipeline.run.threads import available_cpus, cgroup_cpu_limit
 
     if quick:
         videos, frames, train_seconds, repeats = 2, 16, 0.2, 1

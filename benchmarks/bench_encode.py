@@ -3,7 +3,7 @@
 Goal (issue 4): stage throughput / bare forward throughput >= 0.9. The stage's extra work is reading shards,
 the pixel transform, compressing and writing chunks and the per-video done flags; fixed costs (building the
 model, loading and hashing the checkpoint) are reported separately. Both run on the device the stage picks (a GPU
-when there is one: ``pipeline.dist.init_distributed``), so the ratio compares like with like.
+when there is one: ``pipeline.run.dist.init_distributed``), so the ratio compares like with like.
 
     python -m benchmarks.bench_encode [--videos 8]
 """
@@ -20,12 +20,12 @@ import typer
 
 from benchmarks.bench_train import sync
 from benchmarks.common import record
-from pipeline.config import load_config
+from pipeline.run.config import load_config
 from pipeline.data.clips import to_model_range
 from pipeline.data.shards import ShardReader
-from pipeline.data.demo import generate_demo
-from pipeline.dist import init_distributed
-from pipeline.encode import encode_latents
+from pipeline.demo.generator import generate_demo
+from pipeline.run.dist import init_distributed
+from pipeline.stages.encode import encode_latents
 from pipeline.vqvae import build_model, build_vqvae
 
 REPO = Path(__file__).resolve().parent.parent

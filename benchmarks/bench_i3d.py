@@ -1,4 +1,4 @@
-"""FVD's feature network on the CPU: clips/s of the PyTorch I3D port (pipeline/i3d.py) under the FVD protocol.
+"""FVD's feature network on the CPU: clips/s of the PyTorch I3D port (pipeline/eval/i3d.py) under the FVD protocol.
 
 Each clip is 16 frames of 64 x 64 (the pipeline's frame size) in [-1, 1], called as FVD calls the detector,
 ``detector(x, rescale=False, resize=True, return_features=True)``: every frame is resized to 224 x 224, then the
@@ -18,7 +18,7 @@ import torch
 import typer
 
 from benchmarks.common import record
-from pipeline.i3d import load_builtin_i3d
+from pipeline.eval.i3d import load_builtin_i3d
 
 
 def median_time(fn, repeats: int) -> float:

@@ -1,4 +1,4 @@
-"""Cost and accuracy of the demo's known-law scoring (pipeline/known_law.py), per video, on the CPU.
+"""Cost and accuracy of the demo's known-law scoring (pipeline/demo/known_law.py), per video, on the CPU.
 
 Timed per video (best of ``repeats``; the demo's forecast protocol: clip of 16 frames, 4 conditioning, P = 12
 predicted, 64 px): the read-out of S = 4 decoded samples (48 frames), the oracle (M = 256 futures of 12 frames:
@@ -23,10 +23,10 @@ import numpy as np
 import typer
 
 from benchmarks.common import best_time, record
-from pipeline import known_law as KL
-from pipeline.config import DemoConfig
-from pipeline.data.demo import generate_demo
-from pipeline.data.demo_state import load_state
+from pipeline.demo import known_law as KL
+from pipeline.run.config import DemoConfig
+from pipeline.demo.generator import generate_demo
+from pipeline.demo.state import load_state
 from pipeline.data.shards import ShardReader
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +43,7 @@ def _blur_and_noise(frames: np.ndarray, noise: float, rng: np.random.Generator) 
 
 def _demo_vqvae(ckpt: Path | None = None):
     """A demo VQVAE: the shipped one (configs/demo.yaml's vqvae.ckpt) unless ``ckpt``; None when there is none."""
-    from pipeline.config import load_config
+    from pipeline.run.config import load_config
     from pipeline.vqvae import build_vqvae
 
     cfg = load_config(REPO / "configs" / "demo.yaml")

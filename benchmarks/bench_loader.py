@@ -18,8 +18,8 @@ import typer
 import zarr
 
 from benchmarks.common import record
-from pipeline.cache import LatentSplit, create_split
-from pipeline.triplets import TripletReader
+from pipeline.data.cache import LatentSplit, create_split
+from pipeline.data.triplets import TripletReader
 
 
 def build_store(directory: Path, videos: int, frames: int, chunk_frames: int,

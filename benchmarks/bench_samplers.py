@@ -36,11 +36,11 @@ import torch
 import typer
 
 from benchmarks.common import record
-from pipeline.config import load_config
-from pipeline.forecast import row_generators, select_videos
-from pipeline.interpolants import build_interpolant
-from pipeline.layout import Layout
-from pipeline.sampling import sample
+from pipeline.run.config import load_config
+from pipeline.stages.forecast import row_generators, select_videos
+from pipeline.core.interpolants import build_interpolant
+from pipeline.run.layout import Layout
+from pipeline.core.sampling import sample
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,7 +78,7 @@ def main(
     n0, gen = cfg.data.cond_frames, cfg.data.frames_per_sample - cfg.data.cond_frames
     real = clip_latents = vq = None
     if store and ckpt:
-        from pipeline.forecast import load_flow
+        from pipeline.stages.forecast import load_flow
 
         cond, clip_latents, real = _conditioning(cfg, store, videos)
         cond, clip_latents = cond.to(dev), clip_latents.to(dev)
@@ -90,7 +90,7 @@ def main(
 
             vq = build_vqvae(cfg.vqvae, cfg.data.image_size).to(dev)
     else:
-        from pipeline.model import build_model
+        from pipeline.core.model import build_model
 
         torch.manual_seed(0)
         model = build_model(cfg.model).eval().requires_grad_(False).to(dev)
@@ -165,10 +165,10 @@ def _existing(path: Path) -> str | None:
 
 def _conditioning(cfg, store: str, videos: int):
     """(conditioning latents [V, n0, C, h, w], clip latents [V, T, ...], real clip pixels [V, T, 3, H, W] in [-1, 1])."""
-    from pipeline.cache import LatentSplit
+    from pipeline.data.cache import LatentSplit
     from pipeline.data.clips import to_model_range
     from pipeline.data.shards import ShardReader
-    from pipeline.forecast import _clip_latents, clip_frames
+    from pipeline.stages.forecast import _clip_latents, clip_frames
 
     split = LatentSplit(store, cfg.forecast.split)
     chosen = select_videos(split.lengths, cfg)[:videos]

@@ -36,13 +36,13 @@ import typer
 
 from benchmarks.bench_loader import build_store
 from benchmarks.common import peak_bf16_flops, record
-from pipeline.cache import LatentSplit
-from pipeline.config import load_config
-from pipeline.dist import DistInfo
-from pipeline.interpolants import build_interpolant
-from pipeline.model import build_model
-from pipeline.train import train_step
-from pipeline.triplets import TripletReader, TripletStream
+from pipeline.data.cache import LatentSplit
+from pipeline.run.config import load_config
+from pipeline.run.dist import DistInfo
+from pipeline.core.interpolants import build_interpolant
+from pipeline.core.model import build_model
+from pipeline.stages.train import train_step
+from pipeline.data.triplets import TripletReader, TripletStream
 from pipeline.vqvae import build_vqvae
 
 REPO = Path(__file__).resolve().parent.parent

@@ -38,11 +38,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # make test: one worker per usable CP
 
 def pytest_configure(config: pytest.Config) -> None:
     """In one process (TEST_WORKERS=0, plain pytest), the stages the tests start get every usable CPU, fixed here:
-    left to choose, they take the CPUs idle at their start (pipeline/threads.py), and tests that compare two runs bit
+    left to choose, they take the CPUs idle at their start (pipeline/run/threads.py), and tests that compare two runs bit
     for bit need one count in both. (Not in xdist's controller: its workers would inherit the count.)"""
     if os.environ.get("PYTEST_XDIST_WORKER") or getattr(config.option, "numprocesses", None):
         return
-    from pipeline.threads import available_cpus
+    from pipeline.run.threads import available_cpus
 
     os.environ.setdefault("OMP_NUM_THREADS", str(available_cpus()))
 
@@ -120,8 +120,8 @@ def make_tiny_vqvae(cfg, path: Path, seed: int = 0) -> Path:
 
 def build_tiny(directory: Path):
     """(config, overrides) of the tiny setting, with its shards and VQVAE written under ``directory``."""
-    from pipeline.config import load_config
-    from pipeline.data.stage import prepare_data
+    from pipeline.run.config import load_config
+    from pipeline.stages.data import prepare_data
 
     overrides = [*TINY_SETTINGS, f"data.root={directory / 'data'}", f"vqvae.ckpt={directory / 'vq.pt'}"]
     cfg = load_config(REPO / "configs" / "demo.yaml", overrides)
@@ -138,7 +138,7 @@ def tiny(tmp_path: Path):
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory) -> tuple:
     """A finished latent store of the tiny setting with two views (identity, hflip), shared read-only."""
-    from pipeline.encode import encode_latents
+    from pipeline.stages.encode import encode_latents
 
     directory = tmp_path_factory.mktemp("tiny_store")
     cfg, overrides = build_tiny(directory)

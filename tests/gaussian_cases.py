@@ -1,4 +1,4 @@
-"""Closed forms for interpolants between Gaussians, written out independently of pipeline.interpolants.
+"""Closed forms for interpolants between Gaussians, written out independently of pipeline.core.interpolants.
 
 Per coordinate: x1 ~ N(m1, s^2) with m1 = r + m (previous base, x0 = r fixed) or m1 = m (gaussian base,
 x0 ~ N(0, 1) independent). With alpha = 1 - t, beta = t^p, sigma = eps (1 - t), xi ~ N(0, 1):

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import VQVAEConfig
+from pipeline.run.config import VQVAEConfig
 from pipeline.data.shards import ShardWriter
 
 

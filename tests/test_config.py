@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, apply_override, config_from_dict, load_config
+from pipeline.run.config import ConfigError, apply_override, config_from_dict, load_config
 
 
 @pytest.mark.parametrize("name", ["demo", "kth", "clevrer"])

@@ -8,10 +8,10 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from pipeline.config import load_config
+from pipeline.run.config import load_config
 from pipeline.data.convert import ConvertError, assign_splits, natural_key, read_raw_video, resize_frames
 from pipeline.data.shards import ShardReader
-from pipeline.data.stage import prepare_data
+from pipeline.stages.data import prepare_data
 
 
 def _frames(count: int, height: int = 30, width: int = 40) -> np.ndarray:

@@ -5,7 +5,7 @@ Marked ``cuda`` and skipped where torch sees no CUDA device; ``benchmarks/gpu_ch
 whole module takes a minute or two, most of it torch.compile. Comparisons with the CPU run with TF32 off (matmul and
 cuDNN), so both sides compute in float32.
 
-The compile checks: ``train.compile`` is the trainer's option (``pipeline/train.py`` wraps the network in
+The compile checks: ``train.compile`` is the trainer's option (``pipeline/stages/train.py`` wraps the network in
 ``torch.compile``); one test compiles the network and runs ``train_step`` through it directly, another runs the
 training stage with ``train.compile=true`` and ``train.bf16=true``.
 """
@@ -47,7 +47,7 @@ def no_tf32():
 
 
 def _cfg(*extra: str):
-    from pipeline.config import load_config
+    from pipeline.run.config import load_config
 
     return load_config(REPO / "configs" / "demo.yaml", [*SMALL_NET, *extra])
 
@@ -67,9 +67,9 @@ def _inputs(cfg, batch: dict[str, torch.Tensor], device: torch.device) -> tuple[
 
 def _setup(cfg, seed: int = 0):
     """(model on the GPU, AdamW, interpolant, DistInfo of a one-process world on the GPU)."""
-    from pipeline.dist import DistInfo
-    from pipeline.interpolants import build_interpolant
-    from pipeline.model import build_model
+    from pipeline.run.dist import DistInfo
+    from pipeline.core.interpolants import build_interpolant
+    from pipeline.core.model import build_model
 
     torch.manual_seed(seed)
     model = build_model(cfg.model).to(CUDA)
@@ -78,7 +78,7 @@ def _setup(cfg, seed: int = 0):
 
 
 def _steps(net, model, opt, interpolant, info, cfg, n: int = 3) -> list[float]:
-    from pipeline.train import train_step
+    from pipeline.stages.train import train_step
 
     before = [p.detach().clone() for p in model.parameters()]
     losses = []
@@ -94,7 +94,7 @@ def _steps(net, model, opt, interpolant, info, cfg, n: int = 3) -> list[float]:
 
 
 def test_train_step_fp32_and_network_equal_to_cpu() -> None:
-    from pipeline.model import build_model
+    from pipeline.core.model import build_model
 
     cfg = _cfg("train.bf16=false")
     model, opt, interpolant, info = _setup(cfg)
@@ -127,7 +127,7 @@ def test_train_step_bf16_autocast() -> None:
 def test_train_step_through_torch_compile() -> None:
     cfg = _cfg("train.bf16=false", "train.compile=true")
     model, opt, interpolant, info = _setup(cfg)
-    compiled = torch.compile(model)  # what pipeline/train.py does with train.compile=true
+    compiled = torch.compile(model)  # what pipeline/stages/train.py does with train.compile=true
     model.eval()
     inputs = _inputs(cfg, _batch(cfg), CUDA)
     with torch.no_grad():  # inductor fuses and reorders reductions: float32 round-off apart
@@ -137,8 +137,8 @@ def test_train_step_through_torch_compile() -> None:
 
 def test_training_stage_on_cuda_bf16_compiled(tiny_store, tmp_path: Path) -> None:
     """The whole training loop on the GPU (pinned-memory loader, compiled network, bf16, validation, checkpoints)."""
-    from pipeline.config import load_config
-    from pipeline.train import train
+    from pipeline.run.config import load_config
+    from pipeline.stages.train import train
 
     _, overrides, store = tiny_store
     cfg = load_config(REPO / "configs" / "demo.yaml",
@@ -163,8 +163,8 @@ DDP_SCRIPT = textwrap.dedent('''
     sys.path.insert(0, {repo!r})
     sys.path.insert(0, {tests!r})
     from test_cuda import _batch, _cfg, _setup
-    from pipeline.dist import all_ok, barrier, broadcast_object, collective_device
-    from pipeline.train import train_step
+    from pipeline.run.dist import all_ok, barrier, broadcast_object, collective_device
+    from pipeline.stages.train import train_step
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -207,10 +207,10 @@ def test_ddp_over_nccl_one_process(tmp_path: Path) -> None:
 
 
 def test_encode_on_cuda_equals_cpu(tmp_path: Path) -> None:
-    from pipeline.cache import LatentSplit
+    from pipeline.data.cache import LatentSplit
     from pipeline.data.clips import to_model_range
     from pipeline.data.shards import ShardReader
-    from pipeline.encode import encode_latents
+    from pipeline.stages.encode import encode_latents
     from pipeline.vqvae import build_vqvae
 
     cfg, _ = build_tiny(tmp_path)
@@ -221,7 +221,7 @@ def test_encode_on_cuda_equals_cpu(tmp_path: Path) -> None:
     got = gpu.encode(frames.to(CUDA))
     assert got.device == CUDA
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-4, atol=1e-4)
-    # the stage itself picks the GPU (pipeline.dist.init_distributed) and stores the same latents
+    # the stage itself picks the GPU (pipeline.run.dist.init_distributed) and stores the same latents
     url = str(tmp_path / "latents.zarr")
     assert encode_latents(cfg, url, log=lambda _: None) == "encoded"
     stored = torch.from_numpy(np.asarray(LatentSplit(url, "train").video(0), dtype=np.float32))
@@ -231,12 +231,12 @@ def test_encode_on_cuda_equals_cpu(tmp_path: Path) -> None:
 def test_forecast_on_cuda(tiny_store, tmp_path: Path) -> None:
     import zarr
 
-    from pipeline.cache import LatentSplit
-    from pipeline.checkpoints import save_checkpoint
-    from pipeline.config import load_config
+    from pipeline.data.cache import LatentSplit
+    from pipeline.run.checkpoints import save_checkpoint
+    from pipeline.run.config import load_config
     from pipeline.data.clips import to_uint8
-    from pipeline.forecast import forecast
-    from pipeline.model import build_model
+    from pipeline.stages.forecast import forecast
+    from pipeline.core.model import build_model
     from pipeline.vqvae import build_vqvae
 
     _, overrides, store = tiny_store
@@ -267,7 +267,7 @@ def test_forecast_on_cuda(tiny_store, tmp_path: Path) -> None:
 
 def test_builtin_i3d_on_cuda_equals_cpu(tmp_path: Path) -> None:
     """The FVD network on the GPU gives the CPU's logits within 1e-3 (a 16-frame 64 px clip, resized to 224)."""
-    from pipeline import i3d
+    from pipeline.eval import i3d
 
     cache = tmp_path / "i3d"
     try:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import load_config
+from pipeline.run.config import load_config
 from pipeline.data.shards import ShardReader
-from pipeline.data.stage import prepare_data
+from pipeline.stages.data import prepare_data
 
 
 def _make_data(repo: Path, data_dir: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -51,7 +51,7 @@ def test_demo_generation_is_deterministic(demo_config_path: Path, tmp_path: Path
 
 def test_sprites_get_random_kicks(demo_config_path: Path) -> None:
     """Two videos with the same start but different kick draws diverge: the future is uncertain."""
-    from pipeline.data.demo import render_video
+    from pipeline.demo.generator import render_video
 
     cfg = load_config(demo_config_path).demo
     calm = render_video(cfg, 64, np.random.default_rng(3))

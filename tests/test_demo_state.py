@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import DemoConfig, load_config
-from pipeline.data.demo import BACKGROUND, PALETTE, _sprite_mask, generate_demo, render_video, simulate_video
-from pipeline.data.demo_state import STATE_FILE, load_state
+from pipeline.run.config import DemoConfig, load_config
+from pipeline.demo.generator import BACKGROUND, PALETTE, _sprite_mask, generate_demo, render_video, simulate_video
+from pipeline.demo.state import STATE_FILE, load_state
 from pipeline.data.shards import ShardReader, find_shards
-from pipeline.data.stage import prepare_data
-from pipeline.records import MANIFEST, read_json, write_json_atomic
+from pipeline.stages.data import prepare_data
+from pipeline.run.records import MANIFEST, read_json, write_json_atomic
 
 # sha256[:16] of render_video's bytes, computed with the generator as it was before the state was recorded
 # (commit 3ae8dea): recording must not change a single draw.

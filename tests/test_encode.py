@@ -14,10 +14,10 @@ import pytest
 import zarr
 
 from conftest import imported_modules, make_tiny_vqvae
-from pipeline.cache import LatentSplit, open_store
+from pipeline.data.cache import LatentSplit, open_store
 from pipeline.data.clips import to_model_range
 from pipeline.data.shards import ShardReader
-from pipeline.encode import encode_latents
+from pipeline.stages.encode import encode_latents
 from pipeline.vqvae import build_vqvae
 
 QUIET = dict(log=lambda _: None)
@@ -100,8 +100,8 @@ def test_corrupt_shard_names_file_and_keeps_store(tiny, tmp_path: Path) -> None:
 def test_kill9_then_resume_equals_uninterrupted(tiny, tmp_path: Path, repo: Path) -> None:
     cfg, overrides = tiny
     overrides = [*overrides, "demo.videos={train: 16, val: 2, test: 2}", "encode.jitter_views=1"]
-    from pipeline.config import load_config
-    from pipeline.data.stage import prepare_data
+    from pipeline.run.config import load_config
+    from pipeline.stages.data import prepare_data
 
     prepare_data(load_config(repo / "configs" / "demo.yaml", overrides), Path(cfg.data.root), **QUIET)
     reference, killed = tmp_path / "reference.zarr", tmp_path / "killed.zarr"
@@ -123,7 +123,7 @@ def test_kill9_then_resume_equals_uninterrupted(tiny, tmp_path: Path, repo: Path
     again = subprocess.run(_cli(repo, overrides, killed), capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
     assert again.stdout.strip() == f"encode: {killed} is up to date (fingerprint {zarr.open_group(str(killed)).attrs['fingerprint']})"
-    assert "pipeline.encode" in imported_modules(again.stderr) and "torch" not in imported_modules(again.stderr)
+    assert "pipeline.stages.encode" in imported_modules(again.stderr) and "torch" not in imported_modules(again.stderr)
     dry = subprocess.run(_cli(repo, overrides, killed, "--dry-run"), capture_output=True, text=True, check=True)
     assert "threads:" in dry.stdout and "is up to date" in dry.stdout
     # A shard touched (same bytes, new mtime): the check never hashes, so it leaves the decision to the stage,
@@ -135,7 +135,7 @@ def test_kill9_then_resume_equals_uninterrupted(tiny, tmp_path: Path, repo: Path
 
 
 def test_the_up_to_date_check_never_hashes(tmp_path: Path) -> None:
-    from pipeline.records import KnownHashes, cached_sha256
+    from pipeline.run.records import KnownHashes, cached_sha256
 
     path = tmp_path / "file.bin"
     path.write_bytes(b"content")

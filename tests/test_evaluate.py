@@ -11,12 +11,12 @@ import pytest
 import zarr
 from i3d_stub import save_stub_i3d
 
-from pipeline.config import load_config
-from pipeline.evaluate import EvalError, evaluate
-from pipeline.fvd import I3DError
-from pipeline.metrics import PSNR_CAP_DB
-from pipeline.records import sha256_file
-from pipeline.report import check_schema
+from pipeline.run.config import load_config
+from pipeline.stages.evaluate import EvalError, evaluate
+from pipeline.eval.fvd import I3DError
+from pipeline.eval.metrics import PSNR_CAP_DB
+from pipeline.run.records import sha256_file
+from pipeline.eval.report import check_schema
 
 REPO = Path(__file__).resolve().parent.parent
 N, S, T, SIDE, COND = 6, 3, 6, 16, 2
@@ -237,7 +237,7 @@ def _law_run(interp: str, ckpt: str, sampler: dict, law_distance: list[float], s
 
 
 def test_law_verdicts_pair_interpolants_at_equal_budget_and_samplers_of_one_checkpoint() -> None:
-    from pipeline.report import law_verdicts
+    from pipeline.eval.report import law_verdicts
 
     rng = np.random.default_rng(0)
     near, far = list(rng.normal(2.0, 0.5, 32)), list(rng.normal(5.0, 0.5, 32))

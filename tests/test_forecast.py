@@ -16,12 +16,12 @@ import torch
 import zarr
 
 from conftest import imported_modules
-from pipeline.checkpoints import save_checkpoint
-from pipeline.config import load_config
+from pipeline.run.checkpoints import save_checkpoint
+from pipeline.run.config import load_config
 from pipeline.data.clips import to_uint8
 from pipeline.data.shards import ShardReader
-from pipeline.forecast import StaleForecastError, forecast, row_seed, work_groups
-from pipeline.model import build_model
+from pipeline.stages.forecast import StaleForecastError, forecast, row_seed, work_groups
+from pipeline.core.model import build_model
 from pipeline.vqvae import build_vqvae
 
 SMALL_NET = ["model.inner_dim=32", "model.heads=2", "model.depth=1", "model.mid_depth=1"]
@@ -105,7 +105,7 @@ def test_layout_frame_order_metadata_and_reruns(tiny_store, tmp_path: Path, repo
     assert "batch_size" not in a["inputs"]["sampler"] and a["code_version"] and a["fingerprint"]
 
     arrays = _arrays(url)
-    from pipeline.cache import LatentSplit
+    from pipeline.data.cache import LatentSplit
 
     cache = LatentSplit(store, "test")
     vq = build_vqvae(cfg.vqvae, cfg.data.image_size)
@@ -225,7 +225,7 @@ def test_torchrun_two_processes_equal_one(tiny_store, tmp_path: Path, repo: Path
 def test_a_past_horizon_forecast_records_the_window_rule(repo: Path) -> None:
     """past_horizon H once allowed gaps up to H, now H - 1 (docs/METHOD.md §9.15): a store forecast with H > 0 under
     the old rule must not pass as up to date; the default (H = 0, unchanged) keeps its fingerprint."""
-    from pipeline.forecast_state import forecast_inputs
+    from pipeline.stages.forecast_state import forecast_inputs
 
     whole = forecast_inputs(load_config(repo / "configs" / "demo.yaml"), "cache", "ckpt")
     assert "past_horizon_window" not in whole["sampler"]
@@ -238,8 +238,8 @@ def test_a_river_format_checkpoint_reports_its_global_step(tiny, tmp_path: Path,
     """RIVER's trainer (and the authors' older checkpoints) record the step as ``global_step``: it is the
     checkpoint's step (forecasts.zarr ``ckpt_step``, the report), not 0; weights load with ``module.`` /
     ``vector_field_regressor.`` stripped and the embedded ``ae.*`` dropped."""
-    from pipeline.checkpoints import load_flow_checkpoint
-    from pipeline.forecast import load_flow
+    from pipeline.run.checkpoints import load_flow_checkpoint
+    from pipeline.stages.forecast import load_flow
     from real_formats import river_flow_checkpoint
 
     cfg = _cfg(repo, tiny[1])
@@ -266,17 +266,17 @@ def test_a_river_format_checkpoint_reports_its_global_step(tiny, tmp_path: Path,
 
 
 def test_an_exported_checkpoint_samples_with_the_ema_weights_in_float16(tmp_path: Path, repo: Path) -> None:
-    """``python -m pipeline.checkpoints`` keeps the EMA weights (float16), the step and the config, drops the
+    """``python -m pipeline.run.checkpoints`` keeps the EMA weights (float16), the step and the config, drops the
     optimizer state; forecast loads it as the EMA without a warning, and refuses the other interpolant."""
     import json
 
-    from pipeline.checkpoints import load_flow_checkpoint
-    from pipeline.forecast import ForecastError, load_flow
+    from pipeline.run.checkpoints import load_flow_checkpoint
+    from pipeline.stages.forecast import ForecastError, load_flow
 
     cfg = _cfg(repo, [])
     src = _our_checkpoint(cfg, tmp_path / "latest.pt")
     dst = tmp_path / "shipped" / "flow.pt"
-    subprocess.run([sys.executable, "-m", "pipeline.checkpoints", str(src), str(dst)], check=True, cwd=repo,
+    subprocess.run([sys.executable, "-m", "pipeline.run.checkpoints", str(src), str(dst)], check=True, cwd=repo,
                    env=ONE_THREAD, capture_output=True)
     exported = load_flow_checkpoint(dst)
     assert (exported.kind, exported.step, exported.ema) == ("pipeline", 7, None) and exported.holds_ema_weights

@@ -7,7 +7,7 @@ import pytest
 import torch
 from i3d_stub import save_stub_i3d
 
-from pipeline.fvd import (
+from pipeline.eval.fvd import (
     I3DFeatures,
     clips_digest,
     frechet_distance,
@@ -16,7 +16,7 @@ from pipeline.fvd import (
     load_detector,
     set_features,
 )
-from pipeline.stats import resample_indices
+from pipeline.eval.stats import resample_indices
 
 
 def test_frechet_identical_sets_is_zero() -> None:

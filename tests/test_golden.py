@@ -18,13 +18,13 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from pipeline import interpolants as I
-from pipeline import rng
-from pipeline import sampling as SM
-from pipeline import solvers as S
-from pipeline.config import ModelConfig, SamplingConfig, VQVAEConfig
-from pipeline.model import build_model as build_flow
-from pipeline.model import time_embedding
+from pipeline.core import interpolants as I
+from pipeline.core import rng
+from pipeline.core import sampling as SM
+from pipeline.core import solvers as S
+from pipeline.run.config import ModelConfig, SamplingConfig, VQVAEConfig
+from pipeline.core.model import build_model as build_flow
+from pipeline.core.model import time_embedding
 from pipeline.vqvae import build_model as build_vq
 from pipeline.vqvae import river
 from pipeline.vqvae.load import load_weights_strict
@@ -248,7 +248,7 @@ def sampling_fx() -> dict:
 
 
 class Replay:
-    """Stands in for ``pipeline.rng.randint``/``randn``: returns the reference's draws in order, checking shapes."""
+    """Stands in for ``pipeline.core.rng.randint``/``randn``: returns the reference's draws in order, checking shapes."""
 
     def __init__(self, ints: list[torch.Tensor], normals: list[torch.Tensor]):
         self.ints, self.normals = list(ints), list(normals)
@@ -271,7 +271,7 @@ class Replay:
 
 @pytest.fixture
 def replay(monkeypatch) -> Iterator:
-    """``replay(ints, normals)`` installs a :class:`Replay` in ``pipeline.rng`` and returns it."""
+    """``replay(ints, normals)`` installs a :class:`Replay` in ``pipeline.core.rng`` and returns it."""
 
     def install(ints, normals) -> Replay:
         r = Replay(ints, normals)

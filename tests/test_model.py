@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import interpolants as I
-from pipeline import solvers as S
-from pipeline.config import ConfigError, ModelConfig, config_from_dict
-from pipeline.model import PositionEmbedding2D, build_model, count_parameters, time_embedding
+from pipeline.core import interpolants as I
+from pipeline.core import solvers as S
+from pipeline.run.config import ConfigError, ModelConfig, config_from_dict
+from pipeline.core.model import PositionEmbedding2D, build_model, count_parameters, time_embedding
 
 KEYS = Path(__file__).parent / "fixtures" / "flow_vector_field_regressor_keys.json"
 SMALL = ModelConfig(state_size=4, state_res=[4, 6], inner_dim=32, depth=2, mid_depth=1, heads=4, ffn_mult=2,

@@ -1,14 +1,14 @@
-"""Per-row random streams: a rollout's draws do not depend on the other rows of its batch (pipeline/rng.py)."""
+"""Per-row random streams: a rollout's draws do not depend on the other rows of its batch (pipeline/core/rng.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pipeline.config import InterpolantConfig, SamplingConfig
-from pipeline.interpolants import build_interpolant
-from pipeline.rng import RowGenerators, randint, randn
-from pipeline.sampling import rollout, sample
+from pipeline.run.config import InterpolantConfig, SamplingConfig
+from pipeline.core.interpolants import build_interpolant
+from pipeline.core.rng import RowGenerators, randint, randn
+from pipeline.core.sampling import rollout, sample
 
 
 def _fake_net(z, t, ref, context, gap):

@@ -23,16 +23,16 @@ import pytest
 import torch
 import zarr
 
-import pipeline.train as train_module
+import pipeline.stages.train as train_module
 from conftest import make_tiny_vqvae, run_make
-from pipeline.checkpoints import save_checkpoint
-from pipeline.config import load_config
-from pipeline.encode import encode_latents
-from pipeline.forecast import forecast
-from pipeline.locks import lock_file, output_lock
-from pipeline.model import build_model
-from pipeline.records import process_alive
-from pipeline.train import TrainingError, train
+from pipeline.run.checkpoints import save_checkpoint
+from pipeline.run.config import load_config
+from pipeline.stages.encode import encode_latents
+from pipeline.stages.forecast import forecast
+from pipeline.run.locks import lock_file, output_lock
+from pipeline.core.model import build_model
+from pipeline.run.records import process_alive
+from pipeline.stages.train import TrainingError, train
 
 SMALL_NET = ["model.inner_dim=32", "model.heads=2", "model.depth=1", "model.mid_depth=1", "train.wandb_mode=disabled",
              "train.sample_every=0"]
@@ -394,7 +394,7 @@ def test_force_with_a_wrong_architecture_vqvae_keeps_the_latent_store(tiny, tmp_
 def test_a_force_rebuild_killed_midway_keeps_the_old_store_then_resumes(tiny, tmp_path: Path, repo: Path) -> None:
     cfg, overrides = tiny
     overrides = [*overrides, "demo.videos={train: 16, val: 2, test: 2}", "encode.jitter_views=1"]
-    from pipeline.data.stage import prepare_data
+    from pipeline.stages.data import prepare_data
 
     cfg = load_config(repo / "configs" / "demo.yaml", overrides)
     prepare_data(cfg, Path(cfg.data.root), **QUIET)

@@ -24,7 +24,7 @@ FAST = ["model.inner_dim=32", "model.heads=2", "model.depth=1", "model.mid_depth
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """(make variables, dataset outputs dir, smoke outputs dir): a config in a temp dir, a tiny VQVAE, an OUT."""
-    from pipeline.config import load_config
+    from pipeline.run.config import load_config
 
     root = tmp_path_factory.mktemp("runs")
     config = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
@@ -94,7 +94,7 @@ def test_a_smoke_run_leaves_the_real_run_untouched(world) -> None:
 
 
 def test_a_run_records_its_overrides_with_absolute_paths(tmp_path: Path, monkeypatch) -> None:
-    from pipeline.cli import merge_overrides, setup_stage
+    from pipeline.run.cli import merge_overrides, setup_stage
 
     assert merge_overrides(["train.lr=1", "seed=2"], ["train.lr=3"]) == ["seed=2", "train.lr=3"]
     monkeypatch.chdir(tmp_path)

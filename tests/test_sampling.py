@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from gaussian_cases import GaussianCase, describe, euler_maruyama_moments, moments_ok
-from pipeline import interpolants as I
-from pipeline import sampling as SM
-from pipeline import solvers as S
-from pipeline.config import ConfigError, SamplingConfig, apply_override, load_config
+from pipeline.core import interpolants as I
+from pipeline.core import sampling as SM
+from pipeline.core import solvers as S
+from pipeline.run.config import ConfigError, SamplingConfig, apply_override, load_config
 
 F64 = torch.float64
 

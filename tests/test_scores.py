@@ -10,7 +10,7 @@ import torch
 from scipy.special import gammaln, hyp1f1
 from scipy.stats import norm
 
-from pipeline.scores import (
+from pipeline.eval.scores import (
     SORTED_CRPS_FROM,
     crps_ensemble,
     diversity,

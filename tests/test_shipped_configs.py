@@ -74,7 +74,7 @@ def _make_eval(dataset: str, root: Path, ckpt: Path) -> subprocess.CompletedProc
 
 def _run_dataset(dataset: str, root: Path) -> Outcome:
     """Write the inputs, run `make eval` twice (the second only if the first succeeded)."""
-    from pipeline.config import load_config
+    from pipeline.run.config import load_config
 
     cfg = load_config(REPO / "configs" / f"{dataset}.yaml", smoke=True)
     write_shards(root / "data", SPECS[dataset])
@@ -155,8 +155,8 @@ def test_smoke_block_keeps_the_real_formats_and_shrinks_the_rest(dataset: str) -
     """--smoke may shrink steps, videos and the flow network, never what must match real data and checkpoints."""
     import dataclasses
 
-    from pipeline.config import load_config
-    from pipeline.model import build_model, count_parameters
+    from pipeline.run.config import load_config
+    from pipeline.core.model import build_model, count_parameters
 
     path = REPO / "configs" / f"{dataset}.yaml"
     real, smoke = load_config(path), load_config(path, smoke=True)
@@ -176,7 +176,7 @@ def test_smoke_block_keeps_the_real_formats_and_shrinks_the_rest(dataset: str) -
 
 def test_clevrer_caches_jitter_views_like_the_reference_jitters_every_clip() -> None:
     """docs/METHOD.md §9.19: the reference colour-jitters every CLEVRER clip; KTH's transform is the identity."""
-    from pipeline.config import load_config
+    from pipeline.run.config import load_config
 
     clevrer, kth = (load_config(REPO / "configs" / f"{name}.yaml") for name in ("clevrer", "kth"))
     assert clevrer.encode.jitter_views == 4 and kth.encode.jitter_views == 0

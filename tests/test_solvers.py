@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from gaussian_cases import GaussianCase, describe, euler_maruyama_moments, moments_ok, standard_normal
-from pipeline import interpolants as I
-from pipeline import solvers as S
+from pipeline.core import interpolants as I
+from pipeline.core import solvers as S
 
 F64 = torch.float64
 

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.scores import spread_skill_ratio
-from pipeline.stats import bootstrap_interval, paired_difference, resample_indices, verdict_sentence
+from pipeline.eval.scores import spread_skill_ratio
+from pipeline.eval.stats import bootstrap_interval, paired_difference, resample_indices, verdict_sentence
 
 
 def test_interval_fields_and_point_estimate() -> None:

@@ -1,4 +1,4 @@
-"""Thread policy (pipeline/threads.py): usable CPUs from the affinity mask and cgroup quotas, and the stage's choice."""
+"""Thread policy (pipeline/run/threads.py): usable CPUs from the affinity mask and cgroup quotas, and the stage's choice."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import threads
+from pipeline.run import threads
 
 
 @pytest.fixture
@@ -202,8 +202,8 @@ def _python(code: str, **env: str) -> str:
 
 def test_importing_pipeline_sets_the_policy_before_torch_loads_openmp() -> None:
     """A stage process: pipeline first, so OpenMP starts with PASSIVE; the user's setting wins; torch first is said."""
-    code = "import os, pipeline, pipeline.threads as t; print(os.environ.get('OMP_WAIT_POLICY'), '|', t.WAIT_POLICY_IN_FORCE)"
+    code = "import os, pipeline, pipeline.run.threads as t; print(os.environ.get('OMP_WAIT_POLICY'), '|', t.WAIT_POLICY_IN_FORCE)"
     assert _python(code) == "PASSIVE | OMP_WAIT_POLICY=PASSIVE (the pipeline's default)"
     assert _python(code, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE | OMP_WAIT_POLICY=ACTIVE in the environment"
-    late = _python("import torch, pipeline.threads as t; print(t.WAIT_POLICY_IN_FORCE)")
+    late = _python("import torch, pipeline.run.threads as t; print(t.WAIT_POLICY_IN_FORCE)")
     assert late.endswith("for child processes only (torch was imported before pipeline)")

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import ConfigError, load_config
-from pipeline.evaluate import evaluate
-from pipeline.forecast import forecast
-from pipeline.interpolants import build_interpolant
-from pipeline.model import build_model
-from pipeline.tracking import headline_numbers, log_evaluation
-from pipeline.train import _Validation, train, training_inputs
+from pipeline.run.config import ConfigError, load_config
+from pipeline.stages.evaluate import evaluate
+from pipeline.stages.forecast import forecast
+from pipeline.core.interpolants import build_interpolant
+from pipeline.core.model import build_model
+from pipeline.run.tracking import headline_numbers, log_evaluation
+from pipeline.stages.train import _Validation, train, training_inputs
 
 SMALL = ["model.inner_dim=32", "model.heads=2", "model.depth=1", "model.mid_depth=1", "train.steps=6",
          "train.batch_size=4", "train.log_every=2", "train.latest_every=6", "train.save_every=6",

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from conftest import imported_modules
-from pipeline.checkpoints import load_flow_checkpoint
-from pipeline.config import ModelConfig, load_config
-from pipeline.model import build_model
-from pipeline.safe_load import PickledRecord
-from pipeline.train import TrainingError, train
+from pipeline.run.checkpoints import load_flow_checkpoint
+from pipeline.run.config import ModelConfig, load_config
+from pipeline.core.model import build_model
+from pipeline.run.safe_load import PickledRecord
+from pipeline.stages.train import TrainingError, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small tensor work: one thread is faster on 2 shared cores
 
@@ -82,7 +82,7 @@ def test_kill9_then_resume_matches_uninterrupted(tiny_store, tmp_path: Path, rep
     again = subprocess.run(_cli(repo, overrides, store, tmp_path / "killed", *settings), capture_output=True, text=True,
                            check=True, env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
     assert again.stdout.startswith(f"train: {run_json.parent} is up to date (40 steps, fingerprint ")
-    assert "pipeline.train_state" in imported_modules(again.stderr) and "torch" not in imported_modules(again.stderr)
+    assert "pipeline.stages.train_state" in imported_modules(again.stderr) and "torch" not in imported_modules(again.stderr)
 
 
 def test_two_process_ddp(tiny_store, tmp_path: Path, repo: Path) -> None:

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.cache import LatentSplit
-from pipeline.triplets import TripletReader, TripletStream, draw_triplets
+from pipeline.data.cache import LatentSplit
+from pipeline.data.triplets import TripletReader, TripletStream, draw_triplets
 
 
 def _chi2(counts: np.ndarray) -> float:
@@ -90,7 +90,7 @@ def test_stream_is_the_same_with_workers(store: str, context: str) -> None:
 
 
 def test_training_views_leave_out_the_identity_only_when_jitter_views_exist() -> None:
-    from pipeline.views import training_views
+    from pipeline.data.views import training_views
 
     assert training_views(["identity"], 1) == [0]
     assert training_views(["identity", "hflip"], 2) == [0, 1]  # no jitter: every view, as before
@@ -106,8 +106,8 @@ def test_training_views_leave_out_the_identity_only_when_jitter_views_exist() ->
 
 
 def test_a_store_with_jitter_views_trains_on_them_only(tiny, tmp_path) -> None:
-    from pipeline.encode import encode_latents
-    from pipeline.train_state import training_inputs
+    from pipeline.stages.encode import encode_latents
+    from pipeline.stages.train_state import training_inputs
 
     cfg, _ = tiny
     cfg.encode.jitter_views = 2

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import VQVAEConfig
-from pipeline.safe_load import CheckpointReadError, PickledRecord, find_records, safe_torch_load
+from pipeline.run.config import VQVAEConfig
+from pipeline.run.safe_load import CheckpointReadError, PickledRecord, find_records, safe_torch_load
 from pipeline.vqvae import CheckpointMismatchError, build_model, build_vqvae
 from pipeline.vqvae.load import CheckpointFormatError, extract_state_dict
 from pipeline.vqvae.river import RiverVQVAE

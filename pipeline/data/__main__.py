@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.cli import ConfigOption, DataRootOption, DryRunOption, SetOption, SmokeOption, fail, load_cli_config, show_dry_run
+from pipeline.run.cli import ConfigOption, DataRootOption, DryRunOption, SetOption, SmokeOption, fail, load_cli_config, show_dry_run
 from pipeline.data.convert import ConvertError
 from pipeline.data.shards import ShardError
 
@@ -25,7 +25,7 @@ def main(
     dry_run: DryRunOption = False,
 ) -> None:
     """Write <data.root>/<split>/shard_NNNN.hdf5 for every split; up to date when nothing changed."""
-    from pipeline.data.stage import prepare_data
+    from pipeline.stages.data import prepare_data
 
     cfg = load_cli_config(config, set_, smoke, data_root)
     if dry_run:

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.config import ConvertConfig
+from pipeline.run.config import ConvertConfig
 from pipeline.data.shards import ShardWriter, natural_key
 
 VIDEO_SUFFIXES = {".avi", ".mp4", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".gif"}

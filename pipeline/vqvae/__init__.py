@@ -20,9 +20,9 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from pipeline.config import VQVAEConfig
+from pipeline.run.config import VQVAEConfig
 from pipeline.data.clips import to_model_range, to_uint8
-from pipeline.records import sha256_file
+from pipeline.run.records import sha256_file
 
 from .load import CheckpointFormatError, CheckpointMismatchError, load_checkpoint_into
 from .river import RiverVQVAE

@@ -1,6 +1,6 @@
 """Model weights out of the published VQVAE checkpoint wrappers (docs/METHOD.md §2.4), loaded strictly.
 
-Accepted layouts (the file is read with :func:`pipeline.safe_load.safe_torch_load`, so pickled non-tensor
+Accepted layouts (the file is read with :func:`pipeline.run.safe_load.safe_torch_load`, so pickled non-tensor
 objects never execute):
 
 * Lightning ``.ckpt`` (KTH taming VQ): ``{'state_dict': {...}, 'optimizer_states': ..., 'epoch': ..., ...}``;
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.safe_load import safe_torch_load
+from pipeline.run.safe_load import safe_torch_load
 
 #: prefixes of training-only weights that Lightning checkpoints carry beside the model
 IGNORED_PREFIXES = ("loss.",)

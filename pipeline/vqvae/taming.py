@@ -217,7 +217,7 @@ class Decoder(nn.Module):
 class VectorQuantizer(nn.Module):
     """Codebook ``embedding`` [n_embed, dim]; nearest entry by squared L2; straight-through gradient.
 
-    ``loss`` in :meth:`forward` (only used when training, by ``pipeline.vqvae.train``) is the standard VQ-VAE form
+    ``loss`` in :meth:`forward` (only used when training, by ``pipeline.demo.vqvae_train``) is the standard VQ-VAE form
     of van den Oord et al. (2017), taming's ``VectorQuantizer2(legacy=False)``:
 
         codebook ||z_q - sg[z]||^2  +  beta * commitment ||sg[z_q] - z||^2        (means over elements)

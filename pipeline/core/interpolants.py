@@ -1,0 +1,354 @@
+"""Stochastic interpolants between a base point and the next latent frame (docs/METHOD.md §3).
+
+    I_t = alpha(t) x0 + beta(t) x1 + sigma(t) sqrt(t) xi,        xi ~ N(0, I),  t in [0, 1]
+
+* ``x1``: latent of the frame to predict; ``x_ref``: latent of the previous frame.
+* base ``gaussian``: x0 ~ N(0, I) independent of everything; base ``previous``: x0 = x_ref (a point mass).
+* alpha(t) = 1 - t, beta(t) in {t, t^2}, sigma(t) = eps (1 - t).
+* ``sigma(t) sqrt(t) xi`` has the law of ``sigma(t) W_t`` (W a Brownian motion). The regression target is the
+  drift ``alpha'(t) x0 + beta'(t) x1 + sigma'(t) sqrt(t) xi`` (the time derivative with W_t held as a process,
+  NOT d/dt of ``sigma(t) sqrt(t)`` which is singular at 0). Its conditional expectation b(x, t) given I_t = x,
+  used with diffusion sigma(t) in dX = b dt + sigma dW, reproduces the interpolant's marginals, so X_1 ~ x1.
+  With eps = 0 the target is the plain velocity and the generative process is an ODE.
+
+The pieces are small and separate: time coefficients (:class:`TPower`, :class:`OneMinusTPower`), the
+interpolant (:class:`StochasticInterpolant`: training pair, target, loss, base sample, drift, score,
+diffusion re-tuning) and, elsewhere, the integrators (``pipeline.core.solvers``), which only see a drift f(x, t)
+and a diffusion g(t).
+
+Presets: ``linear`` (gaussian base, beta = t, eps = 0; ODE, velocity x1 - x0) and ``ours`` (previous-frame
+base, beta = t^2, eps = 0.1; SDE, target -x_ref + 2t x1 - 0.1 sqrt(t) xi).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+from pipeline.core import rng
+from pipeline.run.config import INTERPOLANT_PRESETS
+
+if TYPE_CHECKING:
+    from pipeline.run.config import InterpolantConfig
+
+Base = Literal["gaussian", "previous"]
+TimeFn = Callable[[Tensor], Tensor]  # g(t): t [B] -> [B]
+DriftFn = Callable[[Tensor, Tensor], Tensor]  # f(x, t): x [B, ...], t [B] -> [B, ...]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Time coefficients: value and derivative, elementwise on a tensor of times
+# ----------------------------------------------------------------------------------------------------------
+
+
+class Coefficient:
+    """A scalar function of time c(t) with its derivative; both act elementwise on a tensor ``t``."""
+
+    def __call__(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def deriv(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class TPower(Coefficient):
+    """c(t) = scale * t**power (power >= 1 keeps the derivative finite at 0)."""
+
+    power: float = 1.0
+    scale: float = 1.0
+
+    def __call__(self, t: Tensor) -> Tensor:
+        return self.scale * t**self.power
+
+    def deriv(self, t: Tensor) -> Tensor:
+        if self.power == 0:
+            return torch.zeros_like(t)
+        if self.power == 1:
+            return torch.full_like(t, self.scale)
+        return self.scale * self.power * t ** (self.power - 1)
+
+
+@dataclass(frozen=True)
+class OneMinusTPower(Coefficient):
+    """c(t) = scale * (1 - t)**power; ``OneMinusTPower(1, eps)`` is sigma(t), ``(4, eps)`` the [NS] alternative g."""
+
+    power: float = 1.0
+    scale: float = 1.0
+
+    def __call__(self, t: Tensor) -> Tensor:
+        return self.scale * (1 - t) ** self.power
+
+    def deriv(self, t: Tensor) -> Tensor:
+        if self.power == 0:
+            return torch.zeros_like(t)
+        if self.power == 1:
+            return torch.full_like(t, -self.scale)
+        return -self.scale * self.power * (1 - t) ** (self.power - 1)
+
+
+def scaled(coef: Coefficient, factor: float) -> Coefficient:
+    """``factor * coef`` for the two coefficient families (e.g. a diffusion g = 2 sigma at sampling time)."""
+    if not isinstance(coef, (TPower, OneMinusTPower)):
+        raise TypeError(f"cannot scale {type(coef).__name__}")
+    return type(coef)(coef.power, coef.scale * factor)
+
+
+def _bcast(t: Tensor, x: Tensor) -> Tensor:
+    """Per-example times [B] (or a scalar) -> shape [B, 1, ..., 1] broadcastable against ``x``, in x's dtype."""
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    if t.ndim == 0:
+        return t
+    if t.shape != x.shape[:1]:
+        raise ValueError(f"times must have shape [B]={list(x.shape[:1])}, got {list(t.shape)}")
+    return t.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The interpolant
+# ----------------------------------------------------------------------------------------------------------
+
+
+class TrainingPair(NamedTuple):
+    """One training example batch: network input ``xt`` = I_t and regression ``target``; plus the draws used."""
+
+    xt: Tensor
+    target: Tensor
+    x0: Tensor
+    xi: Tensor
+
+
+@dataclass(frozen=True)
+class StochasticInterpolant:
+    """I_t = alpha(t) x0 + beta(t) x1 + sigma(t) sqrt(t) xi with base ``gaussian`` or ``previous`` (see module doc).
+
+    Tensors are ``[B, ...]`` (latents ``[B, C, h, w]``); times are ``[B]`` (one per example) or scalars.
+    """
+
+    alpha: Coefficient
+    beta: Coefficient
+    sigma: Coefficient
+    base: Base
+    t_min: float = 1e-4  # training times t ~ U(t_min, t_max)
+    t_max: float = 1 - 1e-4
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        if self.base not in ("gaussian", "previous"):
+            raise ValueError(f"base must be 'gaussian' or 'previous', got {self.base!r}")
+        if not 0.0 <= self.t_min < self.t_max <= 1.0:
+            raise ValueError(f"need 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
+
+    # --- properties -----------------------------------------------------------------------------------------
+
+    @property
+    def is_sde(self) -> bool:
+        """True when the interpolant carries noise (sigma not identically 0): sample with an SDE solver."""
+        return float(self.sigma(torch.tensor(0.5, dtype=torch.float64))) != 0.0
+
+    @property
+    def reference_solver(self) -> str:
+        """The reference's sampler for this interpolant: ``euler_maruyama`` (SDE) or ``euler`` (ODE)."""
+        return "euler_maruyama" if self.is_sde else "euler"
+
+    @property
+    def heun_solver(self) -> str:
+        """The second-order counterpart: ``heun_sde`` (SDE) or ``heun`` (ODE); twice the NFE per step."""
+        return "heun_sde" if self.is_sde else "heun"
+
+    # --- training ------------------------------------------------------------------------------------------
+
+    def sample_t(
+        self, batch: int, *, generator: torch.Generator | None = None, device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
+        """Per-example training times t ~ U(t_min, t_max), shape [batch]."""
+        u = torch.rand(batch, generator=generator, device=device, dtype=dtype)
+        return self.t_min + (self.t_max - self.t_min) * u
+
+    def sample_base(self, x_ref: Tensor, *, generator: rng.Generator = None) -> Tensor:
+        """The base point x0 given the reference latent: N(0, I) draws (gaussian) or a copy of x_ref (previous)."""
+        if self.base == "previous":
+            return x_ref.clone()
+        return rng.randn(x_ref.shape, generator=generator, device=x_ref.device, dtype=x_ref.dtype)
+
+    def sample_start(self, x_ref: Tensor, t0: float, *, generator: rng.Generator = None) -> Tensor:
+        """A start state at t0 > 0 with the interpolant's spread: alpha(t0) x0 + sigma(t0) sqrt(t0) xi.
+
+        The x1 term beta(t0) x1 is unknown and dropped (1e-8 x1 for beta = t^2 at t0 = 1e-4). The reference
+        starts from :meth:`sample_base` instead, which is harmless with g = sigma; with a re-tuned g < sigma the
+        process forgets its start only like (t0 / t)^((g/sigma)^2), so a point mass leaves a lasting variance
+        deficit (about 15% at g = sigma / 2) and this start (plus a grid that is fine near t0) is needed.
+        """
+        x0 = self.sample_base(x_ref, generator=generator)
+        t = torch.tensor(float(t0), dtype=torch.float64)
+        a, s = float(self.alpha(t)), float(self.sigma(t) * t.sqrt())
+        if s == 0.0:
+            return a * x0
+        xi = rng.randn(x_ref.shape, generator=generator, device=x_ref.device, dtype=x_ref.dtype)
+        return a * x0 + s * xi
+
+    def interpolate(self, t: Tensor, x0: Tensor, x1: Tensor, xi: Tensor) -> Tensor:
+        """I_t = alpha(t) x0 + beta(t) x1 + sigma(t) sqrt(t) xi."""
+        tb = _bcast(t, x1)
+        return self.alpha(tb) * x0 + self.beta(tb) * x1 + self.sigma(tb) * tb.sqrt() * xi
+
+    def target(self, t: Tensor, x0: Tensor, x1: Tensor, xi: Tensor) -> Tensor:
+        """Regression target alpha'(t) x0 + beta'(t) x1 + sigma'(t) sqrt(t) xi (velocity x1 - x0 for ``linear``)."""
+        tb = _bcast(t, x1)
+        return self.alpha.deriv(tb) * x0 + self.beta.deriv(tb) * x1 + self.sigma.deriv(tb) * tb.sqrt() * xi
+
+    def training_pair(
+        self, x1: Tensor, x_ref: Tensor, t: Tensor, *, generator: torch.Generator | None = None,
+        xi: Tensor | None = None, x0: Tensor | None = None,
+    ) -> TrainingPair:
+        """(I_t, target) for targets ``x1`` and references ``x_ref`` at times ``t`` [B].
+
+        ``xi`` (interpolant noise) and, for the gaussian base, ``x0`` are drawn from ``generator`` unless given;
+        the base draw comes first, then xi. For the previous-frame base, x0 is x_ref and a given ``x0`` is an error.
+        """
+        if x1.shape != x_ref.shape:
+            raise ValueError(f"x1 {list(x1.shape)} and x_ref {list(x_ref.shape)} differ in shape")
+        if x0 is None:
+            x0 = self.sample_base(x_ref, generator=generator)
+        elif self.base == "previous":
+            raise ValueError("the previous-frame base is x_ref itself; do not pass x0")
+        if xi is None:
+            xi = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
+        return TrainingPair(self.interpolate(t, x0, x1, xi), self.target(t, x0, x1, xi), x0, xi)
+
+    @staticmethod
+    def per_example_loss(pred: Tensor, target: Tensor) -> Tensor:
+        """Sum of squared errors over every non-batch dimension (C, h, w): shape [B]."""
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction {list(pred.shape)} and target {list(target.shape)} differ in shape")
+        return (pred - target).pow(2).flatten(1).sum(1)
+
+    @classmethod
+    def loss(cls, pred: Tensor, target: Tensor) -> Tensor:
+        """The reference loss: per-example SUM over (C, h, w), MEAN over the batch (docs/METHOD.md §3)."""
+        return cls.per_example_loss(pred, target).mean()
+
+    # --- sampling ------------------------------------------------------------------------------------------
+
+    def diffusion(self, t: Tensor) -> Tensor:
+        """The default diffusion coefficient g(t) = sigma(t) (the one the drift was trained for)."""
+        return self.sigma(t)
+
+    def score(self, b: Tensor, x: Tensor, t: Tensor, x0: Tensor | None = None) -> Tensor:
+        """Score estimate grad log p_t(x) (conditional on x0 for the previous base) from a drift estimate b(x, t).
+
+        Write I_t = m + beta x1 + z with the known part m = alpha x0 (previous base; 0 for gaussian) and the
+        Gaussian part z = [alpha x0 if gaussian] + sigma W_t, of variance v = [alpha^2] + sigma^2 t and covariance
+        c = [alpha alpha'] + sigma sigma' t with the matching part of the target. From x = m + beta E[x1|x] + E[z|x],
+        b = a0 + beta' E[x1|x] + (c / v) E[z|x] (a0 = alpha' x0 for the previous base) and s = -E[z|x] / v:
+
+            s = (beta' (x - m) - beta (b - a0)) / (beta c - beta' v)
+
+        For the previous base this is docs/METHOD.md §3's
+        (-beta b + alpha' beta x0 + beta' x - beta' alpha x0) / (t sigma (sigma' beta - beta' sigma)).
+        The denominator vanishes at t = 0 for the previous base (clamp t, see :meth:`retuned_drift`) and at t = 1;
+        for the previous base with eps = 0 (no noise) there is no score and this raises.
+        """
+        tb = _bcast(t, x)
+        a, da = self.alpha(tb), self.alpha.deriv(tb)
+        bt, dbt = self.beta(tb), self.beta.deriv(tb)
+        s, ds = self.sigma(tb), self.sigma.deriv(tb)
+        v = s * s * tb
+        c = s * ds * tb
+        if self.base == "previous":
+            if x0 is None:
+                raise ValueError("the previous-frame base needs x0 = x_ref to compute the score")
+            if not self.is_sde:
+                raise ValueError("no score for a previous-frame base without noise (eps = 0): the law is degenerate")
+            num = dbt * (x - a * x0) - bt * (b - da * x0)
+        else:
+            v = v + a * a
+            c = c + a * da
+            num = dbt * x - bt * b
+        return num / (bt * c - dbt * v)
+
+    def retuned_drift(
+        self, b: Tensor, x: Tensor, t: Tensor, g: Coefficient | TimeFn, x0: Tensor | None = None,
+        *, t_floor: float | None = None,
+    ) -> Tensor:
+        """Drift for sampling with a new diffusion g(t) (docs/METHOD.md §3): b_g = b + (g^2 - sigma^2)/2 * s(b, x, t).
+
+        The marginals of dX = b_g dt + g dW equal those of dX = b dt + sigma dW (Fokker-Planck). The score is
+        evaluated at max(t, t_floor) (default ``t_min``) to keep its denominator (proportional to t for the
+        previous base) away from 0 - the reference evaluates it at the second grid time when the grid starts at 0.
+        For the previous base with g < sigma the correction is about (1 - g^2/sigma^2) (x - mean) / (2t): stiff
+        near 0 (for g > sigma too, with the sign reversed), so use a grid that is fine near t_min (the sampler
+        refuses one that is not, ``pipeline.core.sampling.check_first_step``) and :meth:`sample_start`; g/sigma -> 1
+        at t = 0, like eps (1 - t)^4, is benign on the reference grid.
+        """
+        tb = _bcast(t, x)
+        floor = self.t_min if t_floor is None else t_floor
+        ts = torch.as_tensor(t, dtype=x.dtype, device=x.device).clamp_min(floor)
+        score = self.score(b, x, ts, x0)
+        gt, st = g(tb), self.sigma(tb)
+        return b + 0.5 * (gt * gt - st * st) * score
+
+    def sampling_drift(
+        self, drift_fn: DriftFn, x0: Tensor | None = None, g: Coefficient | TimeFn | None = None,
+        *, t_floor: float | None = None,
+    ) -> DriftFn:
+        """The drift f(x, t) a solver integrates, from the learned drift ``drift_fn(x, t)`` (the network).
+
+        ``g`` None (or sigma itself) keeps the trained pair (b, sigma); any other g(t) applies the re-tuning of
+        :meth:`retuned_drift` (``x0`` = x_ref is needed for the previous base). Returns ``drift_fn`` unchanged in
+        the first case, so the number of network evaluations is the same either way.
+        """
+        if g is None or g is self.sigma or g == self.sigma:
+            return drift_fn
+        if self.base == "previous" and x0 is None:
+            raise ValueError("re-tuning the previous-frame base needs x0 = x_ref")
+
+        def retuned(x: Tensor, t: Tensor) -> Tensor:
+            return self.retuned_drift(drift_fn(x, t), x, t, g, x0, t_floor=t_floor)
+
+        return retuned
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Presets and construction from the config
+# ----------------------------------------------------------------------------------------------------------
+
+PRESETS = INTERPOLANT_PRESETS  # {name: {base, beta, eps}}, defined beside the config
+
+_BETAS = {"t": TPower(1.0), "t2": TPower(2.0)}
+
+
+def make_interpolant(
+    base: Base, beta: Literal["t", "t2"], eps: float, t_min: float = 1e-4, t_max: float = 1 - 1e-4,
+    name: str = "custom",
+) -> StochasticInterpolant:
+    """alpha = 1 - t, beta = t or t^2, sigma = eps (1 - t), with the given base."""
+    if beta not in _BETAS:
+        raise ValueError(f"beta must be one of {sorted(_BETAS)}, got {beta!r}")
+    if not (eps >= 0 and math.isfinite(eps)):
+        raise ValueError(f"eps must be finite and >= 0, got {eps}")
+    return StochasticInterpolant(
+        alpha=OneMinusTPower(1.0), beta=_BETAS[beta], sigma=OneMinusTPower(1.0, float(eps)), base=base,
+        t_min=t_min, t_max=t_max, name=name,
+    )
+
+
+def linear(t_min: float = 1e-4, t_max: float = 1 - 1e-4) -> StochasticInterpolant:
+    """The ``linear`` preset: I_t = (1 - t) x0 + t x1, x0 ~ N(0, I); target x1 - x0; ODE."""
+    return make_interpolant(**PRESETS["linear"], t_min=t_min, t_max=t_max, name="linear")
+
+
+def ours(t_min: float = 1e-4, t_max: float = 1 - 1e-4) -> StochasticInterpolant:
+    """The ``ours`` preset: I_t = (1 - t) x_ref + t^2 x1 + 0.1 (1 - t) sqrt(t) xi; SDE with sigma = 0.1 (1 - t)."""
+    return make_interpolant(**PRESETS["ours"], t_min=t_min, t_max=t_max, name="ours")
+
+
+def build_interpolant(cfg: "InterpolantConfig") -> StochasticInterpolant:
+    """The interpolant a validated :class:`pipeline.run.config.InterpolantConfig` describes."""
+    p = cfg.resolved()
+    return make_interpolant(p["base"], p["beta"], p["eps"], cfg.t_min, cfg.t_max, name=cfg.kind)

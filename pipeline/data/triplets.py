@@ -1,0 +1,125 @@
+"""Training-side reader: batches of (target, reference, context, gap, view) latent triplets from the cache.
+
+The distribution is exactly the reference's (docs/METHOD.md §1.4, §4.1, §8), without materialising clips:
+
+* video uniform over the split's videos that can hold a clip, with replacement;
+* clip start uniform on ``{0, …, n − S}`` (off-by-one fixed, see ``pipeline.data.clips``);
+* target clip index ``d ~ UniformInt{2, …, T − 1}``, reference ``r = d − 1``, context ``c = ⌊u·(d − 1)⌋`` with
+  ``u ~ U[0, 1)`` (uniform on ``{0, …, r − 1}``), gap ``g = r − c ≥ 1``;
+* clip index ``i`` is raw frame ``start + (skip + 1)·i``; one cached view drawn uniformly per example among the
+  training views (every view but the identity when the store holds colour-jitter views, else every view;
+  ``pipeline.data.views.training_views``).
+
+Only the three needed frames are read. Batch ``s`` of rank ``k`` is a pure function of ``(seed, k, s)``, so a
+resumed run continues the exact same stream and DataLoader workers (fork or spawn) need no shared state.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from pipeline.data.cache import LatentSplit
+from pipeline.data.clips import clip_span, eligible_videos
+from pipeline.data.views import training_views
+
+
+@dataclass(frozen=True)
+class TripletIndices:
+    """Where each example of a batch comes from (all arrays of length B)."""
+
+    video: np.ndarray
+    start: np.ndarray
+    target: np.ndarray  # clip indices d, r, c
+    reference: np.ndarray
+    context: np.ndarray
+    view: np.ndarray
+
+    @property
+    def gap(self) -> np.ndarray:
+        return self.reference - self.context
+
+
+def draw_triplets(
+    rng: np.random.Generator, lengths: np.ndarray, eligible: np.ndarray, frames_per_sample: int, skip_frames: int,
+    n_views: int | np.ndarray, batch_size: int,
+) -> TripletIndices:
+    """Sample B triplets' indices with the reference distribution (see the module docstring).
+
+    ``n_views``: the number of views (drawn uniformly from all), or the array of view indices to draw from.
+    """
+    span = clip_span(frames_per_sample, skip_frames)
+    video = eligible[rng.integers(0, len(eligible), size=batch_size)]
+    start = rng.integers(0, lengths[video] - span + 1)
+    target = rng.integers(2, frames_per_sample, size=batch_size)
+    reference = target - 1
+    context = np.floor(rng.random(batch_size) * (target - 1)).astype(np.int64)
+    views = np.arange(n_views) if np.ndim(n_views) == 0 else np.asarray(n_views, dtype=np.int64)
+    view = views[rng.integers(0, len(views), size=batch_size)]  # = rng.integers(0, n) for all n views
+    return TripletIndices(video, start, target, reference, context, view)
+
+
+def auto_in_memory(split: LatentSplit, mode: str, memory_fraction: float) -> bool:
+    """Whether to hold the split in RAM: ``yes``/``no``, or ``auto`` when it fits in a fraction of available RAM."""
+    if mode != "auto":
+        return mode == "yes"
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return split.nbytes <= memory_fraction * available
+
+
+class TripletReader:
+    """Draws triplet batches from one split of the latent store."""
+
+    def __init__(self, split: LatentSplit, frames_per_sample: int, skip_frames: int):
+        self.split = split
+        self.frames_per_sample = frames_per_sample
+        self.skip_frames = skip_frames
+        self.stride = skip_frames + 1
+        self.eligible = eligible_videos(split.lengths, clip_span(frames_per_sample, skip_frames), what=f"{split.url}:{split.split}")
+        self.views = np.asarray(training_views(split.attrs.get("views"), split.n_views), dtype=np.int64)
+
+    def indices(self, rng: np.random.Generator, batch_size: int) -> TripletIndices:
+        return draw_triplets(rng, self.split.lengths, self.eligible, self.frames_per_sample, self.skip_frames, self.views, batch_size)
+
+    def read(self, idx: TripletIndices) -> dict[str, torch.Tensor]:
+        """Latents for the indices: target/reference/context ``float32 [B, C, h, w]``, gap ``[B]``, view ``[B]``."""
+        base = self.split.offsets[idx.video] + idx.start
+        frames = np.concatenate([base + self.stride * idx.target, base + self.stride * idx.reference, base + self.stride * idx.context])
+        latents = torch.from_numpy(self.split.read_frames(np.tile(idx.view, 3), frames)).float()
+        target, reference, context = latents.chunk(3)
+        return {
+            "target": target, "reference": reference, "context": context,
+            "gap": torch.from_numpy(idx.gap.astype(np.float32)), "view": torch.from_numpy(idx.view),
+        }
+
+    def batch(self, rng: np.random.Generator, batch_size: int) -> dict[str, torch.Tensor]:
+        return self.read(self.indices(rng, batch_size))
+
+
+class TripletStream(IterableDataset):
+    """Batches for steps ``start_step, start_step + 1, …`` (forever, or ``num_steps``), one per step.
+
+    Use with ``DataLoader(stream, batch_size=None, num_workers=W)``: worker ``w`` produces the steps ``s`` with
+    ``s % W == w``, which is the order the DataLoader returns them in, so the stream is the same for any W.
+    """
+
+    def __init__(self, reader: TripletReader, batch_size: int, seed: int, rank: int, start_step: int = 0, num_steps: int | None = None):
+        self.reader, self.batch_size, self.seed, self.rank = reader, batch_size, seed, rank
+        self.start_step, self.num_steps = start_step, num_steps
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        step = self.start_step + worker
+        end = None if self.num_steps is None else self.start_step + self.num_steps
+        while end is None or step < end:
+            rng = np.random.default_rng([self.seed, self.rank, step])
+            batch = self.reader.batch(rng, self.batch_size)
+            batch["step"] = torch.tensor(step)
+            yield batch
+            step += workers

@@ -1,0 +1,147 @@
+"""What every command line shares: its options, how it resolves the config and the run, and how it fails.
+
+``--config`` and repeatable ``--set section.key=value``, ``--smoke``, ``--out``, ``--data-root`` (taken as a
+plain path, never parsed as YAML), ``--run-name`` and ``--interp`` for the stages of a run, and ``--dry-run``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+import yaml
+
+from pipeline.run.config import INTERPOLANT_PRESETS, Config, ConfigError, absolute_paths, load_config
+from pipeline.run.layout import Layout, RunNameError
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file (configs/<dataset>.yaml).")]
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override one config value, e.g. --set train.steps=100 (repeatable; value parsed as YAML)."),
+]
+SmokeOption = Annotated[bool, typer.Option("--smoke", help="Apply the config's smoke settings (seconds, not minutes); outputs and data go to <name>-smoke directories.")]
+InterpOption = Annotated[Optional[str], typer.Option(help="Interpolant: ours | linear | custom (sets interpolant.kind; default: the run's, else the config's).")]
+# Not "--run": under torchrun, argparse would take it for an abbreviation of torchrun's own --run-path.
+RunOption = Annotated[Optional[str], typer.Option("--run-name", help="Run name: its outputs live in <out>/<data.name>/runs/<run>/ (default: the interpolant). A run reapplies the --set overrides it was trained with.")]
+OutOption = Annotated[str, typer.Option(help="Outputs root (local path or fsspec URL): a dataset's outputs live in <out>/<data.name>/.")]
+DataRootOption = Annotated[Optional[str], typer.Option(help="Shard root holding <split>/shard_NNNN.hdf5 (sets data.root, taken as a plain path).")]
+StoreOption = Annotated[Optional[str], typer.Option(help="Latent store path/URL (default <out>/<data.name>/latents.zarr).")]
+DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and what this stage would do (up to date / resume / build / refuse, and why); change nothing.")]
+
+
+@dataclass
+class StageSetup:
+    """A command line's resolved config, where its outputs go and (for stages of a run) which run."""
+
+    cfg: Config
+    layout: Layout
+    run: str | None  # None for the stages before training (data, encode)
+    overrides: list[str]  # the run's recorded --set overrides, then this call's: what a fresh run records
+
+    @property
+    def run_dir(self) -> Path:
+        return self.layout.run_dir(self.run)
+
+
+def setup_stage(config: Path, overrides: list[str] | None, smoke: bool, out: str, data_root: str | None = None,
+                interp: str | None = None, run: str | None = None, with_run: bool = False) -> StageSetup:
+    """Load the config for a command line, exiting cleanly (status 2) on a config or run-name error.
+
+    With ``with_run``, the run is ``run`` (default: the interpolant) and its recorded overrides apply before this
+    call's, so a named run keeps its training settings in every later stage. A stage with work to do then sets
+    torch's thread count (:func:`stage_threads`).
+    """
+    location = [f"data.root={data_root}"] if data_root else []
+    try:
+        # Paths made absolute here, so a run's recorded overrides mean the same from any directory.
+        mine = [absolute_paths(item) for item in [*(overrides or []), *([f"interpolant.kind={interp}"] if interp else [])]]
+        cfg = load_config(config, [*mine, *location], smoke=smoke)
+        layout = Layout(out, cfg.data.name)
+        if not with_run:
+            return StageSetup(cfg, layout, None, mine)
+        name = run or interp or cfg.interpolant.kind
+        if interp is None and name in INTERPOLANT_PRESETS:  # a run named 'linear' is a linear run
+            mine.append(f"interpolant.kind={name}")
+        merged = merge_overrides(layout.recorded_overrides(name), mine)
+        cfg = load_config(config, [*merged, *location], smoke=smoke)
+        return StageSetup(cfg, layout, name, merged)
+    except (ConfigError, RunNameError) as exc:
+        typer.secho(f"config error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+def stage_threads(stage: str) -> None:
+    """Torch threads of a stage's process (``pipeline/run/threads.py``: OMP_NUM_THREADS, else the usable CPUs idle at
+    start, shared by the processes of this node), logged in one line by rank 0 (it starts with ``threads:``)."""
+    from pipeline.run.threads import configure_threads, processes_on_node
+
+    main = os.environ.get("RANK", "0") == "0"
+    configure_threads(None, processes_on_node(), log=(lambda line: print(line, flush=True)) if main else None, what=stage)
+
+
+def exit_if_up_to_date(check: Callable[[], str | None], dry_run: bool) -> None:
+    """A one-process launch whose stage has nothing to do prints the stage's "up to date" line and exits (status 0)
+    before anything loads torch, whose import is most of such a launch's time (``make eval`` checks every stage
+    before it). ``check`` is the stage's torch-free decision (the one the stage makes itself; an up-to-date output
+    is up to date with or without --force, which only replaces outputs made from other inputs). Under torchrun and
+    in a dry run the stage decides as usual."""
+    if dry_run or os.environ.get("WORLD_SIZE", "1") != "1":
+        return
+    message = check()
+    if message:
+        typer.echo(message)
+        raise typer.Exit(0)
+
+
+def merge_overrides(first: list[str], then: list[str]) -> list[str]:
+    """``first`` then ``then``, one entry per key: a later value of a key replaces the earlier one."""
+    merged: dict[str, str] = {}
+    for item in [*first, *then]:
+        key = item.split("=", 1)[0].strip()
+        merged.pop(key, None)
+        merged[key] = item
+    return list(merged.values())
+
+
+def show_dry_run(stage: str, cfg: Config) -> None:
+    """The resolved config of a dry run, as YAML (the verdict follows from the stage itself)."""
+    typer.echo(f"{stage}: dry run: resolved config:")
+    typer.echo("  " + yaml.safe_dump(cfg.to_dict(), sort_keys=False).replace("\n", "\n  ").rstrip())
+
+
+def load_cli_config(config: Path, overrides: list[str] | None, smoke: bool, data_root: str | None = None) -> Config:
+    """The config alone, for command lines that write no stage output (the data stage, the VQVAE trainer)."""
+    return setup_stage(config, overrides, smoke, out="outputs", data_root=data_root).cfg
+
+
+def run_stage(stage: str, work: Callable[[], Any], errors: tuple[type[BaseException], ...], dry_run: bool = False) -> None:
+    """Run a stage; an expected error becomes one clean line and exit status 1.
+
+    In a dry run, an error (typically a missing input that an earlier stage of the chain would make) is reported
+    as what the stage waits for, with exit status 0, so a chained dry run goes on to the later stages.
+    """
+    try:
+        work()
+    except errors as exc:
+        if not dry_run:
+            fail(str(exc))
+        typer.echo(f"{stage}: dry run: cannot decide until its inputs exist: {exc}")
+
+
+def expected_errors(*specific: type[BaseException]) -> tuple[type[BaseException], ...]:
+    """The errors every stage reports as one clean line (missing or unreadable files, locks, stored data that
+    fails its checks, unreadable checkpoints), plus the stage's own."""
+    from pipeline.data.cache import DataIntegrityError
+    from pipeline.run.locks import LockedError
+    from pipeline.run.safe_load import CheckpointReadError
+
+    return (OSError, LockedError, DataIntegrityError, CheckpointReadError, *specific)
+
+
+def fail(message: str) -> None:
+    """Print ``message`` as an error and exit with status 1 (no traceback for expected user errors)."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)

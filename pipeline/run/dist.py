@@ -1,0 +1,101 @@
+"""torchrun helpers: one place that knows about ranks, devices, backends and barriers.
+
+Launched by torchrun (``WORLD_SIZE`` set) the process joins a group — nccl on GPUs, gloo on CPU; run plainly it is
+a world of one, and every helper degrades to a no-op, so stage code reads the same in both cases.
+
+A process started by torchrun dies with it (:func:`die_with_launcher`): torchrun's agent, killed with SIGKILL,
+cannot stop its workers, which would otherwise go on writing checkpoints beside the next run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from pipeline.run.supervise import parent_death_signal
+
+LAUNCHER_PID = os.getppid()  # the parent as first seen: torchrun's agent for its workers
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(prefer_cuda: bool = True) -> DistInfo:
+    """Join the torchrun process group if launched by torchrun; pick this process's device."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun's agent, which is therefore the parent
+        die_with_launcher()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = prefer_cuda and torch.cuda.is_available()
+    device = torch.device("cuda", local_rank % torch.cuda.device_count()) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=device)
+
+
+def die_with_launcher() -> None:
+    """Have the kernel SIGKILL this process when its parent (the launcher) dies; exit now if it already has.
+
+    A kernel parent-death signal (Linux ``prctl(PR_SET_PDEATHSIG)``) acts at once, whatever the process is doing:
+    blocked in a collective, in C code holding the GIL, or sleeping. A polling watchdog thread would need the GIL
+    and a polling period. The signal is only armed from here on, so a parent that died earlier is caught by
+    comparing the parent pid with the one seen when this module was imported: an orphan has been re-parented.
+    (A launcher that dies before that import, in the worker's first seconds, is not seen by the comparison; such a
+    worker cannot join the process group, whose store the launcher held.) Elsewhere than on Linux this does nothing.
+    """
+    parent_death_signal(signal.SIGKILL)
+    if os.getppid() != LAUNCHER_PID:
+        raise SystemExit(f"rank {os.environ.get('RANK', '?')}: its launcher (pid {LAUNCHER_PID}) has exited; stopping")
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` from rank ``src`` on every rank (identity in a world of one)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_ok(ok: bool) -> bool:
+    """True on every rank iff ``ok`` on every rank (so a failure on one rank stops all of them together)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return ok
+    flag = torch.tensor([0 if ok else 1], dtype=torch.int64, device=collective_device())
+    dist.all_reduce(flag)
+    return int(flag.item()) == 0
+
+
+def collective_device() -> torch.device:
+    """Where a collective's tensors must live: this process's GPU under nccl (which has no CPU collectives), else
+    the CPU (gloo)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,97 @@
+"""Where every output lives: one directory per dataset, one shared latent cache, one directory per named run.
+
+    <out>/<dataset>/latents.zarr            stage 1: shared by every run of the dataset
+    <out>/<dataset>/runs/<run>/             stages 2-4 of one run: run.json, checkpoints/, metrics.jsonl, media/,
+                                            forecasts.zarr, eval/
+    <out>/<dataset>/report.md               every evaluated run side by side
+
+``<dataset>`` is ``data.name`` (``<name>-smoke`` under ``--smoke``: the config loader renames it, so smoke
+outputs never touch a real run). A run's name defaults to its interpolant (``ours``, ``linear``); any number of
+named runs (``RUN=lr5e-4``) of either interpolant sit side by side.
+
+A run remembers the ``--set`` overrides it was trained with (``run.json``: ``args``), and every later stage of
+that run applies them before its own command line's: ``make train RUN=a ARGS='--set train.lr=5e-4'`` once,
+then ``make eval RUN=a`` forecasts and evaluates run ``a`` as trained, without repeating the overrides.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.run.config import IDENTIFIER, ConfigError, load_config
+
+RUNS = "runs"
+RUN_RECORD = "run.json"
+
+
+class RunNameError(ValueError):
+    """A run name that is not a plain directory name."""
+
+
+def check_run_name(name: str) -> str:
+    """``name`` if it is a plain identifier (letters, digits, '_', '-', not starting with '-'): never a path."""
+    if not IDENTIFIER.fullmatch(name or ""):
+        raise RunNameError(f"run name {name!r} must be a plain identifier (letters, digits, '_', '-'), not a path")
+    return name
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The output paths of one dataset under an outputs root (a local path or an fsspec URL for the stores)."""
+
+    out: str
+    dataset: str
+
+    @property
+    def dataset_dir(self) -> Path:
+        return Path(self.out) / self.dataset
+
+    @property
+    def store_url(self) -> str:
+        """The latent cache, ``<out>/<dataset>/latents.zarr``."""
+        return f"{str(self.out).rstrip('/')}/{self.dataset}/latents.zarr"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.dataset_dir / RUNS
+
+    def run_dir(self, run: str) -> Path:
+        return self.runs_dir / check_run_name(run)
+
+    def trained_runs(self) -> list[str]:
+        """Names of the runs that hold a training record, in name order."""
+        if not self.runs_dir.is_dir():
+            return []
+        return sorted(p.parent.name for p in self.runs_dir.glob(f"*/{RUN_RECORD}"))
+
+    def recorded_overrides(self, run: str) -> list[str]:
+        """The ``--set`` overrides run ``run`` was trained with ([] for a new run)."""
+        path = self.run_dir(run) / RUN_RECORD
+        if not path.is_file():
+            return []
+        try:
+            record: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RunNameError(f"{path}: unreadable run record ({exc}); repair or delete it") from None
+        return list((record.get("args") or {}).get("set") or [])
+
+
+def run_names(config: str, out: str, smoke: bool) -> list[str]:
+    """The runs ``make`` works on when none is named: every trained run of the dataset, else the config's interpolant."""
+    cfg = load_config(config, smoke=smoke)
+    return Layout(out, cfg.data.name).trained_runs() or [cfg.interpolant.kind]
+
+
+if __name__ == "__main__":  # python -m pipeline.run.layout CONFIG OUT [--smoke]: the Makefile's default run list
+    import sys
+
+    args = [a for a in sys.argv[1:] if a != "--smoke"]
+    if len(args) != 2:
+        sys.exit("usage: python -m pipeline.run.layout CONFIG OUT [--smoke]  (prints the run names make works on)")
+    try:
+        print(" ".join(run_names(args[0], args[1], "--smoke" in sys.argv[1:])))
+    except ConfigError as exc:
+        sys.exit(f"config error: {exc}")

@@ -1,0 +1,222 @@
+"""What made an output: checksums, fingerprints, manifests and atomic writes.
+
+Every stage output carries a manifest (or Zarr attributes) with the fingerprint of everything it depends on.
+A stage recomputes the fingerprint it *would* produce and compares: equal means "up to date", different means
+the named inputs changed. Files are written to a temporary name and renamed, so a crash never leaves a file
+that looks complete.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class KnownHashes(dict):
+    """A hash cache that never hashes: :func:`cached_sha256` answers from the entries it holds and gives None for a
+    file it would have to read. The stages' torch-free "up to date?" checks use it: a file that needs hashing is
+    not known to be unchanged, so the check leaves the decision (and the hashing, once) to the stage."""
+
+
+def cached_sha256(path: str | Path, cache: dict[str, Any]) -> str | None:
+    """sha256 of ``path``, reusing ``cache[path]`` while the file's size and mtime are unchanged (updates ``cache``).
+
+    Rehashing gigabytes of shards on every "is it up to date?" check would make reruns slow; a file whose size
+    and modification time are unchanged is taken to have unchanged content. None only for a :class:`KnownHashes`
+    cache without a current entry.
+    """
+    stat = Path(path).stat()
+    key = str(Path(path).resolve())
+    entry = cache.get(key)
+    if entry and entry[0] == stat.st_size and entry[1] == stat.st_mtime_ns:
+        return entry[2]
+    if isinstance(cache, KnownHashes):
+        return None
+    digest = sha256_file(path)
+    cache[key] = [stat.st_size, stat.st_mtime_ns, digest]
+    return digest
+
+
+def fingerprint(parts: dict[str, Any]) -> str:
+    """Stable short hash of a JSON-serialisable description of a stage's inputs."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the entries that differ between two nested input descriptions (for messages)."""
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        name = f"{prefix}{key}"
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys.extend(changed_keys(a, b, prefix=f"{name}."))
+        elif a != b:
+            keys.append(name)
+    return keys
+
+
+def code_version() -> str:
+    """The git commit of the code (with '+dirty' when modified), or 'unknown' outside a checkout."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "pipeline"], cwd=root, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+class WriteError(OSError):
+    """An output file could not be written (disk full, read-only file system, ...); the message names the file."""
+
+
+def write_error(path: str | Path, exc: BaseException) -> WriteError:
+    """A WriteError naming ``path`` and the cause; for a full disk (or a writer that hides the errno, as torch's
+    does) also the space left on its file system."""
+    reason = getattr(exc, "strerror", None) or f"{type(exc).__name__}: " + (str(exc).splitlines() or [""])[0]
+    full = not isinstance(exc, OSError) or exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return WriteError(f"cannot write {path}: {reason}" + (_free_space(Path(path)) if full else ""))
+
+
+def _free_space(path: Path) -> str:
+    """' (N MiB free on its file system)' for the nearest existing folder of ``path`` ('' if unknown)."""
+    for folder in (path, *path.parents):
+        try:
+            return f" ({shutil.disk_usage(folder).free / 2**20:.1f} MiB free on its file system)"
+        except OSError:
+            continue
+    return ""
+
+
+@contextmanager
+def atomic_path(final: str | Path, keep_suffix: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; on success fsync and rename it into place, on error delete it.
+
+    The temporary is ``<name>.tmp-<pid>`` (``.<stem>.tmp-<pid><suffix>`` with ``keep_suffix``, for writers that
+    choose the format by the suffix); an OSError becomes a WriteError naming ``final``.
+    """
+    final = Path(final)
+    name = f".{final.stem}.tmp-{os.getpid()}{final.suffix}" if keep_suffix else f"{final.name}.tmp-{os.getpid()}"
+    tmp = final.with_name(name)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except WriteError:
+        raise
+    except OSError as exc:
+        raise write_error(final, exc) from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str | Path) -> Any | None:
+    """The JSON in ``path``, or None when the file does not exist."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+
+
+TEMPORARY = re.compile(r"\.tmp-(\d+)(\.\w+)?$")  # the names atomic_path gives its temporaries
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the temporaries of interrupted atomic writes in ``directory`` whose writer is dead; return them.
+
+    A temporary names its writer's pid; one whose process still runs (on this host) is being written and is kept.
+    """
+    removed = []
+    for tmp in Path(directory).glob("*.tmp-*"):
+        match = TEMPORARY.search(tmp.name)
+        if match and tmp.is_file() and not process_alive(int(match.group(1))):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def clean_temporaries(stage: str, directories: list[Path], log: Callable[[str], None]) -> None:
+    """Remove the stale temporaries of ``directories`` (:func:`remove_stale_temporaries`), saying which."""
+    removed = [tmp for directory in directories for tmp in remove_stale_temporaries(directory)]
+    if removed:
+        log(f"{stage}: removed {len(removed)} temporary file(s) left by interrupted writes: "
+            + ", ".join(str(tmp) for tmp in removed))
+
+
+def process_alive(pid: int) -> bool:
+    """True when process ``pid`` exists on this host (a zombie counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def replace_directory(new: str | Path, final: str | Path) -> None:
+    """Put the complete directory ``new`` in place of ``final`` and delete the old one (old and new never mix).
+
+    ``final`` is renamed to ``<final>.old``, ``new`` to ``final``, then the old one is deleted. A crash between the
+    renames leaves no ``final`` but the complete ``new``: :func:`recover_replacement` finishes the job.
+    """
+    old = Path(f"{final}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if Path(final).exists():
+        os.rename(final, old)
+    os.rename(new, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def recover_replacement(new: str | Path, final: str | Path, new_complete: bool) -> bool:
+    """Finish a :func:`replace_directory` that a crash interrupted; True when ``new`` was put in place.
+
+    No ``final`` and a complete ``new``: the crash fell between the renames, so ``new`` goes in place. Otherwise a
+    ``<final>.old`` beside an existing ``final`` is the leftover of a finished replacement and is deleted.
+    """
+    if not Path(final).exists():
+        if new_complete:
+            replace_directory(new, final)
+        return new_complete
+    old = Path(f"{final}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    return False

@@ -1,0 +1,325 @@
+"""Stage 1: run the frozen VQVAE once over every shard and write the latent store (``latents.zarr``).
+
+Contract: reads ``<data.root>/<split>/*.hdf5`` and the VQVAE checkpoint; writes the store described in
+``pipeline/data/cache.py``. The store's fingerprint covers everything the latents depend on (VQVAE architecture and
+checkpoint checksum, shard checksums, pixel transform, views, storage layout, format version). A rerun with the
+same fingerprint is "up to date" (or resumes an unfinished store); a different fingerprint is refused, naming what
+changed, unless ``force`` rebuilds — old and new latents are never mixed. A rebuild validates every input first
+(shards, VQVAE weights) and is written beside the old store (``<store>.rebuild``), which stays usable until the
+new one is complete and takes its place. One process writes a store at a time (``pipeline/run/locks.py``).
+
+Torch loads only when there is work: :func:`up_to_date_message` (the same decision, torch-free) lets a launch
+whose store is up to date return in about a second instead of paying torch's import (``encode_latents.py``).
+
+Resumable: each video's latents are written before its ``done`` flag, so a killed run redoes only unflagged
+videos. Encoding is batched per video (frames [0:B], [B:2B], ...), so a video's latents do not depend on which
+other videos are encoded, by which rank, or in which run: a resumed or distributed store equals a one-shot one.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.data.cache import (FORMAT_VERSION, LatentSplit, create_split, delete_store, open_store, require_finite,
+                           store_attrs, write_array)
+from pipeline.run.config import Config, VQVAEConfig
+from pipeline.data.shards import ShardReader, split_dirs
+from pipeline.run.locks import LockedError, lock_file, output_lock
+from pipeline.run.records import (KnownHashes, cached_sha256, changed_keys, code_version, fingerprint, recover_replacement,
+                              replace_directory)
+from pipeline.data.views import View, apply_view, make_views
+
+if TYPE_CHECKING:
+    from pipeline.run.dist import DistInfo
+
+PIXEL_TRANSFORM = "uint8 HWC -> float32 CHW, x / 127.5 - 1, no resize (shards hold image_size frames)"
+REBUILD = ".rebuild"  # --force builds the replacement of a stale store at <store>.rebuild, swapped in when complete
+
+
+class EncodeError(RuntimeError):
+    """Stage 1 cannot proceed (bad input, missing checkpoint, ...); the message says why."""
+
+
+class StaleCacheError(EncodeError):
+    """The existing store was built from different inputs; the message names them."""
+
+
+def encoded_splits(cfg: Config) -> list[str]:
+    """The splits of ``data.splits`` that the data settings produce (a KTH config without validation persons
+    lists 'val' but has none), in ``data.splits`` order; each must exist in the shard root."""
+    produced, _ = cfg.produced_splits()
+    return [s for s in cfg.data.splits if s in produced]
+
+
+def vqvae_identity(cfg: VQVAEConfig, ckpt_sha256: str) -> dict[str, Any]:
+    """What of the VQVAE determines the latents: architecture, sizes (taming) and the checkpoint's content."""
+    identity: dict[str, Any] = {"arch": cfg.arch, "ckpt_sha256": ckpt_sha256}
+    if cfg.arch == "taming":
+        sizes = asdict(cfg)
+        for key in ("arch", "ckpt", "batch_size", "dropout"):
+            sizes.pop(key)
+        identity.update(sizes)
+    return identity
+
+
+def cache_inputs(cfg: Config, readers: dict[str, ShardReader], views: list[View], hashes: dict[str, Any]) -> dict[str, Any]:
+    """Everything the latents depend on, with file checksums (``hashes`` caches them by size and mtime)."""
+    if not cfg.vqvae.ckpt or not Path(cfg.vqvae.ckpt).is_file():
+        raise FileNotFoundError(f"VQVAE checkpoint not found: '{cfg.vqvae.ckpt}' (set vqvae.ckpt or VQVAE_CKPT=...)")
+    shards = {}
+    for split, reader in readers.items():
+        for shard in sorted({v.shard for v in reader.videos}):
+            shards[f"{split}/{shard.name}"] = cached_sha256(shard, hashes)
+    return {
+        "format": FORMAT_VERSION,
+        "vqvae": vqvae_identity(cfg.vqvae, cached_sha256(cfg.vqvae.ckpt, hashes)),
+        "shards": shards,
+        "transform": {"image_size": cfg.data.image_size, "pixels": PIXEL_TRANSFORM},
+        "views": {"seed": cfg.seed, "list": [v.describe() for v in views]},
+        "storage": {"dtype": cfg.encode.dtype, "chunk_frames": cfg.encode.chunk_frames, "clevel": cfg.encode.compression_level},
+    }
+
+
+def encode_latents(cfg: Config, url: str, force: bool = False, dry_run: bool = False,
+                   log: Callable[[str], None] = print) -> str:
+    """Bring the store at ``url`` up to date with ``cfg``; returns 'up to date', 'encoded' or 'dry run'.
+
+    Under torchrun every rank calls this; rank 0 decides, locks and creates, all ranks encode disjoint videos.
+    ``dry_run`` logs what would be done (up to date / resume / build / refuse) and changes nothing.
+    """
+    from pipeline.run.dist import barrier, broadcast_object, init_distributed  # torch: only past the torch-free check
+
+    info = init_distributed()
+    readers, views = _readers(cfg), make_views(cfg.encode)
+    with ExitStack() as held:  # rank 0 holds the store's lock until every rank has finished
+        decision = _settle(cfg, url, readers, views, force, dry_run, held, log) if info.is_main else None
+        action, target, message = broadcast_object(decision)
+        if action in ("stale", "error", "locked"):
+            raise {"stale": StaleCacheError, "error": EncodeError, "locked": LockedError}[action](message)
+        if action in ("up to date", "dry run"):
+            return action
+        barrier()
+        _encode_my_videos(cfg, target, readers, views, info, log)
+        barrier()
+        if info.is_main:
+            _finish(cfg, target, log)
+            if target != url:
+                replace_directory(target, url)
+                log(f"encode: {url} replaced by its rebuild")
+        barrier()
+    return "encoded"
+
+
+def up_to_date_message(cfg: Config, url: str) -> str | None:
+    """The stage's "up to date" line when the store at ``url`` is complete and made from ``cfg``'s inputs, else None
+    (work, a refusal or an error: :func:`encode_latents` decides and reports those). The same decision, without
+    torch and without hashing (a file that changed size or mtime is left to the stage): a launch with nothing to do
+    need not import torch."""
+    try:
+        if not store_attrs(url).get("complete"):
+            return None
+        verdict = _decide(cfg, url, _readers(cfg), make_views(cfg.encode), False, KnownHashes())
+    except Exception:  # whatever it is, encode_latents meets it again and says it properly
+        return None
+    return verdict.message if verdict.action == "up to date" else None
+
+
+def _readers(cfg: Config) -> dict[str, ShardReader]:
+    """A shard reader per encoded split. The index alone (no per-frame validation) decides "up to date": unchanged
+    shard checksums mean the shards are the ones validated when the store was built; validation runs only before
+    encoding."""
+    return {s: ShardReader(d, image_size=cfg.data.image_size, validate=False)
+            for s, d in split_dirs(cfg.data.root, encoded_splits(cfg)).items()}
+
+
+@dataclass
+class _Verdict:
+    """Rank 0's decision: the action, the store it writes (``url``, or a rebuild beside it) and what to say."""
+
+    action: str  # up to date | resume | create | stale
+    target: str
+    message: str  # the line to log, or for 'stale' the refusal
+    inputs: dict[str, Any]
+    key: str
+    changed: str = ""  # the inputs that differ from the store's, for messages
+
+
+def _settle(cfg, url, readers, views, force, dry_run, held: ExitStack, log) -> tuple[str, str, str]:
+    """Rank 0: (action, store to write, message) for every rank; for work, lock, decide again, validate, create.
+
+    The first decision takes no lock, so concurrent checks of an up-to-date store (parallel runs of one dataset)
+    never collide. Work takes the store's lock and decides again under it (another process may have finished
+    or changed the store meanwhile), then validates every input before anything is created or replaced.
+    """
+    try:
+        hashes: dict[str, Any] = {}
+        verdict = _decide(cfg, url, readers, views, force, hashes)
+        if dry_run:
+            return _would(verdict, url, readers, views, log)
+        if verdict.action in ("create", "resume"):
+            _lock(url, held, log)
+            verdict = _decide(cfg, url, readers, views, force, hashes)
+        if verdict.action == "stale":
+            return "stale", url, verdict.message
+        if verdict.message:
+            log(verdict.message)
+        if verdict.action == "create":
+            _create(cfg, verdict, readers, views, hashes)
+            log(f"encode: created {verdict.target} (fingerprint {verdict.key}, {len(views)} view(s))")
+        return verdict.action, verdict.target, ""
+    except LockedError as exc:
+        return "locked", url, str(exc)
+    except Exception as exc:  # reported to every rank, so none waits forever at the broadcast
+        return "error", url, f"{type(exc).__name__}: {exc}"
+
+
+def _decide(cfg, url, readers, views, force, hashes: dict[str, Any]) -> _Verdict:
+    """Rank 0, changing nothing: compare the store's fingerprint with the one ``cfg`` gives (fills ``hashes``)."""
+    old = store_attrs(url)
+    hashes.update(old.get("file_hashes", {}))
+    inputs = cache_inputs(cfg, readers, views, hashes)
+    key = fingerprint(inputs)
+    verdict = partial(_Verdict, inputs=inputs, key=key)
+    if old.get("fingerprint") == key:
+        if old.get("complete"):
+            return verdict("up to date", url, f"encode: {url} is up to date (fingerprint {key})")
+        return verdict("resume", url, f"encode: resuming {url}")
+    if "fingerprint" not in old:  # no store, or the remains of a creation killed before it recorded its inputs
+        return verdict("create", url, "")
+    changed = changed_keys(old.get("inputs", {}), inputs)
+    detail = ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
+    detail += f" (VQVAE checkpoint {cfg.vqvae.ckpt})" if any(c.startswith("vqvae.") for c in changed) else ""
+    verdict = partial(verdict, changed=detail)
+    if not force:
+        return verdict("stale", url, f"{url} was built from different inputs; changed: {detail}. Refusing to mix "
+                                     "old and new latents: rerun with --force (make encode FORCE=1) to rebuild.")
+    if "://" in url:  # an object store cannot rename: replaced in place, once every input has been validated
+        return verdict("create", url, f"encode: --force: replacing {url}; changed: {detail}")
+    beside = url + REBUILD
+    if store_attrs(beside).get("fingerprint") == key:
+        return verdict("resume", beside, f"encode: --force: resuming the rebuild of {url} in {beside}")
+    return verdict("create", beside, f"encode: --force: rebuilding {url} in {beside}, which replaces it when "
+                                     f"complete; changed: {detail}")
+
+
+def _lock(url: str, held: ExitStack, log) -> None:
+    """Rank 0: take the store's lock for the rest of the stage; finish a replacement a crash interrupted.
+
+    A local store only: an object store (fsspec URL) has no file to lock.
+    """
+    if "://" in url:
+        return
+    held.enter_context(output_lock(lock_file(url), url, "encode", log))
+    if recover_replacement(url + REBUILD, url, bool(store_attrs(url + REBUILD).get("complete"))):
+        log(f"encode: put the finished rebuild {url + REBUILD} in place of {url} (a run stopped while swapping them)")
+
+
+def _would(verdict: _Verdict, url, readers, views, log) -> tuple[str, str, str]:
+    """A dry run's verdict: logged, nothing done."""
+    if verdict.action == "up to date":
+        log(verdict.message)
+        return "up to date", url, ""
+    videos = sum(len(r.videos) for r in readers.values())
+    what = {"resume": f"resume {verdict.target}",
+            "stale": f"refuse: {url} was built from different inputs; changed: {verdict.changed} (FORCE=1 rebuilds)",
+            "create": f"build {verdict.target} ({videos} videos, {len(views)} view(s))"
+                      + (f" and then replace {url} with it" if verdict.target != url else "")}[verdict.action]
+    log(f"encode: dry run: would {what}")
+    return "dry run", url, ""
+
+
+def _create(cfg: Config, verdict: _Verdict, readers, views, hashes) -> None:
+    """Validate every input (shards, and the VQVAE loaded with its weights), then create the store.
+
+    Nothing is written before the inputs check out, so a bad checkpoint leaves no store behind to refuse the next
+    run. Whatever sits at the target (a creation killed early, an outdated rebuild) is replaced.
+    """
+    import zarr  # local: only rank 0 creates
+
+    from pipeline.vqvae import build_vqvae
+
+    for reader in readers.values():
+        reader.validate()
+    probe = build_vqvae(cfg.vqvae, cfg.data.image_size).latent_shape()  # the encoder loads it again, on every rank
+    if open_store(verdict.target) is not None:
+        delete_store(verdict.target)
+    root = zarr.open_group(verdict.target, mode="w")
+    for split, reader in readers.items():
+        videos = [{"shard": v.shard.name, "key": v.key, "source": v.source, "length": v.length} for v in reader.videos]
+        create_split(root, split, videos, len(views), probe, cfg.encode.dtype, cfg.encode.chunk_frames, cfg.encode.compression_level)
+    root.attrs.update({
+        "fingerprint": verdict.key, "inputs": verdict.inputs, "file_hashes": hashes, "complete": False,
+        "views": [v.name for v in views], "latent_shape": list(probe), "dtype": cfg.encode.dtype,
+        "chunk_frames": cfg.encode.chunk_frames, "vqvae_ckpt": str(cfg.vqvae.ckpt),
+        "config": cfg.to_dict(), "code_version": code_version(),
+    })
+
+
+def _encode_my_videos(cfg: Config, url: str, readers, views, info: DistInfo, log) -> None:
+    """Encode this rank's share (every world_size-th unfinished video) of every split."""
+    from pipeline.data.clips import to_model_range
+    from pipeline.vqvae import build_vqvae
+
+    root = open_store(url, mode="r+")
+    todo = {}
+    for split in readers:
+        done = root[split]["done"][:]
+        todo[split] = np.flatnonzero(~done)[info.rank :: info.world_size]
+    frames_todo = len(views) * sum(int(readers[s].lengths[todo[s]].sum()) for s in todo)
+    if frames_todo == 0:
+        return
+    vq = build_vqvae(cfg.vqvae, cfg.data.image_size).to(info.device)
+    dtype = np.dtype(cfg.encode.dtype)
+    bar = tqdm(total=frames_todo, unit="frame", desc=f"encode (rank {info.rank}/{info.world_size})", disable=not info.is_main)
+    for split, videos in todo.items():
+        group, reader = root[split], readers[split]
+        offsets = group["offsets"][:]
+        for k in videos:
+            frames = reader.read_frames(int(k))
+            latents = np.stack([
+                vq.encode(to_model_range(apply_view(frames, view, cfg.seed, split, int(k), i)).to(info.device)).cpu().numpy()
+                for i, view in enumerate(views)
+            ]).astype(dtype)
+            require_finite(latents, f"{url}: the VQVAE's latents of {split} video {k} ({reader.videos[k].source})",
+                           f"not written, the video stays unflagged (check vqvae.ckpt={cfg.vqvae.ckpt} and encode.dtype)")
+            start = int(offsets[k])
+            write_array(group["latents"], (slice(None), slice(start, start + len(frames))), latents)
+            group["done"][int(k)] = True  # last: a video counts as done only once its latents are written
+            bar.update(latents.shape[0] * latents.shape[1])
+    bar.close()
+
+
+def _finish(cfg: Config, url: str, log) -> None:
+    """Rank 0, after every rank finished: check completeness, record latent statistics, mark complete."""
+    root = open_store(url, mode="r+")
+    stats = {}
+    for split in root.group_keys():
+        missing = int((~root[split]["done"][:]).sum())
+        if missing:
+            raise RuntimeError(f"{url}: {missing} videos of '{split}' are not encoded after all ranks finished")
+        stats[split] = channel_stats(LatentSplit(url, split), cfg.encode.stats_max_frames)
+    root.attrs.update({"stats": stats, "complete": True})
+    log(f"encode: {url} complete")
+
+
+def channel_stats(split: LatentSplit, max_frames: int) -> dict[str, list[float]]:
+    """Per-channel mean and std of the identity view over at most ``max_frames`` frames (recorded, not applied)."""
+    every = max(1, -(-int(split.lengths.sum()) // max_frames))
+    sums = np.zeros(split.latent_shape[0])
+    squares = np.zeros(split.latent_shape[0])
+    count = 0
+    for k in range(len(split)):
+        frames = split.video(k)[::every].astype(np.float64)
+        sums += frames.sum(axis=(0, 2, 3))
+        squares += (frames**2).sum(axis=(0, 2, 3))
+        count += frames.shape[0] * frames.shape[2] * frames.shape[3]
+    mean = sums / max(count, 1)
+    std = np.sqrt(np.maximum(squares / max(count, 1) - mean**2, 0.0))
+    return {"mean": mean.tolist(), "std": std.tolist(), "frames_used": int(count // (split.latent_shape[1] * split.latent_shape[2]))}

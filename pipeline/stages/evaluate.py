@@ -1,0 +1,461 @@
+"""Stage 4: evaluate a forecasts store -> ``<run>/eval/metrics.json``, curves, and ``<out>/<data>/report.md``.
+
+Contract: reads ``<out>/<data.name>/runs/<run>/forecasts.zarr`` (written by the forecast stage, zarr v3):
+
+    attrs          fingerprint, config, ckpt, ckpt_kind, ckpt_step, use_ema, split, cond_frames, gen_frames,
+                   n_samples, image_size, nfe_per_frame, complete, code_version, videos, ...
+    real           uint8   [N, T, H, W, 3]     ground-truth clips
+    recon          uint8   [N, T, H, W, 3]     decode(encode(real)): the VQ ceiling
+    samples        uint8   [N, S, T, H, W, 3]  decoded forecasts (decoded conditioning + generated frames)
+    latents        float32 [N, S, T, C, h, w]  latent rollouts
+    truth_latents  float32 [N, T, C, h, w]     cached latents of the real clip
+    done           bool    [N]
+
+Three sets are scored against the truth: the model's ensemble of ``samples`` (S members per video), the VQ
+reconstruction (the ceiling) and copy-last (the last real conditioning frame repeated), the last two as one-member
+ensembles. On the predicted frames: PSNR and SSIM (:mod:`pipeline.eval.metrics`), and the proper scores of the ensemble
+(:mod:`pipeline.eval.scores`): fair CRPS per pixel, energy score per frame in pixel and latent space, spread-skill ratio,
+sample diversity. On full clips: FVD (:mod:`pipeline.eval.fvd`). Every headline number has a percentile bootstrap interval
+over videos; the resampled videos are the same for every set and metric (and for every run with the same seed on the
+same videos), so the report can pair them.
+
+Up to date: ``metrics.json`` records the fingerprint of (forecasts store fingerprint, the eval settings that change
+numbers, the I3D weights' sha256, the metric format). An equal fingerprint does no work (only ``report.md`` is
+rewritten, cheaply, so a second run's results appear in it); a different one recomputes and overwrites —
+metrics.json is one atomically written file, so nothing old and new can mix — and ``force`` recomputes regardless.
+An incomplete forecasts store is refused.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.data.cache import has_node, open_node, open_store, read_array
+from pipeline.run.config import Config
+from pipeline.eval.fvd import PROTOCOL as FVD_PROTOCOL
+from pipeline.eval.fvd import RECOMMENDED_FVD_VIDEOS, I3DError, clips_digest, fvd_with_intervals, load_detector, set_features
+from pipeline.run.locks import lock_file, output_lock
+from pipeline.eval.metrics import DATA_RANGE, frame_scores, resolve_device, summarize
+from pipeline.run.records import cached_sha256, changed_keys, clean_temporaries, code_version, fingerprint, read_json
+from pipeline.eval.report import METRICS_FILE, SCHEMA, plot_run_curves, write_metrics, write_report
+from pipeline.eval.scores import energy_score, ensemble_frame_scores, spread_skill_ratio
+from pipeline.eval.stats import bootstrap_interval, paired_difference, resample_indices
+from pipeline.run.tracking import log_evaluation
+
+EVAL_FORMAT = 3  # bump when a metric's definition changes: old metrics.json files are then recomputed (2: scores, intervals; 3: known-law horizons)
+NO_I3D = "FVD off (eval.i3d: none): set eval.i3d=builtin (the default) or I3D=/path/to/i3d_torchscript.pt"
+RESULT_KEYS = ("videos", "fvd_videos", "fvd_samples", "fvd_resamples", "resamples", "level", "seed",
+               "oracle_samples", "oracle_vq")  # the eval settings that change numbers
+SETS = ("model", "vq_ceiling", "copy_last")
+I3D_MIN_FRAMES = 9  # Kinetics-400 I3D: two time steps must reach its final average pool
+FORECAST_ARRAYS = ("real", "recon", "samples", "latents", "truth_latents", "done")
+METRIC_DEFINITIONS = {
+    "psnr": "per predicted frame (torchmetrics, data_range 2), capped at 106.02 dB (identical frames); mean over "
+            "samples, frames and videos; best_of_n: per video the sample with the best mean",
+    "ssim": "per predicted frame (torchmetrics, gaussian 11x11 window, sigma 1.5, data_range 2)",
+    "crps": "fair ensemble CRPS per pixel value in [-1, 1], averaged over pixels (one member: mean absolute error)",
+    "energy": "fair energy score of each predicted frame as one vector, divided by sqrt(dimension) (RMS units, [-1, 1])",
+    "energy_latent": "the same on the latent frames [C, h, w] against the cached latents of the real clip",
+    "spread_skill": "sqrt((m+1)/m * mean ensemble variance) / sqrt(mean squared error of the ensemble mean), means "
+                    "over pixels, frames and videos; 1 = calibrated, < 1 over-confident (one member: 0)",
+    "diversity": "mean pairwise RMS distance between the members of a video's ensemble (one member: 0)",
+    "known_law": "demo only, sprites read from pixels (pipeline/demo/known_law.py): identity_kept / count_kept = fraction "
+                 "of samples with every sprite found in its own colour within reach / with the true object count; "
+                 "missing = fraction of sprites not found; energy = fair energy score of the sprite positions vs the "
+                 "state that happened (px per sprite); law_distance = energy distance of the ensemble's positions to "
+                 "the true law's (oracle draws from the recorded state with fresh kicks, px per sprite); "
+                 "coverage50/90 = fraction of samples inside the law's 50 % / 90 % position regions",
+}
+LOWER_IS_BETTER = ("crps", "energy", "energy_latent", "fvd")
+
+
+class EvalError(RuntimeError):
+    """Stage 4 cannot proceed (missing or incomplete forecasts, missing I3D file, ...); the message says why."""
+
+
+def open_forecasts(url: str):
+    """The forecasts store (read-only), checked for the arrays and attributes this stage needs."""
+    root = open_store(url)
+    if root is None:
+        raise EvalError(f"no forecasts store at {url}: run the forecast stage first (make forecast)")
+    missing = [name for name in FORECAST_ARRAYS if not has_node(root, name)]
+    missing += [f"attrs.{k}" for k in ("fingerprint", "cond_frames", "complete") if k not in root.attrs]
+    if missing:
+        raise EvalError(f"{url} is not a current forecasts store (missing {', '.join(missing)}): rerun the forecast "
+                        "stage (make forecast FORCE=1 replaces a store of an older format)")
+    done = np.asarray(read_array(open_node(root, "done", url), slice(None), url, missing_ok=True), dtype=bool)
+    if not root.attrs.get("complete") or not done.all():
+        raise EvalError(
+            f"forecasts store {url} is incomplete ({int(done.sum())}/{done.size} videos done): finish it by rerunning "
+            "the forecast stage (make forecast, which resumes) before evaluating"
+        )
+    return root
+
+
+def eval_inputs(attrs: dict[str, Any], cfg: Config, i3d_sha256: str | None) -> dict[str, Any]:
+    """Everything the numbers depend on (batch sizes and device are left out: they do not change results)."""
+    settings = {k: getattr(cfg.eval, k) for k in RESULT_KEYS}
+    return {"format": EVAL_FORMAT, "forecasts": attrs["fingerprint"], "eval": settings, "i3d_sha256": i3d_sha256}
+
+
+def i3d_weights_sha256(spec: str, hashes: dict[str, Any]) -> str | None:
+    """sha256 of the I3D weights ``eval.i3d`` names (None when FVD is off); I3DError when they are missing."""
+    if spec == "none":
+        return None
+    if spec == "builtin":
+        from pipeline.eval.i3d import locate_weights
+
+        return cached_sha256(locate_weights(), hashes)
+    if not Path(spec).is_file():
+        raise I3DError(f"I3D file not found: '{spec}' (eval.i3d: builtin, a path to StyleGAN-V's i3d_torchscript.pt, "
+                       "or none to turn FVD off)")
+    return cached_sha256(spec, hashes)
+
+
+def evaluate(cfg: Config, url: str, run_dir: Path, force: bool = False, dry_run: bool = False,
+             log: Callable[[str], None] = print) -> str:
+    """Bring ``<run_dir>/eval/metrics.json`` up to date with the forecasts at ``url``; rewrite the dataset report.
+
+    ``run_dir`` is ``<out>/<dataset>/runs/<run>``; the report is ``<out>/<dataset>/report.md``. Returns 'up to date',
+    'evaluated' or 'dry run' (``dry_run`` logs what would be done and changes nothing).
+    """
+    run_dir = Path(run_dir)
+    dataset_dir = run_dir.parent.parent
+    eval_dir = run_dir / "eval"
+    root = open_forecasts(url)
+    attrs = dict(root.attrs)
+    old = read_json(eval_dir / METRICS_FILE) or {}
+    hashes = dict(old.get("file_hashes", {}))
+    inputs = eval_inputs(attrs, cfg, i3d_weights_sha256(cfg.eval.i3d, hashes))
+    key = fingerprint(inputs)
+    if old.get("fingerprint") == key and not force:
+        log(f"eval: {eval_dir / METRICS_FILE} is up to date (fingerprint {key})")
+        if not dry_run:
+            log(f"eval: report {write_report(dataset_dir)}")
+        return "up to date"
+    if dry_run:
+        changed = changed_keys(old.get("inputs", {}), inputs) if old.get("fingerprint") else []
+        log(f"eval: dry run: would compute {eval_dir / METRICS_FILE}" + (f"; changed: {', '.join(changed)}" if changed else ""))
+        return "dry run"
+    if old.get("fingerprint") and old.get("fingerprint") != key:
+        log(f"eval: recomputing {eval_dir / METRICS_FILE}; changed: {', '.join(changed_keys(old.get('inputs', {}), inputs))}")
+    with output_lock(lock_file(eval_dir), eval_dir, "eval", log):  # one evaluation of a run at a time
+        clean_temporaries("eval", [eval_dir, dataset_dir], log)
+        start = time.time()
+        metrics = compute_metrics(cfg, root, url, dataset_dir, log)
+        metrics.update({
+            "schema": SCHEMA, "fingerprint": key, "inputs": inputs, "file_hashes": hashes, "run": run_dir.name,
+            "interp": cfg.interpolant.kind, "dataset": dataset_dir.name, "eval_config": asdict(cfg.eval),
+            "code_version": code_version(), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "seconds": round(time.time() - start, 1),
+        })
+        metrics["protocol"]["fvd"]["i3d_sha256"] = inputs["i3d_sha256"]
+        eval_dir.mkdir(parents=True, exist_ok=True)
+        metrics["plot"] = plot_run_curves(eval_dir / "curves.png", metrics)
+        write_metrics(eval_dir / METRICS_FILE, metrics)
+        _log_summary(metrics, log)
+        log(f"eval: wrote {eval_dir / METRICS_FILE}; report {write_report(dataset_dir)}")
+    log_evaluation(cfg, run_dir, metrics, log)
+    return "evaluated"
+
+
+def compute_metrics(cfg: Config, root, url: str, dataset_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Score every evaluated video (progress bar over videos); the metrics.json body without the bookkeeping.
+
+    Caches: I3D features of clip sets in ``<dataset_dir>/i3d_features/``, the converted builtin I3D weights in
+    ``<out>/i3d/`` (``<out>`` = the parent of ``dataset_dir``).
+    """
+    store = _read_store(root, url)
+    videos = min(cfg.eval.videos or store.n_videos, store.n_videos)
+    device = resolve_device(cfg.eval.device)
+    bootstrap = {"resamples": cfg.eval.resamples, "seed": cfg.eval.seed, "level": cfg.eval.level}
+    per_video = {name: [] for name in SETS}
+    for v in tqdm(range(videos), desc="eval", unit="video"):
+        for name, scores in score_video(store, v, cfg.eval.frame_batch, device).items():
+            per_video[name].append(scores)
+    result: dict[str, Any] = {}
+    for name in SETS:
+        rows = per_video[name]
+        result[name] = {metric: summarize_metric(metric, [row[metric] for row in rows], bootstrap) for metric in rows[0]}
+        result[name]["n_samples"] = members = store.n_samples if name == "model" else 1
+        spread2, mse = (np.stack([row[k] for row in rows]) for k in ("spread2", "mse"))  # [V, P]
+        result[name]["spread_skill"] = spread_skill_block(spread2, mse, members, bootstrap)
+    fvd_status, fvd_protocol = _fvd(cfg, store, videos, device, Path(dataset_dir), result, log)
+    result["known_law"] = known_law_scores(cfg, store, videos, bootstrap, log)
+    result["fvd_status"] = fvd_status
+    result["protocol"] = _protocol(cfg, store, videos, fvd_protocol)
+    return result
+
+
+@dataclass
+class _Store:
+    """The arrays of a forecasts store and its sizes (checked to agree)."""
+
+    url: str
+    attrs: dict[str, Any]
+    real: Any
+    recon: Any
+    samples: Any
+    latents: Any
+    truth_latents: Any
+    n_videos: int
+    n_samples: int
+    frames: int
+    cond: int
+
+    def row(self, name: str, v: int) -> np.ndarray:
+        """One video's rows of array ``name``, checked (present, finite) by the integrity layer."""
+        return read_array(getattr(self, name), v, self.url, f"video row {v}")
+
+    def copy_last(self, real: np.ndarray) -> np.ndarray:
+        """The clip with its last conditioning frame repeated over the predicted frames."""
+        return np.concatenate([real[: self.cond], np.repeat(real[self.cond - 1 : self.cond], self.frames - self.cond, 0)])
+
+
+def _read_store(root, url: str) -> _Store:
+    attrs = dict(root.attrs)
+    arrays = {name: open_node(root, name, url) for name in ("real", "recon", "samples", "latents", "truth_latents")}
+    n, s, t = arrays["samples"].shape[:3]
+    cond = int(attrs["cond_frames"])
+    real, recon, latents, truth = (arrays[k].shape for k in ("real", "recon", "latents", "truth_latents"))
+    if real != recon or real != (n, *arrays["samples"].shape[2:]) or latents[:3] != (n, s, t) or truth != (n, *latents[2:]):
+        raise EvalError(f"{url}: real {real}, recon {recon}, samples {arrays['samples'].shape}, latents {latents} and "
+                        f"truth_latents {truth} do not agree")
+    if not 1 <= cond < t:
+        raise EvalError(f"{url}: cond_frames={cond} leaves no predicted frame in clips of {t}")
+    return _Store(url, attrs, **arrays, n_videos=n, n_samples=s, frames=t, cond=cond)
+
+
+def score_video(store: _Store, v: int, frame_batch: int, device: torch.device) -> dict[str, dict[str, np.ndarray]]:
+    """Every per-frame score of video ``v`` for each scored set: {set: {metric: array}} (see ``summarize_metric``).
+
+    Pixel scores compare the predicted frames with the real ones in [-1, 1]; the latent energy score compares
+    latent rollouts with the cached latents of the real clip (the VQ ceiling has no latent score: its latents are
+    the truth's).
+    """
+    real, recon, samples = (store.row(name, v) for name in ("real", "recon", "samples"))
+    latents, truth_latents = store.row("latents", v), store.row("truth_latents", v)
+    c = store.cond
+    pixels = {"model": samples[:, c:], "vq_ceiling": recon[None, c:], "copy_last": store.copy_last(real)[None, c:]}
+    latent = {"model": latents[:, c:], "copy_last": np.repeat(truth_latents[None, c - 1 : c], store.frames - c, 1)}
+    out = {}
+    for name, pred in pixels.items():
+        scores = frame_scores(pred, np.broadcast_to(real[c:], pred.shape), frame_batch, str(device))
+        ensemble = ensemble_frame_scores(torch.from_numpy(pred).to(device), torch.from_numpy(real[c:]).to(device))
+        out[name] = {"psnr": scores["psnr"], "ssim": scores["ssim"], **ensemble}
+        if name in latent:
+            z, truth_z = (torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in (latent[name], truth_latents[c:]))
+            out[name]["energy_latent"] = energy_score(z, truth_z, event_dims=3, rms=True).cpu().numpy()
+    return out
+
+
+def spread_skill_block(spread2: np.ndarray, mse: np.ndarray, members: int, bootstrap: dict[str, Any]) -> dict[str, Any]:
+    """The spread-skill ratio of means over videos and frames, with its interval and its per-frame curve.
+
+    One member has no spread: the ratio is 0 by definition (also where its error is 0, e.g. a perfect ceiling).
+    """
+    if members == 1:
+        return {"value": 0.0, "low": 0.0, "high": 0.0, "per_frame": [0.0] * spread2.shape[1]}
+    ratio = lambda s2, e2, axis: spread_skill_ratio(s2.mean(axis), e2.mean(axis), members)  # noqa: E731
+    interval = _interval(bootstrap_interval((spread2.mean(axis=1), mse.mean(axis=1)), statistic=ratio, **bootstrap))
+    curve = spread_skill_ratio(spread2.mean(axis=0), mse.mean(axis=0), members)
+    return {**interval, "per_frame": [float(x) for x in curve]}
+
+
+def summarize_metric(metric: str, rows: list[np.ndarray], bootstrap: dict[str, Any]) -> dict[str, Any]:
+    """One metric's block of metrics.json from its per-video arrays, with a bootstrap interval over videos.
+
+    PSNR/SSIM rows are ``[samples, frames]`` (best-of-N kept); ``spread``/``mse`` rows give the spread-skill ratio
+    (a ratio of means: its per-video parts are stored for paired comparisons); every other row is ``[frames]``.
+    """
+    per_frame = np.stack(rows).astype(np.float64)  # [V, (S,) P]
+    if metric in ("psnr", "ssim"):
+        block = summarize(per_frame)
+        per_video = per_frame.mean(axis=(1, 2))
+    else:
+        per_video = per_frame.mean(axis=1)
+        block = {"per_frame": [float(x) for x in per_frame.mean(axis=0)]}
+    return {**block, **_interval(bootstrap_interval(per_video, **bootstrap)), "per_video": [float(x) for x in per_video]}
+
+
+def _interval(result: dict[str, Any]) -> dict[str, float]:
+    return {k: float(result[k]) for k in ("value", "low", "high")}
+
+
+def known_law_scores(cfg: Config, store: _Store, videos: int, bootstrap: dict[str, Any], log) -> dict[str, Any]:
+    """The demo's known-law scores (:mod:`pipeline.demo.known_law`) of every set, with intervals; other data: a status.
+
+    Sets: the model's samples, the oracle (S independent draws from the true law: its law distance is the noise
+    floor), copy-last, constant velocity, the VQ reconstruction and the real frames (the read-out's ceiling), and
+    the oracle's draws rendered and passed through the forecasts' VQVAE (``oracle_vq``: a perfect latent forecaster,
+    what any model decoded by this VQVAE can reach; left out, with a note, when ``eval.oracle_vq`` is off or the
+    config's VQVAE is not the one the forecasts were decoded with). Sprites are read in the colours the decoder draws (calibrated on each video's
+    decoded conditioning frames).
+    """
+    from pipeline.demo.state import load_state
+    from pipeline.demo.known_law import STREAM_FORECAST, Clip, calibrate_colours, render_states, video_scores
+
+    if cfg.data.source != "demo":
+        return {"status": "not a simulator dataset: the true law of the future is unknown"}
+    path = Path(cfg.data.root) / str(store.attrs.get("split")) / "demo_state.npz"
+    if not path.is_file():
+        return {"status": f"no state sidecar {path}: regenerate the demo data (make data) to get known-law scores"}
+    state = load_state(path)
+    channel, channel_note = decoder_channel(cfg, store.attrs) if cfg.eval.oracle_vq else (None, "eval.oracle_vq off")
+    frames, c = np.asarray(store.attrs["frame_indices"]), store.cond
+    rows = []
+    for v in tqdm(range(videos), desc="eval: known law", unit="video"):
+        index = state.index(store.attrs["videos"][v]["source"])
+        clip = Clip(state.track(index), state.process, frames, c, video=index)
+        samples, real, recon = store.row("samples", v), store.row("real", v), store.row("recon", v)
+        colours = calibrate_colours(samples[0, :c], clip.track, frames[:c])
+        frame_sets = {"vq_ceiling": recon[None, c:]}
+        if channel is not None:  # the oracle set's own draws, rendered and decoded
+            drawn = render_states(clip.oracle(store.n_samples, cfg.eval.seed, STREAM_FORECAST), clip.track,
+                                  clip.image_size, clip.palette)
+            frame_sets["oracle_vq"] = channel(drawn.reshape(-1, *drawn.shape[-3:])).reshape(drawn.shape)
+        rows.append(video_scores(samples[:, c:], clip, real=real[c:], n_oracle=cfg.eval.oracle_samples,
+                                 seed=cfg.eval.seed, colours=colours, frame_sets=frame_sets))
+    sets = {name: {metric: summarize_metric(metric, [row[name][metric] for row in rows], bootstrap)
+                   for metric in rows[0][name]} for name in rows[0]}
+    horizons = horizon_comparisons(rows, bootstrap)
+    log(f"eval: known law: identity kept {sets['model']['identity_kept']['value']:.3f} (oracle "
+        f"{sets['oracle']['identity_kept']['value']:.3f}), law distance {sets['model']['law_distance']['value']:.2f} px "
+        f"(noise floor {sets['oracle']['law_distance']['value']:.2f}, copy-last {sets['copy_last']['law_distance']['value']:.2f})")
+    return {"status": f"ok: {videos} videos, {cfg.eval.oracle_samples} oracle draws each, state {path}; {channel_note}",
+            "sets": sets, "horizons": horizons}
+
+
+def decoder_channel(cfg: Config, attrs: dict[str, Any]) -> tuple[Callable[[np.ndarray], np.ndarray] | None, str]:
+    """The forecasts' VQVAE as a channel, uint8 frames ``[N, H, W, 3]`` -> their reconstructions, and a note; None
+    (and why) unless the config's VQVAE checkpoint is the file the forecasts were decoded with (same bytes)."""
+    from pipeline.vqvae import build_vqvae
+
+    path = Path(cfg.vqvae.ckpt) if cfg.vqvae.ckpt else None
+    hashes = dict(attrs.get("file_hashes") or {})  # the forecasts' record: an unchanged file is not hashed again
+    recorded = hashes.get(str(path.resolve())) if path and path.is_file() else None
+    if not recorded or recorded[-1] != cached_sha256(path, hashes):
+        return None, (f"no oracle_vq set: vqvae.ckpt '{cfg.vqvae.ckpt}' is not the VQVAE file the forecasts recorded "
+                      "(file_hashes)")
+    vq = build_vqvae(cfg.vqvae, int(attrs["image_size"]))
+    return vq.reconstruct_uint8, f"oracle_vq through {path}"
+
+
+HORIZON_PAIRS = (("model", "constant_velocity"), ("model", "copy_last"), ("oracle", "constant_velocity"),
+                 ("oracle_vq", "constant_velocity"))
+HORIZON_IDENTITY = ("model", "vq_ceiling", "oracle", "oracle_vq")
+
+
+def horizon_comparisons(rows: list[dict[str, dict[str, np.ndarray]]], bootstrap: dict[str, Any]) -> dict[str, Any]:
+    """Per predicted frame, with intervals over videos: the distance to the true law of the model (and of the
+    oracle, a perfect forecaster of the same ensemble size, as drawn and through the VQVAE) minus that of each
+    deterministic reference, paired on the same videos, and identity kept by the model, the VQ reconstruction and
+    the oracle (both ways). This is where a forecaster has to beat constant-velocity extrapolation at every
+    horizon; the oracle's rows say at which horizons even the true law can be told apart from it with these videos
+    and samples. Sets the rows lack (``oracle_vq`` without the VQVAE) are left out."""
+    def per_frame(name: str, metric: str) -> np.ndarray:  # [videos, frames]
+        return np.stack([row[name][metric] for row in rows]).astype(np.float64)
+
+    law = {}
+    for a, b in [(a, b) for a, b in HORIZON_PAIRS if a in rows[0] and b in rows[0]]:
+        da, db = per_frame(a, "law_distance"), per_frame(b, "law_distance")
+        law[f"{a}-{b}"] = [{k: r[k] for k in ("diff", "low", "high", "verdict")}
+                           for r in (paired_difference(da[:, p], db[:, p], False, **bootstrap) for p in range(da.shape[1]))]
+    identity = {name: [_interval(bootstrap_interval(column, **bootstrap)) for column in per_frame(name, "identity_kept").T]
+                for name in HORIZON_IDENTITY if name in rows[0]}
+    return {"law_distance": law, "identity_kept": identity}
+
+
+def _fvd(cfg: Config, store: _Store, videos: int, device: torch.device, dataset_dir: Path, result: dict[str, Any],
+         log) -> tuple[str, dict[str, Any]]:
+    """Fill ``result[set]['fvd']`` (with its interval) from I3D features; returns (status, what FVD was computed on).
+
+    The clip sets are full clips (conditioning + predicted) of the first ``fvd_videos`` videos: real, VQ ceiling,
+    copy-last and the model's first (or every) sample. Features come from the content-keyed cache when those clips
+    were scored before (:func:`pipeline.eval.fvd.set_features`).
+    """
+    fvd_videos = min(cfg.eval.fvd_videos or videos, videos)
+    for name in SETS:
+        result[name]["fvd"] = None
+    if cfg.eval.i3d == "none":
+        return NO_I3D, {"videos": 0}
+    if fvd_videos < 2:
+        return f"FVD needs >= 2 videos, got {fvd_videos}: FVD is null", {"videos": 0}
+    if cfg.eval.i3d == "builtin" and store.frames < I3D_MIN_FRAMES:
+        return (f"FVD needs clips of >= {I3D_MIN_FRAMES} frames (the I3D's 2x7x7 average pool), these have "
+                f"{store.frames}: FVD is null"), {"videos": 0}
+    detector = load_detector(cfg.eval.i3d, device, dataset_dir.parent / "i3d")
+    log(f"eval: FVD with the {detector.name} on {device}: {fvd_videos} videos, {cfg.eval.fvd_samples} sample(s) each")
+    model_clips = (lambda v: store.row("samples", v)[:1]) if cfg.eval.fvd_samples == "first" else (lambda v: store.row("samples", v))
+    sources = {"real": lambda v: store.row("real", v)[None], "vq_ceiling": lambda v: store.row("recon", v)[None],
+               "copy_last": lambda v: store.copy_last(store.row("real", v))[None], "model": model_clips}
+    features, cached = {}, []
+    for name, clips in sources.items():
+        feats, hit = set_features(name, lambda clips=clips: (clips(v) for v in range(fvd_videos)), detector,
+                                  cfg.eval.batch_size, device, dataset_dir / "i3d_features", log)
+        features[name] = feats.reshape(fvd_videos, -1, feats.shape[-1])
+        cached += [name] if hit else []
+    indices = resample_indices(fvd_videos, cfg.eval.fvd_resamples, cfg.eval.seed) if cfg.eval.fvd_resamples else None
+    scored = fvd_with_intervals(features["real"][:, 0], {name: features[name] for name in SETS}, indices, cfg.eval.level)
+    for name in SETS:
+        result[name]["fvd"] = scored[name]
+    status = f"ok: {fvd_videos} real vs {features['model'].shape[0] * features['model'].shape[1]} generated full clips, {detector.name}"
+    if fvd_videos < RECOMMENDED_FVD_VIDEOS:
+        status += (f"; warning: only {fvd_videos} videos (>= {RECOMMENDED_FVD_VIDEOS} recommended): FVD is biased "
+                   "upward at small counts, compare only numbers computed from equal counts")
+        log(f"eval: warning: FVD from only {fvd_videos} videos (>= {RECOMMENDED_FVD_VIDEOS} recommended)")
+    return status, {"videos": fvd_videos, "detector": detector.name, "i3d_sha256": detector.sha256,
+                    "clip_counts": {name: int(f.shape[0] * f.shape[1]) for name, f in features.items()},
+                    "features_from_cache": cached}
+
+
+def _protocol(cfg: Config, store: _Store, videos: int, fvd: dict[str, Any]) -> dict[str, Any]:
+    attrs, store_cfg = store.attrs, store.attrs.get("config") or {}
+    return {
+        "forecasts": store.url,
+        "forecasts_fingerprint": attrs.get("fingerprint"),
+        "split": attrs.get("split"),
+        "videos": videos,
+        "real_clips_sha256": clips_digest(store.row("real", v) for v in range(videos)),  # pairing needs equal clips
+        "video_ids": [v.get("index", k) for k, v in enumerate((attrs.get("videos") or [{}] * videos)[:videos])],
+        "videos_in_store": store.n_videos,
+        "n_samples": store.n_samples,
+        "clip_length": store.frames,
+        "cond_frames": store.cond,
+        "pred_frames": store.frames - store.cond,
+        "image_size": attrs.get("image_size"),
+        "data_range": DATA_RANGE,
+        "pixels": "uint8 / 127.5 - 1 (range [-1, 1])",
+        "definitions": METRIC_DEFINITIONS,
+        "intervals": {"method": "percentile bootstrap over videos (the same resampled videos for every set and metric); "
+                                "FVD: the resampled spread shifted by its bias (pipeline.eval.fvd.shifted_interval)",
+                      "level": cfg.eval.level, "resamples": cfg.eval.resamples, "fvd_resamples": cfg.eval.fvd_resamples,
+                      "seed": cfg.eval.seed},
+        "copy_last": "the last real conditioning frame repeated over the predicted frames (one member)",
+        "vq_ceiling": "decode(encode(real)) vs real (one member; no latent score)",
+        "fvd": {"clips": "full clips (conditioning + predicted), generated vs real", "generated": cfg.eval.fvd_samples,
+                "i3d": cfg.eval.i3d or None, "i3d_sha256": None, **FVD_PROTOCOL, **fvd},
+        "checkpoint": {k: attrs.get(k) for k in ("ckpt", "ckpt_kind", "ckpt_step", "use_ema")},
+        "sampler": {**(store_cfg.get("sample") or {}), "solver_resolved": attrs.get("solver"),
+                    "start_resolved": attrs.get("start"),
+                    "nfe_per_frame": attrs.get("nfe_per_frame")},
+        "interpolant": store_cfg.get("interpolant"),
+        "seeds": {"seed": store_cfg.get("seed"), "sample_seed": (store_cfg.get("sample") or {}).get("seed"),
+                  "bootstrap_seed": cfg.eval.seed},
+        "forecast_code_version": attrs.get("code_version"),
+    }
+
+
+def _log_summary(metrics: dict[str, Any], log) -> None:
+    for name in SETS:
+        m = metrics[name]
+        fvd = "null" if m["fvd"] is None else f"{m['fvd']['value']:.1f}"
+        log(f"eval: {name:>10}: PSNR {m['psnr']['value']:.2f} SSIM {m['ssim']['value']:.4f} CRPS {m['crps']['value']:.4f} "
+            f"ES {m['energy']['value']:.4f} spread/skill {m['spread_skill']['value']:.2f} FVD {fvd}")

@@ -1,0 +1,502 @@
+"""Stage 3: forecast test videos with a trained flow and write ``forecasts.zarr`` (and GIF/MP4 grids).
+
+Contract: reads the latent store (conditioning latents, view 0: nothing is re-encoded), the shards of the split
+(ground-truth pixels), a flow checkpoint (ours or a published one, EMA weights by default) and the frozen VQVAE
+(decoder only); writes ``<out>/<data.name>/<interp>/forecasts.zarr`` and ``<run>/media/forecast_<k>.{gif,mp4}``.
+
+Protocol (deterministic): every video of ``forecast.split`` long enough for a clip (``data.clip_span`` raw
+frames) contributes one clip, the first: T = ``data.frames_per_sample`` frames at raw frames 0, s, 2s, ... with
+stride s = ``data.skip_frames`` + 1 (KTH 0..39; CLEVRER 0, 5, ..., 75). Its first ``data.cond_frames`` cached
+latents condition the rollout, which generates the other T - cond_frames (KTH 10 -> 30, CLEVRER 2 -> 14),
+``sample.n_samples`` times per video with the solver, grid, context policy and diffusion of the ``sample``
+section. ``forecast.max_videos`` > 0 keeps the first N eligible videos.
+
+Store layout (zarr v3, Blosc/zstd bit-shuffled as ``latents.zarr``; every array has chunk 1 along the video axis
+N, so ranks writing different videos never share a chunk)::
+
+    attrs: fingerprint, inputs, config, ckpt, ckpt_kind, ckpt_step, use_ema, split, cond_frames, gen_frames,
+           n_samples, image_size, nfe_per_frame, complete, code_version, videos [{index, source, shard, key}],
+           (also: format, frame_indices, solver, start, latent_shape, latent_store, file_hashes)
+    real     uint8   [N, T, H, W, 3]        ground-truth clip pixels, read from the shards
+    recon    uint8   [N, T, H, W, 3]        decode(cached latents of the clip): the VQ ceiling
+    samples  uint8   [N, S, T, H, W, 3]     decoded forecasts; frames [:cond] = the decoded conditioning latents
+    latents  float32 [N, S, T, C, h, w]     the latent rollouts (conditioning latents, then generated ones)
+    truth_latents float32 [N, T, C, h, w]   the cached latents of the clip (the latent-space truth for scoring)
+    done     bool    [N]                    set after the video's five arrays are written
+
+Determinism: every rollout (video k, sample j) draws all its randomness (context indices, start state, solver
+noise) from its own generator seeded by (sample.seed, k, j) (:class:`pipeline.core.rng.RowGenerators`), so a video's
+forecasts do not depend on which other videos share its batch, which rank runs it, or whether the run was
+resumed. The network batches are fixed too: videos are grouped in order, max(1, batch_size // n_samples) per
+group, each group rolled out in batches of ``sample.batch_size`` rows, whatever the ranks or an earlier
+interrupted run did. A resumed or sharded run therefore writes the same arrays as one uninterrupted run; another
+``sample.batch_size`` gives the same random draws and differs at most by float round-off of other GEMM shapes
+(it is left out of the fingerprint). Decoding runs per video, so its batches never depend on other videos.
+
+Resumable and fingerprinted like stage 1: a rerun with the same fingerprint is "up to date" (complete) or resumes
+(redoing the groups whose videos are not all flagged done); a different fingerprint (another checkpoint, cache,
+sampler or forecast setting) is refused, naming what changed, unless ``force``. The checkpoint is loaded before
+anything is created, and a ``force`` rebuild is written beside the old store (``<store>.rebuild``), which stays
+until the new one is complete and takes its place. One process writes a store at a time (``pipeline/run/locks.py``).
+The inputs and the decision are in :mod:`pipeline.stages.forecast_state`, torch-free, so ``forecast.py`` answers "up to
+date" without loading torch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.data.cache import (LatentSplit, delete_store, open_node, open_store, read_array, require_finite, store_attrs,
+                            write_array)
+from pipeline.run.checkpoints import FlowCheckpoint, load_flow_checkpoint
+from pipeline.run.config import Config
+from pipeline.data.clips import clip_frame_indices, to_uint8
+from pipeline.data.shards import ShardReader
+from pipeline.run.dist import DistInfo, barrier, broadcast_object, init_distributed
+from pipeline.stages.forecast_state import (FORMAT_VERSION, REBUILD, ForecastError, StaleForecastError, decide_forecasts,
+                                     default_checkpoint, forecast_url, media_files)
+from pipeline.core.interpolants import build_interpolant
+from pipeline.run.locks import LockedError, lock_file, output_lock
+from pipeline.run.records import changed_keys, clean_temporaries, code_version, fingerprint, recover_replacement, replace_directory
+from pipeline.core.rng import RowGenerators
+from pipeline.run.tracking import log_forecast
+
+SEED_TAG = 3  # separates the forecast streams from other users of sample.seed
+COND_COLOUR, GEN_COLOUR = (40, 200, 40), (220, 40, 40)  # tile borders: conditioning / generated frames
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Paths, protocol, seeds
+# ----------------------------------------------------------------------------------------------------------
+
+
+def clip_frames(cfg: Config) -> np.ndarray:
+    """Raw frame indices of the forecast clip: T frames at stride skip + 1 from raw frame 0."""
+    return clip_frame_indices(0, cfg.data.frames_per_sample, cfg.data.skip_frames)
+
+
+def select_videos(lengths: np.ndarray, cfg: Config) -> np.ndarray:
+    """Split indices of the forecast videos: those holding a clip, in split order, the first max_videos (0 = all)."""
+    eligible = np.flatnonzero(np.asarray(lengths) >= cfg.data.clip_span)
+    if cfg.forecast.max_videos:
+        eligible = eligible[: cfg.forecast.max_videos]
+    if len(eligible) == 0:
+        raise ForecastError(f"no video of split '{cfg.forecast.split}' holds a clip of {cfg.data.clip_span} raw frames")
+    return eligible
+
+
+def row_seed(seed: int, video: int, sample: int) -> int:
+    """Seed of the generator of rollout (video, sample): a pure function of the sampling seed and the indices."""
+    state = np.random.SeedSequence([seed, video, sample, SEED_TAG]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def row_generators(seed: int, videos: np.ndarray, n_samples: int, device: torch.device) -> RowGenerators:
+    """One generator per rollout, video-major (all samples of videos[0] first)."""
+    return RowGenerators([
+        torch.Generator(device=device).manual_seed(row_seed(seed, int(v), j)) for v in videos for j in range(n_samples)
+    ])
+
+
+def work_groups(n_videos: int, n_samples: int, batch_size: int) -> list[np.ndarray]:
+    """Fixed groups of consecutive store rows rolled out together: max(1, batch_size // n_samples) videos each."""
+    per = max(1, batch_size // n_samples)
+    return [np.arange(i, min(i + per, n_videos)) for i in range(0, n_videos, per)]
+
+
+def nfe_per_frame(cfg: Config, interpolant) -> int:
+    """Network evaluations per generated frame for the sampler settings (a dry run on a zero network)."""
+    from pipeline.core.sampling import generate_frame
+
+    history = torch.zeros(1, 3, 1, 1, 1)
+    zero = lambda z, t, ref, context, gap: torch.zeros_like(z)  # noqa: E731
+    _, nfe = generate_frame(zero, interpolant, history, 2, cfg.sample, generator=torch.Generator().manual_seed(0))
+    return nfe
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Inputs and the decision
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    """What this run forecasts: the store rows' split indices, the clip's raw frames and the sizes."""
+
+    videos: np.ndarray  # split index of each store row
+    frames: np.ndarray  # raw frame indices of the clip [T]
+    n_samples: int
+    cond: int
+    gen: int
+    latent_shape: tuple[int, int, int]
+
+
+def forecast(cfg: Config, store: str, run: str | Path, ckpt: str | Path | None = None, force: bool = False,
+             dry_run: bool = False, log: Callable[[str], None] = print) -> str:
+    """Bring ``<run>/forecasts.zarr`` up to date; returns 'up to date', 'forecast' or 'dry run'.
+
+    Every torchrun rank calls this. ``store`` is the latent store; ``ckpt`` any flow checkpoint (default
+    ``<run>/checkpoints/latest.pt``). ``dry_run`` logs what would be done and changes nothing.
+    """
+    info = init_distributed()
+    run = Path(run)
+    url = forecast_url(run)
+    ckpt_path = Path(ckpt) if ckpt else default_checkpoint(run)
+    split = LatentSplit(store, cfg.forecast.split)
+    if not split.attrs.get("complete"):
+        raise ForecastError(f"{store} is not complete: finish `make encode` first")
+    plan = _Plan(select_videos(split.lengths, cfg), clip_frames(cfg), cfg.sample.n_samples, cfg.data.cond_frames,
+                 cfg.data.frames_per_sample - cfg.data.cond_frames, tuple(split.latent_shape))
+    # Checks every rank makes alike before anything is written (so no rank waits for a failed one).
+    reader = ShardReader(Path(cfg.data.root) / cfg.forecast.split, image_size=cfg.data.image_size, validate=False)
+    _check_shards(reader, split)
+    nfe_per_frame(cfg, build_interpolant(cfg.interpolant))  # solver / diffusion combination errors
+
+    with ExitStack() as held:  # rank 0 holds the store's lock until every rank has finished
+        decision = _settle(cfg, url, split, ckpt_path, force, dry_run, held, log) if info.is_main else None
+        action, target, message, inputs, hashes = broadcast_object(decision)
+        if action in ("stale", "error", "locked"):
+            raise {"stale": StaleForecastError, "error": ForecastError, "locked": LockedError}[action](message)
+        if action in ("up to date", "dry run"):
+            if action == "up to date" and info.is_main:
+                write_media(cfg, url, run / "media", log, only_missing=True)
+            return action
+        # Loaded on every rank before anything is created or replaced: a bad checkpoint changes nothing.
+        flow, ckpt_info = load_flow(cfg, ckpt_path, info.device, log if info.is_main else lambda _: None)
+        created = _create_store(cfg, action, target, split, plan, inputs, hashes, ckpt_path, ckpt_info, store, log) \
+            if info.is_main else None
+        created = broadcast_object(created)
+        if created:
+            raise ForecastError(created)
+        barrier()
+        _forecast_my_groups(cfg, target, split, reader, plan, flow, info)
+        barrier()
+        if info.is_main:
+            _finish(target, log)
+            if target != url:
+                replace_directory(target, url)
+                log(f"forecast: {url} replaced by its rebuild")
+            log_forecast(cfg, run, ckpt_path, write_media(cfg, url, run / "media", log), log)
+        barrier()
+    return "forecast"
+
+
+def _settle(cfg: Config, url: str, split: LatentSplit, ckpt_path: Path, force: bool, dry_run: bool,
+            held: ExitStack, log):
+    """Rank 0: (action, store to write, message, inputs, file hashes) for every rank; locks for work, deletes nothing.
+
+    The first decision takes no lock (checks of a complete store never collide); work takes the store's lock and
+    decides again under it, since another process may have finished or changed the store meanwhile.
+    """
+    try:
+        hashes: dict[str, Any] = {}
+        verdict = decide_forecasts(cfg, url, split, ckpt_path, force, hashes)
+        if dry_run and verdict[0] != "up to date":
+            word = {"create": "build", "stale": "refuse"}.get(verdict[0], verdict[0])
+            log(f"forecast: dry run: would {word}" + (f": {verdict[2]}" if verdict[2] else ""))
+            return "dry run", url, verdict[2], None, None
+        if verdict[0] in ("create", "resume"):
+            _lock(url, held, log)
+            verdict = decide_forecasts(cfg, url, split, ckpt_path, force, hashes)
+        if verdict[0] == "up to date":
+            log(verdict[2])
+        return (*verdict, hashes)
+    except LockedError as exc:
+        return "locked", url, str(exc), None, None
+    except ForecastError as exc:
+        return "error", url, str(exc), None, None
+    except Exception as exc:  # reported to every rank, so none waits forever at the broadcast
+        return "error", url, f"{type(exc).__name__}: {exc}", None, None
+
+
+def _lock(url: str, held: ExitStack, log) -> None:
+    """Rank 0: take the store's lock for the rest of the stage; finish a replacement a crash interrupted."""
+    held.enter_context(output_lock(lock_file(url), url, "forecast", log))
+    if recover_replacement(url + REBUILD, url, bool(store_attrs(url + REBUILD).get("complete"))):
+        log(f"forecast: put the finished rebuild {url + REBUILD} in place of {url} (a run stopped while swapping them)")
+    clean_temporaries("forecast", [Path(url).parent / "media"], log)
+
+
+def _create_store(cfg: Config, action: str, target: str, split: LatentSplit, plan: _Plan, inputs, hashes,
+                  ckpt_path: Path, ckpt_info: dict, store: str, log) -> str | None:
+    """Rank 0, once the checkpoint has loaded: create the store (replacing leftovers there) or note the resume.
+
+    Returns an error message for every rank, or None.
+    """
+    try:
+        trained_on = (ckpt_info.get("cache_fingerprint") or "") if ckpt_info["kind"] == "pipeline" else ""
+        if trained_on and trained_on != split.attrs["fingerprint"]:
+            log(f"forecast: note: {ckpt_path} was trained on latent cache {trained_on}, forecasting from "
+                f"{split.attrs['fingerprint']} (same VQVAE checked; other shards or views)")
+        if action == "resume":
+            log(f"forecast: resuming {target}")
+            return None
+        if open_store(target) is not None:
+            delete_store(target)
+        _create(cfg, target, split, plan, inputs, hashes, ckpt_path, ckpt_info, store)
+        log(f"forecast: created {target} ({len(plan.videos)} videos x {plan.n_samples} samples, "
+            f"{plan.cond} -> {plan.gen} frames, fingerprint {fingerprint(inputs)})")
+        return None
+    except Exception as exc:  # reported to every rank, so none waits forever
+        return f"{type(exc).__name__}: {exc}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The flow
+# ----------------------------------------------------------------------------------------------------------
+
+
+def load_flow(cfg: Config, path: str | Path, device: torch.device, log: Callable[[str], None] = print):
+    """(network in eval mode on ``device``, info dict) from any flow checkpoint; EMA weights if asked and present."""
+    from pipeline.core.model import build_model
+
+    ckpt = load_flow_checkpoint(path)
+    if ckpt.kind == "pipeline":
+        _check_trained_config(cfg, ckpt)
+    use_ema = bool(cfg.forecast.use_ema and (ckpt.ema or ckpt.holds_ema_weights))
+    if cfg.forecast.use_ema and not use_ema:
+        log(f"forecast: {path} has no EMA weights; using the raw model weights")
+    if not cfg.forecast.use_ema and ckpt.holds_ema_weights:
+        log(f"forecast: {path} holds only the EMA weights (exported for sampling); using them")
+    model = build_model(cfg.model)
+    try:
+        model.load_state_dict(ckpt.weights(use_ema))
+    except RuntimeError as exc:
+        lines = str(exc).splitlines()
+        raise ForecastError(f"{path}: its weights do not fit the configured model (model.* settings): "
+                            + " ".join(lines[:4])[:600]) from None
+    model.to(device).eval().requires_grad_(False)
+    info = {"kind": ckpt.kind, "step": ckpt.step, "use_ema": use_ema, "cache_fingerprint": ckpt.raw.get("cache_fingerprint")}
+    return model, info
+
+
+def _check_trained_config(cfg: Config, ckpt: FlowCheckpoint) -> None:
+    """Our checkpoints record their config: refuse to sample with another network or interpolant than trained."""
+    from pipeline.run.config import InterpolantConfig
+
+    trained = ckpt.config if isinstance(ckpt.config, dict) else {}
+    if not trained:
+        return
+    mine = {"model": asdict(cfg.model), "interpolant": cfg.interpolant.resolved()}
+    theirs_interp = InterpolantConfig(**{k: v for k, v in trained.get("interpolant", {}).items()
+                                         if k in ("kind", "base", "beta", "eps", "ours_eps")})
+    theirs = {"model": trained.get("model", {}), "interpolant": theirs_interp.resolved()}
+    changed = changed_keys(theirs, mine)
+    if changed:
+        kind = trained.get("interpolant", {}).get("kind")
+        same = (f"--set interpolant.ours_eps={theirs_interp.ours_eps}" if kind == cfg.interpolant.kind == "ours"
+                else f"--interp {kind}")
+        raise ForecastError(f"{ckpt.path} was trained with other settings (differ: {', '.join(changed[:6])}; trained "
+                            f"interpolant.kind={kind}); forecast with the same model/interpolant (e.g. {same})")
+
+
+class _ProgressModel:
+    """Calls the network and advances the progress bar by the batch's rows after every generated frame."""
+
+    def __init__(self, model: torch.nn.Module, bar: tqdm, nfe: int):
+        self.model, self.bar, self.nfe, self.calls = model, bar, max(nfe, 1), 0
+
+    def __call__(self, z, t, ref, context, gap):
+        out = self.model(z, t, ref, context, gap)
+        self.calls += 1
+        if self.calls % self.nfe == 0:
+            self.bar.update(z.shape[0])
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Store
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _create(cfg: Config, url: str, split: LatentSplit, plan: _Plan, inputs, hashes, ckpt_path: Path,
+            ckpt_info: dict, store: str) -> None:
+    import zarr
+    from zarr.codecs import BloscCodec, BloscShuffle
+
+    from pipeline.core.sampling import resolve_solver, resolve_start, sampling_diffusion
+
+    n, s, t = len(plan.videos), plan.n_samples, len(plan.frames)
+    size = cfg.data.image_size
+    root = zarr.open_group(url, mode="w")
+    codec = dict(compressors=BloscCodec(cname="zstd", clevel=cfg.encode.compression_level, shuffle=BloscShuffle.bitshuffle),
+                 fill_value=0)
+    root.create_array("real", shape=(n, t, size, size, 3), chunks=(1, t, size, size, 3), dtype="uint8", **codec)
+    root.create_array("recon", shape=(n, t, size, size, 3), chunks=(1, t, size, size, 3), dtype="uint8", **codec)
+    root.create_array("samples", shape=(n, s, t, size, size, 3), chunks=(1, 1, t, size, size, 3), dtype="uint8", **codec)
+    for name, shape in (("latents", (n, s, t)), ("truth_latents", (n, t))):  # NaN fill: never mistaken for latents
+        root.create_array(name, shape=(*shape, *plan.latent_shape), chunks=(1, *shape[1:], *plan.latent_shape),
+                          dtype="float32", **{**codec, "fill_value": float("nan")})
+    root.create_array("done", shape=(n,), chunks=(1,), dtype=bool, fill_value=False)
+    interpolant = build_interpolant(cfg.interpolant)
+    solver = resolve_solver(cfg.sample, interpolant)
+    start = resolve_start(cfg.sample, sampling_diffusion(cfg.sample, interpolant, solver))
+    videos = [{"index": int(k), "source": split.videos[k]["source"], "shard": split.videos[k]["shard"],
+               "key": split.videos[k]["key"]} for k in plan.videos]
+    root.attrs.update({
+        "fingerprint": fingerprint(inputs), "inputs": inputs, "config": cfg.to_dict(), "format": FORMAT_VERSION,
+        "ckpt": str(ckpt_path), "ckpt_kind": ckpt_info["kind"], "ckpt_step": int(ckpt_info["step"]),
+        "use_ema": ckpt_info["use_ema"], "split": cfg.forecast.split, "cond_frames": plan.cond, "gen_frames": plan.gen,
+        "n_samples": s, "image_size": size, "nfe_per_frame": nfe_per_frame(cfg, interpolant),
+        "solver": solver, "start": start, "frame_indices": [int(f) for f in plan.frames],
+        "latent_shape": list(plan.latent_shape), "latent_store": store, "file_hashes": hashes,
+        "complete": False, "code_version": code_version(), "videos": videos,
+    })
+
+
+def _forecast_my_groups(cfg: Config, url: str, split: LatentSplit, reader: ShardReader, plan: _Plan, model,
+                        info: DistInfo) -> None:
+    """Roll out, decode and write this rank's share (every world_size-th unfinished group) of the videos."""
+    from pipeline.core.sampling import rollout
+    from pipeline.vqvae import build_vqvae
+
+    root = open_store(url, mode="r+")
+    done = root["done"][:]
+    groups = [g for g in work_groups(len(plan.videos), plan.n_samples, cfg.sample.batch_size) if not done[g].all()]
+    mine = groups[info.rank :: info.world_size]
+    if not mine:
+        return
+    interpolant = build_interpolant(cfg.interpolant)
+    vq = build_vqvae(cfg.vqvae, cfg.data.image_size).drop_encoder().to(info.device)  # decode only: no re-encoding
+    device, s, batch = info.device, plan.n_samples, cfg.sample.batch_size
+    total = sum(len(g) for g in mine) * s * plan.gen
+    bar = tqdm(total=total, unit="frame", desc=f"forecast (rank {info.rank}/{info.world_size})", disable=not info.is_main,
+               smoothing=0.1)
+    net = _ProgressModel(model, bar, int(root.attrs["nfe_per_frame"]))
+    for group in mine:
+        clips = {int(r): _clip_latents(split, int(plan.videos[r]), plan.frames) for r in group}
+        cond = torch.stack([torch.from_numpy(clips[int(r)][: plan.cond]) for r in group]).to(device)
+        rows = cond.repeat_interleave(s, dim=0)
+        gens = row_generators(cfg.sample.seed, plan.videos[group], s, device)
+        parts = [rollout(net, interpolant, rows[i : i + batch], plan.gen, cfg.sample, gens[i : i + batch]).latents
+                 for i in range(0, rows.shape[0], batch)]
+        latents = torch.cat(parts).view(len(group), s, *parts[0].shape[1:])
+        for j, r in enumerate(int(r) for r in group):
+            if done[r]:  # written by an earlier, interrupted run: identical by construction
+                continue
+            source = split.videos[int(plan.videos[r])]["source"]
+            require_finite(latents[j], f"{url}: the generated latents of video {int(plan.videos[r])} ({source})",
+                           "not written, the video stays unflagged (a diverged or mismatched flow checkpoint?)")
+            _write_row(root, r, reader, int(plan.videos[r]), plan, clips[r], latents[j], vq)
+    bar.close()
+
+
+def _clip_latents(split: LatentSplit, video: int, frames: np.ndarray) -> np.ndarray:
+    """Cached latents of the clip (view 0) as float32 [T, C, h, w]."""
+    global_frames = int(split.offsets[video]) + frames
+    return split.read_frames(np.zeros_like(global_frames), global_frames).astype(np.float32)
+
+
+def _check_shards(reader: ShardReader, split: LatentSplit) -> None:
+    """The shards must be the ones the cache was encoded from (same videos, keys and lengths, in order)."""
+    mine = [(Path(v.shard).name, v.key, v.length) for v in reader.videos]
+    cached = [(v["shard"], v["key"], v["length"]) for v in split.videos]
+    if mine != cached:
+        raise ForecastError(f"{reader.path}: the shards differ from the ones {split.url} was encoded from; re-encode")
+
+
+@torch.no_grad()
+def _write_row(root, row: int, reader: ShardReader, video: int, plan: _Plan, clip: np.ndarray, latents: torch.Tensor,
+               vq) -> None:
+    """Decode one video's clip and forecasts and write its arrays; the done flag goes last."""
+    device = vq.device
+    real = reader.read_frames(video, plan.frames)
+    recon = to_uint8(vq.decode(torch.from_numpy(clip).to(device)))  # [T, H, W, 3]
+    s, gen = plan.n_samples, plan.gen
+    generated = latents[:, plan.cond :].reshape(s * gen, *latents.shape[2:])
+    pixels = to_uint8(vq.decode(generated.to(device))).reshape(s, gen, *recon.shape[1:])
+    # The conditioning frames of every sample are the decoded conditioning latents: recon's first frames.
+    samples = np.concatenate([np.broadcast_to(recon[None, : plan.cond], (s, plan.cond, *recon.shape[1:])), pixels], axis=1)
+    arrays = {"real": real, "recon": recon, "samples": samples, "latents": latents.cpu().numpy(), "truth_latents": clip}
+    for name, values in arrays.items():
+        write_array(root[name], row, values)
+    root["done"][row] = True  # last: a video counts as done only once everything else is written
+
+
+def _finish(url: str, log) -> None:
+    root = open_store(url, mode="r+")
+    missing = int((~root["done"][:]).sum())
+    if missing:
+        raise ForecastError(f"{url}: {missing} videos are not forecast after all ranks finished")
+    root.attrs["complete"] = True
+    log(f"forecast: {url} complete")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Media
+# ----------------------------------------------------------------------------------------------------------
+
+
+def media_grid(real: np.ndarray, recon: np.ndarray, samples: np.ndarray, cond: int, min_tile: int = 64,
+               border: int = 2) -> np.ndarray:
+    """Animation frames uint8 [T, rows * tile, label + tile, 3] of one video: rows = truth, VQ recon, samples...
+
+    Each row is labelled on the left ("truth", "VQ recon", "sample 1", ...). Every tile has a border coloured by
+    time: green while frames are conditioning, red once they are generated. Frames smaller than ``min_tile`` are
+    enlarged by an integer factor (nearest neighbour).
+    """
+    rows = np.concatenate([real[None], recon[None], samples])  # [R, T, H, W, 3]
+    scale = max(1, math.ceil(min_tile / rows.shape[2]))
+    if scale > 1:
+        rows = rows.repeat(scale, axis=2).repeat(scale, axis=3)
+    n_rows, t, h, w, _ = rows.shape
+    tiles = np.zeros((n_rows, t, h + 2 * border, w + 2 * border, 3), dtype=np.uint8)
+    for k in range(t):
+        tiles[:, k] = COND_COLOUR if k < cond else GEN_COLOUR
+    tiles[:, :, border : border + h, border : border + w] = rows
+    grid = tiles.transpose(1, 0, 2, 3, 4).reshape(t, n_rows * tiles.shape[2], tiles.shape[3], 3)
+    labels = ["truth", "VQ recon", *(f"sample {j + 1}" for j in range(len(samples)))]
+    strip = row_labels(labels, tiles.shape[2])
+    return np.concatenate([np.broadcast_to(strip, (t, *strip.shape)), grid], axis=2)
+
+
+def row_labels(labels: list[str], row_height: int, width: int = 72) -> np.ndarray:
+    """A white-on-black uint8 strip [len(labels) * row_height, width, 3] with one label per row (PIL's default font)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (width, len(labels) * row_height))
+    draw = ImageDraw.Draw(image)
+    for k, label in enumerate(labels):
+        draw.text((4, k * row_height + row_height // 2), label, fill=(255, 255, 255), anchor="lm")
+    return np.asarray(image)
+
+
+def write_media(cfg: Config, url: str, media_dir: Path, log, only_missing: bool = False) -> list[Path]:
+    """GIF and MP4 grids of the first ``forecast.media_videos`` videos: media/forecast_<k>.{gif,mp4}."""
+    import imageio.v3 as iio
+
+    root = open_store(url)
+    count = min(cfg.forecast.media_videos, root["done"].shape[0])
+    cond = int(root.attrs["cond_frames"])
+    written = []
+    for k in range(count):
+        paths = media_files(media_dir, k)
+        if only_missing and all(p.exists() for p in paths):
+            continue
+        rows = {"real": k, "recon": k, "samples": (k, slice(0, cfg.forecast.media_samples))}
+        real, recon, samples = (read_array(open_node(root, n, url), sel, url, f"video row {k}") for n, sel in rows.items())
+        frames = media_grid(real, recon, samples, cond)
+        media_dir.mkdir(parents=True, exist_ok=True)
+        for path in paths:
+            tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")  # ffmpeg needs the suffix
+            try:
+                if path.suffix == ".gif":
+                    iio.imwrite(tmp, frames, duration=1000.0 / cfg.forecast.fps, loop=0)
+                else:
+                    iio.imwrite(tmp, frames, fps=cfg.forecast.fps, macro_block_size=1)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            written.append(path)
+    if written:
+        log(f"forecast: wrote {len(written)} media files to {media_dir}")
+    return written
