@@ -1,7 +1,7 @@
 """Thread settings on a shared CPU: stage-1 encode and a training step, quiet and beside one busy process.
 
 For each thread setting — torch's own default (no choice made), 1 thread (``OMP_NUM_THREADS=1``), and the stages'
-default (``pipeline.run.threads.configure_threads``: the usable CPUs idle at its start / processes per node) — and each
+default (``pipeline.run.threads.configure_threads``: the usable CPUs / processes per node) — and each
 way idle OpenMP threads wait (OpenMP's own default: spin, then sleep; ``OMP_WAIT_POLICY=PASSIVE``, the stages'
 default set by ``pipeline.run.threads``; ``spin:N`` = ``GOMP_SPINCOUNT=N``), a fresh process (OpenMP reads its variables
 when it starts) measures

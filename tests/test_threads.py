@@ -1,4 +1,5 @@
-"""Thread policy (pipeline/run/threads.py): usable CPUs from the affinity mask and cgroup quotas, and the stage's choice."""
+"""Thread policy (pipeline/run/threads.py): usable CPUs from the affinity mask and cgroup quotas, the stage's choice,
+the OpenMP wait policy."""
 
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def test_cgroup_v1_no_quota_and_missing_period(tmp_path, four_cpus) -> None:
 def test_affinity_unavailable_falls_back_to_cpu_count(monkeypatch) -> None:
     monkeypatch.delattr(threads.os, "sched_getaffinity", raising=False)
     monkeypatch.setattr(threads.os, "cpu_count", lambda: 6)
-    assert threads.affinity_cpus() == 6
+    assert threads.available_cpus(Path("/absent"), Path("/absent_proc")) == 6
 
 
 def test_choice_default_divides_by_processes_per_node() -> None:
@@ -110,7 +111,7 @@ def test_configure_sets_torch_and_logs_one_line(monkeypatch) -> None:
     lines: list[str] = []
     try:
         monkeypatch.setattr(threads, "available_cpus", lambda *a, **k: 3)
-        choice = threads.configure_threads(None, 1, log=lines.append, environ={}, what="encode", idle=lambda: 2.9)
+        choice = threads.configure_threads(None, 1, log=lines.append, environ={}, what="encode")
         assert choice.threads == 3 and torch.get_num_threads() == 3
         choice = threads.configure_threads(None, 2, log=lines.append, environ={"OMP_NUM_THREADS": "1"}, what="train")
         assert choice.threads == 1 and torch.get_num_threads() == 1
@@ -119,59 +120,9 @@ def test_configure_sets_torch_and_logs_one_line(monkeypatch) -> None:
     finally:
         torch.set_num_threads(before)
     assert len(lines) == 2 and all(line.startswith("threads: ") and "\n" not in line for line in lines)
-    assert "encode: 3 torch thread(s)" in lines[0] and "3 usable CPU(s), 2.9 idle at start / 1 process(es)" in lines[0]
+    assert "encode: 3 torch thread(s)" in lines[0] and "3 usable CPU(s) / 1 process(es)" in lines[0]
     assert "OMP_NUM_THREADS=1 in the environment" in lines[1]
     assert all("idle threads wait by OMP_WAIT_POLICY=" in line for line in lines)
-
-
-def test_choice_default_takes_the_idle_cpus() -> None:
-    """Beside busy processes the default counts only the CPUs at least half idle; the user's choice still wins."""
-    env: dict[str, str] = {}
-    assert threads.choose_threads(None, 1, env, cpus=2, idle=lambda: 1.93).threads == 2  # quiet
-    assert threads.choose_threads(None, 1, env, cpus=2, idle=lambda: 0.96).threads == 1  # one CPU taken
-    assert threads.choose_threads(None, 1, env, cpus=2, idle=lambda: 0.05).threads == 1  # all taken: at least 1
-    assert threads.choose_threads(None, 1, env, cpus=2, idle=lambda: 1.5).threads == 2  # half idle counts
-    assert threads.choose_threads(None, 1, env, cpus=4, idle=lambda: 1.49).threads == 1
-    assert threads.choose_threads(None, 1, env, cpus=2, idle=lambda: 7.0).threads == 2  # never above the usable CPUs
-    assert threads.choose_threads(None, 2, env, cpus=8, idle=lambda: 6.2).threads == 3  # shared by the node's processes
-    assert threads.choose_threads(None, 1, env, cpus=4, idle=lambda: None).threads == 4  # unknown load: every CPU
-    asked = []
-    choice = threads.choose_threads(None, 1, {"OMP_NUM_THREADS": "2"}, cpus=2, idle=lambda: asked.append(1) or 0.0)
-    assert choice.threads == 2 and not asked  # not even sampled when the environment decides
-
-
-def _proc_stat(path: Path, cpus: dict[int, tuple[int, int]]) -> None:
-    """A /proc/stat with an aggregate line and, per CPU, (busy ticks, idle ticks) split over its fields."""
-    lines = ["cpu  1 2 3 4 5 6 7 8 9 10"]
-    for cpu, (busy, idle) in cpus.items():
-        lines.append(f"cpu{cpu} {busy - 3} 1 2 {idle - 1} 1 0 0 0 7 0")  # user nice system idle iowait irq softirq steal guest
-    path.write_text("\n".join([*lines, "intr 12 3", "ctxt 99", "btime 1700000000"]) + "\n")
-
-
-def test_idle_cpus_reads_the_idle_share_of_each_cpu_of_the_mask(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 3}, raising=False)
-    stat = tmp_path / "stat"
-    _proc_stat(stat, {0: (100, 100), 1: (100, 100), 2: (100, 100), 3: (100, 100)})
-    # over the sample: CPU 0 fully busy, CPU 1 idle, CPU 2 idle (outside the mask), CPU 3 a quarter busy
-    later = {0: (130, 100), 1: (100, 130), 2: (100, 130), 3: (110, 130)}
-    seen = threads.idle_cpus(0.3, stat, sleep=lambda s: _proc_stat(stat, later))
-    assert seen == pytest.approx(0.0 + 1.0 + 0.75)
-    assert threads.idle_cpus(0.3, stat, sleep=lambda s: None) is None  # no tick in between: unknown
-    assert threads.idle_cpus(0.3, tmp_path / "absent", sleep=lambda s: None) is None  # not Linux: unknown
-
-
-def test_idle_cpus_on_this_machine_sees_a_busy_process() -> None:
-    """The real /proc/stat: a spinning process takes about one CPU off what is idle."""
-    if threads.idle_cpus(0.05) is None:
-        pytest.skip("no /proc/stat here")
-    quiet = threads.idle_cpus()
-    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        busy = min(threads.idle_cpus() for _ in range(2))
-    finally:
-        spinner.kill()
-        spinner.wait()
-    assert 0.0 <= busy <= threads.affinity_cpus() - 0.6 and busy < quiet + 0.25
 
 
 def test_processes_on_node() -> None:
