@@ -1,4 +1,4 @@
-"""Cost and accuracy of the demo's known-law scoring (pipeline/demo/known_law.py), per video, on the CPU.
+"""Cost and accuracy of the demo's known-law scoring (pipeline/demo/{known_law,oracle,readout}.py), per video, on the CPU.
 
 Timed per video (best of ``repeats``; the demo's forecast protocol: clip of 16 frames, 4 conditioning, P = 12
 predicted, 64 px): the read-out of S = 4 decoded samples (48 frames), the oracle (M = 256 futures of 12 frames:
@@ -23,7 +23,7 @@ import numpy as np
 import typer
 
 from benchmarks.common import best_time, record
-from pipeline.demo import known_law as KL
+from pipeline.demo import known_law as KL, oracle as OR, readout as RO
 from pipeline.run.config import DemoConfig
 from pipeline.demo.generator import generate_demo
 from pipeline.demo.state import load_state
@@ -53,7 +53,7 @@ def _demo_vqvae(ckpt: Path | None = None):
 
 def _oracle_vq(clip: KL.Clip, vq) -> np.ndarray:
     """The evaluation's ``oracle_vq`` set of one video: S oracle draws rendered and passed through the VQVAE."""
-    drawn = KL.render_states(clip.oracle(SAMPLES, 0, KL.STREAM_FORECAST), clip.track, 64)
+    drawn = RO.render_states(clip.oracle(SAMPLES, 0, KL.STREAM_FORECAST), clip.track, 64)
     return vq.reconstruct_uint8(drawn.reshape(-1, *drawn.shape[-3:])).reshape(drawn.shape)
 
 
@@ -63,36 +63,36 @@ def main(videos: int = 16, repeats: int = 3, vq: bool = typer.Option(True, help=
         generate_demo(DemoConfig(videos={"test": videos}), 64, root)
         state, reader = load_state(Path(root) / "test"), ShardReader(Path(root) / "test")
         clips = [KL.Clip(state.track(v), state.process, CLIP, COND, v) for v in range(videos)]
-        samples = [KL.render_states(c.oracle(SAMPLES, seed=1), c.track, 64) for c in clips]  # stand-ins for decoded samples
+        samples = [RO.render_states(c.oracle(SAMPLES, seed=1), c.track, 64) for c in clips]  # stand-ins for decoded samples
         real = [reader.read_frames(v, CLIP[COND:]) for v in range(videos)]
 
         per_video = lambda fn: best_time(lambda: [fn(v) for v in range(videos)], repeats) / videos  # noqa: E731
         timings = {
             "readout_s": per_video(lambda v: clips[v].read(samples[v])),
-            "oracle_simulate_s": per_video(lambda v: clips[v].oracle(KL.ORACLE_SAMPLES)),
-            "oracle_measure_s": per_video(lambda v: clips[v].measure(clips[v].oracle(KL.ORACLE_SAMPLES))),
+            "oracle_simulate_s": per_video(lambda v: clips[v].oracle(OR.ORACLE_SAMPLES)),
+            "oracle_measure_s": per_video(lambda v: clips[v].measure(clips[v].oracle(OR.ORACLE_SAMPLES))),
             "video_scores_s": per_video(lambda v: KL.video_scores(samples[v], clips[v], real=real[v])),
         }
         rng = np.random.default_rng(0)
         all_frames = np.arange(reader.lengths.min())
-        exact = [KL.readout_error(reader.read_frames(v), state.track(v), all_frames) for v in range(videos)]
-        noisy = [KL.readout_error(_blur_and_noise(reader.read_frames(v), 8.0, rng), state.track(v), all_frames)
+        exact = [RO.readout_error(reader.read_frames(v), state.track(v), all_frames) for v in range(videos)]
+        noisy = [RO.readout_error(_blur_and_noise(reader.read_frames(v), 8.0, rng), state.track(v), all_frames)
                  for v in range(videos)]
         start = time.perf_counter()
         model = _demo_vqvae(vq_ckpt) if vq else None
         vq_errors = None if model is None else {
-            "ckpt": Path(model.ckpt).name, **KL.decoder_fidelity(model.reconstruct_uint8, reader, state, videos)}
+            "ckpt": Path(model.ckpt).name, **RO.decoder_fidelity(model.reconstruct_uint8, reader, state, videos)}
         vq_s = time.perf_counter() - start
         if model is not None:  # eval's perfect latent forecaster: S x P frames through the VQVAE per video
             timings["oracle_vq_s"] = per_video(lambda v: _oracle_vq(clips[v], model))
 
     result = {
         "setting": f"{videos} demo videos (default config, 64 px); clip 16 frames, {COND} conditioning, "
-                   f"P = {len(CLIP) - COND}; S = {SAMPLES} samples; M = {KL.ORACLE_SAMPLES} oracle futures; seconds "
+                   f"P = {len(CLIP) - COND}; S = {SAMPLES} samples; M = {OR.ORACLE_SAMPLES} oracle futures; seconds "
                    f"per video, best of {repeats}",
         **{k: round(v, 4) for k, v in timings.items()},
-        "readout_error_ground_truth": KL.pooled_readout_errors(exact),
-        "readout_error_blur3_noise8": KL.pooled_readout_errors(noisy),
+        "readout_error_ground_truth": RO.pooled_readout_errors(exact),
+        "readout_error_blur3_noise8": RO.pooled_readout_errors(noisy),
         "readout_error_vq": vq_errors,
         "vq_measure_s": round(vq_s, 1),
     }

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.demo import known_law as KL
+from pipeline.demo import known_law as KL, oracle as OR, readout as RO
 from pipeline.run.config import DemoConfig
-from pipeline.demo.generator import MAX_SPEED, PALETTE, generate_demo, simulate_video, split_code
+from pipeline.demo.generator import BACKGROUND, MAX_SPEED, PALETTE, generate_demo, simulate_video, split_code
 from pipeline.demo.state import SpriteTrack, load_state
 from pipeline.data.shards import ShardReader
 
@@ -50,7 +50,7 @@ def test_oracle_continues_the_generators_random_stream_exactly(data) -> None:
         rng = np.random.default_rng([CFG.seed, split_code("test"), v])
         simulate_video(replace(CFG, frames=c), 64, rng)  # consumes the draws of the initial state and steps 0..c-1
         track = state.track(v)
-        futures = KL.simulate(track, c, CFG.frames - 1 - c, state.process, 1, rng)
+        futures = OR.simulate(track, c, CFG.frames - 1 - c, state.process, 1, rng)
         np.testing.assert_array_equal(futures.positions[0], track.positions[c + 1 :])
         np.testing.assert_array_equal(futures.velocities[0], track.velocities[c + 1 :])
 
@@ -60,10 +60,10 @@ def test_without_kicks_the_oracle_is_the_recorded_trajectory(tmp_path: Path) -> 
     state = load_state(tmp_path / "test")
     for v in range(len(state)):
         track = state.track(v)
-        futures = KL.oracle_futures(track, 5, 14, state.process, n_samples=3, video=v)
+        futures = OR.oracle_futures(track, 5, 14, state.process, n_samples=3, video=v)
         np.testing.assert_array_equal(futures.positions, np.broadcast_to(track.positions[6:], futures.positions.shape))
-        np.testing.assert_array_equal(KL.constant_velocity(track, 5, 14, state.process)[0], track.positions[6:])
-        np.testing.assert_array_equal(KL.copy_last(track, 5, [1, 3])[0], track.positions[[5, 5]])
+        np.testing.assert_array_equal(OR.constant_velocity(track, 5, 14, state.process)[0], track.positions[6:])
+        np.testing.assert_array_equal(OR.copy_last(track, 5, [1, 3])[0], track.positions[[5, 5]])
 
 
 def _kicked(start_velocity: np.ndarray, velocities: np.ndarray) -> np.ndarray:
@@ -77,7 +77,7 @@ def _kicked(start_velocity: np.ndarray, velocities: np.ndarray) -> np.ndarray:
 def test_oracle_kick_rate(data, kick_prob) -> None:
     state, _ = data
     track = state.track(2)
-    futures = KL.oracle_futures(track, 5, 12, state.process, n_samples=2000, video=2, kick_prob=kick_prob)
+    futures = OR.oracle_futures(track, 5, 12, state.process, n_samples=2000, video=2, kick_prob=kick_prob)
     rate = _kicked(track.velocities[5], futures.velocities).mean()
     p = state.process["kick_prob"] if kick_prob is None else kick_prob
     assert abs(rate - p) < 4 * np.sqrt(p * (1 - p) / futures.velocities[..., 0].size)
@@ -88,7 +88,7 @@ def test_oracle_kick_scale(data, kick_scale) -> None:
     """From rest in the middle of the frame one step is the kick itself, capped at MAX_SPEED: per component
     E[dv²] = σ² (1 − exp(−c² / 2σ²)) for a 2-d Gaussian kick of std σ whose length is capped at c."""
     state, _ = data
-    futures = KL.simulate(_sprite(10, False, 0), 0, 1, state.process, 40_000, np.random.default_rng(1), kick_scale=kick_scale)
+    futures = OR.simulate(_sprite(10, False, 0), 0, 1, state.process, 40_000, np.random.default_rng(1), kick_scale=kick_scale)
     dv = futures.velocities[:, 0, 0]
     kicked = (dv != 0).any(axis=1)
     assert abs(kicked.mean() - state.process["kick_prob"]) < 0.006
@@ -121,8 +121,8 @@ def test_readout_is_exact_for_every_shape_size_and_colour(disc: bool) -> None:
         for size in (8, 11, 14):
             for corner in rng.uniform(0, 64 - size, size=(4, 2)):
                 track = _sprite(size, disc, colour, corner)
-                frame = KL.render_state(track.positions[0], track, 64)
-                found, position, count = KL.read_objects(frame, PALETTE[[colour]], track.sizes, track.discs)
+                frame = RO.render_state(track.positions[0], track, 64)
+                found, position, count = RO.read_objects(frame, PALETTE[[colour]], track.sizes, track.discs)
                 assert found[0] and (disc or count[0] == size**2)
                 errors.append(position[0] - corner)
     errors = np.abs(errors)
@@ -136,20 +136,20 @@ def test_readout_of_video_frames_equals_the_state_measurement(data) -> None:
     state, reader = data
     for v in range(len(state)):
         track, frames = state.track(v), reader.read_frames(v)
-        got, exact = KL.read_frames(frames, track), KL.measure_states(track.positions, track, 64)
+        got, exact = RO.read_frames(frames, track), RO.measure_states(track.positions, track, 64)
         np.testing.assert_array_equal(got.found, exact.found)
         np.testing.assert_array_equal(got.counts, exact.counts)
         np.testing.assert_array_equal(got.positions, exact.positions)
         assert not got.spurious.any()
-        alone = np.stack([KL.measure_states(track.positions[:, k : k + 1], _only(track, k), 64).counts[:, 0]
+        alone = np.stack([RO.measure_states(track.positions[:, k : k + 1], _only(track, k), 64).counts[:, 0]
                           for k in range(len(track.sizes))], axis=1)
         hidden = got.counts < alone  # partly covered by a later sprite
         assert not (~got.found & ~hidden).any()
         errors = np.abs(got.positions - track.positions)[~hidden]
         assert errors.max() <= 0.5
-        found, positions, counts = KL.read_objects_batch(frames, PALETTE[track.colours], track.sizes, track.discs)
+        found, positions, counts = RO.read_objects_batch(frames, PALETTE[track.colours], track.sizes, track.discs)
         np.testing.assert_array_equal(counts, got.counts)
-        single = KL.read_objects(frames[3], PALETTE[track.colours], track.sizes, track.discs)
+        single = RO.read_objects(frames[3], PALETTE[track.colours], track.sizes, track.discs)
         np.testing.assert_array_equal(single[2], counts[3])
 
 
@@ -168,7 +168,7 @@ def _blur_and_noise(frames: np.ndarray, noise: float, rng) -> np.ndarray:
 def test_readout_survives_blur_and_noise(data) -> None:
     state, reader = data
     rng = np.random.default_rng(0)
-    results = [KL.readout_error(_blur_and_noise(reader.read_frames(v), 8.0, rng), state.track(v), np.arange(CFG.frames))
+    results = [RO.readout_error(_blur_and_noise(reader.read_frames(v), 8.0, rng), state.track(v), np.arange(CFG.frames))
                for v in range(8)]
     assert min(r["found_rate"] for r in results) > 0.9
     assert np.mean([r["rms_vs_exact"] for r in results]) < 0.5
@@ -179,24 +179,24 @@ def test_sprite_pixel_psnr_looks_only_at_sprites(data) -> None:
     state, reader = data
     real = reader.read_frames(0, np.arange(4))
     off_sprites, on_sprites = real.copy(), real.copy()
-    background = (real == KL.demo.BACKGROUND).all(axis=-1)
+    background = (real == BACKGROUND).all(axis=-1)
     off_sprites[background] = 255 - off_sprites[background]  # every background pixel wrong
     on_sprites[~background] = on_sprites[~background] // 2 + 1  # every sprite pixel wrong
-    assert KL.sprite_pixel_psnr(off_sprites, real) == float("inf") and KL.sprite_pixel_psnr(real, real) == float("inf")
+    assert RO.sprite_pixel_psnr(off_sprites, real) == float("inf") and RO.sprite_pixel_psnr(real, real) == float("inf")
     err = (on_sprites[~background].astype(float) - real[~background]) ** 2
-    assert KL.sprite_pixel_psnr(on_sprites, real) == pytest.approx(10 * np.log10(255**2 / err.mean()))
+    assert RO.sprite_pixel_psnr(on_sprites, real) == pytest.approx(10 * np.log10(255**2 / err.mean()))
     with pytest.raises(ValueError, match="no sprite pixel"):
-        KL.sprite_pixel_psnr(real, np.broadcast_to(KL.demo.BACKGROUND, real.shape).copy())
+        RO.sprite_pixel_psnr(real, np.broadcast_to(BACKGROUND, real.shape).copy())
 
 
 def test_decoder_fidelity_of_a_perfect_and_a_colour_swapping_decoder(data) -> None:
     state, reader = data
-    perfect = KL.decoder_fidelity(lambda frames: frames, reader, state, videos=4, stride=2)
+    perfect = RO.decoder_fidelity(lambda frames: frames, reader, state, videos=4, stride=2)
     assert perfect["videos"] == 4 and perfect["frames"] == 4 * CFG.frames // 2
     own = perfect["palette_colours"]
     assert own["found_rate"] == 1.0 and own["rms_vs_exact"] == 0.0 and own["spurious_rate"] == 0.0
     assert perfect["psnr_sprite_pixels"] == float("inf")
-    swapped = KL.decoder_fidelity(lambda frames: frames[..., ::-1].copy(), reader, state, videos=4, stride=2)  # RGB -> BGR
+    swapped = RO.decoder_fidelity(lambda frames: frames[..., ::-1].copy(), reader, state, videos=4, stride=2)  # RGB -> BGR
     assert swapped["palette_colours"]["found_rate"] < 0.5 and swapped["psnr_sprite_pixels"] < 20
 
 
@@ -211,7 +211,7 @@ def test_the_shipped_demo_vqvae_keeps_its_sprites(data) -> None:
     state, reader = data
     cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml")
     with torch.inference_mode():
-        fid = KL.decoder_fidelity(build_vqvae(cfg.vqvae, 64).reconstruct_uint8, reader, state, stride=2)
+        fid = RO.decoder_fidelity(build_vqvae(cfg.vqvae, 64).reconstruct_uint8, reader, state, stride=2)
     own = fid["palette_colours"]
     assert own["found_rate"] >= 0.97 and own["rms_vs_exact"] <= 0.5 and own["spurious_rate"] <= 0.02, own
     assert fid["psnr_sprite_pixels"] > 21 and fid["psnr"] > 31, fid
@@ -222,16 +222,16 @@ def test_calibrated_colours_read_a_colour_shifted_decoder() -> None:
     orange object appears; read in the colours measured on frames of known state, it is found where it is."""
     track = SpriteTrack(np.array([[[10.0, 10.0], [40.0, 30.0]], [[12.0, 13.0], [38.0, 28.0]], [[14.2, 16.0], [36.0, 26.0]]]),
                         np.zeros((3, 2, 2)), np.array([12.0, 10.0]), np.array([False, True]), np.array([3, 2]))  # yellow, blue
-    frames = KL.render_states(track.positions, track, 64)
+    frames = RO.render_states(track.positions, track, 64)
     shifted = frames.copy()
     shifted[(frames == PALETTE[3]).all(-1)] = (240, 165, 50)  # yellow (240, 200, 50) drawn 35 off, 25 from orange
-    plain = KL.read_frames(shifted, track)
+    plain = RO.read_frames(shifted, track)
     assert not plain.found[:, 0].any() and (plain.spurious == 1).all()
-    colours = KL.calibrate_colours(shifted[:2], track, [0, 1])
+    colours = RO.calibrate_colours(shifted[:2], track, [0, 1])
     np.testing.assert_array_equal(colours, [[240, 165, 50], PALETTE[2]])
-    calibrated = KL.read_frames(shifted[2:], track, colours=colours)
+    calibrated = RO.read_frames(shifted[2:], track, colours=colours)
     assert calibrated.found.all() and not calibrated.spurious.any()
-    np.testing.assert_array_equal(calibrated.positions, KL.read_frames(frames[2:], track).positions)
+    np.testing.assert_array_equal(calibrated.positions, RO.read_frames(frames[2:], track).positions)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -260,19 +260,19 @@ def test_identity_kept_on_truth_lost_on_swapped_or_changed_colours(data) -> None
     p = int(np.flatnonzero(apart)[0])
     swapped = replace(track, colours=track.colours[[1, 0, *range(2, len(track.colours))]])
     frames = real.copy()
-    frames[p] = KL.render_state(clip.truth[p], swapped, 64)
+    frames[p] = RO.render_state(clip.truth[p], swapped, 64)
     readout = clip.read(frames[None])
     kept = KL.identity_kept(readout, track, start, offsets)[0]
     assert not kept[p] and kept[np.arange(len(kept)) != p].all()
     assert KL.count_kept(readout).all()  # the count is kept: the same colours are there
 
     other = np.setdiff1d(np.arange(len(PALETTE)), track.colours)[0]
-    frames[p] = KL.render_state(clip.truth[p], replace(track, colours=np.r_[other, track.colours[1:]]), 64)
+    frames[p] = RO.render_state(clip.truth[p], replace(track, colours=np.r_[other, track.colours[1:]]), 64)
     readout = clip.read(frames[None])
     assert not KL.identity_kept(readout, track, start, offsets)[0, p] and readout.spurious[0, p] == 1
     assert KL.count_kept(readout)[0, p]
 
-    frames[p] = KL.render_state(clip.truth[p], replace(track, sizes=track.sizes * np.r_[0, np.ones(len(track.sizes) - 1)]), 64)
+    frames[p] = RO.render_state(clip.truth[p], replace(track, sizes=track.sizes * np.r_[0, np.ones(len(track.sizes) - 1)]), 64)
     assert not KL.count_kept(clip.read(frames[None]))[0, p]  # a sprite vanished
 
 
@@ -323,7 +323,7 @@ def test_law_distance_floor_wrong_laws_and_coverage(data) -> None:
 def test_video_scores_sets_and_ranking(data) -> None:
     state, reader = data
     clip, real = _clean_clip(state, reader)
-    samples = KL.render_states(clip.oracle(4, seed=9), clip.track, 64)  # a perfect forecaster, in pixels
+    samples = RO.render_states(clip.oracle(4, seed=9), clip.track, 64)  # a perfect forecaster, in pixels
     scores = KL.video_scores(samples, clip, real=real)
     assert set(scores) == {"model", "oracle", "copy_last", "constant_velocity", "real"}
     metrics = {"identity_kept", "count_kept", "missing", "energy", "law_distance", "coverage50", "coverage90"}
@@ -353,8 +353,8 @@ def test_horizon_comparisons_and_the_reports_bar_summary(data) -> None:
     for v in range(8):
         clip = _clip(state, v)
         real = reader.read_frames(v, CLIP[COND:])
-        stuck = KL.render_states(clip.references()["copy_last"], clip.track, 64)  # [1, P, H, W, 3]
-        drawn = KL.render_states(clip.oracle(2, 0, KL.STREAM_FORECAST), clip.track, 64)  # the oracle set's draws
+        stuck = RO.render_states(clip.references()["copy_last"], clip.track, 64)  # [1, P, H, W, 3]
+        drawn = RO.render_states(clip.oracle(2, 0, KL.STREAM_FORECAST), clip.track, 64)  # the oracle set's draws
         rows.append(KL.video_scores(np.repeat(stuck, 2, axis=0), clip, real=real, n_oracle=64,
                                     frame_sets={"vq_ceiling": real[None], "oracle_vq": drawn}))
     h = horizon_comparisons(rows, {"resamples": 500, "seed": 0, "level": 0.95})
