@@ -2,14 +2,11 @@
 
 Contract: reads ``<data.root>/<split>/*.hdf5`` and the VQVAE checkpoint; writes the store described in
 ``pipeline/data/cache.py``. The store's fingerprint covers everything the latents depend on (VQVAE architecture and
-checkpoint checksum, shard checksums, pixel transform, views, storage layout, format version). A rerun with the
-same fingerprint is "up to date" (or resumes an unfinished store); a different fingerprint is refused, naming what
-changed, unless ``force`` rebuilds — old and new latents are never mixed. A rebuild validates every input first
-(shards, VQVAE weights) and is written beside the old store (``<store>.rebuild``), which stays usable until the
-new one is complete and takes its place. One process writes a store at a time (``pipeline/run/locks.py``).
-
-Torch loads only when there is work: :func:`up_to_date_message` (the same decision, torch-free) lets a launch
-whose store is up to date return in about a second instead of paying torch's import (``encode_latents.py``).
+checkpoint checksum, shard checksums, pixel transform, views, storage layout, format version); what a rerun does
+with it is :mod:`pipeline.run.protocol`'s decision: up to date, resume, create, refuse a store of other inputs (old
+and new latents are never mixed), or under ``force`` rebuild it beside the old one (``<store>.rebuild``). A rebuild
+validates every input (shards, VQVAE weights) before anything is written. :func:`up_to_date_message` makes the
+decision torch-free, so a launch with nothing to do never imports torch (``encode_latents.py``).
 
 Resumable: each video's latents are written before its ``done`` flag, so a killed run redoes only unflagged
 videos. Encoding is batched per video (frames [0:B], [B:2B], ...), so a video's latents do not depend on which
@@ -19,8 +16,7 @@ other videos are encoded, by which rank, or in which run: a resumed or distribut
 from __future__ import annotations
 
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
-from functools import partial
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -31,16 +27,15 @@ from pipeline.data.cache import (FORMAT_VERSION, LatentSplit, create_split, dele
                            store_attrs, write_array)
 from pipeline.run.config import Config, VQVAEConfig
 from pipeline.data.shards import ShardReader, split_dirs
-from pipeline.run.locks import LockedError, lock_file, output_lock
-from pipeline.run.records import (KnownHashes, cached_sha256, changed_keys, code_version, fingerprint, recover_replacement,
-                              replace_directory)
+from pipeline.run.protocol import Output, Verdict, decide, local_lock, settle, up_to_date_line
+from pipeline.run.records import KnownHashes, cached_sha256, code_version, replace_directory
 from pipeline.data.views import View, apply_view, make_views
 
 if TYPE_CHECKING:
     from pipeline.run.dist import DistInfo
 
 PIXEL_TRANSFORM = "uint8 HWC -> float32 CHW, x / 127.5 - 1, no resize (shards hold image_size frames)"
-REBUILD = ".rebuild"  # --force builds the replacement of a stale store at <store>.rebuild, swapped in when complete
+REMEDY = "Refusing to mix old and new latents: rerun with --force (make encode FORCE=1) to rebuild."
 
 
 class EncodeError(RuntimeError):
@@ -94,41 +89,38 @@ def encode_latents(cfg: Config, url: str, force: bool = False, dry_run: bool = F
     Under torchrun every rank calls this; rank 0 decides, locks and creates, all ranks encode disjoint videos.
     ``dry_run`` logs what would be done (up to date / resume / build / refuse) and changes nothing.
     """
-    from pipeline.run.dist import barrier, broadcast_object, init_distributed  # torch: only past the torch-free check
+    from pipeline.run.dist import barrier, init_distributed  # torch: only past the torch-free check
 
     info = init_distributed()
-    readers, views = _readers(cfg), make_views(cfg.encode)
+    readers, views, hashes = _readers(cfg), make_views(cfg.encode), {}
+    videos = sum(len(r.videos) for r in readers.values())
+
+    def create(verdict: Verdict) -> None:
+        _create(cfg, verdict, readers, views, hashes)
+        log(f"encode: created {verdict.target} (fingerprint {verdict.key}, {len(views)} view(s))")
+
     with ExitStack() as held:  # rank 0 holds the store's lock until every rank has finished
-        decision = _settle(cfg, url, readers, views, force, dry_run, held, log) if info.is_main else None
-        action, target, message = broadcast_object(decision)
-        if action in ("stale", "error", "locked"):
-            raise {"stale": StaleCacheError, "error": EncodeError, "locked": LockedError}[action](message)
-        if action in ("up to date", "dry run"):
-            return action
+        verdict = settle(_output(cfg, url), lambda: _decide(cfg, url, readers, views, force, hashes), held, log,
+                         dry_run, (StaleCacheError, EncodeError), what=f" ({videos} videos, {len(views)} view(s))",
+                         then=create)
+        if dry_run or verdict.action == "up to date":
+            return "dry run" if dry_run else verdict.action
         barrier()
-        _encode_my_videos(cfg, target, readers, views, info, log)
+        _encode_my_videos(cfg, verdict.target, readers, views, info, log)
         barrier()
         if info.is_main:
-            _finish(cfg, target, log)
-            if target != url:
-                replace_directory(target, url)
+            _finish(cfg, verdict.target, log)
+            if verdict.target != url:
+                replace_directory(verdict.target, url)
                 log(f"encode: {url} replaced by its rebuild")
         barrier()
     return "encoded"
 
 
 def up_to_date_message(cfg: Config, url: str) -> str | None:
-    """The stage's "up to date" line when the store at ``url`` is complete and made from ``cfg``'s inputs, else None
-    (work, a refusal or an error: :func:`encode_latents` decides and reports those). The same decision, without
-    torch and without hashing (a file that changed size or mtime is left to the stage): a launch with nothing to do
-    need not import torch."""
-    try:
-        if not store_attrs(url).get("complete"):
-            return None
-        verdict = _decide(cfg, url, _readers(cfg), make_views(cfg.encode), False, KnownHashes())
-    except Exception:  # whatever it is, encode_latents meets it again and says it properly
-        return None
-    return verdict.message if verdict.action == "up to date" else None
+    """The stage's "up to date" line, decided without torch and without hashing (a file that changed size or mtime
+    is left to the stage), else None: a launch with nothing to do need not import torch."""
+    return up_to_date_line(lambda: _decide(cfg, url, _readers(cfg), make_views(cfg.encode), False, KnownHashes()))
 
 
 def _readers(cfg: Config) -> dict[str, ShardReader]:
@@ -139,103 +131,20 @@ def _readers(cfg: Config) -> dict[str, ShardReader]:
             for s, d in split_dirs(cfg.data.root, encoded_splits(cfg)).items()}
 
 
-@dataclass
-class _Verdict:
-    """Rank 0's decision: the action, the store it writes (``url``, or a rebuild beside it) and what to say."""
-
-    action: str  # up to date | resume | create | stale
-    target: str
-    message: str  # the line to log, or for 'stale' the refusal
-    inputs: dict[str, Any]
-    key: str
-    changed: str = ""  # the inputs that differ from the store's, for messages
+def _output(cfg: Config, url: str) -> Output:
+    return Output("encode", url, "built", REMEDY, beside="://" not in url, read=store_attrs, lock=local_lock(url),
+                  notes={"vqvae.": f" (VQVAE checkpoint {cfg.vqvae.ckpt})"})
 
 
-def _settle(cfg, url, readers, views, force, dry_run, held: ExitStack, log) -> tuple[str, str, str]:
-    """Rank 0: (action, store to write, message) for every rank; for work, lock, decide again, validate, create.
-
-    The first decision takes no lock, so concurrent checks of an up-to-date store (parallel runs of one dataset)
-    never collide. Work takes the store's lock and decides again under it (another process may have finished
-    or changed the store meanwhile), then validates every input before anything is created or replaced.
-    """
-    try:
-        hashes: dict[str, Any] = {}
-        verdict = _decide(cfg, url, readers, views, force, hashes)
-        if dry_run:
-            return _would(verdict, url, readers, views, log)
-        if verdict.action in ("create", "resume"):
-            _lock(url, held, log)
-            verdict = _decide(cfg, url, readers, views, force, hashes)
-        if verdict.action == "stale":
-            return "stale", url, verdict.message
-        if verdict.message:
-            log(verdict.message)
-        if verdict.action == "create":
-            _create(cfg, verdict, readers, views, hashes)
-            log(f"encode: created {verdict.target} (fingerprint {verdict.key}, {len(views)} view(s))")
-        return verdict.action, verdict.target, ""
-    except LockedError as exc:
-        return "locked", url, str(exc)
-    except Exception as exc:  # reported to every rank, so none waits forever at the broadcast
-        return "error", url, f"{type(exc).__name__}: {exc}"
-
-
-def _decide(cfg, url, readers, views, force, hashes: dict[str, Any]) -> _Verdict:
-    """Rank 0, changing nothing: compare the store's fingerprint with the one ``cfg`` gives (fills ``hashes``)."""
+def _decide(cfg, url, readers, views, force, hashes: dict[str, Any]) -> Verdict:
+    """Compare the store's fingerprint with the one ``cfg`` gives, changing nothing (fills ``hashes``)."""
     old = store_attrs(url)
     hashes.update(old.get("file_hashes", {}))
     inputs = cache_inputs(cfg, readers, views, hashes)
-    key = fingerprint(inputs)
-    verdict = partial(_Verdict, inputs=inputs, key=key)
-    if old.get("fingerprint") == key:
-        if old.get("complete"):
-            return verdict("up to date", url, f"encode: {url} is up to date (fingerprint {key})")
-        return verdict("resume", url, f"encode: resuming {url}")
-    if "fingerprint" not in old:  # no store, or the remains of a creation killed before it recorded its inputs
-        return verdict("create", url, "")
-    changed = changed_keys(old.get("inputs", {}), inputs)
-    detail = ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
-    detail += f" (VQVAE checkpoint {cfg.vqvae.ckpt})" if any(c.startswith("vqvae.") for c in changed) else ""
-    verdict = partial(verdict, changed=detail)
-    if not force:
-        return verdict("stale", url, f"{url} was built from different inputs; changed: {detail}. Refusing to mix "
-                                     "old and new latents: rerun with --force (make encode FORCE=1) to rebuild.")
-    if "://" in url:  # an object store cannot rename: replaced in place, once every input has been validated
-        return verdict("create", url, f"encode: --force: replacing {url}; changed: {detail}")
-    beside = url + REBUILD
-    if store_attrs(beside).get("fingerprint") == key:
-        return verdict("resume", beside, f"encode: --force: resuming the rebuild of {url} in {beside}")
-    return verdict("create", beside, f"encode: --force: rebuilding {url} in {beside}, which replaces it when "
-                                     f"complete; changed: {detail}")
+    return decide(_output(cfg, url), old, inputs, force, complete=bool(old.get("complete")))
 
 
-def _lock(url: str, held: ExitStack, log) -> None:
-    """Rank 0: take the store's lock for the rest of the stage; finish a replacement a crash interrupted.
-
-    A local store only: an object store (fsspec URL) has no file to lock.
-    """
-    if "://" in url:
-        return
-    held.enter_context(output_lock(lock_file(url), url, "encode", log))
-    if recover_replacement(url + REBUILD, url, bool(store_attrs(url + REBUILD).get("complete"))):
-        log(f"encode: put the finished rebuild {url + REBUILD} in place of {url} (a run stopped while swapping them)")
-
-
-def _would(verdict: _Verdict, url, readers, views, log) -> tuple[str, str, str]:
-    """A dry run's verdict: logged, nothing done."""
-    if verdict.action == "up to date":
-        log(verdict.message)
-        return "up to date", url, ""
-    videos = sum(len(r.videos) for r in readers.values())
-    what = {"resume": f"resume {verdict.target}",
-            "stale": f"refuse: {url} was built from different inputs; changed: {verdict.changed} (FORCE=1 rebuilds)",
-            "create": f"build {verdict.target} ({videos} videos, {len(views)} view(s))"
-                      + (f" and then replace {url} with it" if verdict.target != url else "")}[verdict.action]
-    log(f"encode: dry run: would {what}")
-    return "dry run", url, ""
-
-
-def _create(cfg: Config, verdict: _Verdict, readers, views, hashes) -> None:
+def _create(cfg: Config, verdict: Verdict, readers, views, hashes) -> None:
     """Validate every input (shards, and the VQVAE loaded with its weights), then create the store.
 
     Nothing is written before the inputs check out, so a bad checkpoint leaves no store behind to refuse the next
