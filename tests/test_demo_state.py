@@ -16,8 +16,7 @@ from pipeline.data.shards import ShardReader, find_shards
 from pipeline.stages.data import prepare_data
 from pipeline.run.records import MANIFEST, read_json, write_json_atomic
 
-# sha256[:16] of render_video's bytes, computed with the generator as it was before the state was recorded
-# (commit 3ae8dea): recording must not change a single draw.
+# sha256[:16] of render_video's bytes (golden): recording the state must not change a single draw.
 GOLDEN_VIDEOS = {
     "default64/0/0": "ef158e9988840716", "default64/1/3": "303cdc4270b4369a", "default64/2/7": "45423562a4e23ec3",
     "small32/0/0": "53d99b994679a399", "small32/1/3": "9258dbcdd95f3508", "small32/2/7": "a0ce2cee6032b0b0",

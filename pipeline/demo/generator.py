@@ -36,11 +36,8 @@ def render_video(cfg: DemoConfig, image_size: int, rng: np.random.Generator) -> 
 
 
 def simulate_video(cfg: DemoConfig, image_size: int, rng: np.random.Generator) -> tuple[np.ndarray, SpriteTrack]:
-    """One demo video ``uint8 [frames, S, S, 3]`` and the state that rendered each of its frames.
-
-    The random draws (and so the video) are exactly those of the original generator: recording the state
-    draws nothing.
-    """
+    """One demo video ``uint8 [frames, S, S, 3]`` and the state that rendered each of its frames (recording the
+    state draws nothing from ``rng``, so the video does not depend on it)."""
     count = int(rng.integers(cfg.min_sprites, cfg.max_sprites + 1))
     sizes = rng.integers(cfg.sprite_size[0], cfg.sprite_size[1] + 1, size=count).astype(np.float64)
     palette_index = rng.choice(len(PALETTE), size=count, replace=False)
@@ -66,6 +63,8 @@ def simulate_video(cfg: DemoConfig, image_size: int, rng: np.random.Generator) -
 
 
 def _sprite_mask(corner: np.ndarray, size: float, disc: bool, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """Pixels whose centres ``(yy, xx)`` lie in the sprite with top-left ``corner``: a square of side ``size`` or
+    the disc inscribed in it."""
     y0, x0 = corner
     if disc:
         radius = size / 2
@@ -109,11 +108,8 @@ def split_code(split: str) -> int:
 
 
 def generate_demo(cfg: DemoConfig, image_size: int, out_root: str | Path) -> dict[str, int]:
-    """Write every split of the demo dataset under ``out_root/<split>/``; returns videos per split.
-
-    Each split directory gets its shards and, beside them, the state sidecar :data:`STATE_FILE`
-    (:mod:`pipeline.demo.state`).
-    """
+    """Write every split of the demo dataset under ``out_root/<split>/`` (its shards and, beside them, the state
+    sidecar :data:`STATE_FILE`); returns videos per split."""
     counts = {}
     for split, n_videos in cfg.videos.items():
         code = split_code(split)

@@ -17,7 +17,7 @@ says which slots hold a sprite, the first ``counts[v]``)::
     present     bool    [V, K]         slot k of video v holds a sprite
     counts      int64   [V]            sprites per video
     sources     str     []             JSON list of each video's ``source`` key as the shards have it (demo/test/00003)
-    process     str     []             JSON dict of the process parameters (see ``process_parameters`` in demo.py)
+    process     str     []             JSON dict of the process parameters (``generator.process_parameters``)
 
 Geometry: pixel (i, j) covers [i, i+1) x [j, j+1) and is painted when its centre (i + 0.5, j + 0.5) lies in the
 sprite, so a sprite's centre is ``position + size / 2`` (squares and discs alike). Timing: the generator renders
@@ -49,8 +49,8 @@ class SpriteTrack:
 
     ``positions[t]`` is the top-left corner (row y, column x; float, pixels) that renders frame t, and
     ``velocities[t]`` the velocity the step from frame t to t + 1 starts from (before that step's kick): the state
-    at frame t is exactly what ``demo._step`` advances. Centre = ``positions + sizes[:, None] / 2``. K = the
-    video's sprite count, in drawing order (later sprites are drawn on top).
+    at frame t is exactly what ``generator._step`` advances. K = the video's sprite count, in drawing order (later
+    sprites are drawn on top).
     """
 
     positions: np.ndarray  # float64 [T, K, 2]
@@ -58,11 +58,6 @@ class SpriteTrack:
     sizes: np.ndarray  # float64 [K], side (square) or diameter (disc), pixels
     discs: np.ndarray  # bool [K]
     colours: np.ndarray  # int64 [K], indices into the palette
-
-    @property
-    def centres(self) -> np.ndarray:
-        """Sprite centres ``[T, K, 2]`` (row, column), pixels."""
-        return self.positions + self.sizes[:, None] / 2
 
 
 @dataclass
