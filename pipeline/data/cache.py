@@ -5,42 +5,43 @@ Layout (readable by plain ``zarr``)::
     latents.zarr/
       attrs: fingerprint, inputs (what the latents depend on), views, latent_shape, dtype, chunk_frames,
              stats {split: {mean, std}} (per channel, view 0), config, code_version, complete
-      <split>/latents   [views, frames, C, h, w]  float32 | float16, chunks (1, chunk_frames, C, h, w), Blosc/zstd
+      <split>/latents   [views, frames, C, h, w]  float32 | float16, chunks (1, chunk_frames, C, h, w)
       <split>/offsets   [videos] int64   first frame of each video (chunk-aligned: videos never share a chunk)
       <split>/lengths   [videos] int64   frames of each video
       <split>/done      [videos] bool    set after the video's latents are written (one chunk per flag)
       <split> attrs: videos = [{shard, key, source, length}]   provenance of each video
+
+Every array is stored with the codecs of :func:`checked_compressors` (Blosc/zstd, then a CRC32C checksum).
 
 Because every video starts on a chunk boundary and each ``done`` flag has its own chunk, processes writing
 different videos never touch the same chunk: distributed encoding needs no locks, and a killed run leaves only
 videos whose flag is unset, which a rerun encodes again.
 
 Integrity: every read of stored data (this store and ``forecasts.zarr``) goes through this module, which refuses
-to return anything but the stored bytes. A chunk that a read needs must exist (writers store every chunk, even one
-equal to the fill value, so a missing chunk always means lost data), must decode to its full size, and latents must
-be finite; unreadable metadata and inconsistent index arrays are refused when the store is opened. Each error names
-the store, the array and chunk (or the metadata file) and, where known, the video. Float arrays are created with
-fill value NaN, so data read past these checks (e.g. with plain zarr) cannot pass for zeros.
+to return anything but the stored bytes. Every chunk is written with Zarr's CRC32C checksum codec after Blosc, so a
+chunk that lost its tail or had bytes changed fails its checksum when decoded. A chunk that a read needs must exist
+(writers store every chunk, even one equal to the fill value, so a missing chunk always means lost data) and latents
+must be finite; unreadable metadata and inconsistent index arrays are refused when the store is opened. Each error
+names the store, the array and chunk (or the metadata file) and, where known, the video. Float arrays are created
+with fill value NaN, so data read past these checks (e.g. with plain zarr) cannot pass for zeros. The checksum
+covers a chunk's bytes, not its place: two valid chunks swapped between keys still decode.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import shutil
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numcodecs
 import numpy as np
 import zarr
-from zarr.abc.store import RangeByteRequest
-from zarr.codecs import BloscCodec, BloscShuffle, BytesCodec
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
+from zarr.codecs import BloscCodec, BloscShuffle, BytesCodec, Crc32cCodec
 from zarr.storage import LocalStore
 
-FORMAT_VERSION = 1  # bump when the layout or the meaning of stored values changes
+FORMAT_VERSION = 2  # bump when the layout or the meaning of stored values changes (2: CRC32C on every chunk)
 DAMAGED = "the store is damaged: delete it and rerun the stage that writes it"
 
 
@@ -121,28 +122,10 @@ def read_array(array: zarr.Array, selection: Any, url: str, what: str = "", miss
         if missing:
             more = f" (and {len(missing) - 1} more of the {len(coords)} chunks it needs)" if len(missing) > 1 else ""
             raise _chunk_error(array, url, missing[0], f"is missing{more}: never written or deleted", what)
-    if _blosc_only(array):  # Blosc decodes a cut-short chunk stored uncompressed without a word: check its length
-        for coord, (header, size) in zip(coords, sync(_headers(array.store, _chunk_keys(array, coords)))):
-            problem = blosc_length_problem(header, size) if header is not None else None
-            if problem:
-                raise _chunk_error(array, url, coord, f"cannot be decoded ({problem})", what)
     try:
         return array[selection]
     except Exception as exc:
         raise _undecodable(array, url, coords, exc, what) from exc
-
-
-def blosc_length_problem(header: bytes, size: int) -> str | None:
-    """Why a Blosc chunk of ``size`` bytes contradicts its ``header`` (its first bytes; 12-15: the total compressed
-    size), else None.
-
-    Blosc stores a chunk it cannot compress (noise-like frames, early samples) as a plain copy, and decoding a copy
-    that lost its tail returns the missing bytes as whatever lies past the buffer instead of failing; the header's
-    size catches that before any decode."""
-    if size < BLOSC_HEADER:
-        return f"{size} bytes, shorter than a Blosc header"
-    total = int.from_bytes(header[12:16], "little")
-    return None if total == size else f"its Blosc header says {total} bytes, the chunk holds {size}"
 
 
 def write_array(array: zarr.Array, selection: Any, values: Any) -> None:
@@ -170,25 +153,31 @@ def create_split(
     offsets, total = chunk_aligned_offsets(lengths, chunk_frames)
     group = root.create_group(split)
     group.attrs["videos"] = videos
-    compressor = BloscCodec(cname="zstd", clevel=compression_level, shuffle=BloscShuffle.bitshuffle)
+    codecs = {"compressors": checked_compressors(compression_level)}
     group.create_array(  # fill NaN: never mistaken for latents (padding frames after each video read as NaN too)
         "latents", shape=(n_views, total, *latent_shape), chunks=(1, chunk_frames, *latent_shape),
-        dtype=dtype, compressors=compressor, fill_value=float("nan"),
+        dtype=dtype, fill_value=float("nan"), **codecs,
     )
     stored = {"write_empty_chunks": True}  # an all-zero index (one video at offset 0) is stored, not left absent
-    group.create_array("offsets", data=offsets, chunks=(max(len(offsets), 1),), config=stored)
-    group.create_array("lengths", data=lengths, chunks=(max(len(lengths), 1),), config=stored)
-    group.create_array("done", shape=(len(videos),), chunks=(1,), dtype=bool, fill_value=False)
+    group.create_array("offsets", data=offsets, chunks=(max(len(offsets), 1),), config=stored, **codecs)
+    group.create_array("lengths", data=lengths, chunks=(max(len(lengths), 1),), config=stored, **codecs)
+    group.create_array("done", shape=(len(videos),), chunks=(1,), dtype=bool, fill_value=False, **codecs)
+
+
+def checked_compressors(level: int) -> list[Any]:
+    """The bytes codecs of every array we write: Blosc/zstd (bit-shuffled), then Zarr's CRC32C checksum, which makes
+    Zarr refuse a chunk whose bytes changed or were cut short."""
+    return [BloscCodec(cname="zstd", clevel=level, shuffle=BloscShuffle.bitshuffle), Crc32cCodec()]
 
 
 class LatentSplit:
     """Read access to one split of the store: per-video latents and fast batched frame reads.
 
-    ``read_frames`` fetches each needed chunk once and decodes it with Blosc directly — about 8x faster than
-    zarr's generic indexing for the scattered reads of triplet sampling (benchmarks/); local stores are read
-    from the files themselves, other stores (fsspec URLs) through zarr's store layer, all keys concurrently.
-    Every read refuses missing or undecodable chunks and non-finite latents, naming the chunk and the video; the
-    index arrays are validated when the split is opened.
+    ``read_frames`` fetches each needed chunk once and decodes it with the array's own codecs (numcodecs' CRC32C
+    and Blosc), skipping zarr's generic indexing, which is several times slower for the scattered reads of triplet
+    sampling (benchmarks/bench_loader.py). Every read refuses missing chunks, chunks that fail their checksum or
+    do not decode, and non-finite latents, naming the chunk and the video; the index arrays are validated when the
+    split is opened.
     """
 
     def __init__(self, url: str, split: str):
@@ -213,7 +202,7 @@ class LatentSplit:
         self.latent_shape = tuple(self.latents.shape[2:])
         self.chunk_frames = self.latents.chunks[1]
         self._in_memory: np.ndarray | None = None
-        self._direct = _blosc_only(self.latents)
+        self._direct = _checked_blosc(self.latents)
         _check_index(self)
 
     def __len__(self) -> int:
@@ -276,31 +265,24 @@ class LatentSplit:
     def _fetch_chunks(self, keys: list[tuple[int, int]]) -> list[np.ndarray]:
         """Decoded chunks ``[chunk_frames, C, h, w]`` for (view, chunk index) keys; missing or corrupt ones raise."""
         cf, tail = self.chunk_frames, [0] * len(self.latent_shape)
-        coords = [(v, c, *tail) for v, c in keys]
         if not self._direct:  # a store written with other codecs: zarr's generic path
             return [read_array(self.latents, (v, slice(c * cf, (c + 1) * cf)), self.url, self._describe(v, c))
                     for v, c in keys]
-        names = _chunk_keys(self.latents, coords)
-        store = self.latents.store
-        if isinstance(store, LocalStore):
-            raw = [_read_file(Path(store.root) / name) for name in names]
-        else:
-            raw = sync(_gather(store, names))
-        shape = (cf, *self.latent_shape)
-        return [self._decode(blob, coord, shape) for blob, coord in zip(raw, coords)]
+        coords = [(v, c, *tail) for v, c in keys]
+        blobs = _stored(self.latents.store, _chunk_keys(self.latents, coords))
+        return [self._decode(blob, coord) for blob, coord in zip(blobs, coords)]
 
-    def _decode(self, blob: bytes | None, coord: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
-        """One chunk's Blosc bytes as an array of ``shape``; an absent or undecodable chunk names itself and its video."""
-        if blob is None:
-            raise _chunk_error(self.latents, self.url, coord, "is missing: never written or deleted", self._describe(*coord[:2]))
-        problem = blosc_length_problem(blob, len(blob))
-        if problem:
-            raise _chunk_error(self.latents, self.url, coord, f"cannot be decoded ({problem})", self._describe(*coord[:2]))
+    def _decode(self, blob: bytes | None, coord: tuple[int, ...]) -> np.ndarray:
+        """One stored chunk (Blosc, then CRC32C) as ``[chunk_frames, C, h, w]``; a chunk that is absent, fails its
+        checksum or does not decode names itself and its video."""
         try:
-            return np.frombuffer(_BLOSC.decode(blob), dtype=self.latents.dtype).reshape(shape)
+            if blob is None:
+                raise FileNotFoundError
+            return np.frombuffer(_BLOSC.decode(_CRC32C.decode(blob)), self.latents.dtype).reshape(
+                self.chunk_frames, *self.latent_shape)
         except Exception as exc:
-            raise _chunk_error(self.latents, self.url, coord, f"cannot be decoded ({type(exc).__name__}: {exc})",
-                               self._describe(*coord[:2])) from exc
+            problem = "is missing: never written or deleted" if blob is None else f"cannot be decoded ({_reason(exc)})"
+            raise _chunk_error(self.latents, self.url, coord, problem, self._describe(*coord[:2])) from None
 
     def _video_of(self, frame: int) -> int:
         return int(np.searchsorted(self.offsets, frame, side="right")) - 1
@@ -371,15 +353,27 @@ def _chunk_keys(array: zarr.Array, coords: list[tuple[int, ...]]) -> list[str]:
     return [f"{array.path}/{array.metadata.encode_chunk_key(c)}".lstrip("/") for c in coords]
 
 
+def _stored(store: Any, keys: list[str]) -> list[bytes | None]:
+    """The stored bytes of each key (None where absent): files of a local store, else fsspec's concurrent ``cat``."""
+    if isinstance(store, LocalStore):
+        return [_read_file(Path(store.root) / key) for key in keys]
+    fs, root = _filesystem(store)
+    found = fs.cat([f"{root}/{key}" for key in keys], on_error="omit")
+    return [found.get(f"{root}/{key}") for key in keys]
+
+
 def _exists(store: Any, keys: list[str]) -> list[bool]:
-    """Whether each key exists: a file check for local stores, the store's own ``exists`` otherwise."""
+    """Whether each key is stored, without reading it."""
     if isinstance(store, LocalStore):
         return [(Path(store.root) / key).is_file() for key in keys]
+    fs, root = _filesystem(store)
+    return [fs.exists(f"{root}/{key}") for key in keys]
 
-    async def check() -> list[bool]:
-        return list(await asyncio.gather(*[store.exists(key) for key in keys]))
 
-    return sync(check())
+def _filesystem(store: Any) -> tuple[Any, str]:
+    """A synchronous fsspec filesystem and root path for an fsspec store (zarr's own store is asynchronous)."""
+    fs, root = fsspec.core.url_to_fs(store.fs.unstrip_protocol(store.path))
+    return fs, root.rstrip("/")
 
 
 def _location(url: str, key: str) -> str:
@@ -401,7 +395,7 @@ def _undecodable(array: zarr.Array, url: str, coords: list[tuple[int, ...]], exc
         try:
             array[tuple(slice(c * n, (c + 1) * n) for c, n in zip(coord, chunk))]
         except Exception as inner:
-            return _chunk_error(array, url, coord, f"cannot be decoded ({type(inner).__name__}: {inner})", what)
+            return _chunk_error(array, url, coord, f"cannot be decoded ({_reason(inner)})", what)
     return StoreReadError(f"{url}: reading array '{array.path}' failed ({type(exc).__name__}: {exc})"
                           + (f" for {what}" if what else ""))
 
@@ -410,15 +404,19 @@ def _metadata_error(url: str, key: str, exc: Exception) -> StoreReadError:
     return StoreReadError(f"{url}: unreadable metadata file {_location(url, key)} ({type(exc).__name__}: {exc}); {DAMAGED}")
 
 
-def _blosc_only(array: zarr.Array) -> bool:
+def _reason(exc: Exception) -> str:
+    """An error's type and first line (a checksum mismatch is one sentence; some decoders add more lines)."""
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+
+
+def _checked_blosc(array: zarr.Array) -> bool:
+    """Whether the array's codecs are exactly those :func:`checked_compressors` writes (the fast path decodes them)."""
     codecs = array.metadata.codecs
-    return len(codecs) == 2 and isinstance(codecs[0], BytesCodec) and isinstance(codecs[1], BloscCodec) and (
-        codecs[0].endian is None or codecs[0].endian.value == "little"
-    )
+    return len(codecs) == 3 and isinstance(codecs[0], BytesCodec) and isinstance(codecs[1], BloscCodec) and (
+        isinstance(codecs[2], Crc32cCodec)) and (codecs[0].endian is None or codecs[0].endian.value == "little")
 
 
-_BLOSC = numcodecs.Blosc()
-BLOSC_HEADER = 16  # bytes: version, flags, type size, then uncompressed size, block size, compressed size (uint32 LE)
+_BLOSC, _CRC32C = numcodecs.Blosc(), numcodecs.CRC32C()
 
 
 def _read_file(path: Path) -> bytes | None:
@@ -427,21 +425,3 @@ def _read_file(path: Path) -> bytes | None:
             return fh.read()
     except FileNotFoundError:
         return None
-
-
-async def _headers(store: Any, keys: list[str]) -> list[tuple[bytes | None, int | None]]:
-    """(first BLOSC_HEADER bytes, size) of each key's object, (None, None) where it is absent: the length check
-    without reading the chunks a second time."""
-    prototype = default_buffer_prototype()
-
-    async def one(key: str) -> tuple[bytes | None, int | None]:
-        head = await store.get(key, prototype=prototype, byte_range=RangeByteRequest(0, BLOSC_HEADER))
-        return (None, None) if head is None else (head.to_bytes(), await store.getsize(key))
-
-    return list(await asyncio.gather(*[one(key) for key in keys]))
-
-
-async def _gather(store: Any, keys: list[str]) -> list[bytes | None]:
-    prototype = default_buffer_prototype()
-    buffers = await asyncio.gather(*[store.get(key, prototype=prototype) for key in keys])
-    return [None if b is None else b.to_bytes() for b in buffers]
