@@ -5,17 +5,15 @@ sample videos); writes ``<run>/checkpoints/{latest,NNNNNNN}.pt``, ``<run>/metric
 ``<run>/run.json``. The run's fingerprint covers the cache fingerprint and every setting that changes the
 trained weights; logging cadence and wandb settings are excluded.
 
-Per step ``s`` (reference order, bugs fixed): set lr(s) BEFORE the update (bug 6) → draw the triplet batch
-(a pure function of (seed, rank, s)) → t, noise, (I_t, target) → loss = per-example sum, batch mean →
-backward → clip → AdamW step → EMA (equal to the model until ``ema_start``, then averaged: bug 4). Global torch RNG is
-re-seeded from (seed, rank, s) each step (dropout), so a resumed run reproduces an uninterrupted one exactly
-(bug 3: the step, optimizer, EMA and sampler position are all restored) — at the same world size, which a resume
-therefore requires.
+Per step ``s``: set lr(s) before the update → draw the triplet batch (a pure function of (seed, rank, s)) → t,
+noise, (I_t, target) → loss = per-example sum, batch mean → backward → clip → AdamW step → EMA (equal to the model
+until ``ema_start``, then averaged). The global torch RNG is re-seeded from (seed, rank, s) each step (dropout) and
+a checkpoint holds the step, optimizer, EMA and sampler position, so a resumed run reproduces an uninterrupted one
+exactly — at the same world size, which a resume therefore requires.
 
-One launch writes a run at a time (``<run>/.train.lock``, held by rank 0). A step's sample video is written
-before its checkpoint, so a checkpointed step never lacks its video. What a run depends on and the decision for its
-directory are in :mod:`pipeline.stages.train_state`, torch-free, so ``train_latent.py`` answers "up to date" without
-loading torch.
+The run's directory follows :mod:`pipeline.run.protocol` (decision in :mod:`pipeline.stages.train_state`, torch-free,
+so ``train_latent.py`` answers "up to date" without torch). A step's sample video is written before its checkpoint,
+so a checkpointed step never lacks its video.
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -37,17 +35,17 @@ from torch.utils.data import DataLoader
 from pipeline.data.cache import LatentSplit
 from pipeline.run.checkpoints import FlowCheckpoint, load_flow_checkpoint, save_checkpoint
 from pipeline.run.config import Config
-from pipeline.run.dist import DistInfo, all_ok, barrier, broadcast_object, init_distributed
+from pipeline.run.dist import DistInfo, all_ok, barrier, init_distributed
 from pipeline.core.interpolants import build_interpolant
 from pipeline.core.model import build_model
-from pipeline.run.locks import LockedError, output_lock
-from pipeline.run.records import (atomic_path, clean_temporaries, code_version, fingerprint, read_json, write_error,
-                              write_json_atomic)
-from pipeline.run.tracking import log_row, log_video, start_training_run
-from pipeline.stages.train_state import decide_run, training_inputs
+from pipeline.run.protocol import Verdict, settle
+from pipeline.run.records import code_version, read_json, write_json_atomic
+from pipeline.stages.train_monitor import MetricsLog, SampleVideos
+from pipeline.stages.train_state import decide_run, run_output, training_inputs
 from pipeline.data.triplets import TripletReader, TripletStream, auto_in_memory
 
-LOCK = ".train.lock"  # in the run directory: one training process (rank 0 of one launch) writes a run at a time
+
+
 class TrainingError(RuntimeError):
     """Training cannot start or continue (stale cache, NaN, ...); the message says where and why."""
 
@@ -91,27 +89,19 @@ def train(cfg: Config, store: str, out_dir: Path, force: bool = False, dry_run: 
         raise TrainingError(f"{store} is not complete: finish `make encode` first")
     _check_latent_shape(cfg, split, store)
     inputs = training_inputs(cfg, split.attrs["fingerprint"], split.attrs.get("views"))
-    key = fingerprint(inputs)
     with contextlib.ExitStack() as held:  # rank 0 holds the run's lock until training ends
-        action, message = broadcast_object(_settle(out_dir, inputs, key, cfg, force, dry_run, held, log)
-                                           if info.is_main else None)
-        if dry_run:
-            verdict = {"fresh": f"train {out_dir} from scratch ({cfg.train.steps} steps)", "resume": f"resume {out_dir}",
-                       "stale": f"refuse: {message}", "discard": f"discard {out_dir} and train from scratch ({message})"}
-            if action != "up to date" and info.is_main:
-                log(f"train: dry run: would {verdict.get(action, f'stop: {message}')}")
-            return "dry run"
-        if action in ("stale", "locked", "error"):
-            raise (LockedError if action == "locked" else TrainingError)(message)
-        if action == "up to date":
-            return action
-        if action == "discard" and info.is_main:
-            _discard(out_dir, message, log)
+        verdict = settle(run_output(out_dir), lambda: decide_run(out_dir, inputs, cfg, force), held, log, dry_run,
+                         (TrainingError, TrainingError), clean=[out_dir, out_dir / "checkpoints", out_dir / "media"],
+                         what=f" from scratch ({cfg.train.steps} steps)")
+        if dry_run or verdict.action == "up to date":
+            return "dry run" if dry_run else verdict.action
+        if verdict.action == "rebuild" and info.is_main:
+            _discard(out_dir)
         barrier()
-        return _train(cfg, store, out_dir, split, inputs, key, action, info, overrides or [], log)
+        return _train(cfg, store, out_dir, split, verdict, info, overrides or [], log)
 
 
-def _train(cfg: Config, store: str, out_dir: Path, split: LatentSplit, inputs, key: str, action: str, info: DistInfo,
+def _train(cfg: Config, store: str, out_dir: Path, split: LatentSplit, verdict: Verdict, info: DistInfo,
            overrides: list[str], log) -> str:
     """The training loop of every rank, from scratch or from the run's latest checkpoint."""
     ckpt_dir = out_dir / "checkpoints"
@@ -120,9 +110,8 @@ def _train(cfg: Config, store: str, out_dir: Path, split: LatentSplit, inputs, k
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
                             eps=cfg.train.adam_eps, weight_decay=cfg.train.weight_decay)
-    start = 0
-    if action == "resume":
-        start = _restore(ckpt_dir / "latest.pt", model, ema, opt, info)
+    inputs, key = verdict.inputs, verdict.key
+    start = _restore(ckpt_dir / "latest.pt", model, ema, opt, info) if verdict.action == "resume" else 0
     if info.is_main:
         what = f"resuming {out_dir} at step {start}" if start else f"starting {out_dir}"
         log(f"train: {what}: {cfg.train.steps} steps, global batch {cfg.train.batch_size} over "
@@ -141,8 +130,8 @@ def _train(cfg: Config, store: str, out_dir: Path, split: LatentSplit, inputs, k
     stream = TripletStream(reader, local_batch, seed=cfg.seed, rank=info.rank, start_step=start, num_steps=cfg.train.steps - start)
     loader = DataLoader(stream, batch_size=None, num_workers=cfg.loader.num_workers, pin_memory=info.device.type == "cuda",
                         generator=torch.Generator())
-    logger = _Logger(cfg, out_dir, info, inputs, key, overrides, resumed=start > 0) if info.is_main else None
-    sampler = _SampleVideos(cfg, store, out_dir) if info.is_main and cfg.train.sample_every else None
+    logger = MetricsLog(cfg, out_dir, info, inputs, key, overrides, resumed=start > 0) if info.is_main else None
+    sampler = SampleVideos(cfg, store, out_dir) if info.is_main and cfg.train.sample_every else None
     validation = _Validation(cfg, store, interpolant, info.device) if info.is_main and cfg.train.val_every else None
     overfit = None
 
@@ -158,8 +147,7 @@ def _train(cfg: Config, store: str, out_dir: Path, split: LatentSplit, inputs, k
         for group in opt.param_groups:
             group["lr"] = lr
         loss, grad_norm = train_step(net, model, opt, interpolant, batch, info, cfg, step)
-        # Until ema_start the EMA follows the model exactly (decay 0), so it starts in sync (bug 4) and every
-        # checkpoint's EMA weights are usable; afterwards it averages with ema_decay.
+        # Until ema_start the EMA follows the model exactly (decay 0), so every checkpoint's EMA weights are usable.
         update_ema(ema, model, cfg.train.ema_decay if step >= cfg.train.ema_start else 0.0)
         done = step + 1
         if validation and (done % cfg.train.val_every == 0 or done == cfg.train.steps):
@@ -186,33 +174,8 @@ def _check_latent_shape(cfg: Config, split: LatentSplit, store: str) -> None:
         raise TrainingError(f"{store}: latents are {list(split.latent_shape)} but model.state_size/state_res expect {list(want)}")
 
 
-def _settle(out_dir: Path, inputs, key, cfg: Config, force: bool, dry_run: bool, held: contextlib.ExitStack,
-            log) -> tuple[str, str]:
-    """Rank 0: (action, message) for every rank; work is decided again under the run's lock, which ``held`` keeps.
-
-    The first decision takes no lock, so checking a finished run never collides with another check. Under the
-    lock, the temporaries that interrupted writes left in the run are removed (their writers are dead).
-    """
-    try:
-        verdict = decide_run(out_dir, inputs, key, cfg, force)
-        if verdict[0] == "up to date":
-            log(verdict[1])
-        if dry_run or verdict[0] in ("up to date", "stale"):
-            return verdict
-        held.enter_context(output_lock(out_dir / LOCK, out_dir, "train", log))
-        clean_temporaries("train", [out_dir, out_dir / "checkpoints", out_dir / "media"], log)
-        return decide_run(out_dir, inputs, key, cfg, force)
-    except LockedError as exc:
-        return "locked", str(exc)
-    except OSError as exc:  # a read-only output directory, for example: the message names it
-        return "error", str(exc)
-    except Exception as exc:  # reported to every rank, so none waits forever at the broadcast
-        return "error", f"{type(exc).__name__}: {exc}"
-
-
-def _discard(out_dir: Path, why: str, log) -> None:
+def _discard(out_dir: Path) -> None:
     """--force: delete a run's training outputs (its forecasts and evaluation are refused or redone downstream)."""
-    log(f"train: --force: discarding {out_dir} ({why})")
     for name in ("checkpoints", "media", "metrics.jsonl", "run.json"):
         target = out_dir / name
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
@@ -250,8 +213,7 @@ def _check_resumable(ckpt: FlowCheckpoint, path: Path, info: DistInfo) -> None:
 
 def _note_thread_change(out_dir: Path, log) -> None:
     """Say when a resumed run trains with another torch thread count than it began with: CPU float32 sums then
-    round differently in the last bits (1 vs 2 threads: max |dweight| ~1e-6 after 3 steps), so the weights will not
-    be bit-identical to an uninterrupted run. The count follows the CPUs idle at start (pipeline/run/threads.py)."""
+    round differently in the last bits, so the weights will not be bit-identical to an uninterrupted run."""
     began = (read_json(out_dir / "run.json") or {}).get("torch_threads")
     now = torch.get_num_threads()
     if began is not None and began != now:
@@ -307,155 +269,6 @@ def _checkpoint(ckpt_dir: Path, done: int, model, ema, opt, cfg: Config, key: st
         run = ckpt_dir.parent / "run.json"
         write_json_atomic(run, {**(read_json(run) or {}), "step": done})
     barrier()
-
-
-class _Logger:
-    """Rank 0: metrics.jsonl, wandb (offline by default) and a progress line with ETA.
-
-    metrics.jsonl holds one JSON object per line, each with ``step``: training rows (loss, grad_norm, lr,
-    clip_fraction, ...; ``clip_warning`` once when clipping acts on nearly every step) and validation rows
-    (``val_loss``, ``val_loss_ema``). A validation row comes before the training row of the same step.
-    """
-
-    CLIP_WARN_FRACTION = 0.9  # warn once when clipping acts on at least this fraction of a logging window's steps
-
-    def __init__(self, cfg: Config, out_dir: Path, info: DistInfo, inputs, key: str, overrides: list[str], resumed: bool):
-        self.cfg, self.out_dir = cfg, out_dir
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not resumed:
-            write_json_atomic(out_dir / "run.json", {"fingerprint": key, "inputs": inputs, "config": cfg.to_dict(),
-                                                     "args": {"set": overrides}, "code_version": code_version(),
-                                                     "world_size": info.world_size,
-                                                     "torch_threads": torch.get_num_threads(), "step": 0})
-        self.metrics = self._open_metrics(out_dir / "metrics.jsonl", resumed)
-        self.window: list[tuple[float, float, float]] = []
-        self.window_start = time.perf_counter()
-        self.wait = 0.0
-        self.clip_warned = False
-        self.wandb = start_training_run(cfg, out_dir, key)
-
-    def _open_metrics(self, path: Path, resumed: bool):
-        """Fresh run: a new file. Resumed: keep the rows up to the checkpoint's step (later ones are redone).
-
-        The kept rows are rewritten atomically (a crash now loses none), then the file is appended to. A line that
-        does not parse, such as the last one of a crash in mid-write, is dropped with a note.
-        """
-        keep, dropped = [], 0
-        if resumed and path.exists():
-            step = int((read_json(self.out_dir / "run.json") or {}).get("step", 0))
-            for line in path.read_text(errors="replace").splitlines():
-                try:
-                    if json.loads(line)["step"] <= step:
-                        keep.append(line)
-                except (json.JSONDecodeError, TypeError, KeyError):
-                    dropped += 1
-        if dropped:
-            print(f"train: {path}: dropped {dropped} unreadable line(s), left by a write that a crash cut short", flush=True)
-        with atomic_path(path) as tmp:
-            tmp.write_text("".join(line + "\n" for line in keep))
-        return open(path, "a")
-
-    def _write(self, row: dict[str, Any]) -> None:
-        try:
-            self.metrics.write(json.dumps(row) + "\n")
-            self.metrics.flush()
-        except OSError as exc:
-            raise write_error(self.metrics.name, exc) from exc
-        if self.wandb:
-            log_row(self.wandb, row)
-
-    def step(self, done: int, loss: float, grad_norm: float, lr: float, batch: int, data_wait: float) -> None:
-        self.window.append((loss, grad_norm, float(grad_norm > self.cfg.train.grad_clip > 0)))
-        self.wait += data_wait
-        if done % self.cfg.train.log_every and done != self.cfg.train.steps:
-            return
-        elapsed = time.perf_counter() - self.window_start
-        losses, norms, clipped = map(np.array, zip(*self.window))
-        row = {"step": done, "loss": float(losses.mean()), "grad_norm": float(norms.mean()), "lr": lr,
-               "clip_fraction": float(clipped.mean()), "samples_per_s": len(self.window) * batch / elapsed,
-               "data_wait_fraction": self.wait / elapsed}
-        if not self.clip_warned and row["clip_fraction"] >= self.CLIP_WARN_FRACTION:
-            row["clip_warning"] = self._clip_warning(row, len(self.window))
-            self.clip_warned = True
-            print(f"step {done}: warning: {row['clip_warning']}", flush=True)
-        self._write(row)
-        eta = (self.cfg.train.steps - done) * elapsed / len(self.window)
-        print(f"step {done}/{self.cfg.train.steps}  loss {row['loss']:.4f}  |g| {row['grad_norm']:.3f}  lr {lr:.2e}  "
-              f"{row['samples_per_s']:.0f} samples/s  wait {row['data_wait_fraction']:.0%}  ETA {eta / 60:.1f} min", flush=True)
-        self.window, self.wait, self.window_start = [], 0.0, time.perf_counter()
-
-    def _clip_warning(self, row: dict[str, Any], steps: int) -> str:
-        """What near-permanent clipping means under AdamW: every gradient is normalised to the clip norm.
-
-        AdamW divides by the running RMS of the gradients, so a common rescaling of all of them mostly cancels: the
-        step size still follows the lr schedule. What clipping on every step changes is the weighting between steps
-        (each contributes a unit-norm direction, whatever its |g|), which is worth knowing, not necessarily wrong.
-        """
-        clip, norm = self.cfg.train.grad_clip, row["grad_norm"]
-        return (f"gradient clipping was active on {row['clip_fraction']:.0%} of the last {steps} steps (mean pre-clip "
-                f"|g| {norm:.3g} vs train.grad_clip {clip:g}): every gradient is rescaled to norm {clip:g}, so AdamW "
-                f"sees gradient directions only (its per-parameter normalisation keeps the step size on the lr "
-                f"schedule, but steps are no longer weighted by |g|). Raise train.grad_clip towards the typical |g| "
-                f"if clipping is meant only to catch outliers.")
-
-    def validation(self, done: int, losses: dict[str, float]) -> None:
-        """A validation row (``val_loss``, ``val_loss_ema``) at step ``done``."""
-        self._write({"step": done, **losses})
-        print(f"step {done}: validation loss {losses['val_loss']:.4f} (EMA {losses['val_loss_ema']:.4f}) on "
-              f"{self.cfg.train.val_clips} fixed {self.cfg.train.val_split} triplets", flush=True)
-
-    def media(self, done: int, path: Path) -> None:
-        print(f"step {done}: wrote {path}", flush=True)
-        if self.wandb:
-            log_video(self.wandb, "media/real_vs_generated", path, step=done, caption=_SampleVideos.CAPTION)
-
-    def finish(self) -> None:
-        self.metrics.close()
-        if self.wandb:
-            self.wandb.finish()
-
-
-class _SampleVideos:
-    """Rank 0: real vs generated (raw model and EMA) videos on fixed validation clips, written as mp4."""
-
-    CAPTION = "rows: real (VQ reconstruction), raw model, EMA; one column per clip"
-
-    def __init__(self, cfg: Config, store: str, out_dir: Path):
-        from pipeline.vqvae import build_vqvae
-
-        self.cfg, self.out_dir = cfg, out_dir
-        split = LatentSplit(store, cfg.train.sample_split)
-        clip = cfg.data.frames_per_sample
-        stride = cfg.data.skip_frames + 1
-        videos = [k for k in range(len(split)) if split.lengths[k] >= (clip - 1) * stride + 1][: cfg.train.sample_videos]
-        self.real = torch.stack([torch.from_numpy(split.video(k)[: (clip - 1) * stride + 1 : stride].astype(np.float32)) for k in videos])
-        self.vq = build_vqvae(cfg.vqvae, cfg.data.image_size).drop_encoder()  # training never encodes
-
-    def write(self, done: int, model, ema, interpolant) -> Path:
-        import imageio.v3 as iio
-        from einops import rearrange
-
-        from pipeline.data.clips import to_uint8
-        from pipeline.core.sampling import rollout
-
-        sample_cfg = copy.deepcopy(self.cfg.sample)
-        sample_cfg.steps = self.cfg.train.sample_steps
-        n0 = self.cfg.data.cond_frames
-        device = next(model.parameters()).device
-        rows = [self.real]
-        for net in (model, ema):
-            was_training = net.training
-            net.eval()
-            gen = torch.Generator(device=device).manual_seed(self.cfg.seed)
-            out = rollout(net, interpolant, self.real[:, :n0].to(device), self.real.shape[1] - n0, sample_cfg, gen)
-            rows.append(out.latents.cpu())
-            net.train(was_training)
-        pixels = torch.stack([self.vq.decode_clip(r) for r in rows])  # [rows, B, T, 3, H, W]
-        grid = to_uint8(rearrange(pixels, "r b t c h w -> t c (r h) (b w)"))
-        path = self.out_dir / "media" / f"real_raw_ema_{done:07d}.mp4"
-        with atomic_path(path, keep_suffix=True) as tmp:  # ffmpeg picks the format by the suffix
-            iio.imwrite(tmp, grid, fps=4, macro_block_size=1)
-        return path
 
 
 class _Validation:

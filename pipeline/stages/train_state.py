@@ -1,8 +1,7 @@
-"""What a training run depends on, and what to do with its directory: start, resume, nothing, or refuse.
+"""What a training run depends on, and the protocol's decision for its directory: start, resume, nothing, refuse.
 
-Torch-free on purpose: ``train_latent.py`` asks :func:`up_to_date_message` before anything loads torch, so a launch
-whose run is already trained returns in about a second (``make forecast`` and ``make eval`` check training first).
-:func:`pipeline.stages.train.train` makes the same decision with :func:`decide_run`, under the run's lock when there is work.
+Torch-free, so ``train_latent.py`` answers "up to date" (:func:`up_to_date_message`) without importing torch;
+:func:`pipeline.stages.train.train` makes the same decision (:func:`decide_run`) through the protocol.
 """
 
 from __future__ import annotations
@@ -13,9 +12,13 @@ from typing import Any
 
 from pipeline.data.cache import LatentSplit, store_attrs
 from pipeline.run.config import Config, InterpolantConfig
-from pipeline.run.records import changed_keys, fingerprint, read_json
+from pipeline.run.protocol import Output, Verdict, decide, up_to_date_line
+from pipeline.run.records import read_json
 from pipeline.data.views import training_views
 
+LOCK = ".train.lock"  # in the run directory: one training process (rank 0 of one launch) writes a run at a time
+REMEDY = ("Rerun with --force (make train FORCE=1) to discard it and train from scratch, or train these settings as a "
+          "new run beside it (make train RUN=<new name>).")
 LOGGING_ONLY = ("log_every", "latest_every", "save_every", "sample_every", "sample_split", "sample_videos",
                 "sample_steps", "val_every", "val_split", "val_clips", "wandb_mode", "wandb_project")
 
@@ -45,31 +48,25 @@ def interpolant_inputs(interpolant: InterpolantConfig) -> dict[str, Any]:
     return fields
 
 
-def decide_run(out_dir: Path, inputs: dict[str, Any], key: str, cfg: Config, force: bool) -> tuple[str, str]:
-    """(action, message) for the run in ``out_dir``, changing nothing: 'fresh', 'resume', 'up to date' (the message
-    is the line to log), 'stale' (the message is the refusal) or 'discard' (``force``: what changed)."""
-    record = read_json(out_dir / "run.json")
+def run_output(out_dir: Path) -> Output:
+    """A training run as an output of the protocol: refused when trained from other inputs, discarded under --force."""
+    return Output("train", str(out_dir), "trained", REMEDY, lock=out_dir / LOCK,
+                  notes={"cache": " (the latent cache changed: its fingerprint differs from the checkpoint's)"})
+
+
+def decide_run(out_dir: Path, inputs: dict[str, Any], cfg: Config, force: bool) -> Verdict:
+    """The verdict for the run in ``out_dir``, changing nothing. A run without a checkpoint starts afresh, unless
+    it holds forecasts of a checkpoint from elsewhere (training would put a second model in the run)."""
     latest = out_dir / "checkpoints" / "latest.pt"
-    if record is None or not latest.exists():
-        foreign = foreign_forecasts(out_dir)
-        if foreign:
-            return "stale", (f"{out_dir} holds forecasts of {foreign}, a flow checkpoint from outside this run (made "
-                             "by make forecast CKPT=...): training here would put a second model in the run. Train "
-                             "under another name (make train RUN=<new name>), or delete the run directory first.")
-        return "fresh", ""
-    if record.get("fingerprint") == key:
-        step = int(record.get("step", 0))
-        if step >= cfg.train.steps:
-            return "up to date", f"train: {out_dir} is up to date ({step} steps, fingerprint {key})"
-        return "resume", ""
-    changed = changed_keys(record.get("inputs", {}), inputs)
-    what = ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
-    if not force:
-        cache_note = " (the latent cache changed: its fingerprint differs from the checkpoint's)" if "cache" in changed else ""
-        return "stale", (f"{out_dir} was trained from different inputs; changed: {what}{cache_note}. "
-                         "Rerun with --force (make train FORCE=1) to discard it and train from scratch, or train "
-                         "these settings as a new run beside it (make train RUN=<new name>).")
-    return "discard", f"changed: {what}"
+    record = (read_json(out_dir / "run.json") if latest.exists() else None) or {}
+    foreign = None if record else foreign_forecasts(out_dir)
+    if foreign:
+        return Verdict("stale", str(out_dir), f"{out_dir} holds forecasts of {foreign}, a flow checkpoint from outside "
+                       "this run (made by make forecast CKPT=...): training here would put a second model in the run. "
+                       "Train under another name (make train RUN=<new name>), or delete the run directory first.")
+    step = int(record.get("step", 0))
+    return decide(run_output(out_dir), record, inputs, force, complete=step >= cfg.train.steps,
+                  detail=f"{step} steps, ")
 
 
 def foreign_forecasts(out_dir: Path) -> str | None:
@@ -81,16 +78,14 @@ def foreign_forecasts(out_dir: Path) -> str | None:
 
 
 def up_to_date_message(cfg: Config, store: str, out_dir: Path) -> str | None:
-    """The stage's "up to date" line when the run in ``out_dir`` finished training on exactly these inputs, else None
-    (work, a refusal or an error: :func:`pipeline.stages.train.train` decides and reports those)."""
-    try:
-        if not (out_dir / "run.json").is_file():  # nothing trained here yet
-            return None
+    """The stage's "up to date" line when the run in ``out_dir`` finished training on exactly these inputs, else None."""
+    if not (out_dir / "run.json").is_file():  # nothing trained here yet
+        return None
+
+    def decision() -> Verdict:
         split = LatentSplit(store, cfg.train.split)
         if not split.attrs.get("complete"):
-            return None
-        inputs = training_inputs(cfg, split.attrs["fingerprint"], split.attrs.get("views"))
-        action, message = decide_run(out_dir, inputs, fingerprint(inputs), cfg, force=False)
-    except Exception:  # whatever it is, train() meets it again and says it properly
-        return None
-    return message if action == "up to date" else None
+            raise ValueError(f"{store} is not complete")  # train() says so
+        return decide_run(out_dir, training_inputs(cfg, split.attrs["fingerprint"], split.attrs.get("views")), cfg, False)
+
+    return up_to_date_line(decision)
