@@ -61,7 +61,7 @@ launch      = $(SUPERVISE) $(if $(and $(filter 1,$(1)),$(filter 1,$(NNODES))),$(
 # network that is ~20 % faster than one process with 2 threads. Evaluated only when the demo runs.
 DEMO_NPROC ?= $(shell $(PY) -c 'import torch; print(torch.cuda.device_count() or 2)' 2>/dev/null || echo 1)
 
-.PHONY: help setup data autoencoder encode train forecast eval demo demo-pretrain demo-verdict bench test clean-venv
+.PHONY: help setup data autoencoder encode train forecast eval demo demo-pretrain demo-verdict config-keys bench test clean-venv
 
 help: ## Show targets and variables
 	@echo "Targets (each first brings the stages it needs up to date: eval <- forecast <- train <- encode <- data):"
@@ -175,6 +175,9 @@ demo-verdict: $(STAMP) ## After make demo: the shipped flows at 100 calls/frame,
 	    CKPT=$(call SHIPPED_FLOW,$$interp) ARGS="--set $${sets//:/ --set }" || exit 1; \
 	done
 	@echo "demo-verdict: report in $(DEMO_DIR)/report.md"
+
+config-keys: $(STAMP) ## List every config key with its type, bounds, default and meaning
+	@$(PY) -m pipeline.run.config
 
 bench: $(STAMP) ## Run the benchmarks; results in benchmarks/results.json
 	$(PY) -m benchmarks.bench_loader

@@ -149,3 +149,22 @@ def test_a_typo_in_the_smoke_block_is_caught_without_smoke(demo_config_path: Pat
     text = demo_config_path.read_text().replace("  train.steps: 20\n", "  train.stpes: 20\n")
     with pytest.raises(ConfigError, match=r"\(smoke\): unknown key 'train.stpes'"):
         load_config(_write(tmp_path, text))
+
+
+def test_every_key_is_listed_with_its_type_default_and_doc() -> None:
+    """`python -m pipeline.run.config` (make config-keys) lists every key of the tree, each with a non-empty doc."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    from pipeline.run.config import Config, key_listing
+
+    cfg = Config()
+    expected = [f"{top}.{name}" if dataclasses.is_dataclass(value) else top
+                for top, value in vars(cfg).items() for name in (vars(value) if dataclasses.is_dataclass(value) else [None])]
+    rows = key_listing()
+    assert [row[0] for row in rows] == expected
+    assert all(doc.strip() and kind.strip() for _, kind, _, doc in rows)
+    assert dict((row[0], row[2]) for row in rows)["data.image_size"] == 64
+    out = subprocess.run([sys.executable, "-m", "pipeline.run.config"], capture_output=True, text=True, check=True).stdout
+    assert [line.split(":", 1)[0] for line in out.splitlines()] == expected
