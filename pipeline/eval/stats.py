@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 
 Data = np.ndarray | tuple | Callable[[np.ndarray], Any]
-VERDICTS = ("A", "B", "cannot tell")
 
 
 def resample_indices(n_videos: int, resamples: int = 2000, seed: int = 0) -> np.ndarray:
@@ -142,15 +141,21 @@ def verdict_sentence(
     d = significant_decimals(result["low"], result["high"]) if decimals is None else decimals
     unit_text = f" {unit}" if unit else ""
     ci = f"{result['level'] * 100:g} % CI"
-    verdict = result["verdict"]
-    if verdict == "cannot tell":
+    if result["verdict"] == "cannot tell":
         return (f"{metric_label}: the data cannot tell {name_a} and {name_b} apart (difference "
                 f"{_fmt(result['diff'], d)}{unit_text}, {ci} {_fmt(result['low'], d)} to {_fmt(result['high'], d)}).")
-    if verdict not in VERDICTS:
-        raise ValueError(f"unknown verdict {verdict!r}")
-    # the winner's advantage: A − B oriented so that better is positive, negated when B wins
+    value, low, high = advantage(result)
+    winner, loser = (name_a, name_b) if result["verdict"] == "A" else (name_b, name_a)
+    return (f"{metric_label}: {winner} is better than {loser} by {_fmt(value, d)}{unit_text} "
+            f"({ci} {_fmt(low, d)} to {_fmt(high, d)}).")
+
+
+def advantage(result: dict[str, Any]) -> tuple[float, float, float]:
+    """The winner's advantage of a decided :func:`paired_difference` result and its interval, oriented so that
+    better is positive (A − B, negated when B wins or when lower is better)."""
+    verdict = result["verdict"]
+    if verdict not in ("A", "B"):
+        raise ValueError(f"no winner in verdict {verdict!r}")
     sign = (1 if result["higher_is_better"] else -1) * (1 if verdict == "A" else -1)
     low, high = sorted((sign * result["low"], sign * result["high"]))
-    winner, loser = (name_a, name_b) if verdict == "A" else (name_b, name_a)
-    return (f"{metric_label}: {winner} is better than {loser} by {_fmt(sign * result['diff'], d)}{unit_text} "
-            f"({ci} {_fmt(low, d)} to {_fmt(high, d)}).")
+    return sign * result["diff"], low, high
