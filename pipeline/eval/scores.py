@@ -18,8 +18,7 @@ scores of a deterministic forecast, so baselines and ensembles go through the sa
 
 CRPS is computed in the O(m²) pairwise form (m − 1 vectorised passes over the tensor) for m <= 64 and in the
 O(m log m) sorted form, Σ_{i≠j}|X_i − X_j| = 2 Σ_k (2k − m + 1) X_(k), above: on CPU, torch's sort over a few
-members is slower per element than the pairwise passes (measured: m = 4 and m = 16 pairwise ≈ 2x faster, parity
-near m = 64), while the sorted form wins for large ensembles.
+members is slower per element than the pairwise passes, while the sorted form wins for large ensembles.
 
 Energy-score unit. ``energy_score`` is the plain Euclidean score by default. For reporting, ``rms=True`` divides it
 by sqrt(D), D = the number of values in one event (H·W·C for a frame): a constant factor, so the score stays
@@ -138,7 +137,7 @@ def spread_skill(samples: torch.Tensor, truth: torch.Tensor, event_dims: int | N
     event_dims = y.ndim if event_dims is None else event_dims
     x, y = _events(x, event_dims, 1), _events(y, event_dims, 0)
     m, mean = x.shape[0], x.mean(0)
-    # two passes by hand: torch's var over the leading (member) axis is ~15x slower on CPU
+    # two passes by hand: torch's var over the leading (member) axis is much slower on CPU
     spread2 = (x - mean).square_().sum(0) / (m - 1) if m > 1 else torch.zeros_like(y)
     mse = (mean - y).square_()
     return spread2.mean(-1, dtype=torch.float64), mse.mean(-1, dtype=torch.float64)
