@@ -61,7 +61,8 @@ def comparable(runs: dict[str, dict[str, Any]]) -> list[str]:
     first = next(iter(runs.values()))["protocol"]
     diffs = [k for k in keys if any(m["protocol"].get(k) != first.get(k) for m in runs.values())]
     fvd_keys = ("videos", "generated", "i3d_sha256")
-    diffs += [f"fvd.{k}" for k in fvd_keys if any(m["protocol"]["fvd"].get(k) != first["fvd"].get(k) for m in runs.values())]
+    diffs += [f"fvd.{k}" for k in fvd_keys
+              if any(m["protocol"]["fvd"].get(k) != first["fvd"].get(k) for m in runs.values())]
     return diffs
 
 
@@ -115,7 +116,8 @@ def _calibration_error(block: dict[str, Any]):
 
 
 def _paired_fvd(a: dict[str, Any], b: dict[str, Any], level: float) -> dict[str, Any] | None:
-    """FVD A − B from the per-resample values (the same resampled videos when seeds and videos agree); bias-shifted interval."""
+    """FVD A − B from the per-resample values (the same resampled videos when seeds and videos agree), with the
+    bias-shifted interval."""
     pairs = [(x, y) for x, y in zip(a.get("values") or [], b.get("values") or []) if x is not None and y is not None]
     if not pairs:
         return None

@@ -41,7 +41,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.eval.compare import KNOWN_LAW_COLUMNS, baseline, comparable, law_verdicts, paired_rows, run_label, trained_steps
+from pipeline.eval.compare import (KNOWN_LAW_COLUMNS, baseline, comparable, law_verdicts, paired_rows, run_label,
+                                   trained_steps)
 from pipeline.eval.fvd import RECOMMENDED_FVD_VIDEOS
 from pipeline.eval.plots import plot_curves, plot_losses, plot_run_curves, read_losses, run_colours
 from pipeline.eval.report_law import horizon_summary, horizon_table, known_law_section, law_sets
@@ -159,9 +160,10 @@ def _names(rows: list[tuple]) -> str:
 def _against_copy_last(m: dict[str, Any], rows: list[tuple]) -> str:
     """Where a run's model is better or worse than copy-last on the same videos, in words."""
     by, fvd = _by_verdict(rows, fvd_caveat(m))
-    parts = [f"{what} {_names(by[v])}" for v, what in (("A", "better on"), ("B", "worse on"), ("cannot tell", "cannot tell on"))
-             if by[v]]
-    return "Against copy-last on the same videos (paired, 95 % intervals): " + "; ".join(parts + [fvd] * bool(fvd)) + "."
+    parts = [f"{what} {_names(by[v])}" for v, what in (("A", "better on"), ("B", "worse on"),
+                                                        ("cannot tell", "cannot tell on")) if by[v]]
+    parts += [fvd] * bool(fvd)
+    return "Against copy-last on the same videos (paired, 95 % intervals): " + "; ".join(parts) + "."
 
 
 def _pair_summary(pair: dict[str, Any]) -> str:
@@ -192,9 +194,10 @@ def _pairs(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return pairs
 
 
-def _summary(runs: dict[str, dict[str, Any]], pairs: list[dict[str, Any]], against: dict[str, list[tuple]]) -> list[str]:
+def _summary(runs: dict[str, dict[str, Any]], pairs: list[dict[str, Any]],
+             against: dict[str, list[tuple]]) -> list[str]:
     """3-5 lines: the paired verdicts, each run against copy-last, and the caveats that bound them."""
-    paired = [pair for pair in pairs if pair["rows"]]
+    paired = [pair for pair in pairs if not pair["differs"]]
     lines = [_pair_summary(pair) for pair in paired[:SUMMARY_PAIRS]]
     if len(paired) > SUMMARY_PAIRS:
         lines.append(f"* {len(paired) - SUMMARY_PAIRS} more paired comparison(s) in the tables below.")
@@ -249,10 +252,11 @@ def _comparison(dataset_dir: Path, runs: dict[str, dict[str, Any]], pairs: list[
         lines += ["VQ ceiling and copy-last rows: from the first run's store (the same test clips when the protocols "
                   "agree).", ""]
     for pair in pairs:
-        (a, b), rows = pair["names"], pair["rows"]
-        lines += (_paired_table(f"### Paired: {a} − {b} (same videos, same resamples)", rows, (a, b), fvd_caveat(pair["base"]))
-                  if rows else [f"**Not comparable as is**: {a} and {b} differ in {', '.join(pair['differs'])}; no "
-                                "paired differences.", ""])
+        a, b = pair["names"]
+        heading = f"### Paired: {a} − {b} (same videos, same resamples)"
+        lines += (_paired_table(heading, pair["rows"], (a, b), fvd_caveat(pair["base"])) if not pair["differs"] else
+                  [f"**Not comparable as is**: {a} and {b} differ in {', '.join(pair['differs'])}; no paired "
+                   "differences.", ""])
     lines += known_law_section(dataset_dir, runs, labels, colours)
     title = f"{dataset_dir.name}: " + ", ".join(labels.values())
     lines += [f"![per-frame curves]({plot_curves(dataset_dir / 'curves.png', runs, labels, title, colours)})", ""]
@@ -278,7 +282,8 @@ def _media_key(path: Path) -> tuple:
     return (0, int(tail), "") if tail.isdigit() else (1, 0, path.stem)
 
 
-def _run_section(dataset_dir: Path, run: str, m: dict[str, Any], against: list[tuple], colours: dict[str, str]) -> list[str]:
+def _run_section(dataset_dir: Path, run: str, m: dict[str, Any], against: list[tuple],
+                 colours: dict[str, str]) -> list[str]:
     """One run: its protocol, its verdicts against copy-last (``against``: the paired rows), its per-frame known-law
     table, its curves (redrawn in the report's colours) and its GIF grids."""
     lines = [f"## {run_label(run, m)}", "", _protocol_line(m) + ".", "", _against_copy_last(m, against), "",

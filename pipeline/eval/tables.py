@@ -59,5 +59,6 @@ def table(rows: list[tuple[str, dict[str, Any]]], columns=COLUMNS) -> list[str]:
     header = ["", *(f"{label} {arrow(better)}".strip() for _, label, _, better, _ in columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for label, block in rows:
-        lines.append("| " + " | ".join([label, *(cell(block.get(metric), fmt) for metric, _, _, _, fmt in columns)]) + " |")
+        cells = (cell(block.get(metric), fmt) for metric, _, _, _, fmt in columns)
+        lines.append("| " + " | ".join([label, *cells]) + " |")
     return lines
