@@ -38,7 +38,7 @@ def main(
 ) -> None:
     """Compute the metrics, or print 'up to date' when the forecasts, eval settings and I3D weights are unchanged."""
     from pipeline.stages.evaluate import EvalError, evaluate
-    from pipeline.stages.forecast import forecast_url
+    from pipeline.stages.forecast_state import forecast_url
     from pipeline.eval.fvd import I3DError
     from pipeline.eval.i3d import I3DWeightsError
 

@@ -33,19 +33,13 @@ interrupted run did. A resumed or sharded run therefore writes the same arrays a
 ``sample.batch_size`` gives the same random draws and differs at most by float round-off of other GEMM shapes
 (it is left out of the fingerprint). Decoding runs per video, so its batches never depend on other videos.
 
-Resumable and fingerprinted like stage 1: a rerun with the same fingerprint is "up to date" (complete) or resumes
-(redoing the groups whose videos are not all flagged done); a different fingerprint (another checkpoint, cache,
-sampler or forecast setting) is refused, naming what changed, unless ``force``. The checkpoint is loaded before
-anything is created, and a ``force`` rebuild is written beside the old store (``<store>.rebuild``), which stays
-until the new one is complete and takes its place. One process writes a store at a time (``pipeline/run/locks.py``).
-The inputs and the decision are in :mod:`pipeline.stages.forecast_state`, torch-free, so ``forecast.py`` answers "up to
-date" without loading torch.
+The store follows :mod:`pipeline.run.protocol` (inputs and decision in :mod:`pipeline.stages.forecast_state`,
+torch-free): up to date, resume (redoing the groups whose videos are not all flagged done), create, refuse a store
+of other inputs, or under ``force`` rebuild it beside the old one. The checkpoint loads before anything is created.
 """
 
 from __future__ import annotations
 
-import math
-import os
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,23 +49,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.data.cache import (LatentSplit, delete_store, open_node, open_store, read_array, require_finite, store_attrs,
-                            write_array)
+from pipeline.data.cache import LatentSplit, delete_store, open_store, require_finite, write_array
 from pipeline.run.checkpoints import FlowCheckpoint, load_flow_checkpoint
 from pipeline.run.config import Config
 from pipeline.data.clips import clip_frame_indices, to_uint8
 from pipeline.data.shards import ShardReader
 from pipeline.run.dist import DistInfo, barrier, broadcast_object, init_distributed
-from pipeline.stages.forecast_state import (FORMAT_VERSION, REBUILD, ForecastError, StaleForecastError, decide_forecasts,
-                                     default_checkpoint, forecast_url, media_files)
+from pipeline.stages.forecast_media import write_media
+from pipeline.stages.forecast_state import (FORMAT_VERSION, ForecastError, StaleForecastError, decide_forecasts,
+                                            default_checkpoint, forecast_output, forecast_url)
 from pipeline.core.interpolants import build_interpolant
-from pipeline.run.locks import LockedError, lock_file, output_lock
-from pipeline.run.records import changed_keys, clean_temporaries, code_version, fingerprint, recover_replacement, replace_directory
+from pipeline.run.protocol import Verdict, settle
+from pipeline.run.records import changed_keys, code_version, replace_directory
 from pipeline.core.rng import RowGenerators
 from pipeline.run.tracking import log_forecast
 
 SEED_TAG = 3  # separates the forecast streams from other users of sample.seed
-COND_COLOUR, GEN_COLOUR = (40, 200, 40), (220, 40, 40)  # tile borders: conditioning / generated frames
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -161,74 +154,38 @@ def forecast(cfg: Config, store: str, run: str | Path, ckpt: str | Path | None =
     _check_shards(reader, split)
     nfe_per_frame(cfg, build_interpolant(cfg.interpolant))  # solver / diffusion combination errors
 
+    hashes: dict[str, Any] = {}
     with ExitStack() as held:  # rank 0 holds the store's lock until every rank has finished
-        decision = _settle(cfg, url, split, ckpt_path, force, dry_run, held, log) if info.is_main else None
-        action, target, message, inputs, hashes = broadcast_object(decision)
-        if action in ("stale", "error", "locked"):
-            raise {"stale": StaleForecastError, "error": ForecastError, "locked": LockedError}[action](message)
-        if action in ("up to date", "dry run"):
-            if action == "up to date" and info.is_main:
+        verdict = settle(forecast_output(url, ckpt_path), lambda: decide_forecasts(cfg, url, split, ckpt_path, force, hashes),
+                         held, log, dry_run, (StaleForecastError, ForecastError), clean=[run / "media"],
+                         what=f" ({len(plan.videos)} videos x {plan.n_samples} samples)")
+        if dry_run or verdict.action == "up to date":
+            if not dry_run and info.is_main:
                 write_media(cfg, url, run / "media", log, only_missing=True)
-            return action
+            return "dry run" if dry_run else verdict.action
         # Loaded on every rank before anything is created or replaced: a bad checkpoint changes nothing.
         flow, ckpt_info = load_flow(cfg, ckpt_path, info.device, log if info.is_main else lambda _: None)
-        created = _create_store(cfg, action, target, split, plan, inputs, hashes, ckpt_path, ckpt_info, store, log) \
+        created = _create_store(cfg, verdict, split, plan, hashes, ckpt_path, ckpt_info, store, log) \
             if info.is_main else None
         created = broadcast_object(created)
         if created:
             raise ForecastError(created)
         barrier()
-        _forecast_my_groups(cfg, target, split, reader, plan, flow, info)
+        _forecast_my_groups(cfg, verdict.target, split, reader, plan, flow, info)
         barrier()
         if info.is_main:
-            _finish(target, log)
-            if target != url:
-                replace_directory(target, url)
+            _finish(verdict.target, log)
+            if verdict.target != url:
+                replace_directory(verdict.target, url)
                 log(f"forecast: {url} replaced by its rebuild")
             log_forecast(cfg, run, ckpt_path, write_media(cfg, url, run / "media", log), log)
         barrier()
     return "forecast"
 
 
-def _settle(cfg: Config, url: str, split: LatentSplit, ckpt_path: Path, force: bool, dry_run: bool,
-            held: ExitStack, log):
-    """Rank 0: (action, store to write, message, inputs, file hashes) for every rank; locks for work, deletes nothing.
-
-    The first decision takes no lock (checks of a complete store never collide); work takes the store's lock and
-    decides again under it, since another process may have finished or changed the store meanwhile.
-    """
-    try:
-        hashes: dict[str, Any] = {}
-        verdict = decide_forecasts(cfg, url, split, ckpt_path, force, hashes)
-        if dry_run and verdict[0] != "up to date":
-            word = {"create": "build", "stale": "refuse"}.get(verdict[0], verdict[0])
-            log(f"forecast: dry run: would {word}" + (f": {verdict[2]}" if verdict[2] else ""))
-            return "dry run", url, verdict[2], None, None
-        if verdict[0] in ("create", "resume"):
-            _lock(url, held, log)
-            verdict = decide_forecasts(cfg, url, split, ckpt_path, force, hashes)
-        if verdict[0] == "up to date":
-            log(verdict[2])
-        return (*verdict, hashes)
-    except LockedError as exc:
-        return "locked", url, str(exc), None, None
-    except ForecastError as exc:
-        return "error", url, str(exc), None, None
-    except Exception as exc:  # reported to every rank, so none waits forever at the broadcast
-        return "error", url, f"{type(exc).__name__}: {exc}", None, None
-
-
-def _lock(url: str, held: ExitStack, log) -> None:
-    """Rank 0: take the store's lock for the rest of the stage; finish a replacement a crash interrupted."""
-    held.enter_context(output_lock(lock_file(url), url, "forecast", log))
-    if recover_replacement(url + REBUILD, url, bool(store_attrs(url + REBUILD).get("complete"))):
-        log(f"forecast: put the finished rebuild {url + REBUILD} in place of {url} (a run stopped while swapping them)")
-    clean_temporaries("forecast", [Path(url).parent / "media"], log)
-
-
-def _create_store(cfg: Config, action: str, target: str, split: LatentSplit, plan: _Plan, inputs, hashes,
-                  ckpt_path: Path, ckpt_info: dict, store: str, log) -> str | None:
-    """Rank 0, once the checkpoint has loaded: create the store (replacing leftovers there) or note the resume.
+def _create_store(cfg: Config, verdict: Verdict, split: LatentSplit, plan: _Plan, hashes, ckpt_path: Path,
+                  ckpt_info: dict, store: str, log) -> str | None:
+    """Rank 0, once the checkpoint has loaded: create the store (replacing leftovers there) unless it resumes.
 
     Returns an error message for every rank, or None.
     """
@@ -237,14 +194,13 @@ def _create_store(cfg: Config, action: str, target: str, split: LatentSplit, pla
         if trained_on and trained_on != split.attrs["fingerprint"]:
             log(f"forecast: note: {ckpt_path} was trained on latent cache {trained_on}, forecasting from "
                 f"{split.attrs['fingerprint']} (same VQVAE checked; other shards or views)")
-        if action == "resume":
-            log(f"forecast: resuming {target}")
+        if verdict.action == "resume":
             return None
-        if open_store(target) is not None:
-            delete_store(target)
-        _create(cfg, target, split, plan, inputs, hashes, ckpt_path, ckpt_info, store)
-        log(f"forecast: created {target} ({len(plan.videos)} videos x {plan.n_samples} samples, "
-            f"{plan.cond} -> {plan.gen} frames, fingerprint {fingerprint(inputs)})")
+        if open_store(verdict.target) is not None:
+            delete_store(verdict.target)
+        _create(cfg, verdict, split, plan, hashes, ckpt_path, ckpt_info, store)
+        log(f"forecast: created {verdict.target} ({len(plan.videos)} videos x {plan.n_samples} samples, "
+            f"{plan.cond} -> {plan.gen} frames, fingerprint {verdict.key})")
         return None
     except Exception as exc:  # reported to every rank, so none waits forever
         return f"{type(exc).__name__}: {exc}"
@@ -318,7 +274,7 @@ class _ProgressModel:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _create(cfg: Config, url: str, split: LatentSplit, plan: _Plan, inputs, hashes, ckpt_path: Path,
+def _create(cfg: Config, verdict: Verdict, split: LatentSplit, plan: _Plan, hashes, ckpt_path: Path,
             ckpt_info: dict, store: str) -> None:
     import zarr
     from zarr.codecs import BloscCodec, BloscShuffle
@@ -327,7 +283,7 @@ def _create(cfg: Config, url: str, split: LatentSplit, plan: _Plan, inputs, hash
 
     n, s, t = len(plan.videos), plan.n_samples, len(plan.frames)
     size = cfg.data.image_size
-    root = zarr.open_group(url, mode="w")
+    root = zarr.open_group(verdict.target, mode="w")
     codec = dict(compressors=BloscCodec(cname="zstd", clevel=cfg.encode.compression_level, shuffle=BloscShuffle.bitshuffle),
                  fill_value=0)
     root.create_array("real", shape=(n, t, size, size, 3), chunks=(1, t, size, size, 3), dtype="uint8", **codec)
@@ -343,7 +299,7 @@ def _create(cfg: Config, url: str, split: LatentSplit, plan: _Plan, inputs, hash
     videos = [{"index": int(k), "source": split.videos[k]["source"], "shard": split.videos[k]["shard"],
                "key": split.videos[k]["key"]} for k in plan.videos]
     root.attrs.update({
-        "fingerprint": fingerprint(inputs), "inputs": inputs, "config": cfg.to_dict(), "format": FORMAT_VERSION,
+        "fingerprint": verdict.key, "inputs": verdict.inputs, "config": cfg.to_dict(), "format": FORMAT_VERSION,
         "ckpt": str(ckpt_path), "ckpt_kind": ckpt_info["kind"], "ckpt_step": int(ckpt_info["step"]),
         "use_ema": ckpt_info["use_ema"], "split": cfg.forecast.split, "cond_frames": plan.cond, "gen_frames": plan.gen,
         "n_samples": s, "image_size": size, "nfe_per_frame": nfe_per_frame(cfg, interpolant),
@@ -429,74 +385,3 @@ def _finish(url: str, log) -> None:
         raise ForecastError(f"{url}: {missing} videos are not forecast after all ranks finished")
     root.attrs["complete"] = True
     log(f"forecast: {url} complete")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Media
-# ----------------------------------------------------------------------------------------------------------
-
-
-def media_grid(real: np.ndarray, recon: np.ndarray, samples: np.ndarray, cond: int, min_tile: int = 64,
-               border: int = 2) -> np.ndarray:
-    """Animation frames uint8 [T, rows * tile, label + tile, 3] of one video: rows = truth, VQ recon, samples...
-
-    Each row is labelled on the left ("truth", "VQ recon", "sample 1", ...). Every tile has a border coloured by
-    time: green while frames are conditioning, red once they are generated. Frames smaller than ``min_tile`` are
-    enlarged by an integer factor (nearest neighbour).
-    """
-    rows = np.concatenate([real[None], recon[None], samples])  # [R, T, H, W, 3]
-    scale = max(1, math.ceil(min_tile / rows.shape[2]))
-    if scale > 1:
-        rows = rows.repeat(scale, axis=2).repeat(scale, axis=3)
-    n_rows, t, h, w, _ = rows.shape
-    tiles = np.zeros((n_rows, t, h + 2 * border, w + 2 * border, 3), dtype=np.uint8)
-    for k in range(t):
-        tiles[:, k] = COND_COLOUR if k < cond else GEN_COLOUR
-    tiles[:, :, border : border + h, border : border + w] = rows
-    grid = tiles.transpose(1, 0, 2, 3, 4).reshape(t, n_rows * tiles.shape[2], tiles.shape[3], 3)
-    labels = ["truth", "VQ recon", *(f"sample {j + 1}" for j in range(len(samples)))]
-    strip = row_labels(labels, tiles.shape[2])
-    return np.concatenate([np.broadcast_to(strip, (t, *strip.shape)), grid], axis=2)
-
-
-def row_labels(labels: list[str], row_height: int, width: int = 72) -> np.ndarray:
-    """A white-on-black uint8 strip [len(labels) * row_height, width, 3] with one label per row (PIL's default font)."""
-    from PIL import Image, ImageDraw
-
-    image = Image.new("RGB", (width, len(labels) * row_height))
-    draw = ImageDraw.Draw(image)
-    for k, label in enumerate(labels):
-        draw.text((4, k * row_height + row_height // 2), label, fill=(255, 255, 255), anchor="lm")
-    return np.asarray(image)
-
-
-def write_media(cfg: Config, url: str, media_dir: Path, log, only_missing: bool = False) -> list[Path]:
-    """GIF and MP4 grids of the first ``forecast.media_videos`` videos: media/forecast_<k>.{gif,mp4}."""
-    import imageio.v3 as iio
-
-    root = open_store(url)
-    count = min(cfg.forecast.media_videos, root["done"].shape[0])
-    cond = int(root.attrs["cond_frames"])
-    written = []
-    for k in range(count):
-        paths = media_files(media_dir, k)
-        if only_missing and all(p.exists() for p in paths):
-            continue
-        rows = {"real": k, "recon": k, "samples": (k, slice(0, cfg.forecast.media_samples))}
-        real, recon, samples = (read_array(open_node(root, n, url), sel, url, f"video row {k}") for n, sel in rows.items())
-        frames = media_grid(real, recon, samples, cond)
-        media_dir.mkdir(parents=True, exist_ok=True)
-        for path in paths:
-            tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")  # ffmpeg needs the suffix
-            try:
-                if path.suffix == ".gif":
-                    iio.imwrite(tmp, frames, duration=1000.0 / cfg.forecast.fps, loop=0)
-                else:
-                    iio.imwrite(tmp, frames, fps=cfg.forecast.fps, macro_block_size=1)
-                os.replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
-            written.append(path)
-    if written:
-        log(f"forecast: wrote {len(written)} media files to {media_dir}")
-    return written

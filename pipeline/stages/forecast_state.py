@@ -1,9 +1,6 @@
-"""Stage 3's inputs and its decision for a run's forecasts: up to date, resume, build or refuse. Torch-free.
-
-``forecast.py`` asks :func:`up_to_date_message` before anything loads torch, so a launch whose forecasts (and their
-media) are current returns in about a second (``make eval`` checks the forecasts first);
-:func:`pipeline.stages.forecast.forecast` makes the same decision with :func:`decide_forecasts`, under the store's lock when
-there is work. The store layout and the protocol are described in :mod:`pipeline.stages.forecast`.
+"""Stage 3's inputs and the protocol's decision for a run's forecasts (:mod:`pipeline.run.protocol`). Torch-free,
+so ``forecast.py`` answers "up to date" (:func:`up_to_date_message`) without importing torch; the store's layout is
+described in :mod:`pipeline.stages.forecast`.
 """
 
 from __future__ import annotations
@@ -15,13 +12,14 @@ from typing import Any
 from pipeline.data.cache import LatentSplit, store_attrs
 from pipeline.run.config import Config
 from pipeline.stages.encode import vqvae_identity
-from pipeline.run.records import KnownHashes, cached_sha256, changed_keys, fingerprint
+from pipeline.run.protocol import Output, Verdict, decide, local_lock, up_to_date_line
+from pipeline.run.records import KnownHashes, cached_sha256, changed_keys
 
-FORMAT_VERSION = 3  # bump when the layout or the meaning of stored values changes (2: ckpt_kind "pipeline"; 3: truth_latents)
+FORMAT_VERSION = 3  # bump when the layout or the meaning of stored values changes
 STORE_NAME = "forecasts.zarr"
 RESULT_NEUTRAL_SAMPLE_KEYS = ("batch_size",)  # sampler settings that do not change the forecasts
 MEDIA_KEYS = ("media_videos", "media_samples", "fps")  # forecast settings that only change the media
-REBUILD = ".rebuild"  # --force builds the replacement of a stale store at <store>.rebuild, swapped in when complete
+REMEDY = "Refusing to mix old and new forecasts: rerun with --force (make forecast FORCE=1) to redo them."
 
 
 class ForecastError(RuntimeError):
@@ -45,7 +43,7 @@ def default_checkpoint(run: str | Path) -> Path:
 def forecast_inputs(cfg: Config, cache_fingerprint: str, ckpt_sha256: str) -> dict[str, Any]:
     """Everything the stored forecasts depend on (batch size and media settings excluded: they change nothing)."""
     sample = {k: v for k, v in asdict(cfg.sample).items() if k not in RESULT_NEUTRAL_SAMPLE_KEYS}
-    if cfg.sample.past_horizon:  # H once allowed gaps up to H; now H - 1 (docs/METHOD.md §9.15): older stores are stale
+    if cfg.sample.past_horizon:  # the window's rule (gaps up to H - 1, docs/METHOD.md §9.15) is part of the forecasts
         sample["past_horizon_window"] = "reference included"
     forecast = {k: v for k, v in asdict(cfg.forecast).items() if k not in MEDIA_KEYS}
     data = {"frames_per_sample": cfg.data.frames_per_sample, "skip_frames": cfg.data.skip_frames,
@@ -55,34 +53,22 @@ def forecast_inputs(cfg: Config, cache_fingerprint: str, ckpt_sha256: str) -> di
             "interpolant": {"kind": cfg.interpolant.kind, **cfg.interpolant.resolved()}, "model": asdict(cfg.model)}
 
 
-def decide_forecasts(cfg: Config, url: str, split: LatentSplit, ckpt_path: Path, force: bool, hashes: dict[str, Any]):
-    """(action, store to write, message, inputs) for the forecasts at ``url``, changing nothing; fills ``hashes``.
+def forecast_output(url: str, ckpt_path: Path) -> Output:
+    """A run's forecasts as an output of the protocol: refused when made from other inputs, rebuilt beside."""
+    return Output("forecast", url, "made", REMEDY, beside=True, read=store_attrs, lock=local_lock(url),
+                  notes={"checkpoint": f" (checkpoint {ckpt_path})", "cache": " (the latent cache changed)"})
 
-    Actions: 'up to date' (the message is the line to log), 'resume', 'create', 'stale' (the message is the refusal).
-    """
+
+def decide_forecasts(cfg: Config, url: str, split: LatentSplit, ckpt_path: Path, force: bool,
+                     hashes: dict[str, Any]) -> Verdict:
+    """The verdict for the forecasts at ``url``, changing nothing; fills ``hashes``."""
     if not ckpt_path.is_file():
         raise ForecastError(f"flow checkpoint not found: {ckpt_path} (train first, or pass --ckpt / CKPT=...)")
     old = store_attrs(url)
     hashes.update(old.get("file_hashes", {}))
     check_vqvae(cfg, split, hashes)
     inputs = forecast_inputs(cfg, split.attrs["fingerprint"], cached_sha256(ckpt_path, hashes))
-    key = fingerprint(inputs)
-    if old.get("fingerprint") == key:
-        if old.get("complete"):
-            return "up to date", url, f"forecast: {url} is up to date (fingerprint {key})", inputs
-        return "resume", url, "", inputs
-    if "fingerprint" not in old:  # no store, or the remains of a creation killed before it recorded its inputs
-        return "create", url, f"{url} (new)", inputs
-    changed = changed_keys(old.get("inputs", {}), inputs)
-    detail = ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
-    extra = f" (checkpoint {ckpt_path})" if any(c.startswith("checkpoint") for c in changed) else ""
-    extra += " (the latent cache changed)" if "cache" in changed else ""
-    if not force:
-        return "stale", url, (f"{url} was made from different inputs; changed: {detail}{extra}. Refusing to mix old "
-                              "and new forecasts: rerun with --force (make forecast FORCE=1) to redo them."), inputs
-    beside = url + REBUILD
-    action = "resume" if store_attrs(beside).get("fingerprint") == key else "create"
-    return action, beside, f"{url} (--force: rebuilt in {beside}, which replaces it when complete)", inputs
+    return decide(forecast_output(url, ckpt_path), old, inputs, force, complete=bool(old.get("complete")))
 
 
 def check_vqvae(cfg: Config, split: LatentSplit, hashes: dict[str, Any]) -> None:
@@ -107,20 +93,14 @@ def media_files(media_dir: Path, video: int) -> list[Path]:
 
 def up_to_date_message(cfg: Config, store: str, run: Path, ckpt: str | Path | None = None) -> str | None:
     """The stage's "up to date" line when ``<run>/forecasts.zarr`` is complete, made from exactly these inputs, and
-    its media are all there; else None (work, a refusal or an error: :func:`pipeline.stages.forecast.forecast` decides and
-    reports those, and writes missing media). It never hashes: a file that changed size or mtime is left to the stage."""
+    its media are all there; else None. It never hashes: a file that changed size or mtime is left to the stage."""
     url = forecast_url(run)
-    try:
-        attrs = store_attrs(url)
-        if not attrs.get("complete"):
-            return None
+
+    def decision() -> Verdict:
         split = LatentSplit(store, cfg.forecast.split)
-        if not split.attrs.get("complete"):
-            return None
-        ckpt_path = Path(ckpt) if ckpt else default_checkpoint(run)
-        action, _, message, _ = decide_forecasts(cfg, url, split, ckpt_path, False, KnownHashes())
-        videos = min(cfg.forecast.media_videos, len(attrs.get("videos", [])))
+        verdict = decide_forecasts(cfg, url, split, Path(ckpt) if ckpt else default_checkpoint(run), False, KnownHashes())
+        videos = min(cfg.forecast.media_videos, len(store_attrs(url).get("videos", [])))
         media = [path for k in range(videos) for path in media_files(Path(run) / "media", k)]
-    except Exception:  # whatever it is, forecast() meets it again and says it properly
-        return None
-    return message if action == "up to date" and all(path.exists() for path in media) else None
+        return verdict if split.attrs.get("complete") and all(path.exists() for path in media) else Verdict("", url)
+
+    return up_to_date_line(decision)
