@@ -82,7 +82,7 @@ def configure_threads(requested: int | None, world_size: int, log: Callable[[str
 def processes_on_node(environ: Mapping[str, str] | None = None) -> int:
     """Processes of this launch on this node: torchrun's LOCAL_WORLD_SIZE, else WORLD_SIZE, else 1."""
     counts = [(os.environ if environ is None else environ).get(k, "").strip() for k in ("LOCAL_WORLD_SIZE", "WORLD_SIZE")]
-    return max(1, next((int(c) for c in counts if c.lstrip("-").isdigit()), 1))
+    return max(1, next((int(c) for c in counts if c.removeprefix("-").isdigit()), 1))
 
 
 def default_wait_policy(environ: MutableMapping[str, str] | None = None) -> str:
