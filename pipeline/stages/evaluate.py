@@ -19,16 +19,16 @@ sample diversity. On full clips: FVD (:mod:`pipeline.eval.fvd`). Every headline 
 over videos; the resampled videos are the same for every set and metric (and for every run with the same seed on the
 same videos), so the report can pair them.
 
-Up to date: ``metrics.json`` records the fingerprint of (forecasts store fingerprint, the eval settings that change
-numbers, the I3D weights' sha256, the metric format). An equal fingerprint does no work (only ``report.md`` is
-rewritten, cheaply, so a second run's results appear in it); a different one recomputes and overwrites —
-metrics.json is one atomically written file, so nothing old and new can mix — and ``force`` recomputes regardless.
-An incomplete forecasts store is refused.
+``metrics.json`` records the fingerprint of (forecasts store fingerprint, the eval settings that change numbers,
+the I3D weights' sha256, the metric format) and follows :mod:`pipeline.run.protocol`: an equal fingerprint does no
+work (only ``report.md`` is rewritten, so a second run's results appear in it); another one, or ``force``,
+recomputes it (one atomically written file: old and new never mix). An incomplete forecasts store is refused.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -41,15 +41,18 @@ from pipeline.data.cache import has_node, open_node, open_store, read_array
 from pipeline.run.config import Config
 from pipeline.eval.fvd import PROTOCOL as FVD_PROTOCOL
 from pipeline.eval.fvd import RECOMMENDED_FVD_VIDEOS, I3DError, clips_digest, fvd_with_intervals, load_detector, set_features
-from pipeline.run.locks import lock_file, output_lock
-from pipeline.eval.metrics import DATA_RANGE, frame_scores, resolve_device, summarize
-from pipeline.run.records import cached_sha256, changed_keys, clean_temporaries, code_version, fingerprint, read_json
+from pipeline.eval.metrics import DATA_RANGE, frame_scores, resolve_device
+from pipeline.run.locks import lock_file
+from pipeline.run.protocol import Output, decide, settle
+from pipeline.run.records import cached_sha256, code_version, read_json
 from pipeline.eval.report import METRICS_FILE, SCHEMA, plot_run_curves, write_metrics, write_report
-from pipeline.eval.scores import energy_score, ensemble_frame_scores, spread_skill_ratio
-from pipeline.eval.stats import bootstrap_interval, paired_difference, resample_indices
+from pipeline.eval.scores import energy_score, ensemble_frame_scores
+from pipeline.eval.stats import resample_indices
+from pipeline.stages.evaluate_scores import (decoder_channel, horizon_comparisons, known_law_scores,  # noqa: F401
+                                             spread_skill_block, summarize_metric)  # (the first two: for callers)
 from pipeline.run.tracking import log_evaluation
 
-EVAL_FORMAT = 3  # bump when a metric's definition changes: old metrics.json files are then recomputed (2: scores, intervals; 3: known-law horizons)
+EVAL_FORMAT = 3  # bump when a metric's definition changes: old metrics.json files are then recomputed
 NO_I3D = "FVD off (eval.i3d: none): set eval.i3d=builtin (the default) or I3D=/path/to/i3d_torchscript.pt"
 RESULT_KEYS = ("videos", "fvd_videos", "fvd_samples", "fvd_resamples", "resamples", "level", "seed",
                "oracle_samples", "oracle_vq")  # the eval settings that change numbers
@@ -127,31 +130,23 @@ def evaluate(cfg: Config, url: str, run_dir: Path, force: bool = False, dry_run:
     'evaluated' or 'dry run' (``dry_run`` logs what would be done and changes nothing).
     """
     run_dir = Path(run_dir)
-    dataset_dir = run_dir.parent.parent
-    eval_dir = run_dir / "eval"
+    dataset_dir, eval_dir = run_dir.parent.parent, run_dir / "eval"
     root = open_forecasts(url)
-    attrs = dict(root.attrs)
-    old = read_json(eval_dir / METRICS_FILE) or {}
-    hashes = dict(old.get("file_hashes", {}))
-    inputs = eval_inputs(attrs, cfg, i3d_weights_sha256(cfg.eval.i3d, hashes))
-    key = fingerprint(inputs)
-    if old.get("fingerprint") == key and not force:
-        log(f"eval: {eval_dir / METRICS_FILE} is up to date (fingerprint {key})")
-        if not dry_run:
-            log(f"eval: report {write_report(dataset_dir)}")
-        return "up to date"
-    if dry_run:
-        changed = changed_keys(old.get("inputs", {}), inputs) if old.get("fingerprint") else []
-        log(f"eval: dry run: would compute {eval_dir / METRICS_FILE}" + (f"; changed: {', '.join(changed)}" if changed else ""))
-        return "dry run"
-    if old.get("fingerprint") and old.get("fingerprint") != key:
-        log(f"eval: recomputing {eval_dir / METRICS_FILE}; changed: {', '.join(changed_keys(old.get('inputs', {}), inputs))}")
-    with output_lock(lock_file(eval_dir), eval_dir, "eval", log):  # one evaluation of a run at a time
-        clean_temporaries("eval", [eval_dir, dataset_dir], log)
+    path = eval_dir / METRICS_FILE
+    hashes = dict((read_json(path) or {}).get("file_hashes", {}))
+    inputs = eval_inputs(dict(root.attrs), cfg, i3d_weights_sha256(cfg.eval.i3d, hashes))
+    out = Output("eval", str(path), resumable=False, force_redoes=True, lock=lock_file(eval_dir))
+    with ExitStack() as held:  # one evaluation of a run at a time
+        verdict = settle(out, lambda: decide(out, read_json(path) or {}, inputs, force), held, log, dry_run,
+                         (EvalError, EvalError), clean=[eval_dir, dataset_dir])
+        if dry_run or verdict.action == "up to date":
+            if not dry_run:
+                log(f"eval: report {write_report(dataset_dir)}")
+            return "dry run" if dry_run else verdict.action
         start = time.time()
         metrics = compute_metrics(cfg, root, url, dataset_dir, log)
         metrics.update({
-            "schema": SCHEMA, "fingerprint": key, "inputs": inputs, "file_hashes": hashes, "run": run_dir.name,
+            "schema": SCHEMA, "fingerprint": verdict.key, "inputs": inputs, "file_hashes": hashes, "run": run_dir.name,
             "interp": cfg.interpolant.kind, "dataset": dataset_dir.name, "eval_config": asdict(cfg.eval),
             "code_version": code_version(), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             "seconds": round(time.time() - start, 1),
@@ -159,9 +154,9 @@ def evaluate(cfg: Config, url: str, run_dir: Path, force: bool = False, dry_run:
         metrics["protocol"]["fvd"]["i3d_sha256"] = inputs["i3d_sha256"]
         eval_dir.mkdir(parents=True, exist_ok=True)
         metrics["plot"] = plot_run_curves(eval_dir / "curves.png", metrics)
-        write_metrics(eval_dir / METRICS_FILE, metrics)
+        write_metrics(path, metrics)
         _log_summary(metrics, log)
-        log(f"eval: wrote {eval_dir / METRICS_FILE}; report {write_report(dataset_dir)}")
+        log(f"eval: wrote {path}; report {write_report(dataset_dir)}")
     log_evaluation(cfg, run_dir, metrics, log)
     return "evaluated"
 
@@ -254,123 +249,6 @@ def score_video(store: _Store, v: int, frame_batch: int, device: torch.device) -
             z, truth_z = (torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in (latent[name], truth_latents[c:]))
             out[name]["energy_latent"] = energy_score(z, truth_z, event_dims=3, rms=True).cpu().numpy()
     return out
-
-
-def spread_skill_block(spread2: np.ndarray, mse: np.ndarray, members: int, bootstrap: dict[str, Any]) -> dict[str, Any]:
-    """The spread-skill ratio of means over videos and frames, with its interval and its per-frame curve.
-
-    One member has no spread: the ratio is 0 by definition (also where its error is 0, e.g. a perfect ceiling).
-    """
-    if members == 1:
-        return {"value": 0.0, "low": 0.0, "high": 0.0, "per_frame": [0.0] * spread2.shape[1]}
-    ratio = lambda s2, e2, axis: spread_skill_ratio(s2.mean(axis), e2.mean(axis), members)  # noqa: E731
-    interval = _interval(bootstrap_interval((spread2.mean(axis=1), mse.mean(axis=1)), statistic=ratio, **bootstrap))
-    curve = spread_skill_ratio(spread2.mean(axis=0), mse.mean(axis=0), members)
-    return {**interval, "per_frame": [float(x) for x in curve]}
-
-
-def summarize_metric(metric: str, rows: list[np.ndarray], bootstrap: dict[str, Any]) -> dict[str, Any]:
-    """One metric's block of metrics.json from its per-video arrays, with a bootstrap interval over videos.
-
-    PSNR/SSIM rows are ``[samples, frames]`` (best-of-N kept); ``spread``/``mse`` rows give the spread-skill ratio
-    (a ratio of means: its per-video parts are stored for paired comparisons); every other row is ``[frames]``.
-    """
-    per_frame = np.stack(rows).astype(np.float64)  # [V, (S,) P]
-    if metric in ("psnr", "ssim"):
-        block = summarize(per_frame)
-        per_video = per_frame.mean(axis=(1, 2))
-    else:
-        per_video = per_frame.mean(axis=1)
-        block = {"per_frame": [float(x) for x in per_frame.mean(axis=0)]}
-    return {**block, **_interval(bootstrap_interval(per_video, **bootstrap)), "per_video": [float(x) for x in per_video]}
-
-
-def _interval(result: dict[str, Any]) -> dict[str, float]:
-    return {k: float(result[k]) for k in ("value", "low", "high")}
-
-
-def known_law_scores(cfg: Config, store: _Store, videos: int, bootstrap: dict[str, Any], log) -> dict[str, Any]:
-    """The demo's known-law scores (:mod:`pipeline.demo.known_law`) of every set, with intervals; other data: a status.
-
-    Sets: the model's samples, the oracle (S independent draws from the true law: its law distance is the noise
-    floor), copy-last, constant velocity, the VQ reconstruction and the real frames (the read-out's ceiling), and
-    the oracle's draws rendered and passed through the forecasts' VQVAE (``oracle_vq``: a perfect latent forecaster,
-    what any model decoded by this VQVAE can reach; left out, with a note, when ``eval.oracle_vq`` is off or the
-    config's VQVAE is not the one the forecasts were decoded with). Sprites are read in the colours the decoder draws (calibrated on each video's
-    decoded conditioning frames).
-    """
-    from pipeline.demo.state import load_state
-    from pipeline.demo.known_law import STREAM_FORECAST, Clip, calibrate_colours, render_states, video_scores
-
-    if cfg.data.source != "demo":
-        return {"status": "not a simulator dataset: the true law of the future is unknown"}
-    path = Path(cfg.data.root) / str(store.attrs.get("split")) / "demo_state.npz"
-    if not path.is_file():
-        return {"status": f"no state sidecar {path}: regenerate the demo data (make data) to get known-law scores"}
-    state = load_state(path)
-    channel, channel_note = decoder_channel(cfg, store.attrs) if cfg.eval.oracle_vq else (None, "eval.oracle_vq off")
-    frames, c = np.asarray(store.attrs["frame_indices"]), store.cond
-    rows = []
-    for v in tqdm(range(videos), desc="eval: known law", unit="video"):
-        index = state.index(store.attrs["videos"][v]["source"])
-        clip = Clip(state.track(index), state.process, frames, c, video=index)
-        samples, real, recon = store.row("samples", v), store.row("real", v), store.row("recon", v)
-        colours = calibrate_colours(samples[0, :c], clip.track, frames[:c])
-        frame_sets = {"vq_ceiling": recon[None, c:]}
-        if channel is not None:  # the oracle set's own draws, rendered and decoded
-            drawn = render_states(clip.oracle(store.n_samples, cfg.eval.seed, STREAM_FORECAST), clip.track,
-                                  clip.image_size, clip.palette)
-            frame_sets["oracle_vq"] = channel(drawn.reshape(-1, *drawn.shape[-3:])).reshape(drawn.shape)
-        rows.append(video_scores(samples[:, c:], clip, real=real[c:], n_oracle=cfg.eval.oracle_samples,
-                                 seed=cfg.eval.seed, colours=colours, frame_sets=frame_sets))
-    sets = {name: {metric: summarize_metric(metric, [row[name][metric] for row in rows], bootstrap)
-                   for metric in rows[0][name]} for name in rows[0]}
-    horizons = horizon_comparisons(rows, bootstrap)
-    log(f"eval: known law: identity kept {sets['model']['identity_kept']['value']:.3f} (oracle "
-        f"{sets['oracle']['identity_kept']['value']:.3f}), law distance {sets['model']['law_distance']['value']:.2f} px "
-        f"(noise floor {sets['oracle']['law_distance']['value']:.2f}, copy-last {sets['copy_last']['law_distance']['value']:.2f})")
-    return {"status": f"ok: {videos} videos, {cfg.eval.oracle_samples} oracle draws each, state {path}; {channel_note}",
-            "sets": sets, "horizons": horizons}
-
-
-def decoder_channel(cfg: Config, attrs: dict[str, Any]) -> tuple[Callable[[np.ndarray], np.ndarray] | None, str]:
-    """The forecasts' VQVAE as a channel, uint8 frames ``[N, H, W, 3]`` -> their reconstructions, and a note; None
-    (and why) unless the config's VQVAE checkpoint is the file the forecasts were decoded with (same bytes)."""
-    from pipeline.vqvae import build_vqvae
-
-    path = Path(cfg.vqvae.ckpt) if cfg.vqvae.ckpt else None
-    hashes = dict(attrs.get("file_hashes") or {})  # the forecasts' record: an unchanged file is not hashed again
-    recorded = hashes.get(str(path.resolve())) if path and path.is_file() else None
-    if not recorded or recorded[-1] != cached_sha256(path, hashes):
-        return None, (f"no oracle_vq set: vqvae.ckpt '{cfg.vqvae.ckpt}' is not the VQVAE file the forecasts recorded "
-                      "(file_hashes)")
-    vq = build_vqvae(cfg.vqvae, int(attrs["image_size"]))
-    return vq.reconstruct_uint8, f"oracle_vq through {path}"
-
-
-HORIZON_PAIRS = (("model", "constant_velocity"), ("model", "copy_last"), ("oracle", "constant_velocity"),
-                 ("oracle_vq", "constant_velocity"))
-HORIZON_IDENTITY = ("model", "vq_ceiling", "oracle", "oracle_vq")
-
-
-def horizon_comparisons(rows: list[dict[str, dict[str, np.ndarray]]], bootstrap: dict[str, Any]) -> dict[str, Any]:
-    """Per predicted frame, with intervals over videos: the distance to the true law of the model (and of the
-    oracle, a perfect forecaster of the same ensemble size, as drawn and through the VQVAE) minus that of each
-    deterministic reference, paired on the same videos, and identity kept by the model, the VQ reconstruction and
-    the oracle (both ways). This is where a forecaster has to beat constant-velocity extrapolation at every
-    horizon; the oracle's rows say at which horizons even the true law can be told apart from it with these videos
-    and samples. Sets the rows lack (``oracle_vq`` without the VQVAE) are left out."""
-    def per_frame(name: str, metric: str) -> np.ndarray:  # [videos, frames]
-        return np.stack([row[name][metric] for row in rows]).astype(np.float64)
-
-    law = {}
-    for a, b in [(a, b) for a, b in HORIZON_PAIRS if a in rows[0] and b in rows[0]]:
-        da, db = per_frame(a, "law_distance"), per_frame(b, "law_distance")
-        law[f"{a}-{b}"] = [{k: r[k] for k in ("diff", "low", "high", "verdict")}
-                           for r in (paired_difference(da[:, p], db[:, p], False, **bootstrap) for p in range(da.shape[1]))]
-    identity = {name: [_interval(bootstrap_interval(column, **bootstrap)) for column in per_frame(name, "identity_kept").T]
-                for name in HORIZON_IDENTITY if name in rows[0]}
-    return {"law_distance": law, "identity_kept": identity}
 
 
 def _fvd(cfg: Config, store: _Store, videos: int, device: torch.device, dataset_dir: Path, result: dict[str, Any],
