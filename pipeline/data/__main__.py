@@ -10,6 +10,7 @@ import typer
 from pipeline.run.cli import ConfigOption, DataRootOption, DryRunOption, SetOption, SmokeOption, fail, load_cli_config, show_dry_run
 from pipeline.data.convert import ConvertError
 from pipeline.data.shards import ShardError
+from pipeline.run.locks import LockedError
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -32,7 +33,7 @@ def main(
         show_dry_run("data", cfg)
     try:
         prepare_data(cfg, Path(cfg.data.root), raw=raw, force=force, dry_run=dry_run)
-    except (ConvertError, ShardError, ValueError) as exc:
+    except (ConvertError, ShardError, ValueError, LockedError) as exc:
         fail(str(exc))
 
 

@@ -2,15 +2,16 @@
 
 Splits are first written to a staging directory beside the target and swapped in only when every split is
 complete, so a crash or a bad raw file leaves the existing shards untouched. ``<root>/manifest.json`` records
-what made the shards (the fingerprint of the settings and the raw file listing, the config, the code version,
-and per-shard size and sha256, and for the demo the same of each split's state sidecar ``demo_state.npz``); a rerun
-whose fingerprint matches, with every recorded file in place, is "up to date" and does nothing. A demo tree without
-its sidecars (made before they existed) is regenerated: the shards come out byte-identical, the sidecars are added.
+what made the shards (the fingerprint of the settings and the raw file listing, the config, the code version, and
+per-shard size and sha256, and for the demo the same of each split's state sidecar ``demo_state.npz``). The tree
+follows :mod:`pipeline.run.protocol`: a matching fingerprint with every recorded file in place is "up to date";
+other settings, a missing or resized file, or ``force`` rebuild it.
 """
 
 from __future__ import annotations
 
 import shutil
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ from pipeline.data.convert import assign_splits, convert_videos
 from pipeline.demo.generator import generate_demo
 from pipeline.demo.state import STATE_FILE
 from pipeline.data.shards import ShardError
-from pipeline.run.records import MANIFEST, changed_keys, code_version, fingerprint, read_json, sha256_file, write_json_atomic
+from pipeline.run.locks import lock_file
+from pipeline.run.protocol import Output, Verdict, decide, settle
+from pipeline.run.records import MANIFEST, code_version, read_json, sha256_file, write_json_atomic
 
 FORMAT_VERSION = 1  # bump when the bytes written for the same inputs change
 
@@ -49,21 +52,24 @@ def prepare_data(cfg: Config, root: Path, raw: Path | None = None, force: bool =
     if raw is None and cfg.data.source == "shards":
         return _use_existing_shards(cfg, root, log)
     inputs = data_inputs(cfg, raw)
-    key = fingerprint(inputs)
-    manifest = read_json(root / MANIFEST)
-    if manifest and not force:
-        damaged = _damaged_files(root, manifest, demo=raw is None)
-        if manifest.get("fingerprint") == key and not damaged:
-            log(f"data: {root} is up to date ({sum(manifest['videos'].values())} videos)")
-            return manifest
-        changed = changed_keys(manifest.get("inputs", {}), inputs) or [damaged or "shard files"]
-        log(f"data: {'dry run: would rebuild' if dry_run else 'rebuilding'} {root}; changed: {', '.join(changed[:8])}")
-    elif dry_run:
-        log(f"data: dry run: would {'rebuild (--force)' if manifest else 'build'} {root} "
-            f"({'demo generator' if raw is None else f'converting {raw}'})")
-    if dry_run:
-        return manifest
+    out = Output("data", str(root), resumable=False, force_redoes=True, lock=lock_file(root))
 
+    def decision() -> Verdict:
+        manifest = read_json(root / MANIFEST) or {}
+        damaged = _damaged_files(root, manifest, demo=raw is None) if manifest else ""
+        return decide(out, manifest, inputs, force, complete=not damaged, missing=damaged,
+                      detail=f"{sum(manifest.get('videos', {}).values())} videos, ")
+
+    with ExitStack() as held:
+        verdict = settle(out, decision, held, log, dry_run, (ShardError, ShardError),
+                         what=" (demo generator)" if raw is None else f" (converting {raw})")
+        if dry_run or verdict.action == "up to date":
+            return read_json(root / MANIFEST)
+        return _build(cfg, root, raw, verdict, log)
+
+
+def _build(cfg: Config, root: Path, raw: Path | None, verdict: Verdict, log) -> dict[str, Any]:
+    """Write every split to a staging tree, swap it in, then record the manifest."""
     staging = root.parent / f".{root.name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     if raw is None:
@@ -73,8 +79,8 @@ def prepare_data(cfg: Config, root: Path, raw: Path | None = None, force: bool =
     _swap_in(staging, root, list(counts))
     manifest = {
         "stage": "data",
-        "fingerprint": key,
-        "inputs": inputs,
+        "fingerprint": verdict.key,
+        "inputs": verdict.inputs,
         "videos": counts,
         "shards": _file_records(root, "*/*.hdf5"),
         "sidecars": _file_records(root, f"*/{STATE_FILE}"),
