@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from pipeline.run.config import AutoencoderConfig, Config, VQVAEConfig
 from pipeline.data.shards import ShardWriter
 from pipeline.vqvae import build_vqvae
-from pipeline.demo.vqvae_train import (LATEST, TrainError, app, foreground_weights, frame_psnr, kmeans_codebook,
-                                  reconstruction_loss, train_autoencoder)
+from pipeline.demo.vqvae_recipe import foreground_weights, frame_psnr, kmeans_codebook, reconstruction_loss
+from pipeline.demo.vqvae_train import LATEST, TrainError, app, train_autoencoder
 
 
 def _write_split(root: Path, split: str, videos: int, size: int, seed: int) -> None:
@@ -148,7 +148,7 @@ def test_quantiser_loss_is_the_standard_form_beta_on_the_commitment(tmp_path, be
     """The trainer's quantiser loss is codebook ||e - sg[z]||^2 + beta * commitment ||sg[e] - z||^2 (standard
     VQ-VAE, taming's legacy=False), with ``autoencoder.beta``: the encoder output z gets beta * 2 (z - e) / N,
     the code vectors the full 2 (e - z) / N. Taming's legacy=True form would give z the full share and e beta."""
-    from pipeline.demo.vqvae_train import trainable_model
+    from pipeline.demo.vqvae_recipe import trainable_model
 
     model = trainable_model(_config(tmp_path, "q", beta=beta))
     torch.manual_seed(0)
