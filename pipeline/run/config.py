@@ -153,7 +153,7 @@ def apply_override(cfg: Config, item: str, source: str = "--set") -> Config:
     try:
         value = _compact_mapping(_load_yaml(text), text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source} {item!r}: value is not valid YAML: {exc}") from None
+        raise ConfigError(f"{source} {item!r}: value is not valid YAML: {_one_line(exc)}") from None
     return _set_dotted(cfg, dotted, value, source=source)
 
 
@@ -288,6 +288,13 @@ def _load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_ConfigLoader)
 
 
+def _one_line(exc: yaml.YAMLError) -> str:
+    """A YAML error as one line: where, then what."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return where + " ".join(str(getattr(exc, "problem", None) or exc).split())
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     """The YAML mapping of a config file; a clear ConfigError for a missing file, a directory, bad YAML, duplicates."""
     try:
@@ -297,7 +304,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except IsADirectoryError:
         raise ConfigError(f"{path} is a directory, not a config file (configs/<dataset>.yaml)") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_one_line(exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     return raw

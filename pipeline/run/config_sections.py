@@ -50,12 +50,14 @@ def describe_bounds(bounds: dict[str, Any]) -> str:
     """``{'ge': 0, 'lt': 1}`` as 'in [0, 1)', ``{'ge': 1}`` as '>= 1'."""
     low, high = [next((b for b in pair if b in bounds), None) for pair in (("ge", "gt"), ("le", "lt"))]
     if low and high:
-        return f"in {'[(' [low == 'gt']}{bounds[low]}, {bounds[high]}{'])' [high == 'lt']}"
+        opening, closing = "[" if low == "ge" else "(", "]" if high == "le" else ")"
+        return f"in {opening}{bounds[low]}, {bounds[high]}{closing}"
     return " and ".join(f"{BOUNDS[b][1]} {limit}" for b, limit in bounds.items())
 
 
 class FieldError(ValueError):
     """Raised by ``validate()``: the key and what is wrong with it (the loader adds the section and the source)."""
+
     def __init__(self, key: str, problem: str):
         super().__init__(f"{key}: {problem}")
         self.key, self.problem = key, problem
@@ -68,6 +70,7 @@ def require(ok: bool, key: str, problem: str) -> None:
 
 class Section:
     """A config section: ``validate()`` checks every key's bounds, then the rules between keys (``_check``)."""
+
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             value, bounds = getattr(self, f.name), f.metadata["bounds"]
