@@ -1,15 +1,6 @@
 """Stage 4: evaluate a forecasts store -> ``<run>/eval/metrics.json``, curves, and ``<out>/<data>/report.md``.
 
-Contract: reads ``<out>/<data.name>/runs/<run>/forecasts.zarr`` (written by the forecast stage, zarr v3):
-
-    attrs          fingerprint, config, ckpt, ckpt_kind, ckpt_step, use_ema, split, cond_frames, gen_frames,
-                   n_samples, image_size, nfe_per_frame, complete, code_version, videos, ...
-    real           uint8   [N, T, H, W, 3]     ground-truth clips
-    recon          uint8   [N, T, H, W, 3]     decode(encode(real)): the VQ ceiling
-    samples        uint8   [N, S, T, H, W, 3]  decoded forecasts (decoded conditioning + generated frames)
-    latents        float32 [N, S, T, C, h, w]  latent rollouts
-    truth_latents  float32 [N, T, C, h, w]     cached latents of the real clip
-    done           bool    [N]
+Contract: reads a complete ``<out>/<data.name>/runs/<run>/forecasts.zarr`` (layout: :mod:`pipeline.stages.forecast`).
 
 Three sets are scored against the truth: the model's ensemble of ``samples`` (S members per video), the VQ
 reconstruction (the ceiling) and copy-last (the last real conditioning frame repeated), the last two as one-member
