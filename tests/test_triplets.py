@@ -127,3 +127,31 @@ def test_a_store_with_jitter_views_trains_on_them_only(tiny, tmp_path) -> None:
     assert training_inputs(cfg, "cache", split.attrs["views"])["data"]["views"] == ["jitter1", "jitter2"]
     assert "views" not in training_inputs(cfg, "cache", ["identity", "hflip"])["data"]
     assert training_inputs(cfg, "cache", ["identity"]) == training_inputs(cfg, "cache")
+
+
+def test_a_flipped_byte_mid_chunk_fails_the_checksum_on_every_read_path(store: str, tmp_path) -> None:
+    """Same length, one bit changed: Blosc alone may decode it to other numbers; the CRC32C codec refuses it."""
+    import shutil
+    from pathlib import Path
+
+    import zarr
+
+    from pipeline.data.cache import StoreReadError, read_array
+
+    url = str(tmp_path / "latents.zarr")
+    shutil.copytree(store, url)
+    split = LatentSplit(url, "train")
+    chunk = int(split.offsets[1]) // split.chunk_frames
+    path = Path(url) / "train" / "latents" / "c" / "0" / str(chunk) / "0" / "0" / "0"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    needles = (url, f"c/0/{chunk}/0/0/0", "'train/latents'", "cannot be decoded", "checksum", "video 1")
+    reads = {"read_frames": lambda s: s.read_frames(np.array([0]), np.array([int(s.offsets[1])])),
+             "load_into_memory": lambda s: s.load_into_memory(),
+             "read_array": lambda s: read_array(zarr.open_group(url)["train"]["latents"], (0, int(s.offsets[1])), url,
+                                                "video 1")}
+    for name, read in reads.items():
+        with pytest.raises(StoreReadError) as caught:
+            read(LatentSplit(url, "train"))
+        assert all(n in str(caught.value) and "\n" not in str(caught.value) for n in needles), (name, str(caught.value))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -256,3 +257,24 @@ def test_a_file_cannot_change_shared_objects_through_build(tmp_path):
     with pytest.raises(CheckpointReadError, match="refusing to set the state of '_rebuild_tensor_v2'"):
         safe_torch_load(path)
     assert tu._rebuild_tensor_v2.__defaults__ == before
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_every_pickle_protocol_loads_weights_and_keeps_foreign_objects_inert(tmp_path, protocol):
+    """Protocol 2 zip files go through torch's weights-only loader, others (4, 5) through the restricted one:
+    the same weights and records either way, the payload never run, and BUILD on a shared global refused."""
+    marker = tmp_path / "pwned"
+    weights = {"w": torch.arange(6.0).reshape(2, 3), "p": torch.nn.Parameter(torch.ones(2)), "h": torch.zeros(2).half()}
+    path = tmp_path / f"proto{protocol}.ckpt"
+    torch.save({"state_dict": weights, "hyper_parameters": HyperParams(), "hook": Payload(marker), "b": b"xy",
+                "s": {1, 2}}, path, pickle_protocol=protocol)
+    raw = safe_torch_load(path)
+    assert all(torch.equal(raw["state_dict"][k], v) for k, v in weights.items())
+    assert isinstance(raw["state_dict"]["p"], torch.nn.Parameter) and raw["b"] == b"xy" and raw["s"] == {1, 2}
+    assert raw["hyper_parameters"].state["embed_dim"] == 4 and raw["hook"].__record_name__ == "system"
+    assert not marker.exists()
+    build = tmp_path / f"build{protocol}.pt"  # BUILD on collections.OrderedDict, the class shared by the process
+    build.write_bytes(pickle.dumps(collections.OrderedDict, protocol=protocol)[:-1] + b"N}X\x01\x00\x00\x00x\x88s\x86b.")
+    with pytest.raises(CheckpointReadError, match="refusing to set the state of 'OrderedDict'"):
+        safe_torch_load(build)
+    assert not hasattr(collections.OrderedDict, "x")
