@@ -33,6 +33,7 @@ from pipeline.run.locks import lock_file, output_lock
 from pipeline.core.model import build_model
 from pipeline.run.records import process_alive
 from pipeline.stages.train import TrainingError, train
+from pipeline.stages.train_monitor import SampleVideos
 
 SMALL_NET = ["model.inner_dim=32", "model.heads=2", "model.depth=1", "model.mid_depth=1", "train.wandb_mode=disabled",
              "train.sample_every=0"]
@@ -333,7 +334,7 @@ def test_the_sample_video_of_a_checkpointed_step_survives_an_interrupt(tiny_stor
                "train.sample_videos=1", "train.sample_steps=2")
     run = tmp_path / "run"
     with pytest.MonkeyPatch.context() as patch:  # killed while writing the video of step 4
-        _stop_at(patch, train_module._SampleVideos, "write", lambda self, done, *rest: done == 4)
+        _stop_at(patch, SampleVideos, "write", lambda self, done, *rest: done == 4)
         with pytest.raises(Killed):
             train(cfg, store, run, **QUIET)
     assert train(cfg, store, run, **QUIET) == "trained"
