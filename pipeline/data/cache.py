@@ -11,20 +11,18 @@ Layout (readable by plain ``zarr``)::
       <split>/done      [videos] bool    set after the video's latents are written (one chunk per flag)
       <split> attrs: videos = [{shard, key, source, length}]   provenance of each video
 
-Every array is stored with the codecs of :func:`checked_compressors` (Blosc/zstd, then a CRC32C checksum).
-
 Because every video starts on a chunk boundary and each ``done`` flag has its own chunk, processes writing
 different videos never touch the same chunk: distributed encoding needs no locks, and a killed run leaves only
 videos whose flag is unset, which a rerun encodes again.
 
 Integrity: every read of stored data (this store and ``forecasts.zarr``) goes through this module, which refuses
-to return anything but the stored bytes. Every chunk is written with Zarr's CRC32C checksum codec after Blosc, so a
-chunk that lost its tail or had bytes changed fails its checksum when decoded. A chunk that a read needs must exist
-(writers store every chunk, even one equal to the fill value, so a missing chunk always means lost data) and latents
-must be finite; unreadable metadata and inconsistent index arrays are refused when the store is opened. Each error
-names the store, the array and chunk (or the metadata file) and, where known, the video. Float arrays are created
-with fill value NaN, so data read past these checks (e.g. with plain zarr) cannot pass for zeros. The checksum
-covers a chunk's bytes, not its place: two valid chunks swapped between keys still decode.
+to return anything but the stored bytes. Every array is written with :func:`checked_compressors` (Blosc, then Zarr's
+CRC32C checksum), so a chunk cut short or changed fails its checksum when decoded; the checksum covers a chunk's
+bytes, not its key, so two valid chunks swapped still decode. A chunk that a read needs must exist (writers store
+every chunk, even one equal to the fill value) and latents must be finite; unreadable metadata and inconsistent
+index arrays are refused when the store is opened. Each error names the store, the array and chunk (or the
+metadata file) and, where known, the video. Float arrays are filled with NaN, so data read past these checks
+(e.g. with plain zarr) cannot pass for zeros.
 """
 
 from __future__ import annotations
@@ -71,13 +69,6 @@ def store_url(out_root: str, dataset: str) -> str:
     return f"{str(out_root).rstrip('/')}/{dataset}/latents.zarr"
 
 
-def chunk_aligned_offsets(lengths: np.ndarray, chunk_frames: int) -> tuple[np.ndarray, int]:
-    """First frame of each video when every video starts on a chunk boundary; and the total frame count."""
-    padded = -(-np.asarray(lengths, dtype=np.int64) // chunk_frames) * chunk_frames
-    offsets = np.concatenate([[0], np.cumsum(padded)[:-1]]).astype(np.int64)
-    return offsets, int(padded.sum())
-
-
 def open_store(url: str, mode: str = "r") -> zarr.Group | None:
     """The store's root group, or None when there is no store at ``url``; unreadable metadata is a StoreReadError."""
     try:
@@ -112,10 +103,8 @@ def has_node(group: zarr.Group, name: str) -> bool:
 
 def read_array(array: zarr.Array, selection: Any, url: str, what: str = "", missing_ok: bool = False) -> np.ndarray:
     """``array[selection]`` (ints and unit-step slices over leading axes), read only from chunks that exist and decode.
-
     ``what`` says what the selection is (e.g. a video), for the error. ``missing_ok`` is for arrays whose absent chunks
-    mean the fill value by design (``done`` flags: an unwritten flag is False).
-    """
+    mean the fill value by design (``done`` flags: an unwritten flag is False)."""
     coords = _selected_chunks(array, selection)
     if not missing_ok:
         missing = [c for c, there in zip(coords, _exists(array.store, _chunk_keys(array, coords))) if not there]
@@ -136,21 +125,18 @@ def write_array(array: zarr.Array, selection: Any, values: Any) -> None:
 def delete_store(url: str) -> None:
     """Remove a whole store: a local directory, or everything under an fsspec URL."""
     if "://" in url:
-        import fsspec
-
         fs, path = fsspec.core.url_to_fs(url)
         fs.rm(path, recursive=True)
     else:
         shutil.rmtree(url)
 
 
-def create_split(
-    root: zarr.Group, split: str, videos: list[dict[str, Any]], n_views: int, latent_shape: tuple[int, int, int],
-    dtype: str, chunk_frames: int, compression_level: int,
-) -> None:
+def create_split(root: zarr.Group, split: str, videos: list[dict[str, Any]], n_views: int,
+                 latent_shape: tuple[int, int, int], dtype: str, chunk_frames: int, compression_level: int) -> None:
     """Create one split's arrays, sized for ``videos`` (each a provenance dict with its ``length``)."""
     lengths = np.array([v["length"] for v in videos], dtype=np.int64)
-    offsets, total = chunk_aligned_offsets(lengths, chunk_frames)
+    padded = -(-lengths // chunk_frames) * chunk_frames  # every video starts on a chunk boundary
+    offsets, total = np.concatenate([[0], np.cumsum(padded)[:-1]]).astype(np.int64), int(padded.sum())
     group = root.create_group(split)
     group.attrs["videos"] = videos
     codecs = {"compressors": checked_compressors(compression_level)}
@@ -165,19 +151,17 @@ def create_split(
 
 
 def checked_compressors(level: int) -> list[Any]:
-    """The bytes codecs of every array we write: Blosc/zstd (bit-shuffled), then Zarr's CRC32C checksum, which makes
-    Zarr refuse a chunk whose bytes changed or were cut short."""
+    """The bytes codecs of every array we write: Blosc/zstd, then the CRC32C checksum that refuses changed chunks."""
     return [BloscCodec(cname="zstd", clevel=level, shuffle=BloscShuffle.bitshuffle), Crc32cCodec()]
 
 
 class LatentSplit:
     """Read access to one split of the store: per-video latents and fast batched frame reads.
 
-    ``read_frames`` fetches each needed chunk once and decodes it with the array's own codecs (numcodecs' CRC32C
-    and Blosc), skipping zarr's generic indexing, which is several times slower for the scattered reads of triplet
-    sampling (benchmarks/bench_loader.py). Every read refuses missing chunks, chunks that fail their checksum or
-    do not decode, and non-finite latents, naming the chunk and the video; the index arrays are validated when the
-    split is opened.
+    ``read_frames`` fetches each needed chunk once and decodes it with the array's own codecs (numcodecs' CRC32C and
+    Blosc): zarr's generic indexing is several times slower for the scattered reads of triplet sampling. Every read
+    refuses missing chunks, chunks that fail their checksum or do not decode, and non-finite latents, naming the
+    chunk and the video; the index arrays are validated when the split is opened.
     """
 
     def __init__(self, url: str, split: str):
@@ -191,8 +175,7 @@ class LatentSplit:
         self.url, self.split = url, split
         group = open_node(root, split, url)
         self.latents = open_node(group, "latents", url)
-        # Stores written before every chunk was stored left an all-zero offsets chunk (a one-video split) absent:
-        # absent offsets read as zeros, which _check_index refuses unless they are right.
+        # absent offsets read as zeros (missing_ok), which _check_index refuses unless they are right
         self.offsets = read_array(open_node(group, "offsets", url), slice(None), url, missing_ok=True)
         self.lengths = read_array(open_node(group, "lengths", url), slice(None), url)
         self.done = read_array(open_node(group, "done", url), slice(None), url, missing_ok=True)
@@ -273,8 +256,7 @@ class LatentSplit:
         return [self._decode(blob, coord) for blob, coord in zip(blobs, coords)]
 
     def _decode(self, blob: bytes | None, coord: tuple[int, ...]) -> np.ndarray:
-        """One stored chunk (Blosc, then CRC32C) as ``[chunk_frames, C, h, w]``; a chunk that is absent, fails its
-        checksum or does not decode names itself and its video."""
+        """One stored chunk as ``[chunk_frames, C, h, w]``; absent, failing its checksum or undecodable: an error."""
         try:
             if blob is None:
                 raise FileNotFoundError
@@ -356,7 +338,8 @@ def _chunk_keys(array: zarr.Array, coords: list[tuple[int, ...]]) -> list[str]:
 def _stored(store: Any, keys: list[str]) -> list[bytes | None]:
     """The stored bytes of each key (None where absent): files of a local store, else fsspec's concurrent ``cat``."""
     if isinstance(store, LocalStore):
-        return [_read_file(Path(store.root) / key) for key in keys]
+        paths = [Path(store.root) / key for key in keys]
+        return [path.read_bytes() if path.is_file() else None for path in paths]
     fs, root = _filesystem(store)
     found = fs.cat([f"{root}/{key}" for key in keys], on_error="omit")
     return [found.get(f"{root}/{key}") for key in keys]
@@ -376,15 +359,11 @@ def _filesystem(store: Any) -> tuple[Any, str]:
     return fs, root.rstrip("/")
 
 
-def _location(url: str, key: str) -> str:
-    return f"{url.rstrip('/')}/{key}"
-
-
 def _chunk_error(array: zarr.Array, url: str, coord: tuple[int, ...], problem: str, what: str = "") -> StoreReadError:
     """The error for one bad chunk: store, array, chunk key and file, what it holds, and what to do."""
     key = _chunk_keys(array, [coord])[0]
     holds = f"; it holds {what}" if what else ""
-    return StoreReadError(f"{url}: chunk {key[len(array.path) + 1:]} of array '{array.path}' ({_location(url, key)}) "
+    return StoreReadError(f"{url}: chunk {key[len(array.path) + 1:]} of array '{array.path}' ({url.rstrip('/')}/{key}) "
                           f"{problem}{holds}; {DAMAGED}")
 
 
@@ -396,12 +375,13 @@ def _undecodable(array: zarr.Array, url: str, coords: list[tuple[int, ...]], exc
             array[tuple(slice(c * n, (c + 1) * n) for c, n in zip(coord, chunk))]
         except Exception as inner:
             return _chunk_error(array, url, coord, f"cannot be decoded ({_reason(inner)})", what)
-    return StoreReadError(f"{url}: reading array '{array.path}' failed ({type(exc).__name__}: {exc})"
+    return StoreReadError(f"{url}: reading array '{array.path}' failed ({_reason(exc)})"
                           + (f" for {what}" if what else ""))
 
 
 def _metadata_error(url: str, key: str, exc: Exception) -> StoreReadError:
-    return StoreReadError(f"{url}: unreadable metadata file {_location(url, key)} ({type(exc).__name__}: {exc}); {DAMAGED}")
+    location = f"{url.rstrip('/')}/{key}"
+    return StoreReadError(f"{url}: unreadable metadata file {location} ({type(exc).__name__}: {exc}); {DAMAGED}")
 
 
 def _reason(exc: Exception) -> str:
@@ -412,16 +392,9 @@ def _reason(exc: Exception) -> str:
 def _checked_blosc(array: zarr.Array) -> bool:
     """Whether the array's codecs are exactly those :func:`checked_compressors` writes (the fast path decodes them)."""
     codecs = array.metadata.codecs
-    return len(codecs) == 3 and isinstance(codecs[0], BytesCodec) and isinstance(codecs[1], BloscCodec) and (
-        isinstance(codecs[2], Crc32cCodec)) and (codecs[0].endian is None or codecs[0].endian.value == "little")
+    if [type(c) for c in codecs] != [BytesCodec, BloscCodec, Crc32cCodec]:
+        return False
+    return getattr(codecs[0].endian, "value", "little") == "little"
 
 
 _BLOSC, _CRC32C = numcodecs.Blosc(), numcodecs.CRC32C()
-
-
-def _read_file(path: Path) -> bytes | None:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except FileNotFoundError:
-        return None
