@@ -15,14 +15,12 @@ Because every video starts on a chunk boundary and each ``done`` flag has its ow
 different videos never touch the same chunk: distributed encoding needs no locks, and a killed run leaves only
 videos whose flag is unset, which a rerun encodes again.
 
-Integrity: every read of stored data (this store and ``forecasts.zarr``) goes through this module, which refuses
-to return anything but the stored bytes. Every array is written with :func:`checked_compressors` (Blosc, then Zarr's
-CRC32C checksum), so a chunk cut short or changed fails its checksum when decoded; the checksum covers a chunk's
-bytes, not its key, so two valid chunks swapped still decode. A chunk that a read needs must exist (writers store
-every chunk, even one equal to the fill value) and latents must be finite; unreadable metadata and inconsistent
-index arrays are refused when the store is opened. Each error names the store, the array and chunk (or the
-metadata file) and, where known, the video. Float arrays are filled with NaN, so data read past these checks
-(e.g. with plain zarr) cannot pass for zeros.
+Integrity: every read of this store and ``forecasts.zarr`` goes through this module and returns only the stored
+bytes. Arrays are written with :func:`checked_compressors` (Blosc, then Zarr's CRC32C), so a chunk cut short or
+changed fails its checksum (which covers a chunk's bytes, not its key: two valid chunks swapped still decode). A
+chunk a read needs must exist (writers store every chunk, even one equal to the fill value), latents must be
+finite, metadata and index arrays must be consistent; each error names store, array and chunk (or metadata file)
+and, where known, the video. Float arrays are filled with NaN: data read past these checks cannot pass for zeros.
 """
 
 from __future__ import annotations
@@ -32,7 +30,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import fsspec
+import google_crc32c
 import numcodecs
 import numpy as np
 import zarr
@@ -125,7 +123,7 @@ def write_array(array: zarr.Array, selection: Any, values: Any) -> None:
 def delete_store(url: str) -> None:
     """Remove a whole store: a local directory, or everything under an fsspec URL."""
     if "://" in url:
-        fs, path = fsspec.core.url_to_fs(url)
+        fs, path = _url_fs(url)
         fs.rm(path, recursive=True)
     else:
         shutil.rmtree(url)
@@ -158,10 +156,9 @@ def checked_compressors(level: int) -> list[Any]:
 class LatentSplit:
     """Read access to one split of the store: per-video latents and fast batched frame reads.
 
-    ``read_frames`` fetches each needed chunk once and decodes it with the array's own codecs (numcodecs' CRC32C and
-    Blosc): zarr's generic indexing is several times slower for the scattered reads of triplet sampling. Every read
-    refuses missing chunks, chunks that fail their checksum or do not decode, and non-finite latents, naming the
-    chunk and the video; the index arrays are validated when the split is opened.
+    ``read_frames`` fetches each needed chunk once and decodes it as its codecs say (CRC32C, Blosc) without zarr's
+    generic indexing, several times slower for the scattered reads of triplet sampling. Every read refuses missing,
+    corrupt or undecodable chunks and non-finite latents, naming chunk and video; the index is checked on opening.
     """
 
     def __init__(self, url: str, split: str):
@@ -231,16 +228,12 @@ class LatentSplit:
         if self._in_memory is not None:  # checked when loaded
             return self._in_memory[views, frames]
         chunk_ids = views * (self.latents.shape[1] // self.chunk_frames + 1) + frames // self.chunk_frames
-        unique, inverse = np.unique(chunk_ids, return_inverse=True)
-        first = np.zeros(len(unique), dtype=np.int64)
-        first[inverse] = np.arange(len(chunk_ids))
+        _, first, inverse = np.unique(chunk_ids, return_index=True, return_inverse=True)
         keys = [(int(views[i]), int(frames[i] // self.chunk_frames)) for i in first]
-        decoded = self._fetch_chunks(keys)
         out = np.empty((len(frames), *self.latent_shape), dtype=self.latents.dtype)
-        within = frames % self.chunk_frames
-        for slot, chunk in enumerate(decoded):
+        for slot, chunk in enumerate(self._fetch_chunks(keys)):
             rows = np.flatnonzero(inverse == slot)
-            out[rows] = chunk[within[rows]]
+            out[rows] = chunk[frames[rows] % self.chunk_frames]
         if not np.isfinite(out).all():
             raise self._nonfinite(out, views, frames)
         return out
@@ -260,8 +253,10 @@ class LatentSplit:
         try:
             if blob is None:
                 raise FileNotFoundError
-            return np.frombuffer(_BLOSC.decode(_CRC32C.decode(blob)), self.latents.dtype).reshape(
-                self.chunk_frames, *self.latent_shape)
+            data = blob[:-4]  # zarr's crc32c codec: the CRC32C of the Blosc bytes, 4 bytes little-endian, after them
+            if google_crc32c.value(data) != int.from_bytes(blob[-4:], "little"):
+                raise ValueError("the chunk's CRC32C checksum does not match its bytes")
+            return np.frombuffer(_BLOSC.decode(data), self.latents.dtype).reshape(self.chunk_frames, *self.latent_shape)
         except Exception as exc:
             problem = "is missing: never written or deleted" if blob is None else f"cannot be decoded ({_reason(exc)})"
             raise _chunk_error(self.latents, self.url, coord, problem, self._describe(*coord[:2])) from None
@@ -338,9 +333,8 @@ def _chunk_keys(array: zarr.Array, coords: list[tuple[int, ...]]) -> list[str]:
 def _stored(store: Any, keys: list[str]) -> list[bytes | None]:
     """The stored bytes of each key (None where absent): files of a local store, else fsspec's concurrent ``cat``."""
     if isinstance(store, LocalStore):
-        paths = [Path(store.root) / key for key in keys]
-        return [path.read_bytes() if path.is_file() else None for path in paths]
-    fs, root = _filesystem(store)
+        return [_read(Path(store.root) / key) for key in keys]
+    fs, root = _url_fs(store.fs.unstrip_protocol(store.path))
     found = fs.cat([f"{root}/{key}" for key in keys], on_error="omit")
     return [found.get(f"{root}/{key}") for key in keys]
 
@@ -349,14 +343,22 @@ def _exists(store: Any, keys: list[str]) -> list[bool]:
     """Whether each key is stored, without reading it."""
     if isinstance(store, LocalStore):
         return [(Path(store.root) / key).is_file() for key in keys]
-    fs, root = _filesystem(store)
+    fs, root = _url_fs(store.fs.unstrip_protocol(store.path))
     return [fs.exists(f"{root}/{key}") for key in keys]
 
 
-def _filesystem(store: Any) -> tuple[Any, str]:
-    """A synchronous fsspec filesystem and root path for an fsspec store (zarr's own store is asynchronous)."""
-    fs, root = fsspec.core.url_to_fs(store.fs.unstrip_protocol(store.path))
-    return fs, root.rstrip("/")
+def _url_fs(url: str) -> tuple[Any, str]:
+    """A synchronous fsspec filesystem and path for a remote ``url`` (zarr's own fsspec store is asynchronous)."""
+    import fsspec  # needed for remote stores only
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs, path.rstrip("/")
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def _chunk_error(array: zarr.Array, url: str, coord: tuple[int, ...], problem: str, what: str = "") -> StoreReadError:
@@ -380,12 +382,10 @@ def _undecodable(array: zarr.Array, url: str, coords: list[tuple[int, ...]], exc
 
 
 def _metadata_error(url: str, key: str, exc: Exception) -> StoreReadError:
-    location = f"{url.rstrip('/')}/{key}"
-    return StoreReadError(f"{url}: unreadable metadata file {location} ({type(exc).__name__}: {exc}); {DAMAGED}")
+    return StoreReadError(f"{url}: unreadable metadata file {url.rstrip('/')}/{key} ({_reason(exc)}); {DAMAGED}")
 
 
-def _reason(exc: Exception) -> str:
-    """An error's type and first line (a checksum mismatch is one sentence; some decoders add more lines)."""
+def _reason(exc: Exception) -> str:  # an error's type and first line, for one-line messages
     return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
 
 
@@ -397,4 +397,4 @@ def _checked_blosc(array: zarr.Array) -> bool:
     return getattr(codecs[0].endian, "value", "little") == "little"
 
 
-_BLOSC, _CRC32C = numcodecs.Blosc(), numcodecs.CRC32C()
+_BLOSC = numcodecs.Blosc()
