@@ -11,7 +11,7 @@ latents condition the rollout, which generates the other T - cond_frames (KTH 10
 ``sample.n_samples`` times per video with the solver, grid, context policy and diffusion of the ``sample``
 section. ``forecast.max_videos`` > 0 keeps the first N eligible videos.
 
-Store layout (zarr v3, Blosc/zstd bit-shuffled as ``latents.zarr``; every array has chunk 1 along the video axis
+Store layout (zarr v3, Blosc/zstd then CRC32C as ``latents.zarr``; every array has chunk 1 along the video axis
 N, so ranks writing different videos never share a chunk)::
 
     attrs: fingerprint, inputs, config, ckpt, ckpt_kind, ckpt_step, use_ema, split, cond_frames, gen_frames,
@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.data.cache import LatentSplit, delete_store, open_store, require_finite, write_array
+from pipeline.data.cache import LatentSplit, checked_compressors, delete_store, open_store, require_finite, write_array
 from pipeline.run.checkpoints import FlowCheckpoint, load_flow_checkpoint
 from pipeline.run.config import Config
 from pipeline.data.clips import clip_frame_indices, to_uint8
@@ -277,15 +277,13 @@ class _ProgressModel:
 def _create(cfg: Config, verdict: Verdict, split: LatentSplit, plan: _Plan, hashes, ckpt_path: Path,
             ckpt_info: dict, store: str) -> None:
     import zarr
-    from zarr.codecs import BloscCodec, BloscShuffle
 
     from pipeline.core.sampling import resolve_solver, resolve_start, sampling_diffusion
 
     n, s, t = len(plan.videos), plan.n_samples, len(plan.frames)
     size = cfg.data.image_size
     root = zarr.open_group(verdict.target, mode="w")
-    codec = dict(compressors=BloscCodec(cname="zstd", clevel=cfg.encode.compression_level, shuffle=BloscShuffle.bitshuffle),
-                 fill_value=0)
+    codec = dict(compressors=checked_compressors(cfg.encode.compression_level), fill_value=0)
     root.create_array("real", shape=(n, t, size, size, 3), chunks=(1, t, size, size, 3), dtype="uint8", **codec)
     root.create_array("recon", shape=(n, t, size, size, 3), chunks=(1, t, size, size, 3), dtype="uint8", **codec)
     root.create_array("samples", shape=(n, s, t, size, size, 3), chunks=(1, 1, t, size, size, 3), dtype="uint8", **codec)
