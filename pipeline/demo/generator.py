@@ -1,13 +1,7 @@
-"""The synthetic ``demo`` dataset: coloured sprites that move, bounce off the walls and get random kicks.
-
-Each video holds 1–3 sprites (squares or discs, distinct colours) on a dark background. Sprites move with
-constant velocity, reflect off the walls and, with probability ``kick_prob`` per frame, receive a Gaussian
-velocity kick — so the future is genuinely uncertain and a probabilistic forecaster has something to model.
-Generation is deterministic: video ``i`` of split ``s`` uses the random stream ``(seed, s, i)``, so changing the
-size of one split never changes another. Beside the shards of each split the generator writes the state that
-rendered every frame (positions, velocities, sizes, shapes, colours, process parameters) to ``demo_state.npz``
-(:mod:`pipeline.demo.state`), so the true law of the future is known (:mod:`pipeline.demo.known_law`).
-"""
+"""The synthetic ``demo`` dataset: 1–3 coloured sprites (squares or discs) that move with constant velocity, reflect
+off the walls and, with probability ``kick_prob`` per frame, get a Gaussian velocity kick, so the future is uncertain.
+Video ``i`` of split ``s`` uses the random stream ``(seed, s, i)``: one split's size never changes another. The state
+behind every frame goes to a sidecar (:mod:`pipeline.demo.state`), so the law of the future is known."""
 
 from __future__ import annotations
 
@@ -36,8 +30,8 @@ def render_video(cfg: DemoConfig, image_size: int, rng: np.random.Generator) -> 
 
 
 def simulate_video(cfg: DemoConfig, image_size: int, rng: np.random.Generator) -> tuple[np.ndarray, SpriteTrack]:
-    """One demo video ``uint8 [frames, S, S, 3]`` and the state that rendered each of its frames (recording the
-    state draws nothing from ``rng``, so the video does not depend on it)."""
+    """One demo video ``uint8 [frames, S, S, 3]`` and the state that rendered each frame."""
+
     count = int(rng.integers(cfg.min_sprites, cfg.max_sprites + 1))
     sizes = rng.integers(cfg.sprite_size[0], cfg.sprite_size[1] + 1, size=count).astype(np.float64)
     palette_index = rng.choice(len(PALETTE), size=count, replace=False)

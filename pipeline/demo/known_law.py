@@ -1,52 +1,34 @@
 """The demo's known-law scores: a forecast ensemble against the true conditional law of the future.
 
-The demo dataset is a simulator (:mod:`pipeline.demo.generator`) whose state sidecar (:mod:`pipeline.demo.state`)
-records the state behind every frame, so the law of the future given the past is known and can be sampled
-(:mod:`pipeline.demo.oracle`). A model's decoded frames are read back to sprite positions
-(:mod:`pipeline.demo.readout`) and scored in that object space: did each sprite keep its identity, how good is the
-ensemble as a forecast of what happened (energy score), how far is it from the true law (energy distance), is it
-calibrated (coverage of the oracle's regions).
+The simulator's state sidecar (:mod:`pipeline.demo.state`) makes the law of the future given the past known and
+samplable (:mod:`pipeline.demo.oracle`). Decoded frames are read back to sprite positions
+(:mod:`pipeline.demo.readout`) and scored in object space: identity kept, energy score against what happened,
+energy distance to the true law, coverage of the oracle's regions. Use, per forecast video::
 
-Use (the evaluation stage, per forecast video)::
-
-    state = load_state(data_root / split)                     # pipeline.demo.state; once per split
-    v = state.index(source)                                   # the store's video source key, e.g. demo/test/00003
+    state = load_state(data_root / split); v = state.index(source)
     clip = Clip(state.track(v), state.process, frame_indices, cond, video=v)
-    colours = calibrate_colours(samples[0, :cond], clip.track, frame_indices[:cond])  # decoded conditioning frames
+    colours = calibrate_colours(samples[0, :cond], clip.track, frame_indices[:cond])
     scores = video_scores(samples[:, cond:], clip, real=real[cond:], colours=colours)  # {set: {metric: [P]}}
-    ... mean_over_videos([scores, ...]), or the stage's own bootstrap over the per-video rows
 
-Conventions: positions are top-left corners (row y, column x) in pixels; K sprites (the video's, in drawing order),
-P predicted frames, S model samples, M oracle samples; numpy float64.
+Conventions: positions are top-left corners (row y, column x) in pixels; K sprites, P predicted frames, S model
+samples, M oracle samples; numpy float64.
 
-One measurement channel. A forecast is only seen through its pixels, and pixels determine a position only up to
-the grid (a square at corner 3.2 and at 3.4 paints the same pixels). Against an oracle of continuous positions even
-a perfect forecaster would then be scored as off the law, mostly in the early frames, where the law is nearly a
-point mass (no kick with probability 1 − kick_prob per sprite). So every reference set (the oracle, its independent
-copy, copy-last, constant velocity) goes through the same channel: :func:`~pipeline.demo.readout.measure_states`
-gives, without drawing anything, exactly what :func:`~pipeline.demo.readout.read_frames` returns on the rendered
-frame. Only the energy score's observation is the raw state position (the future that happened), as a proper score
-of the measured forecast. A decoder adds its own read-out error: :func:`video_scores` can push the references
-through the decoder too (``channel``); otherwise the read-out of the VQ reconstructions of the real frames (a
-``vq_ceiling`` set scored by the caller, or :func:`~pipeline.demo.readout.readout_error`) shows how much of the
-model's score is the decoder's.
+One measurement channel: pixels fix a position only up to the grid, so against continuous oracle positions even a
+perfect forecaster would look off the law (most in early frames, where the law is nearly a point mass). Every
+reference set therefore goes through :func:`~pipeline.demo.readout.measure_states`, which gives exactly what
+:func:`~pipeline.demo.readout.read_frames` returns on the rendered frame; only the energy score's observation is the
+raw state. ``channel`` can also push the references through the decoder; else a ``vq_ceiling`` set shows the
+decoder's share.
 
-Decisions (module constants; the read-out's own are in :mod:`pipeline.demo.readout`):
-
-* identity: per sample and frame, every sprite is found in its own colour, not bloated or duplicated (at most
-  ``MAX_FRACTION`` = 1.5 of its expected area) and within reach of its last consistent position: ``MAX_SPEED`` px
-  per frame since then, plus 1 + size / 2 px of read-out slack (an occluded centroid moves). Reflection never
-  lengthens a displacement, so the truth always passes unless a sprite is hidden; without the reach test two
-  sprites with swapped colours would pass. A swap between sprites within reach of each other is not seen.
-* missing sprites: a sprite that is not found is placed at the frame centre (corner ``(image_size − size) / 2``)
-  for the position scores; the fraction of missing sprites is reported beside them (``missing``). The scores then
-  stay proper scores of the measured positions, the same deterministic function of the frames for every set.
-* region of the oracle at level α (coverage): per sprite, the disc around the oracle mean whose radius is the
-  α-quantile of the oracle samples' distances to that mean. The law is partly discrete (unkicked sprites and the
-  pixel grid put many oracle samples at one position), so the disc's boundary is randomised as for a randomised
-  PIT: a sample tied with a fraction ``a`` of oracle samples, of which ``b`` are strictly closer, is covered with
-  weight clip((α − b) / a, 0, 1). For samples drawn from the oracle's law the expected coverage is α (up to
-  (1 − α) / (M + 1)).
+* identity: every sprite found in its own colour, at most ``MAX_FRACTION`` of its expected area, and within
+  ``MAX_SPEED`` px per frame (+ 1 + size / 2 px slack) of its last consistent position. Reflection never lengthens
+  a displacement, so the truth passes unless hidden; a swap between sprites within reach of each other is not seen.
+* missing sprites are placed at the frame centre for the position scores and reported as ``missing``, so the
+  scores stay proper scores of the measured positions.
+* coverage at level α: per sprite, the disc around the oracle mean whose radius is the α-quantile of the oracle's
+  distances to it; ties (the law is partly discrete) are randomised as in a randomised PIT: a sample tied with a
+  fraction ``a`` of oracle samples, ``b`` strictly closer, counts clip((α − b) / a, 0, 1). Expected coverage of
+  oracle draws is α (up to (1 − α) / (M + 1)).
 """
 
 from __future__ import annotations
@@ -76,11 +58,8 @@ def fallback_positions(readout: Readout, sizes: np.ndarray, image_size: int) -> 
 
 def identity_kept(readout: Readout, track: SpriteTrack, start: np.ndarray, offsets: np.ndarray,
                   max_speed: float = demo.MAX_SPEED) -> np.ndarray:
-    """Per sample and frame (readout ``[S, P, K]``): every sprite is found in its own colour, not bloated or
-    duplicated (at most ``MAX_FRACTION`` of its area), and where it could have got to: within ``max_speed`` per
-    frame (plus 1 + size / 2 px of read-out slack) of its last such position, starting from ``start [K, 2]`` at
-    offset 0. Reflections never lengthen a displacement, so the truth always passes (unless occluded); a sprite
-    showing up in another's colour far away (swapped colours, a teleport) fails. Returns bool ``[S, P]``."""
+    """Identity kept per sample and frame (readout ``[S, P, K]``; module docstring), reach measured from
+    ``start [K, 2]`` at offset 0. Returns bool ``[S, P]``."""
     s, p, k = readout.found.shape
     slack = 1.0 + np.asarray(track.sizes, np.float64) / 2
     ok_count = readout.found & (readout.counts <= MAX_FRACTION * expected_area(track.sizes, track.discs))
@@ -101,8 +80,7 @@ def count_kept(readout: Readout) -> np.ndarray:
 
 def _pair_mean(a: np.ndarray, b: np.ndarray, same: bool = False) -> np.ndarray:
     """Mean Euclidean distance over all pairs: ``a [A, P, D]``, ``b [B, P, D]`` -> ``[P]`` (Gram form on centred
-    vectors: round-off ~1e-6 px). ``same``: ``b`` is ``a``, whose
-    self-pairs are set to exactly 0."""
+    vectors). ``same``: ``b`` is ``a``, whose self-pairs are set to exactly 0."""
     out = np.empty(a.shape[1])
     for j in range(a.shape[1]):
         shift = b[:, j].mean(axis=0)
@@ -136,13 +114,10 @@ def position_energy_score(samples: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def energy_distance(x: np.ndarray, y: np.ndarray, y_spread: np.ndarray | None = None) -> np.ndarray:
-    """Energy distance 2 E|X − Y| − E|X − X'| − E|Y − Y'| between ensembles ``[S, P, K, 2]`` and ``[M, P, K, 2]``
-    per frame (U-statistic: unbiased, so it can be slightly negative; 0 in expectation iff the laws agree),
-    divided by sqrt(K). A one-member set is taken as a point mass (E|X − X'| = 0). Returns ``[P]``.
-
-    For y ~ Y and a law X, E_y ES(X, y) − E_y ES(Y, y) = ED(X, Y) / 2: the distance is the energy score a forecaster
-    loses to the oracle, on average over the futures the oracle's law produces. ``y_spread`` (= :func:`spread`
-    of ``y``) saves recomputing the oracle's term when several sets are compared with one oracle."""
+    """Energy distance 2 E|X − Y| − E|X − X'| − E|Y − Y'| / sqrt(K) between ``[S, P, K, 2]`` and ``[M, P, K, 2]``
+    per frame: an unbiased U-statistic (can be slightly negative); a one-member set is a point mass. Returns ``[P]``.
+    For y ~ Y, E_y ES(X, y) − E_y ES(Y, y) = ED(X, Y) / 2: the score a forecaster loses to the oracle.
+    ``y_spread`` (= :func:`spread` of ``y``) saves recomputing the oracle's term."""
     (a, norm), (b, _) = _vectors(x), _vectors(y)
     y_spread = spread(y) if y_spread is None else y_spread
     return (2 * _pair_mean(a, b) - _within_mean(a)) / norm - y_spread
@@ -155,11 +130,9 @@ def spread(y: np.ndarray) -> np.ndarray:
 
 
 def coverage(samples: np.ndarray, oracle: np.ndarray, levels: Sequence[float] = LEVELS) -> np.ndarray:
-    """Fraction of the samples' sprite positions ``[S, P, K, 2]`` inside the oracle's level-α regions (per
-    sprite: the disc around the oracle mean holding a fraction α of the oracle samples ``[M, P, K, 2]``, its
-    boundary randomised over ties; module docstring). Mean over samples and sprites: ``[len(levels), P]``.
-    α for a calibrated forecaster; below α when its samples stray outside the law's regions (over-dispersed or
-    biased), above α when they crowd its centre (under-dispersed, e.g. no kicks)."""
+    """Fraction of sample positions ``[S, P, K, 2]`` inside the oracle's (``[M, P, K, 2]``) level-α discs (module
+    docstring), mean over samples and sprites: ``[len(levels), P]``. α when calibrated; below when over-dispersed
+    or biased, above when under-dispersed."""
     centre = oracle.mean(axis=0)
     d_oracle = np.linalg.norm(oracle - centre, axis=-1)  # [M, P, K]
     d = np.linalg.norm(samples - centre, axis=-1)  # [S, P, K]
@@ -175,10 +148,8 @@ def coverage(samples: np.ndarray, oracle: np.ndarray, levels: Sequence[float] = 
 
 @dataclass
 class Clip:
-    """A forecast clip of one demo video: raw frames ``frame_indices``, the first ``cond`` conditioning.
-
-    ``video`` is the video's index in its split (it seeds the oracle); ``process`` the sidecar's parameters.
-    """
+    """A forecast clip of one demo video: raw frames ``frame_indices``, the first ``cond`` conditioning; ``video``
+    (its index in the split) seeds the oracle; ``process`` holds the sidecar's parameters."""
 
     track: SpriteTrack
     process: dict[str, Any]
@@ -223,9 +194,8 @@ class Clip:
         return read_frames(frames, self.track, self.palette, colours)
 
     def measure(self, positions: np.ndarray, channel: Channel | None = None, colours: np.ndarray | None = None) -> Readout:
-        """The read-out of the frames that states ``positions [*L, P, K, 2]`` render: exactly, without rendering
-        (:func:`measure_states`), or, with a ``channel``, of the rendered frames passed through it (read in
-        ``colours``)."""
+        """Read-out of the frames that ``positions [*L, P, K, 2]`` render: exactly without rendering, or rendered
+        and passed through ``channel`` (read in ``colours``)."""
         if channel is None:
             return measure_states(positions, self.track, self.image_size)
         frames = render_states(positions, self.track, self.image_size, self.palette)
@@ -235,14 +205,9 @@ class Clip:
 
 def set_scores(readout: Readout, clip: Clip, law: np.ndarray, law_spread: np.ndarray | None = None,
                levels: Sequence[float] = LEVELS) -> dict[str, np.ndarray]:
-    """Every known-law score of one set (readout ``[S, P, K]``) against the measured oracle positions ``law
-    [M, P, K, 2]`` (already through :func:`fallback_positions`; ``law_spread`` = :func:`spread` of it, optional).
-    Returns ``{metric: [P]}``:
-
-    identity_kept, count_kept (fractions of samples), missing (fraction of the samples' sprites not found),
-    energy (position energy score vs the state, px), law_distance (energy distance to the oracle, px),
-    coverage50 / coverage90 (one key per level: ``coverage{round(100 α)}``).
-    """
+    """Known-law scores of one set (readout ``[S, P, K]``) against measured oracle positions ``law [M, P, K, 2]``
+    (after :func:`fallback_positions`). Returns ``{metric: [P]}``: identity_kept, count_kept, missing (fractions),
+    energy (px, vs the state), law_distance (px, to the oracle), ``coverage{round(100 α)}`` per level."""
     positions = fallback_positions(readout, clip.track.sizes, clip.image_size)
     start = clip.track.positions[clip.last]
     out = {
@@ -260,25 +225,12 @@ def set_scores(readout: Readout, clip: Clip, law: np.ndarray, law_spread: np.nda
 def video_scores(samples: np.ndarray, clip: Clip, real: np.ndarray | None = None, n_oracle: int = ORACLE_SAMPLES,
                  seed: int = 0, colours: np.ndarray | None = None, channel: Channel | None = None,
                  frame_sets: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, np.ndarray]]:
-    """Known-law scores of a video's decoded forecasts ``uint8 [S, P, H, W, 3]`` (the predicted frames) and of
-    the references, each ``{metric: [P]}`` (:func:`set_scores`), under the sets:
-
-    * ``model``: the samples, read from their pixels in ``colours [K, 3]`` (default: the palette's; pass
-      :func:`calibrate_colours` of the decoded conditioning frames to read a decoder's colours);
-    * ``oracle``: S fresh draws from the true law (an independent stream): what a perfect forecaster scores; its
-      ``law_distance`` (0 in expectation) is the noise floor of the model's;
-    * ``copy_last``, ``constant_velocity``: one-member deterministic references;
-    * ``real``: the real predicted frames ``uint8 [P, H, W, 3]``, if given, as a one-member set (the read-out's
-      ceiling: identity lost only under heavy occlusion, energy = the pixel grid's error);
-    * every entry of ``frame_sets``, ``{name: uint8 [L, P, H, W, 3]}``, read like the samples (e.g. the VQ
-      reconstruction of the real frames, ``vq_ceiling``: the decoder's own share of the model's scores).
-
-    The reference law has ``n_oracle`` members (seed ``seed``). The oracle and reference sets are measured
-    exactly as their rendered frames would read (:func:`measure_states`), or, with ``channel`` (e.g. the VQVAE's
-    encode-decode, ``uint8 [N, H, W, 3] -> uint8 [N, H, W, 3]``), rendered, passed through it and read in
-    ``colours`` like the samples, so that the model and the references share the decoder's read-out error too
-    (costs (n_oracle + S + 2) P frames through the channel per video).
-    """
+    """Known-law scores (:func:`set_scores`) of a video's decoded forecasts ``uint8 [S, P, H, W, 3]`` and of the
+    references, under the sets ``model`` (read in ``colours [K, 3]``, e.g. :func:`calibrate_colours`), ``oracle``
+    (S fresh draws: the noise floor), ``copy_last``, ``constant_velocity``, ``real`` (the real frames
+    ``[P, H, W, 3]``, if given: the read-out's ceiling) and each of ``frame_sets {name: uint8 [L, P, H, W, 3]}``
+    (e.g. ``vq_ceiling``). The law has ``n_oracle`` members; with ``channel`` (uint8 frames ``[N, H, W, 3]`` in
+    and out, e.g. the VQVAE's round trip) the references are rendered through it and share the decoder's error."""
     measure = lambda positions: clip.measure(positions, channel, colours)  # noqa: E731
     law = fallback_positions(measure(clip.oracle(n_oracle, seed)), clip.track.sizes, clip.image_size)
     readouts = {"model": clip.read(samples, colours),
@@ -292,9 +244,9 @@ def video_scores(samples: np.ndarray, clip: Clip, real: np.ndarray | None = None
 
 
 def mean_over_videos(per_video: list[dict[str, dict[str, np.ndarray]]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """Per set and metric, the curve over predicted frames averaged over videos and its overall mean:
-    ``{set: {metric: {"per_frame": [P] floats, "mean": float}}}`` (sets missing from some videos are averaged over
-    the videos that have them)."""
+    """Per set and metric, the curve averaged over the videos that have the set, and its mean:
+    ``{set: {metric: {"per_frame": [P] floats, "mean": float}}}``."""
+
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for name in dict.fromkeys(k for scores in per_video for k in scores):
         rows = [scores[name] for scores in per_video if name in scores]

@@ -1,9 +1,6 @@
-"""The demo's oracle: the true law of a sprite video's future, sampled with the generator's own dynamics.
-
-For a clip whose last conditioning frame is raw frame c, the law of the future given the past is the sprites' state
-at c (recorded by :mod:`pipeline.demo.state`) advanced by the generator's ``_step`` with fresh kicks. Positions are
-top-left corners (row y, column x) in pixels; K sprites, M oracle samples, n requested frames; float64 numpy.
-"""
+"""The demo's oracle: the true law of a sprite video's future after raw frame c is the recorded state at c advanced
+by the generator's own ``_step`` with fresh kicks. Positions are top-left corners (row y, column x) in pixels;
+K sprites, M oracle samples, n requested frames; float64 numpy."""
 
 from __future__ import annotations
 
@@ -47,11 +44,9 @@ def dynamics(process: dict[str, Any], kick_prob: float | None = None, kick_scale
 
 def simulate(track: SpriteTrack, frame: int, horizon: int | Sequence[int], process: dict[str, Any], n: int,
              rng: np.random.Generator, kick_prob: float | None = None, kick_scale: float | None = None) -> Futures:
-    """``n`` futures of ``track`` from its state at raw frame ``frame``, with ``demo._step`` and kicks from ``rng``.
+    """``n`` futures of ``track`` from its state at raw frame ``frame``, kicks from ``rng``: the state at
+    ``frame + offset`` for each offset of ``horizon``. All samples share one ``_step`` call per frame."""
 
-    All samples advance in one ``_step`` call per frame (rows sample-major), which is the generator's arithmetic
-    row by row. Returns the state at ``frame + offset`` for each offset of ``horizon``.
-    """
     offsets, cfg, k = as_offsets(horizon), dynamics(process, kick_prob, kick_scale), len(track.sizes)
     sizes = np.tile(track.sizes, n)
     position, velocity = np.tile(track.positions[frame], (n, 1)), np.tile(track.velocities[frame], (n, 1))

@@ -1,26 +1,14 @@
 """Sprite positions read back from pixels (and, identically, from states), the renderer, and how well a decoder keeps
-the sprites.
+the sprites. Positions are top-left corners (row y, column x) in pixels: centroid of the pixel centres − size / 2.
 
-Positions are top-left corners (row y, column x) in pixels, as the simulator holds them: a sprite's centre is
-``position + size / 2``; a read-out's position is the centroid of its pixel centres minus size / 2.
-
-Decisions (module constants):
-
-* colour match: each pixel goes to its nearest colour (largest channel difference, L∞) among the video's sprite
-  colours, the rest of the palette and the background, and to none when that nearest colour is more than
-  ``COLOUR_TOL`` away. Nearest-colour assignment means no pixel can count for two colours whatever the tolerance
-  (the closest palette pair, yellow and orange, is 60 apart, so a fixed window would have to be < 30 wide); the
-  tolerance only drops pixels far from every colour (blends where two sprites meet, a background blend more than
-  60 % background). On exact frames every sprite pixel is at distance 0 from its colour, so the read-out is the
-  generator's own masks. A decoder may shift colours; :func:`calibrate_colours` measures the colours it actually
-  draws on frames whose state is known (the decoded conditioning frames), to read its frames in those.
-* spurious objects: a palette colour that is not one of the video's counts as an object when at least
-  ``MIN_FRACTION`` of the smallest sprite's expected area is its pixels, more than ``SPURIOUS_GAP`` px from every
-  pixel of the video's colours (a sprite partly drawn in the neighbouring palette colour is no new object).
-* found: at least ``MIN_FRACTION`` of the sprite's expected area (size² for squares, π size²/4 for discs) matches
-  its colour. A sprite mostly hidden under a later-drawn sprite (they are drawn in order) has fewer pixels, a
-  centroid pulled towards its visible part, and under heavy occlusion is not found: that happens to the ground
-  truth too, so the real frames' own read-out is the ceiling to compare with.
+* colour match: each pixel goes to its nearest colour (L∞) among the video's sprite colours, the rest of the palette
+  and the background, or to none beyond ``COLOUR_TOL``. Nearest-colour means no pixel counts twice (yellow and
+  orange are only 60 apart); on exact frames the read-out is the generator's own masks. A decoder may shift colours:
+  :func:`calibrate_colours` measures the ones it draws.
+* spurious: a non-video palette colour with at least ``MIN_FRACTION`` of the smallest sprite's area in pixels more
+  than ``SPURIOUS_GAP`` px from the video's colours.
+* found: at least ``MIN_FRACTION`` of the expected area matches. Heavy occlusion (sprites are drawn in order) loses
+  a sprite in the ground truth too, so the real frames' read-out is the ceiling.
 """
 
 from __future__ import annotations
@@ -40,11 +28,8 @@ MIN_FRACTION = 0.3  # found: at least this fraction of the expected area
 
 @dataclass
 class Readout:
-    """Sprites read from frames (or states) with leading shape L (e.g. [S, P]).
-
-    ``positions`` is the centroid of the sprite's matching pixel centres minus size / 2 (NaN where no pixel
-    matches); ``spurious`` counts the palette colours that are not the video's yet are present as an object.
-    """
+    """Sprites read from frames (or states) with leading shape L (e.g. [S, P]); positions NaN where no pixel
+    matches; ``spurious`` counts non-video palette colours present as an object."""
 
     found: np.ndarray  # bool [*L, K]
     positions: np.ndarray  # float [*L, K, 2]
@@ -105,15 +90,9 @@ def default_others(colours: np.ndarray, palette: np.ndarray = demo.PALETTE) -> n
 def read_objects_batch(frames: np.ndarray, colours: np.ndarray, sizes: np.ndarray, discs: np.ndarray,
                        others: np.ndarray | None = None, tol: int = COLOUR_TOL, min_fraction: float = MIN_FRACTION,
                        background: np.ndarray = demo.BACKGROUND) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sprites of known colour, size and shape read from frames ``uint8 [N, H, W, 3]`` by colour segmentation.
-
-    A pixel belongs to sprite k when its nearest colour (largest channel difference), among the sprites'
-    ``colours [K, 3]``, the competing ``others [C, 3]`` (default: the rest of the palette) and the background, is
-    ``colours[k]``, at most ``tol`` away. Returns ``found bool [N, K]`` (at least ``min_fraction`` of the expected
-    area), ``positions float [N, K, 2]`` (centroid of its pixel centres − size / 2: the top-left corner, for squares
-    and discs alike; NaN where no pixel is its) and ``pixel_counts int [N, K]``. A sprite partly hidden under a
-    later-drawn one has fewer pixels and a centroid pulled towards its visible part; mostly hidden, it is not found.
-    """
+    """Sprites of known ``colours [K, 3]``, size and shape read from frames ``uint8 [N, H, W, 3]`` by nearest-colour
+    segmentation against ``others [C, 3]`` (default: the rest of the palette) and the background. Returns
+    ``found bool [N, K]``, ``positions float [N, K, 2]`` (NaN where no pixel) and ``pixel_counts int [N, K]``."""
     others = default_others(colours) if others is None else np.asarray(others).reshape(-1, 3)
     labels = label_pixels(frames, np.concatenate([np.asarray(colours).reshape(-1, 3), others]), background, tol)
     counts, sums = _label_sums(labels, len(sizes))
@@ -147,12 +126,8 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
 
 def read_frames(frames: np.ndarray, track: SpriteTrack, palette: np.ndarray = demo.PALETTE, colours: np.ndarray | None = None,
                 tol: int = COLOUR_TOL, min_fraction: float = MIN_FRACTION) -> Readout:
-    """The video's sprites read from frames ``uint8 [*L, H, W, 3]`` (see :func:`read_objects_batch`), with the
-    sprites' colours ``colours [K, 3]`` (default: their palette colours; :func:`calibrate_colours` gives the ones a
-    decoder actually draws) competing with the rest of the palette; and the spurious objects: per palette colour
-    not in the video, present if at least ``min_fraction`` of the smallest sprite's expected area is its pixels,
-    counting only pixels more than ``SPURIOUS_GAP`` px away from every pixel of the video's colours (so a sprite
-    partly drawn in a neighbouring palette colour, or a blend where two sprites meet, is no new object)."""
+    """The video's sprites and spurious objects (module docstring) read from frames ``uint8 [*L, H, W, 3]`` in
+    ``colours [K, 3]`` (default: their palette colours)."""
     frames = np.asarray(frames)
     lead, k = frames.shape[:-3], len(track.sizes)
     flat = frames.reshape(-1, *frames.shape[-3:])
@@ -168,14 +143,9 @@ def read_frames(frames: np.ndarray, track: SpriteTrack, palette: np.ndarray = de
 
 
 def calibrate_colours(frames: np.ndarray, track: SpriteTrack, frame_ids: Sequence[int], palette: np.ndarray = demo.PALETTE) -> np.ndarray:
-    """The colours ``uint8 [K, 3]`` a decoder draws this video's sprites in: per sprite, the channel-wise median
-    of the pixels of ``frames uint8 [N, H, W, 3]`` (decoded frames of raw frames ``frame_ids``, e.g. the decoded
-    conditioning frames) where the exact rendering shows the sprite's interior (the pixel and its 4 neighbours
-    its colour, so edges and occluded parts are left out). A sprite with no such pixel keeps its palette colour.
-
-    An autoencoder may shift colours; reading its frames in the colours it actually uses keeps the sprites found,
-    instead of scoring the decoder's bias as lost identity.
-    """
+    """The colours ``uint8 [K, 3]`` a decoder draws the sprites in: per sprite, the median of decoded ``frames
+    uint8 [N, H, W, 3]`` (of raw frames ``frame_ids``) over the sprite's interior in the exact rendering (pixel and
+    4 neighbours its colour); else its palette colour. So a decoder's colour bias is not scored as lost identity."""
     frames, ids = np.asarray(frames), np.asarray(frame_ids)
     exact = np.stack([render_state(track.positions[t], track, frames.shape[-2], palette) for t in ids])
     out = palette[track.colours].copy()
@@ -192,9 +162,8 @@ def calibrate_colours(frames: np.ndarray, track: SpriteTrack, frame_ids: Sequenc
 
 
 def measure_states(positions: np.ndarray, track: SpriteTrack, image_size: int, min_fraction: float = MIN_FRACTION) -> Readout:
-    """What :func:`read_frames` returns on the frames the states ``positions [*L, K, 2]`` render, without
-    rendering: each sprite's visible pixels (its ``demo._sprite_mask`` minus those of later sprites) in a window
-    around it. Same pixels, same centroid arithmetic, so the results are identical (not just close)."""
+    """Exactly what :func:`read_frames` returns on the frames that ``positions [*L, K, 2]`` render, without
+    rendering: each sprite's mask minus later sprites', in a window around it."""
     positions = np.asarray(positions, np.float64)
     lead, k = positions.shape[:-2], len(track.sizes)
     flat = positions.reshape(-1, k, 2)
@@ -241,15 +210,10 @@ def render_states(positions: np.ndarray, track: SpriteTrack, image_size: int, pa
 
 def readout_error(frames: np.ndarray, track: SpriteTrack, frame_ids: Sequence[int], palette: np.ndarray = demo.PALETTE,
                   colours: np.ndarray | None = None, tol: int = COLOUR_TOL) -> dict[str, float]:
-    """How well sprites are read from frames ``uint8 [N, H, W, 3]`` (e.g. VQ reconstructions) of raw frames
-    ``frame_ids`` of the video, read with ``colours`` (default: the palette's; see :func:`calibrate_colours`).
-
-    Returns: ``found_rate`` (of the sprites found in the exact rendering, the fraction found in ``frames``),
-    ``found_rate_exact`` (found in the exact rendering: below 1 only under heavy occlusion), ``spurious_rate``
-    (frames with a spurious object), and the position error (pixels, Euclidean, sprites found in both) against the
-    state (``*_vs_state``, which includes the pixel grid's own error) and against the read-out of the exact
-    rendering (``*_vs_exact``: what the frames' degradation adds): ``rms_``, ``median_``, ``p90_``, ``max_``.
-    """
+    """How well sprites are read (in ``colours``) from frames ``uint8 [N, H, W, 3]`` of raw frames ``frame_ids``.
+    Returns ``found_rate`` (of those found in the exact rendering), ``found_rate_exact``, ``spurious_rate``, and
+    the position error in px of sprites found in both, ``rms_``/``median_``/``p90_``/``max_`` × ``vs_state``
+    (includes the pixel grid's error) and ``vs_exact`` (what the frames' degradation adds)."""
     truth = track.positions[np.asarray(frame_ids)]
     got = read_frames(frames, track, palette, colours, tol)
     exact = measure_states(truth, track, frames.shape[-2])
@@ -288,14 +252,10 @@ def pooled_readout_errors(results: list[dict[str, float]]) -> dict[str, float | 
 
 def decoder_fidelity(reconstruct: Callable[[np.ndarray], np.ndarray], reader, state, videos: int = 0,
                      stride: int = 4) -> dict[str, Any]:
-    """How well an autoencoder keeps the demo's sprites: its reconstructions of every ``stride``-th frame of the
-    first ``videos`` videos (0 = all) of a split (``reader``: its ShardReader; ``state``: its DemoState), read out.
+    """How well ``reconstruct`` (uint8 [N, H, W, 3] -> same) keeps the sprites of every ``stride``-th frame of the
+    first ``videos`` (0 = all) of a split (its ShardReader and DemoState): whole-frame and sprite-pixel PSNR, and the
+    pooled :func:`readout_error` in the palette's colours and in colours calibrated on each video's first two frames."""
 
-    ``reconstruct``: uint8 frames [N, H, W, 3] -> their uint8 reconstructions. Returns the PSNR of whole frames and
-    of sprite pixels (:func:`sprite_pixel_psnr`), and the pooled :func:`readout_error` read in the palette's colours
-    (``palette_colours``: is each sprite drawn in its own colour?) and in the colours calibrated on the first two
-    reconstructed frames of each video (``calibrated_colours``: is it drawn in a consistent colour?), on the others.
-    """
     count = len(reader) if videos <= 0 else min(videos, len(reader))
     palette, calibrated, reals, recons = [], [], [], []
     for v in range(count):

@@ -1,12 +1,8 @@
-"""The ground-truth state sidecar of a demo split: ``<root>/<split>/demo_state.npz``.
+"""The ground-truth state sidecar of a demo split, ``<root>/<split>/demo_state.npz``: the simulator's state behind
+every frame, written beside the shards, read by :mod:`pipeline.demo.known_law`.
 
-The demo generator is a simulator, so besides the pixels it knows the state that rendered every frame. The data
-stage writes it beside the shards of each split (inside its staging directory, so it is swapped in with them);
-:mod:`pipeline.demo.known_law` reads it to compare forecasts with the true conditional law of the future.
-
-File format (a numpy ``.npz``: a zip of ``.npy`` arrays, no pickled objects, written with fixed zip timestamps so
-equal states give equal bytes). V videos in shard order, T frames, K = ``max_sprites`` (arrays padded; ``present``
-says which slots hold a sprite, the first ``counts[v]``)::
+Format: a numpy ``.npz`` without pickles, deterministic bytes. V videos in shard order, T frames, K = ``max_sprites``
+(padded; ``present`` marks the first ``counts[v]`` slots)::
 
     format      int64   []             STATE_FORMAT
     positions   float64 [V, T, K, 2]   top-left corner (row y, column x), pixels, that renders frame t (NaN = pad)
@@ -19,10 +15,8 @@ says which slots hold a sprite, the first ``counts[v]``)::
     sources     str     []             JSON list of each video's ``source`` key as the shards have it (demo/test/00003)
     process     str     []             JSON dict of the process parameters (``generator.process_parameters``)
 
-Geometry: pixel (i, j) covers [i, i+1) x [j, j+1) and is painted when its centre (i + 0.5, j + 0.5) lies in the
-sprite, so a sprite's centre is ``position + size / 2`` (squares and discs alike). Timing: the generator renders
-frame t from the state at t, then steps (kick, speed cap, move, reflect); the velocity at t is the one before
-that step's kick.
+A pixel is painted when its centre (i + 0.5, j + 0.5) lies in the sprite; frame t is rendered from the state at t,
+then one step (kick, speed cap, move, reflect).
 """
 
 from __future__ import annotations
@@ -45,13 +39,9 @@ ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the file's bytes de
 
 @dataclass
 class SpriteTrack:
-    """The simulator's state of one video, frame by frame (one video's rows of :data:`STATE_FILE`).
+    """One video's state, frame by frame: the corner that renders frame t and the velocity ``generator._step``
+    starts from there; K sprites in drawing order (later on top)."""
 
-    ``positions[t]`` is the top-left corner (row y, column x; float, pixels) that renders frame t, and
-    ``velocities[t]`` the velocity the step from frame t to t + 1 starts from (before that step's kick): the state
-    at frame t is exactly what ``generator._step`` advances. K = the video's sprite count, in drawing order (later
-    sprites are drawn on top).
-    """
 
     positions: np.ndarray  # float64 [T, K, 2]
     velocities: np.ndarray  # float64 [T, K, 2]
