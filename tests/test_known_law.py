@@ -345,7 +345,7 @@ def test_horizon_comparisons_and_the_reports_bar_summary(data) -> None:
     """Per horizon, paired over videos: a copy-last forecaster ties copy-last exactly and is farther from the law than
     constant velocity once kicks and motion add up; the VQ row (here the real frames) keeps identity; the report
     counts the horizons where the bar holds, for the run and for the oracle."""
-    from pipeline.stages.evaluate import horizon_comparisons
+    from pipeline.demo.scoring import horizon_comparisons
     from pipeline.eval.report import _horizon_summary, _horizon_table
 
     state, reader = data
@@ -383,7 +383,7 @@ def test_horizon_comparisons_and_the_reports_bar_summary(data) -> None:
 def test_decoder_channel_is_the_forecasts_own_vqvae(tmp_path: Path, repo: Path) -> None:
     """The oracle goes through the VQVAE only when the config's checkpoint is the file the forecasts recorded."""
     from pipeline.run.config import load_config
-    from pipeline.stages.evaluate import decoder_channel
+    from pipeline.demo.scoring import decoder_channel
     from pipeline.run.records import cached_sha256
 
     cfg = load_config(repo / "configs" / "demo.yaml")

@@ -3,7 +3,7 @@
 Splits are first written to a staging directory beside the target and swapped in only when every split is
 complete, so a crash or a bad raw file leaves the existing shards untouched. ``<root>/manifest.json`` records
 what made the shards (the fingerprint of the settings and the raw file listing, the config, the code version, and
-per-shard size and sha256, and for the demo the same of each split's state sidecar ``demo_state.npz``). The tree
+per-shard size and sha256, and for a simulated dataset the same of each split's state sidecar). The tree
 follows :mod:`pipeline.run.protocol`: a matching fingerprint with every recorded file in place is "up to date";
 other settings, a missing or resized file, or ``force`` rebuild it.
 """
@@ -18,9 +18,8 @@ from typing import Any
 
 from pipeline.run.config import Config
 from pipeline.data.convert import assign_splits, convert_videos
-from pipeline.demo.generator import generate_demo
-from pipeline.demo.state import STATE_FILE
 from pipeline.data.shards import ShardError
+from pipeline.data.sources import Simulator, simulator
 from pipeline.run.locks import lock_file
 from pipeline.run.protocol import Output, Verdict, decide, settle
 from pipeline.run.records import MANIFEST, code_version, read_json, sha256_file, write_json_atomic
@@ -52,11 +51,12 @@ def prepare_data(cfg: Config, root: Path, raw: Path | None = None, force: bool =
     if raw is None and cfg.data.source == "shards":
         return _use_existing_shards(cfg, root, log)
     inputs = data_inputs(cfg, raw)
+    sim = simulator(cfg.data.source) if raw is None else None
     out = Output("data", str(root), resumable=False, force_redoes=True, lock=lock_file(root))
 
     def decision() -> Verdict:
         manifest = read_json(root / MANIFEST) or {}
-        damaged = _damaged_files(root, manifest, demo=raw is None) if manifest else ""
+        damaged = _damaged_files(root, manifest, sim) if manifest else ""
         return decide(out, manifest, inputs, force, complete=not damaged, missing=damaged,
                       detail=f"{sum(manifest.get('videos', {}).values())} videos, ")
 
@@ -65,15 +65,15 @@ def prepare_data(cfg: Config, root: Path, raw: Path | None = None, force: bool =
                          what=" (demo generator)" if raw is None else f" (converting {raw})")
         if dry_run or verdict.action == "up to date":
             return read_json(root / MANIFEST)
-        return _build(cfg, root, raw, verdict, log)
+        return _build(cfg, root, raw, sim, verdict, log)
 
 
-def _build(cfg: Config, root: Path, raw: Path | None, verdict: Verdict, log) -> dict[str, Any]:
+def _build(cfg: Config, root: Path, raw: Path | None, sim: Simulator | None, verdict: Verdict, log) -> dict[str, Any]:
     """Write every split to a staging tree, swap it in, then record the manifest."""
     staging = root.parent / f".{root.name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
-    if raw is None:
-        counts = generate_demo(cfg.demo, cfg.data.image_size, staging)
+    if sim is not None:
+        counts = sim.generate(cfg, staging)
     else:
         counts = convert_videos(assign_splits(raw, cfg.convert), staging, cfg.data.image_size, cfg.convert)
     _swap_in(staging, root, list(counts))
@@ -83,7 +83,7 @@ def _build(cfg: Config, root: Path, raw: Path | None, verdict: Verdict, log) -> 
         "inputs": verdict.inputs,
         "videos": counts,
         "shards": _file_records(root, "*/*.hdf5"),
-        "sidecars": _file_records(root, f"*/{STATE_FILE}"),
+        "sidecars": _file_records(root, f"*/{sim.sidecar}") if sim else {},
         "config": cfg.to_dict(),
         "code_version": code_version(),
     }
@@ -111,19 +111,19 @@ def _file_records(root: Path, pattern: str) -> dict[str, dict[str, Any]]:
     return {str(p.relative_to(root)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(root.glob(pattern))}
 
 
-def _damaged_files(root: Path, manifest: dict[str, Any], demo: bool) -> str:
+def _damaged_files(root: Path, manifest: dict[str, Any], sim: Simulator | None) -> str:
     """What is missing or resized among the recorded files ('' if nothing): a cheap staleness check.
 
-    Every shard the manifest lists must exist with its recorded size; a demo tree must also hold a state sidecar
+    Every shard the manifest lists must exist with its recorded size; a simulated tree must also hold a state sidecar
     for every non-empty split (a manifest from before sidecars lists none, so such a tree counts as damaged and is rebuilt).
     """
     if not _intact(root, manifest.get("shards", {})):
         return "shard files"
-    if demo:
+    if sim is not None:
         sidecars = manifest.get("sidecars", {})
-        wanted = {f"{split}/{STATE_FILE}" for split, n in manifest.get("videos", {}).items() if n}
+        wanted = {f"{split}/{sim.sidecar}" for split, n in manifest.get("videos", {}).items() if n}
         if set(sidecars) != wanted or not _intact(root, sidecars):
-            return f"state sidecars ({STATE_FILE})"
+            return f"state sidecars ({sim.sidecar})"
     return ""
 
 

@@ -39,8 +39,8 @@ from pipeline.run.records import cached_sha256, code_version, read_json
 from pipeline.eval.report import METRICS_FILE, SCHEMA, plot_run_curves, write_metrics, write_report
 from pipeline.eval.scores import energy_score, ensemble_frame_scores
 from pipeline.eval.stats import resample_indices
-from pipeline.stages.evaluate_scores import (decoder_channel, horizon_comparisons, known_law_scores,  # noqa: F401
-                                             spread_skill_block, summarize_metric)  # (the first two: for callers)
+from pipeline.data.sources import law_scores
+from pipeline.stages.evaluate_scores import spread_skill_block, summarize_metric
 from pipeline.run.tracking import log_evaluation
 
 EVAL_FORMAT = 3  # bump when a metric's definition changes: old metrics.json files are then recomputed
@@ -174,7 +174,7 @@ def compute_metrics(cfg: Config, root, url: str, dataset_dir: Path, log: Callabl
         spread2, mse = (np.stack([row[k] for row in rows]) for k in ("spread2", "mse"))  # [V, P]
         result[name]["spread_skill"] = spread_skill_block(spread2, mse, members, bootstrap)
     fvd_status, fvd_protocol = _fvd(cfg, store, videos, device, Path(dataset_dir), result, log)
-    result["known_law"] = known_law_scores(cfg, store, videos, bootstrap, log)
+    result["known_law"] = law_scores(cfg, store, videos, bootstrap, log)
     result["fvd_status"] = fvd_status
     result["protocol"] = _protocol(cfg, store, videos, fvd_protocol)
     return result

@@ -1,0 +1,96 @@
+"""The demo's known-law scores in eval: the forecasts' sprites read from pixels and compared with their true law
+(:mod:`pipeline.demo.known_law`), beside the oracle, deterministic references and the VQVAE's ceiling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.demo.known_law import STREAM_FORECAST, Clip, calibrate_colours, render_states, video_scores
+from pipeline.demo.state import STATE_FILE, load_state
+from pipeline.eval.stats import bootstrap_interval, paired_difference
+from pipeline.run.config import Config
+from pipeline.run.records import cached_sha256
+from pipeline.stages.evaluate_scores import interval_of, summarize_metric
+
+
+def known_law_scores(cfg: Config, store, videos: int, bootstrap: dict[str, Any], log) -> dict[str, Any]:
+    """The demo's known-law scores (:mod:`pipeline.demo.known_law`) of every set, with intervals; other data: a status.
+
+    Sets: the model's samples, the oracle (S independent draws from the true law: its law distance is the noise
+    floor), copy-last, constant velocity, the VQ reconstruction and the real frames (the read-out's ceiling), and
+    the oracle's draws rendered and passed through the forecasts' VQVAE (``oracle_vq``: a perfect latent forecaster,
+    what any model decoded by this VQVAE can reach; left out, with a note, when ``eval.oracle_vq`` is off or the
+    config's VQVAE is not the one the forecasts were decoded with). Sprites are read in the colours the decoder draws (calibrated on each video's
+    decoded conditioning frames).
+    """
+    path = Path(cfg.data.root) / str(store.attrs.get("split")) / STATE_FILE
+    if not path.is_file():
+        return {"status": f"no state sidecar {path}: regenerate the demo data (make data) to get known-law scores"}
+    state = load_state(path)
+    channel, channel_note = decoder_channel(cfg, store.attrs) if cfg.eval.oracle_vq else (None, "eval.oracle_vq off")
+    frames, c = np.asarray(store.attrs["frame_indices"]), store.cond
+    rows = []
+    for v in tqdm(range(videos), desc="eval: known law", unit="video"):
+        index = state.index(store.attrs["videos"][v]["source"])
+        clip = Clip(state.track(index), state.process, frames, c, video=index)
+        samples, real, recon = store.row("samples", v), store.row("real", v), store.row("recon", v)
+        colours = calibrate_colours(samples[0, :c], clip.track, frames[:c])
+        frame_sets = {"vq_ceiling": recon[None, c:]}
+        if channel is not None:  # the oracle set's own draws, rendered and decoded
+            drawn = render_states(clip.oracle(store.n_samples, cfg.eval.seed, STREAM_FORECAST), clip.track,
+                                  clip.image_size, clip.palette)
+            frame_sets["oracle_vq"] = channel(drawn.reshape(-1, *drawn.shape[-3:])).reshape(drawn.shape)
+        rows.append(video_scores(samples[:, c:], clip, real=real[c:], n_oracle=cfg.eval.oracle_samples,
+                                 seed=cfg.eval.seed, colours=colours, frame_sets=frame_sets))
+    sets = {name: {metric: summarize_metric(metric, [row[name][metric] for row in rows], bootstrap)
+                   for metric in rows[0][name]} for name in rows[0]}
+    horizons = horizon_comparisons(rows, bootstrap)
+    log(f"eval: known law: identity kept {sets['model']['identity_kept']['value']:.3f} (oracle "
+        f"{sets['oracle']['identity_kept']['value']:.3f}), law distance {sets['model']['law_distance']['value']:.2f} px "
+        f"(noise floor {sets['oracle']['law_distance']['value']:.2f}, copy-last {sets['copy_last']['law_distance']['value']:.2f})")
+    return {"status": f"ok: {videos} videos, {cfg.eval.oracle_samples} oracle draws each, state {path}; {channel_note}",
+            "sets": sets, "horizons": horizons}
+
+
+def decoder_channel(cfg: Config, attrs: dict[str, Any]) -> tuple[Callable[[np.ndarray], np.ndarray] | None, str]:
+    """The forecasts' VQVAE as a channel, uint8 frames ``[N, H, W, 3]`` -> their reconstructions, and a note; None
+    (and why) unless the config's VQVAE checkpoint is the file the forecasts were decoded with (same bytes)."""
+    from pipeline.vqvae import build_vqvae
+
+    path = Path(cfg.vqvae.ckpt) if cfg.vqvae.ckpt else None
+    hashes = dict(attrs.get("file_hashes") or {})  # the forecasts' record: an unchanged file is not hashed again
+    recorded = hashes.get(str(path.resolve())) if path and path.is_file() else None
+    if not recorded or recorded[-1] != cached_sha256(path, hashes):
+        return None, (f"no oracle_vq set: vqvae.ckpt '{cfg.vqvae.ckpt}' is not the VQVAE file the forecasts recorded "
+                      "(file_hashes)")
+    vq = build_vqvae(cfg.vqvae, int(attrs["image_size"]))
+    return vq.reconstruct_uint8, f"oracle_vq through {path}"
+
+
+HORIZON_PAIRS = (("model", "constant_velocity"), ("model", "copy_last"), ("oracle", "constant_velocity"),
+                 ("oracle_vq", "constant_velocity"))
+HORIZON_IDENTITY = ("model", "vq_ceiling", "oracle", "oracle_vq")
+
+
+def horizon_comparisons(rows: list[dict[str, dict[str, np.ndarray]]], bootstrap: dict[str, Any]) -> dict[str, Any]:
+    """Per predicted frame, with intervals over videos: the distance to the true law of the model (and of the
+    oracle, a perfect forecaster of the same ensemble size, as drawn and through the VQVAE) minus that of each
+    deterministic reference, paired on the same videos, and identity kept by the model, the VQ reconstruction and
+    the oracle (both ways). This is where a forecaster has to beat constant-velocity extrapolation at every
+    horizon; the oracle's rows say at which horizons even the true law can be told apart from it with these videos
+    and samples. Sets the rows lack (``oracle_vq`` without the VQVAE) are left out."""
+    def per_frame(name: str, metric: str) -> np.ndarray:  # [videos, frames]
+        return np.stack([row[name][metric] for row in rows]).astype(np.float64)
+
+    law = {}
+    for a, b in [(a, b) for a, b in HORIZON_PAIRS if a in rows[0] and b in rows[0]]:
+        da, db = per_frame(a, "law_distance"), per_frame(b, "law_distance")
+        law[f"{a}-{b}"] = [{k: r[k] for k in ("diff", "low", "high", "verdict")}
+                           for r in (paired_difference(da[:, p], db[:, p], False, **bootstrap) for p in range(da.shape[1]))]
+    identity = {name: [interval_of(bootstrap_interval(column, **bootstrap)) for column in per_frame(name, "identity_kept").T]
+                for name in HORIZON_IDENTITY if name in rows[0]}
+    return {"law_distance": law, "identity_kept": identity}
