@@ -1,23 +1,14 @@
 """Stochastic interpolants between a base point and the next latent frame (docs/METHOD.md §3).
 
-    I_t = alpha(t) x0 + beta(t) x1 + sigma(t) sqrt(t) xi,        xi ~ N(0, I),  t in [0, 1]
+    I_t = alpha(t) x0 + beta(t) x1 + sigma(t) sqrt(t) xi,   xi ~ N(0, I),  t in [0, 1]
 
-* ``x1``: latent of the frame to predict; ``x_ref``: latent of the previous frame.
-* base ``gaussian``: x0 ~ N(0, I) independent of everything; base ``previous``: x0 = x_ref (a point mass).
-* alpha(t) = 1 - t, beta(t) in {t, t^2}, sigma(t) = eps (1 - t).
-* ``sigma(t) sqrt(t) xi`` has the law of ``sigma(t) W_t`` (W a Brownian motion). The regression target is the
-  drift ``alpha'(t) x0 + beta'(t) x1 + sigma'(t) sqrt(t) xi`` (the time derivative with W_t held as a process,
-  NOT d/dt of ``sigma(t) sqrt(t)`` which is singular at 0). Its conditional expectation b(x, t) given I_t = x,
-  used with diffusion sigma(t) in dX = b dt + sigma dW, reproduces the interpolant's marginals, so X_1 ~ x1.
-  With eps = 0 the target is the plain velocity and the generative process is an ODE.
-
-The pieces are small and separate: time coefficients (:class:`TPower`, :class:`OneMinusTPower`), the
-interpolant (:class:`StochasticInterpolant`: training pair, target, loss, base sample, drift, score,
-diffusion re-tuning) and, elsewhere, the integrators (``pipeline.core.solvers``), which only see a drift f(x, t)
-and a diffusion g(t).
-
-Presets: ``linear`` (gaussian base, beta = t, eps = 0; ODE, velocity x1 - x0) and ``ours`` (previous-frame
-base, beta = t^2, eps = 0.1; SDE, target -x_ref + 2t x1 - 0.1 sqrt(t) xi).
+x1: latent of the frame to predict, x_ref: of the previous frame. Base ``gaussian``: x0 ~ N(0, I); base
+``previous``: x0 = x_ref. alpha = 1 - t, beta in {t, t^2}, sigma = eps (1 - t). As sigma(t) sqrt(t) xi has the law
+of sigma(t) W_t, the regression target is alpha' x0 + beta' x1 + sigma' sqrt(t) xi (W_t held as a process, not
+d/dt of sigma sqrt(t), singular at 0); its conditional mean b(x, t) with dX = b dt + sigma dW reproduces the
+interpolant's marginals, so X_1 ~ x1. eps = 0: plain velocity, ODE. Presets: ``linear`` (gaussian, beta = t,
+eps = 0; target x1 - x0) and ``ours`` (previous, beta = t^2, eps = 0.1; target -x_ref + 2t x1 - 0.1 sqrt(t) xi).
+Solvers (``pipeline.core.solvers``) see only a drift f(x, t) and a diffusion g(t).
 """
 
 from __future__ import annotations
@@ -38,11 +29,6 @@ if TYPE_CHECKING:
 Base = Literal["gaussian", "previous"]
 TimeFn = Callable[[Tensor], Tensor]  # g(t): t [B] -> [B]
 DriftFn = Callable[[Tensor, Tensor], Tensor]  # f(x, t): x [B, ...], t [B] -> [B, ...]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Time coefficients: value and derivative, elementwise on a tensor of times
-# ----------------------------------------------------------------------------------------------------------
 
 
 class Coefficient:
@@ -108,11 +94,6 @@ def _bcast(t: Tensor, x: Tensor) -> Tensor:
     return t.reshape(-1, *([1] * (x.ndim - 1)))
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The interpolant
-# ----------------------------------------------------------------------------------------------------------
-
-
 class TrainingPair(NamedTuple):
     """One training example batch: network input ``xt`` = I_t and regression ``target``; plus the draws used."""
 
@@ -124,10 +105,7 @@ class TrainingPair(NamedTuple):
 
 @dataclass(frozen=True)
 class StochasticInterpolant:
-    """I_t = alpha(t) x0 + beta(t) x1 + sigma(t) sqrt(t) xi with base ``gaussian`` or ``previous`` (see module doc).
-
-    Tensors are ``[B, ...]`` (latents ``[B, C, h, w]``); times are ``[B]`` (one per example) or scalars.
-    """
+    """The interpolant of the module doc. Tensors are [B, ...] (latents [B, C, h, w]); times [B] or scalars."""
 
     alpha: Coefficient
     beta: Coefficient
@@ -142,8 +120,6 @@ class StochasticInterpolant:
             raise ValueError(f"base must be 'gaussian' or 'previous', got {self.base!r}")
         if not 0.0 <= self.t_min < self.t_max <= 1.0:
             raise ValueError(f"need 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
-
-    # --- properties -----------------------------------------------------------------------------------------
 
     @property
     def is_sde(self) -> bool:
@@ -160,8 +136,6 @@ class StochasticInterpolant:
         """The second-order counterpart: ``heun_sde`` (SDE) or ``heun`` (ODE); twice the NFE per step."""
         return "heun_sde" if self.is_sde else "heun"
 
-    # --- training ------------------------------------------------------------------------------------------
-
     def sample_t(
         self, batch: int, *, generator: torch.Generator | None = None, device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
@@ -177,12 +151,10 @@ class StochasticInterpolant:
         return rng.randn(x_ref.shape, generator=generator, device=x_ref.device, dtype=x_ref.dtype)
 
     def sample_start(self, x_ref: Tensor, t0: float, *, generator: rng.Generator = None) -> Tensor:
-        """A start state at t0 > 0 with the interpolant's spread: alpha(t0) x0 + sigma(t0) sqrt(t0) xi.
+        """A start state at t0 > 0 with the interpolant's spread: alpha(t0) x0 + sigma(t0) sqrt(t0) xi (no x1 term).
 
-        The x1 term beta(t0) x1 is unknown and dropped (1e-8 x1 for beta = t^2 at t0 = 1e-4). The reference
-        starts from :meth:`sample_base` instead, which is harmless with g = sigma; with a re-tuned g < sigma the
-        process forgets its start only like (t0 / t)^((g/sigma)^2), so a point mass leaves a lasting variance
-        deficit (about 15% at g = sigma / 2) and this start (plus a grid that is fine near t0) is needed.
+        With a re-tuned g < sigma the process forgets its start only like (t0 / t)^((g/sigma)^2), so the point mass
+        of :meth:`sample_base` would leave a lasting variance deficit.
         """
         x0 = self.sample_base(x_ref, generator=generator)
         t = torch.tensor(float(t0), dtype=torch.float64)
@@ -206,11 +178,7 @@ class StochasticInterpolant:
         self, x1: Tensor, x_ref: Tensor, t: Tensor, *, generator: torch.Generator | None = None,
         xi: Tensor | None = None, x0: Tensor | None = None,
     ) -> TrainingPair:
-        """(I_t, target) for targets ``x1`` and references ``x_ref`` at times ``t`` [B].
-
-        ``xi`` (interpolant noise) and, for the gaussian base, ``x0`` are drawn from ``generator`` unless given;
-        the base draw comes first, then xi. For the previous-frame base, x0 is x_ref and a given ``x0`` is an error.
-        """
+        """(I_t, target) at times ``t`` [B]; ``x0`` (gaussian base only), then ``xi``, are drawn unless given."""
         if x1.shape != x_ref.shape:
             raise ValueError(f"x1 {list(x1.shape)} and x_ref {list(x_ref.shape)} differ in shape")
         if x0 is None:
@@ -233,26 +201,18 @@ class StochasticInterpolant:
         """The reference loss: per-example SUM over (C, h, w), MEAN over the batch (docs/METHOD.md §3)."""
         return cls.per_example_loss(pred, target).mean()
 
-    # --- sampling ------------------------------------------------------------------------------------------
-
     def diffusion(self, t: Tensor) -> Tensor:
         """The default diffusion coefficient g(t) = sigma(t) (the one the drift was trained for)."""
         return self.sigma(t)
 
     def score(self, b: Tensor, x: Tensor, t: Tensor, x0: Tensor | None = None) -> Tensor:
-        """Score estimate grad log p_t(x) (conditional on x0 for the previous base) from a drift estimate b(x, t).
+        """Score grad log p_t(x) (given x0 for the previous base) from a drift estimate b(x, t).
 
-        Write I_t = m + beta x1 + z with the known part m = alpha x0 (previous base; 0 for gaussian) and the
-        Gaussian part z = [alpha x0 if gaussian] + sigma W_t, of variance v = [alpha^2] + sigma^2 t and covariance
-        c = [alpha alpha'] + sigma sigma' t with the matching part of the target. From x = m + beta E[x1|x] + E[z|x],
-        b = a0 + beta' E[x1|x] + (c / v) E[z|x] (a0 = alpha' x0 for the previous base) and s = -E[z|x] / v:
-
-            s = (beta' (x - m) - beta (b - a0)) / (beta c - beta' v)
-
-        For the previous base this is docs/METHOD.md §3's
-        (-beta b + alpha' beta x0 + beta' x - beta' alpha x0) / (t sigma (sigma' beta - beta' sigma)).
-        The denominator vanishes at t = 0 for the previous base (clamp t, see :meth:`retuned_drift`) and at t = 1;
-        for the previous base with eps = 0 (no noise) there is no score and this raises.
+        I_t = m + beta x1 + z, m = alpha x0 (previous; 0 for gaussian), z = [alpha x0 if gaussian] + sigma W_t with
+        variance v = [alpha^2] + sigma^2 t and covariance c = [alpha alpha'] + sigma sigma' t with the target's part.
+        b = a0 + beta' E[x1|x] + (c / v) E[z|x] (a0 = alpha' x0, previous) and s = -E[z|x] / v give
+        s = (beta' (x - m) - beta (b - a0)) / (beta c - beta' v) (docs/METHOD.md §3). The denominator vanishes at
+        t = 1 and, for the previous base, at t = 0 (clamp t); the previous base with eps = 0 has no score: raises.
         """
         tb = _bcast(t, x)
         a, da = self.alpha(tb), self.alpha.deriv(tb)
@@ -276,15 +236,12 @@ class StochasticInterpolant:
         self, b: Tensor, x: Tensor, t: Tensor, g: Coefficient | TimeFn, x0: Tensor | None = None,
         *, t_floor: float | None = None,
     ) -> Tensor:
-        """Drift for sampling with a new diffusion g(t) (docs/METHOD.md §3): b_g = b + (g^2 - sigma^2)/2 * s(b, x, t).
+        """Drift for a new diffusion g(t): b_g = b + (g^2 - sigma^2)/2 * s(b, x, t) (docs/METHOD.md §3).
 
-        The marginals of dX = b_g dt + g dW equal those of dX = b dt + sigma dW (Fokker-Planck). The score is
-        evaluated at max(t, t_floor) (default ``t_min``) to keep its denominator (proportional to t for the
-        previous base) away from 0 - the reference evaluates it at the second grid time when the grid starts at 0.
-        For the previous base with g < sigma the correction is about (1 - g^2/sigma^2) (x - mean) / (2t): stiff
-        near 0 (for g > sigma too, with the sign reversed), so use a grid that is fine near t_min (the sampler
-        refuses one that is not, ``pipeline.core.sampling.check_first_step``) and :meth:`sample_start`; g/sigma -> 1
-        at t = 0, like eps (1 - t)^4, is benign on the reference grid.
+        dX = b_g dt + g dW has the marginals of dX = b dt + sigma dW (Fokker-Planck). The score is taken at
+        max(t, t_floor) (default ``t_min``), away from its zero denominator. For the previous base with g != sigma
+        the correction ~ (1 - g^2/sigma^2) (x - mean) / (2t) is stiff near 0: use a grid fine near t_min
+        (``sampling.check_first_step``) and :meth:`sample_start`.
         """
         tb = _bcast(t, x)
         floor = self.t_min if t_floor is None else t_floor
@@ -297,12 +254,8 @@ class StochasticInterpolant:
         self, drift_fn: DriftFn, x0: Tensor | None = None, g: Coefficient | TimeFn | None = None,
         *, t_floor: float | None = None,
     ) -> DriftFn:
-        """The drift f(x, t) a solver integrates, from the learned drift ``drift_fn(x, t)`` (the network).
-
-        ``g`` None (or sigma itself) keeps the trained pair (b, sigma); any other g(t) applies the re-tuning of
-        :meth:`retuned_drift` (``x0`` = x_ref is needed for the previous base). Returns ``drift_fn`` unchanged in
-        the first case, so the number of network evaluations is the same either way.
-        """
+        """The drift f(x, t) a solver integrates: ``drift_fn`` itself when g is None or sigma, else re-tuned to g
+        (:meth:`retuned_drift`; needs ``x0`` = x_ref for the previous base). Same network evaluations either way."""
         if g is None or g is self.sigma or g == self.sigma:
             return drift_fn
         if self.base == "previous" and x0 is None:
@@ -313,10 +266,6 @@ class StochasticInterpolant:
 
         return retuned
 
-
-# ----------------------------------------------------------------------------------------------------------
-# Presets and construction from the config
-# ----------------------------------------------------------------------------------------------------------
 
 PRESETS = INTERPOLANT_PRESETS  # {name: {base, beta, eps}}, defined beside the config
 

@@ -1,17 +1,10 @@
 """RIVER's VectorFieldRegressor: the flow network f(z, t, ref, context, gap) (docs/METHOD.md §4.2).
 
-A U-shaped pre-norm transformer over the h*w latent cells plus one time token:
-
-* time token: sinusoid of 200 t, cos half first, width ``inner_dim``;
-* spatial tokens: Linear(3C -> dim) on the channel concat [z, ref, context], plus a learned 2-D position
-  (concat(col[x], row[y]), tables [max_positions, dim/2] initialised U(-1, 1)), plus an MLP of log(gap);
-* ``depth`` input layers (outputs kept), ``mid_depth`` middle layers, ``depth`` output layers each fed
-  Linear(2 dim -> dim)(concat[skip, x]) with the skips taken in reverse order;
-* head on the spatial tokens: Linear -> GELU -> LayerNorm -> [B, dim, h, w] -> Conv2d(dim -> C, 3x3, pad 1).
-
-Parameter names, shapes and order match the reference checkpoints (``tests/fixtures/
-flow_vector_field_regressor_keys.json``) at the paper's size; the default :class:`ModelConfig` has
-98,084,868 parameters.
+A U-shaped pre-norm transformer over one time token (sinusoid of 200 t) and the h*w latent cells
+(Linear(3C -> dim) of [z, ref, context] + learned 2-D position + MLP of log(gap)): ``depth`` input layers (outputs
+kept), ``mid_depth`` middle layers, ``depth`` output layers each fed Linear(2 dim -> dim)(concat[skip, x]), skips
+in reverse; head Linear -> GELU -> LayerNorm -> [B, dim, h, w] -> Conv2d(dim -> C, 3x3). Parameter names, shapes
+and order match the reference checkpoints (tests/fixtures/flow_vector_field_regressor_keys.json).
 """
 
 from __future__ import annotations

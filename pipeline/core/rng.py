@@ -1,12 +1,8 @@
-"""Random draws that can come from one generator per batch row, so a row's randomness ignores its batch.
+"""Random draws from one generator per batch row, so a row's randomness ignores its batch.
 
-Every random draw of a rollout (context indices, start states, solver noise) has the batch as its leading
-dimension. With a plain ``torch.Generator`` a row's values depend on where it sits in the batch and on how many
-rows were drawn before it. With :class:`RowGenerators` (one generator per row) row ``i`` always takes its values
-from generator ``i``, drawn with shape ``(1, *rest)``: a row's whole random stream is the same whichever rows
-share its batch, so a forecast can be split into batches, ranks or resumed runs freely (``pipeline/stages/forecast.py``).
-
-:func:`randn` and :func:`randint` accept either kind (or None, torch's global stream).
+With :class:`RowGenerators`, row i of every draw (leading dimension = batch) comes from generator i with shape
+``(1, *rest)``, so a forecast can be split into batches, ranks or resumed runs freely. :func:`randn` and
+:func:`randint` also accept a plain ``torch.Generator`` or None (torch's global stream).
 """
 
 from __future__ import annotations

@@ -1,23 +1,14 @@
-"""Autoregressive latent rollout (docs/METHOD.md §6): one new frame at a time, conditioned on the history.
+"""Autoregressive latent rollout (docs/METHOD.md §6), one new frame at a time. With n latent frames so far:
 
-For each new frame, with n latent frames so far:
+* reference = frame n - 1; context c uniform on {lo, ..., n - 2} per example, lo = 0 (whole history) or
+  max(0, n - H) for ``past_horizon`` H >= 2 (the last H frames, reference included; docs/METHOD.md §9.15), so
+  gap = (n - 1) - c >= 1. ``per_frame`` draws c once per frame ([VI]), ``per_step`` at every network call (RIVER);
+* start at the interpolant's base given the reference, or at its spread at the first grid time (``sample.start``;
+  the default when the diffusion is re-tuned);
+* integrate f(x, t) = model(x, t, ref, context, gap) (re-tuned when asked) over the grid, ending exactly at t_max;
+* append the result: generated frames join the history of later frames.
 
-* reference = frame n - 1; context index c uniform on {lo, ..., n - 2} per example, where lo = 0 (whole history)
-  or max(0, n - H) with ``past_horizon`` H >= 2: the conditioning window is the last H frames, the reference
-  included, so the gap is at most H - 1 (RIVER's intent; its code took a minimum for the maximum and never limited
-  the context, docs/METHOD.md §9.15); gap = (n - 1) - c >= 1. ``per_frame`` draws c once and holds it for every
-  integration step (the reference [VI]); ``per_step`` draws it again at every network evaluation (RIVER);
-* start at the interpolant's base given the reference (N(0, I) for ``linear``, the reference latent for ``ours``),
-  or at its spread at the first grid time (``sample.start``; by default when the diffusion is re-tuned);
-* integrate f(x, t) = model(x, t, ref, context, gap) (re-tuned when asked) with the chosen solver over the grid:
-  N points, N - 1 steps, ending exactly at t_max (the reference's Euler-Maruyama overshoot is fixed);
-* append the result; generated frames join the history (reference and context pool) of later frames.
-
-With a single conditioning frame it is duplicated first (distinct reference and context indices exist, both hold
-the same latent) and the duplicate is dropped from the result. The pieces (:func:`resolve_solver`,
-:func:`sampling_diffusion`, :func:`draw_context`, :func:`resolve_start`, :func:`start_state`,
-:func:`generate_frame`) are usable alone; :func:`rollout` runs one future per input row and :func:`sample` runs
-``n_samples`` futures per video in batches.
+A single conditioning frame is duplicated first (distinct reference and context indices) and the copy dropped.
 """
 
 from __future__ import annotations
@@ -63,11 +54,6 @@ class SampleResult:
     steps: int
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Pieces
-# ----------------------------------------------------------------------------------------------------------
-
-
 def resolve_solver(cfg: "SamplingConfig", interpolant: StochasticInterpolant) -> str:
     """The integrator name: ``cfg.solver``; for ``auto`` the interpolant's reference solver (Euler or
     Euler-Maruyama), for ``auto_heun`` its second-order counterpart (Heun or stochastic Heun)."""
@@ -85,13 +71,9 @@ def _noise_level(interpolant: StochasticInterpolant) -> float:
 
 
 def sampling_diffusion(cfg: "SamplingConfig", interpolant: StochasticInterpolant, method: str) -> Coefficient | None:
-    """The diffusion g(t) the rollout samples with, or None for the trained pair (drift b, diffusion sigma).
-
-    * SDE solver, ``sigma``: None. ``sigma_scaled``: diffusion_scale * sigma (None when that is sigma itself).
-      ``quartic``: diffusion_scale * eps * (1 - t)^4 ([NS]'s alternative at diffusion_scale = 1).
-    * ODE solver: None for an ODE interpolant; g = 0 (probability-flow ODE) for an SDE interpolant.
-    Re-tuning needs a noisy interpolant (eps > 0): it has a score only then.
-    """
+    """The diffusion g(t) to sample with, or None for the trained sigma. SDE solvers: ``sigma_scaled`` =
+    diffusion_scale * sigma, ``quartic`` = diffusion_scale * eps (1 - t)^4 ([NS]); re-tuning needs eps > 0 (a score).
+    ODE solvers: g = 0 (probability-flow ODE) for an SDE interpolant."""
     g = _requested_diffusion(cfg, interpolant, method)
     if g is not None:
         check_first_step(cfg, interpolant, g, method)
@@ -123,11 +105,9 @@ MAX_FIRST_STEP_STIFFNESS = 2.0  # |lambda h| of the first step: explicit Euler /
 
 
 def retuning_stiffness(interpolant: StochasticInterpolant, g: Coefficient, t: float) -> float:
-    """lambda(t) = d/dx of the re-tuning term (g^2 - sigma^2)/2 * s(b, x, t) at time t, the drift b held fixed.
+    """lambda(t) = d/dx of the re-tuning term (g^2 - sigma^2)/2 * s(b, x, t), b fixed (s is affine in x).
 
-    The score is affine in x, so two evaluations give the slope. For the previous-frame base it is about
-    (1 - g^2/sigma^2) / (2t): it grows without bound as t -> 0 (the law there is a point mass widening like
-    sigma sqrt(t)); for the gaussian base it stays O(1).
+    About (1 - g^2/sigma^2) / (2t) for the previous base, unbounded as t -> 0; O(1) for the gaussian base.
     """
     one = torch.ones(1, dtype=torch.float64)
     tt = torch.full((1,), float(t), dtype=torch.float64)
@@ -138,12 +118,8 @@ def retuning_stiffness(interpolant: StochasticInterpolant, g: Coefficient, t: fl
 
 
 def check_first_step(cfg: "SamplingConfig", interpolant: StochasticInterpolant, g: Coefficient, method: str) -> None:
-    """Refuse a time grid whose first step cannot follow the re-tuned drift near t_min (ValueError, with a remedy).
-
-    A re-tuned previous-frame SDE (or its probability-flow ODE, g = 0) changes on the time scale t near t = 0;
-    a first step h >> t_min multiplies the start's deviations by about lambda h (measured: at 20 network calls per
-    frame on the uniform grid from 1e-4, the demo's samples lose all structure with g = sigma/2 or 2 sigma).
-    """
+    """ValueError (with a remedy) when the grid's first step h is too coarse for the re-tuned drift near t_min:
+    explicit steps multiply the start's deviations by about lambda h."""
     t0, t1 = (float(v) for v in S.time_grid(cfg.steps, cfg.t_min, cfg.t_max, cfg.grid)[:2])
     rate = retuning_stiffness(interpolant, g, max(t0, interpolant.t_min))  # where the drift evaluates the score
     stiffness = rate * (t1 - t0)
@@ -160,12 +136,8 @@ def check_first_step(cfg: "SamplingConfig", interpolant: StochasticInterpolant, 
 
 
 def context_bounds(n: int, past_horizon: int) -> tuple[int, int]:
-    """Context indices {lo, ..., hi} for a history of n frames (reference n - 1): hi = n - 2, lo from the horizon.
-
-    ``past_horizon`` H = 0: the whole history (lo = 0). H >= 2: the last H frames, the reference included
-    (lo = max(0, n - H)), so the largest gap is H - 1 — RIVER's ``past_horizon`` as meant ("number of frames to
-    condition on"), with its min/max slip fixed. H = 1 would leave no context frame and is refused.
-    """
+    """Context indices {lo, ..., n - 2} for n frames: H = ``past_horizon`` 0 means lo = 0, H >= 2 the last H frames
+    with the reference (lo = max(0, n - H)); H = 1 leaves no context and raises."""
     if n < 2:
         raise ValueError(f"need at least 2 frames of history (reference and context), got {n}")
     if past_horizon == 1 or past_horizon < 0:
@@ -184,9 +156,8 @@ def draw_context(
 
 
 def resolve_start(cfg: "SamplingConfig", g: Coefficient | None) -> str:
-    """The start the rollout uses: ``cfg.start``; for ``auto`` the base point with the trained diffusion (g None,
-    the reference's start) and the spread start when re-tuned (a point mass is forgotten only slowly when g < sigma,
-    see ``StochasticInterpolant.sample_start``)."""
+    """``cfg.start``; ``auto`` is ``base`` with the trained diffusion, ``spread`` when re-tuned (see
+    ``StochasticInterpolant.sample_start``)."""
     if cfg.start == "auto":
         return "base" if g is None else "spread"
     if cfg.start not in ("base", "spread"):
@@ -197,9 +168,7 @@ def resolve_start(cfg: "SamplingConfig", g: Coefficient | None) -> str:
 def start_state(
     interpolant: StochasticInterpolant, ref: Tensor, start: str, t0: float, *, generator: rng.Generator,
 ) -> Tensor:
-    """The state at the first grid time t0 given the reference latent, for a resolved ``start``: ``base`` is the
-    reference's base point, N(0, I) (gaussian base) or the reference itself (previous base); ``spread`` is the
-    interpolant's spread at t0, alpha(t0) x0 + sigma(t0) sqrt(t0) xi."""
+    """The state at the first grid time t0: the base point (``base``) or the interpolant's spread at t0."""
     if start == "base":
         return interpolant.sample_base(ref, generator=generator)
     return interpolant.sample_start(ref, t0, generator=generator)
@@ -227,8 +196,7 @@ def generate_frame(
 ) -> tuple[Tensor, int]:
     """One new latent frame [B, C, h, w] from ``history[:, :n]`` and the network evaluations it took.
 
-    Random draws, in order: the context (``per_frame``), the start state, then the solver's noise; with
-    ``per_step`` a context draw precedes every network evaluation.
+    Draws in order: context (``per_frame``), start, solver noise; ``per_step`` draws a context before each call.
     """
     method = resolve_solver(cfg, interpolant)
     g = sampling_diffusion(cfg, interpolant, method)
@@ -252,11 +220,6 @@ def generate_frame(
     return sol.x, counter.nfe
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Rollouts
-# ----------------------------------------------------------------------------------------------------------
-
-
 def _check_generator(generator: torch.Generator | rng.RowGenerators, device: torch.device) -> None:
     if generator.device.type != device.type:
         raise ValueError(f"the generator is on {generator.device}, the latents on {device}: use one on {device}")
@@ -268,11 +231,9 @@ def rollout(
 ) -> RolloutResult:
     """Generate ``n_generate`` frames after ``cond_latents`` [B, n0, C, h, w], one future per row.
 
-    ``model`` is any module (or callable) with forward(z, t, ref, context, gap) -> [B, C, h, w]; it runs in eval
-    mode under ``torch.no_grad`` and its train/eval mode is restored afterwards. Everything runs on the latents'
-    device. ``generator`` (on that device) drives every random draw; None seeds a fresh one with ``cfg.seed``, so
-    a seed gives the same result. A :class:`pipeline.core.rng.RowGenerators` (one generator per row) gives every row
-    its own random stream, whatever else is in the batch. ``cfg`` is a validated :class:`pipeline.run.config.SamplingConfig`.
+    ``model(z, t, ref, context, gap) -> [B, C, h, w]`` runs in eval mode under no_grad (modes restored after), on
+    the latents' device. ``generator`` (same device; None: seeded with ``cfg.seed``) drives every draw; a
+    :class:`pipeline.core.rng.RowGenerators` gives each row its own stream, independent of the batch.
     """
     if cond_latents.ndim != 5:
         raise ValueError(f"cond_latents must be [B, n0, C, h, w], got {list(cond_latents.shape)}")
@@ -323,10 +284,8 @@ def sample(
 ) -> SampleResult:
     """``cfg.n_samples`` futures for each of the B videos of ``cond_latents`` [B, n0, C, h, w].
 
-    The B * n_samples rollouts (video-major: all samples of video 0 first) run ``cfg.batch_size`` at a time from
-    one generator; the result is deterministic for a given seed and batch size. With a
-    :class:`pipeline.core.rng.RowGenerators` of B * n_samples generators (one per rollout, video-major) each batch
-    takes its rows' generators and the random draws no longer depend on the batch size.
+    Rollouts run video-major, ``cfg.batch_size`` at a time; one generator makes the result depend on the batch
+    size, a :class:`pipeline.core.rng.RowGenerators` of B * n_samples (video-major) does not.
     """
     cfg.validate()
     if cond_latents.ndim != 5 or cond_latents.shape[0] == 0:

@@ -1,11 +1,7 @@
-"""Generic integrators of dX = f(X, t) dt (+ g(t) dW) over a time grid, decoupled from any network.
+"""Integrators of dX = f(X, t) dt (+ g(t) dW) over a time grid, independent of any network.
 
-* A drift is ``f(x, t) -> dx/dt`` with ``x`` [B, ...] and ``t`` [B] (one time per example, all equal here).
-* A diffusion is ``g(t) -> [B]`` (or a scalar tensor), e.g. an interpolant's sigma.
-* A grid of N times gives N - 1 steps and the result is the state at ``grid[-1]`` exactly (the reference's
-  Euler-Maruyama took N steps and overshot to about 1.01, docs/METHOD.md §9.5).
-* Every solver returns a :class:`Solution` with the number of drift evaluations (NFE), so a benchmark can report
-  evaluations per generated frame; :class:`CountingDrift` counts for any other caller.
+Drift ``f(x, t) -> dx/dt`` with x [B, ...], t [B]; diffusion ``g(t) -> [B]`` or a scalar tensor. N grid times give
+N - 1 steps ending exactly at ``grid[-1]`` (docs/METHOD.md §9.5). Solvers report their drift evaluations (NFE).
 """
 
 from __future__ import annotations
@@ -52,10 +48,9 @@ def time_grid(
     n: int, t_min: float = 1e-4, t_max: float = 1 - 1e-4, kind: GridKind = "linear", *,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """N increasing times from t_min to t_max inclusive, float64 (cast to the state's dtype per step).
+    """N increasing float64 times t_min + (t_max - t_min) s(u), u = linspace(0, 1, N), endpoints exact.
 
-    ``linear``: the reference ``linspace``. ``quadratic``: t_min + (t_max - t_min) u^2 (finer near t_min).
-    ``cosine``: t_min + (t_max - t_min) (1 - cos(pi u)) / 2 (finer near both ends). u = linspace(0, 1, N).
+    s(u) = u (``linear``), u^2 (``quadratic``, finer near t_min), (1 - cos(pi u)) / 2 (``cosine``, finer at both ends).
     """
     if n < 2:
         raise ValueError(f"a time grid needs at least 2 points (1 step), got {n}")
@@ -116,11 +111,8 @@ def euler_maruyama(
     f: Drift, g: Diffusion, x: Tensor, grid: Tensor, *, generator: rng.Generator = None,
     noise_last_step: bool = False,
 ) -> Solution:
-    """Euler-Maruyama over ``grid[:-1]``: mean = x + f(x, t_k) dt_k, x = mean + g(t_k) sqrt(dt_k) xi_k.
-
-    N grid times give N - 1 steps ending exactly at grid[-1]. As in the reference, the last step returns its
-    mean (no noise) unless ``noise_last_step``. Noise comes from ``generator`` (on x's device) for determinism.
-    """
+    """Euler-Maruyama: x <- x + f(x, t_k) dt_k + g(t_k) sqrt(dt_k) xi_k; the last step adds no noise (as in the
+    reference) unless ``noise_last_step``."""
     ts, dts = _prepare(grid, x)
     steps = len(dts)
     for k, dt in enumerate(dts):
@@ -136,13 +128,12 @@ def heun_sde(
     f: Drift, g: Diffusion, x: Tensor, grid: Tensor, *, generator: rng.Generator = None,
     noise_last_step: bool = False,
 ) -> Solution:
-    """Stochastic Heun for additive noise (g depends on t only), 2 (N - 1) NFE. With dW = sqrt(dt_k) xi_k:
+    """Stochastic Heun for additive noise (g of t only), 2 (N - 1) NFE. With dW = sqrt(dt_k) xi_k:
 
         pred = x + f(x, t_k) dt + g(t_k) dW
         x    = x + (f(x, t_k) + f(pred, t_{k+1})) dt / 2 + (g(t_k) + g(t_{k+1})) dW / 2
 
-    The same dW enters predictor and corrector; the last step has dW = 0 unless ``noise_last_step``. On the
-    Gaussian test problems its bias is far below Euler-Maruyama's at equal NFE (see tests/test_solvers.py).
+    The same dW enters predictor and corrector; the last step has dW = 0 unless ``noise_last_step``.
     """
     ts, dts = _prepare(grid, x)
     steps = len(dts)
