@@ -25,11 +25,6 @@ class TrainError(RuntimeError):
     """Training cannot start or resume (bad data, a checkpoint from a different configuration)."""
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Data
-# ----------------------------------------------------------------------------------------------------------
-
-
 def load_split_frames(root: str | Path, split: str, image_size: int, frame_stride: int = 1, max_videos: int = 0) -> torch.Tensor:
     """Every ``frame_stride``-th frame of the first ``max_videos`` (0 = all) videos of a split: uint8 [N, H, W, 3]."""
     reader = ShardReader(Path(root) / split, image_size=image_size)
@@ -52,11 +47,8 @@ def to_pixels(frames: torch.Tensor) -> torch.Tensor:
 def sample_batch(
     frames: torch.Tensor, batch_size: int, crop: int, flip: bool, gen: torch.Generator, candidates: int = 1
 ) -> torch.Tensor:
-    """Random frames as float32 [B, 3, s, s] in [-1, 1]: random crops of side ``crop`` if > 0, random flips.
-
-    With ``candidates`` > 1, each crop is the one with the largest pixel variance among that many random
-    crops of the frame: fewer crops of flat background, more of the content that is hard to reconstruct.
-    """
+    """Random frames as float32 [B, 3, s, s] in [-1, 1]: random crops of side ``crop`` if > 0 (the most varied of
+    ``candidates``, so fewer flat background crops), random flips."""
     n, h, w, _ = frames.shape
     batch = frames[torch.randint(n, (batch_size,), generator=gen)]
     if crop and crop < h:
@@ -79,12 +71,8 @@ def sample_batch(
 
 
 def foreground_weights(x: torch.Tensor, weight: float, tol: float = FOREGROUND_TOL, radius: int = FOREGROUND_RADIUS) -> torch.Tensor:
-    """Per-pixel loss weights [B, 1, H, W]: 1 + ``weight`` on pixels within ``radius`` of one whose colour differs
-    from its frame's median colour by more than ``tol`` in some channel ([-1, 1] units), 1 elsewhere.
-
-    On frames of small objects over a plain background (the demo) the objects are a few percent of the pixels, so a
-    plain mean lets the background dominate the loss; the dilation adds the object's rim, where its position is.
-    """
+    """Per-pixel loss weights [B, 1, H, W]: 1 + ``weight`` within ``radius`` of a pixel more than ``tol`` from its
+    frame's median colour, else 1. Small objects would otherwise leave the loss to the background."""
     median = x.flatten(2).median(dim=2).values[..., None, None]
     foreground = ((x - median).abs().amax(dim=1, keepdim=True) > tol).float()
     if radius:
@@ -103,11 +91,6 @@ def reconstruction_loss(x: torch.Tensor, y: torch.Tensor, ae: AutoencoderConfig)
     return (w * per_pixel).mean() / w.mean()
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Metrics
-# ----------------------------------------------------------------------------------------------------------
-
-
 def frame_psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-frame PSNR on [-1, 1] data: 10 log10(4 / MSE) over [N, 3, H, W] -> [N] (MSE floored at 1e-10)."""
     mse = (x.float() - y.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
@@ -122,11 +105,6 @@ def reconstruction_psnr(vq: FrozenVQVAE, frames: torch.Tensor, batch_size: int =
         x = to_pixels(frames[start : start + batch_size])
         values.append(frame_psnr(x, vq.decode(vq.encode(x))))
     return float(torch.cat(values).mean()), len(frames)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Training pieces
-# ----------------------------------------------------------------------------------------------------------
 
 
 def lr_at(step: int, cfg) -> float:

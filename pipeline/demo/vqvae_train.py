@@ -3,26 +3,13 @@
     python -m pipeline.demo.vqvae_train --config configs/demo.yaml [--set autoencoder.steps=...] [--smoke] [--fresh]
     python -m pipeline.demo.vqvae_train psnr --config configs/demo.yaml [--ckpt file]
 
-Recipe (configs/demo.yaml's ``autoencoder`` section, which trained ``checkpoints/demo_vqvae.pt``):
-
-* loss = l1 * |x - y| + mse * (x - y)^2 + the quantiser's loss, straight-through estimator. The quantiser's loss
-  is the standard VQ-VAE form, codebook ||z_q - sg[z]||^2 + beta * commitment ||sg[z_q] - z||^2 (``autoencoder.beta``,
-  0.25; taming's ``legacy=False``). Taming's default ``legacy=True`` puts beta on the codebook term instead: the
-  same loss value, but an encoder gradient 1/beta times this one (docs/METHOD.md §9.26);
-* the first ``quantize_after`` steps train a plain autoencoder; the codebook is then initialised by k-means on
-  encoder outputs and quantisation switched on; every ``restart_every`` steps codes unused since the last
-  check are restarted at random current encoder outputs (their Adam moments zeroed);
-* full frames by default; optionally random (most-varied-of-k) crops with a final full-frame phase, and a loss that
-  weighs pixels unlike the frame's median colour (objects, with a 2 px rim) ``1 + foreground_weight``;
-* bfloat16 autocast for the convolutions, float32 for the codebook search; ``threads`` CPU threads (1 by default);
-* AdamW with linear warm-up and cosine decay; runs are deterministic (a rerun gives bit-identical weights).
-
-Resumable: ``<out_dir>/latest.pt`` (model, optimiser, step, code-usage counters, RNG states, config) is written
-atomically every ``checkpoint_every`` steps and at the end. A rerun follows :mod:`pipeline.run.protocol` with the
-training signature as its inputs: it continues ``latest.pt``, is up to date when finished (or when the export's
-record names this signature), and refuses a checkpoint of another signature; ``--fresh`` starts over.
-At the end the model is exported as a flat state dict to ``autoencoder.export`` (default ``<out_dir>/vqvae.pt``), with a
-JSON record beside it, and the reconstruction PSNR on a few val videos is printed.
+Recipe (configs/demo.yaml's ``autoencoder`` section): loss = l1 |x − y| + mse (x − y)² + the VQ-VAE quantiser loss
+||z_q − sg(z)||² + beta ||sg(z_q) − z||² (taming's ``legacy=False``; legacy puts beta on the codebook term, giving
+an encoder gradient 1/beta times this one: docs/METHOD.md §9.26). The first ``quantize_after`` steps train a plain
+autoencoder, then k-means initialises the codebook; every ``restart_every`` steps unused codes restart at encoder
+outputs. Optional crops and foreground weighting; bf16 convolutions, float32 codebook search; AdamW with warm-up
+and cosine decay; deterministic. ``<out_dir>/latest.pt`` resumes under :mod:`pipeline.run.protocol` (the training
+signature as inputs; ``--fresh`` starts over); the end exports a flat state dict to ``autoencoder.export``.
 """
 
 from __future__ import annotations
@@ -52,7 +39,7 @@ from pipeline.vqvae import FrozenVQVAE, build_vqvae
 
 LATEST = "latest.pt"
 REMEDY = "Rerun with --fresh to start over (or point autoencoder.out_dir elsewhere)."
-# autoencoder keys that do not change what is trained (may differ between a run and its resumption)
+# autoencoder keys that do not change what is trained
 _RESUME_NEUTRAL = {"out_dir", "export", "threads", "log_every", "checkpoint_every", "val_videos", "eval_split",
                    "eval_videos", "max_minutes", "export_float16"}
 
@@ -67,8 +54,8 @@ def _training_signature(cfg: Config) -> dict[str, Any]:
 
 
 def _decide(cfg: Config, state: dict[str, Any] | None, latest: Path, target: Path, fresh: bool) -> Verdict:
-    """The protocol's verdict, the signature as the inputs: the checkpoint ``state`` records what it was trained
-    with; without one, an export whose record names this signature is the finished output."""
+    """The protocol's verdict with the signature as inputs; without a checkpoint ``state``, an export whose record
+    names this signature is the finished output."""
     signature = _training_signature(cfg)
     if state is not None:
         record = {"fingerprint": fingerprint(state.get("signature")), "inputs": state.get("signature") or {}}
@@ -82,8 +69,7 @@ def _decide(cfg: Config, state: dict[str, Any] | None, latest: Path, target: Pat
 
 
 def export_path(cfg: Config) -> Path:
-    """Where the finished model goes: autoencoder.export, else ``<out_dir>/vqvae.pt`` — never silently over the
-    config's (shipped) vqvae.ckpt: installing a retrained model there takes ``autoencoder.export=<vqvae.ckpt>``."""
+    """autoencoder.export, else ``<out_dir>/vqvae.pt``: never silently over the shipped vqvae.ckpt."""
     return Path(cfg.autoencoder.export or Path(cfg.autoencoder.out_dir) / "vqvae.pt")
 
 
@@ -106,11 +92,6 @@ def export_model(model: torch.nn.Module, path: Path, float16: bool) -> str:
     return sha256_file(path)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The loop
-# ----------------------------------------------------------------------------------------------------------
-
-
 def train_autoencoder(
     cfg: Config,
     fresh: bool = False,
@@ -118,11 +99,8 @@ def train_autoencoder(
     log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train (or resume) the VQVAE of ``cfg.vqvae`` per ``cfg.autoencoder``; export it when all steps are done.
-
-    ``until_step`` stops early after that many total steps (tests, manual interruption): a checkpoint is written,
-    nothing is exported. Returns a summary (steps, seconds, val PSNR, export path and sha256).
-    """
+    """Train (or resume) the VQVAE of ``cfg.vqvae`` per ``cfg.autoencoder`` and export it when all steps are done
+    (``until_step``: stop there with a checkpoint, no export). Returns a summary (steps, seconds, val PSNR, export)."""
     ae, vcfg = cfg.autoencoder, cfg.vqvae
     if vcfg.arch != "taming":
         raise TrainError(f"only vqvae.arch=taming can be trained here (got {vcfg.arch})")
@@ -282,10 +260,6 @@ def _train(cfg: Config, fresh: bool, until_step: int | None, log: Callable[[str]
     return summary
 
 
-# ----------------------------------------------------------------------------------------------------------
-# CLI
-# ----------------------------------------------------------------------------------------------------------
-
 app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=False)
 
 
@@ -348,8 +322,8 @@ def psnr(
 
 
 def object_fidelity_line(vq: FrozenVQVAE, split_dir: Path, videos: int) -> str:
-    """The demo's sprites in a VQVAE's reconstructions (every 4th frame; pipeline.demo.known_law.decoder_fidelity),
-    in one line: found in their own colours, position error against the exact frames' read-out, sprite PSNR."""
+    """One line of :func:`~pipeline.demo.readout.decoder_fidelity` on a VQVAE's reconstructions."""
+
     from pipeline.demo import known_law
     from pipeline.demo.state import load_state
 
