@@ -1,13 +1,9 @@
-"""Frozen VQVAEs: the one interface the pipeline uses to go between pixels and the flow's latent space.
+"""Frozen VQVAEs between pixels and the flow's latent space (docs/METHOD.md §2): ``taming`` (KTH f8 VQModel, also
+the demo's at a smaller width) and ``river`` (CLEVRER).
 
     vq = build_vqvae(cfg.vqvae, cfg.data.image_size)   # loads cfg.vqvae.ckpt strictly
     z = vq.encode(frames)          # [N, 3, H, W] in [-1, 1] -> continuous pre-quantisation latents [N, C, h, w]
     x = vq.decode(z)               # nearest-codebook quantisation -> decoder -> [N, 3, H, W] in [-1, 1]
-    zc = vq.encode_clip(clip)      # [B, T, 3, H, W] -> [B, T, C, h, w]  (and decode_clip back)
-
-Both architectures (docs/METHOD.md §2): ``taming`` (KTH f8 VQModel, also our demo model at a smaller width) and
-``river`` (CLEVRER). The wrapper is always in eval mode with gradients off; work runs in chunks of
-``cfg.batch_size`` frames under ``torch.no_grad``.
 """
 
 from __future__ import annotations
@@ -136,10 +132,7 @@ class FrozenVQVAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels [N, 3, H, W] in [-1, 1] -> continuous pre-quantisation latents [N, C, H/f, W/f] (float32).
-
-        The result is on the input's device; the work runs on the model's device in chunks of batch_size.
-        """
+        """Pixels [N, 3, H, W] in [-1, 1] -> pre-quantisation latents [N, C, H/f, W/f] float32, on the input's device."""
         if self.model.encoder is None:
             raise RuntimeError("this VQVAE was loaded for decoding only (drop_encoder): it cannot encode")
         self._check_pixels(pixels)
@@ -187,12 +180,8 @@ class FrozenVQVAE(nn.Module):
 
 
 def build_vqvae(cfg: VQVAEConfig, image_size: int, load_weights: bool = True) -> FrozenVQVAE:
-    """The frozen VQVAE described by ``cfg`` for ``image_size`` px frames.
-
-    With ``load_weights`` the checkpoint ``cfg.ckpt`` (Lightning .ckpt, RIVER .pth or flat state dict) is loaded
-    strictly (CheckpointMismatchError lists any missing/unexpected/mis-shaped weight); without it the weights
-    are random (tests, shape checks).
-    """
+    """The frozen VQVAE of ``cfg`` for ``image_size`` px frames; ``load_weights`` loads ``cfg.ckpt`` strictly
+    (CheckpointMismatchError), else the weights stay random."""
     model = build_model(cfg, image_size)
     ckpt = None
     if load_weights:

@@ -1,8 +1,5 @@
-"""RIVER's CLEVRER VQVAE (docs/METHOD.md §2.3), re-implemented with identical tensor names.
-
-128 px input -> 4 x 16 x 16 continuous latents; codebook 8192 x 4; decoder ends in tanh. The decoder's
-up-sampling blocks hold BatchNorm2d layers (running statistics are part of the checkpoint), so the model must
-run in ``eval()`` at inference. The quantiser's straight-through/loss logic is only kept for completeness.
+"""RIVER's CLEVRER VQVAE (docs/METHOD.md §2.3) with the reference's tensor names: 128 px -> 4 x 16 x 16 latents,
+codebook 8192 x 4. The decoder's BatchNorm2d layers need ``eval()`` at inference (running stats in the checkpoint).
 """
 
 from __future__ import annotations
@@ -19,11 +16,8 @@ def _gn(channels: int) -> nn.GroupNorm:
 
 
 class ResidualBlock(nn.Module):
-    """conv3x3 -> avgpool(f) -> GN -> LeakyReLU(0.2) -> conv3x3 -> GN, plus shortcut, then LeakyReLU(0.2).
-
-    The norms are GroupNorms although the reference names them ``bn1``/``bn2``. The shortcut
-    (``downsample`` = conv1x1 -> avgpool(f) -> GN) exists when the width or the resolution changes.
-    """
+    """conv3x3 -> avgpool(f) -> GN -> LeakyReLU(0.2) -> conv3x3 -> GN, + shortcut, LeakyReLU(0.2). ``bn1``/``bn2``
+    are GroupNorms (reference names); ``downsample`` (conv1x1 -> avgpool -> GN) when width or resolution change."""
 
     def __init__(self, in_channels: int, out_channels: int, factor: int = 1):
         super().__init__()

@@ -1,12 +1,6 @@
-"""The taming-transformers / LDM "f8" VQModel (docs/METHOD.md §2.2), re-implemented with identical tensor names.
-
-Only what inference needs plus what training needs (straight-through quantiser, commitment loss):
-no discriminator, no LPIPS. Parameter names, shapes and registration order match the reference exactly, so a
-published checkpoint loads strictly (see ``tests/fixtures/vqvae_kth_taming_f8_keys.json``).
-
-Layout for the KTH config (ch=128, ch_mult=[1,2,2,4], 2 res blocks, attention at 16 px, 64 px input):
-encoder 64 -> 32 -> 16 -> 8 with 4 latent channels, ``quant_conv`` 1x1, codebook 16384 x 4,
-``post_quant_conv`` 1x1, decoder 8 -> 64.
+"""The taming-transformers / LDM "f8" VQModel (docs/METHOD.md §2.2): no discriminator, no LPIPS. Parameter names,
+shapes and order match the reference, so a published checkpoint loads strictly
+(tests/fixtures/vqvae_kth_taming_f8_keys.json). KTH: 64 px -> 4 x 8 x 8 latents, codebook 16384 x 4.
 """
 
 from __future__ import annotations
@@ -167,9 +161,7 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
     """Latents [N, z_channels, r, r] -> pixels [N, out_ch, r * 2^(levels-1), same]; no output activation.
-
-    ``up`` is indexed by resolution level (0 = finest) although it runs coarse to fine, as in the reference.
-    """
+    ``up`` is indexed by level (0 = finest) but runs coarse to fine, as in the reference."""
 
     def __init__(
         self,
@@ -217,17 +209,9 @@ class Decoder(nn.Module):
 class VectorQuantizer(nn.Module):
     """Codebook ``embedding`` [n_embed, dim]; nearest entry by squared L2; straight-through gradient.
 
-    ``loss`` in :meth:`forward` (only used when training, by ``pipeline.demo.vqvae_train``) is the standard VQ-VAE form
-    of van den Oord et al. (2017), taming's ``VectorQuantizer2(legacy=False)``:
-
-        codebook ||z_q - sg[z]||^2  +  beta * commitment ||sg[z_q] - z||^2        (means over elements)
-
-    so at each position the gradient reaching z is ``beta`` times the (opposite) one reaching its code vector.
-    Taming's default ``legacy=True`` — what LDM's ``VQModel`` uses, and so, most likely, what trained RIVER's KTH
-    VQVAE (a Lightning checkpoint of that model) — puts ``beta`` on the codebook term instead,
-    ``||sg[z_q] - z||^2 + beta * ||z_q - sg[z]||^2``: the same value (both squared distances are ||z - z_q||^2 in
-    the forward pass), but there the encoder gets 1/beta = 4 times the gradient it gets here and the codebook beta =
-    1/4 of it. Inference and checkpoint loading do not depend on the form.
+    The training loss is the standard VQ-VAE form (van den Oord et al. 2017; taming's ``legacy=False``),
+    ||z_q - sg[z]||^2 + beta ||sg[z_q] - z||^2 (means). Taming's default ``legacy=True`` (likely what trained RIVER's
+    KTH VQVAE) puts beta on the codebook term: same value, 1/beta times the encoder gradient. Inference is unaffected.
     """
 
     def __init__(self, n_embed: int, embed_dim: int, beta: float = 0.25):
@@ -258,10 +242,8 @@ class VectorQuantizer(nn.Module):
 
 
 def nearest_code(z: torch.Tensor, codebook: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
-    """argmin_k ||z[:, :, i, j] - codebook[k]||^2 for z [N, C, h, w] and codebook [K, C] -> [N, h, w] int64.
-
-    Distances are computed in float32 in chunks of ``chunk`` positions to bound memory (K x chunk floats).
-    """
+    """argmin_k ||z[:, :, i, j] - codebook[k]||^2 for z [N, C, h, w], codebook [K, C] -> [N, h, w] int64 (float32,
+    ``chunk`` positions at a time to bound memory)."""
     n, c, h, w = z.shape
     flat = z.permute(0, 2, 3, 1).reshape(-1, c)
     return nearest_rows(flat, codebook, chunk).reshape(n, h, w)
