@@ -1,16 +1,9 @@
-"""Stage 1: run the frozen VQVAE once over every shard and write the latent store (``latents.zarr``).
+"""Stage 1: encode ``<data.root>/<split>/*.hdf5`` once with the frozen VQVAE into ``latents.zarr``
+(layout: :mod:`pipeline.data.cache`), following :mod:`pipeline.run.protocol` (a rebuild goes beside the old store).
 
-Contract: reads ``<data.root>/<split>/*.hdf5`` and the VQVAE checkpoint; writes the store described in
-``pipeline/data/cache.py``. The store's fingerprint covers everything the latents depend on (VQVAE architecture and
-checkpoint checksum, shard checksums, pixel transform, views, storage layout, format version); what a rerun does
-with it is :mod:`pipeline.run.protocol`'s decision: up to date, resume, create, refuse a store of other inputs (old
-and new latents are never mixed), or under ``force`` rebuild it beside the old one (``<store>.rebuild``). A rebuild
-validates every input (shards, VQVAE weights) before anything is written. :func:`up_to_date_message` makes the
-decision torch-free, so a launch with nothing to do never imports torch (``encode_latents.py``).
-
-Resumable: each video's latents are written before its ``done`` flag, so a killed run redoes only unflagged
-videos. Encoding is batched per video (frames [0:B], [B:2B], ...), so a video's latents do not depend on which
-other videos are encoded, by which rank, or in which run: a resumed or distributed store equals a one-shot one.
+The fingerprint covers VQVAE identity, shard checksums, pixel transform, views, storage and format. Inputs are
+validated before anything is written. Each video's latents are written before its ``done`` flag and encoded in
+per-video batches, so a resumed or distributed store equals a one-shot one.
 """
 
 from __future__ import annotations
@@ -47,8 +40,7 @@ class StaleCacheError(EncodeError):
 
 
 def encoded_splits(cfg: Config) -> list[str]:
-    """The splits of ``data.splits`` that the data settings produce (a KTH config without validation persons
-    lists 'val' but has none), in ``data.splits`` order; each must exist in the shard root."""
+    """The splits of ``data.splits`` the data settings produce (KTH without validation persons has no 'val')."""
     produced, _ = cfg.produced_splits()
     return [s for s in cfg.data.splits if s in produced]
 
@@ -84,11 +76,8 @@ def cache_inputs(cfg: Config, readers: dict[str, ShardReader], views: list[View]
 
 def encode_latents(cfg: Config, url: str, force: bool = False, dry_run: bool = False,
                    log: Callable[[str], None] = print) -> str:
-    """Bring the store at ``url`` up to date with ``cfg``; returns 'up to date', 'encoded' or 'dry run'.
-
-    Under torchrun every rank calls this; rank 0 decides, locks and creates, all ranks encode disjoint videos.
-    ``dry_run`` logs what would be done (up to date / resume / build / refuse) and changes nothing.
-    """
+    """Bring the store at ``url`` up to date: 'up to date', 'encoded' or 'dry run'. Every torchrun rank calls this;
+    rank 0 decides, locks and creates, all ranks encode disjoint videos."""
     from pipeline.run.dist import barrier, init_distributed  # torch: only past the torch-free check
 
     info = init_distributed()
@@ -118,15 +107,12 @@ def encode_latents(cfg: Config, url: str, force: bool = False, dry_run: bool = F
 
 
 def up_to_date_message(cfg: Config, url: str) -> str | None:
-    """The stage's "up to date" line, decided without torch and without hashing (a file that changed size or mtime
-    is left to the stage), else None: a launch with nothing to do need not import torch."""
+    """The stage's "up to date" line, decided without torch or hashing, else None."""
     return up_to_date_line(lambda: _decide(cfg, url, _readers(cfg), make_views(cfg.encode), False, KnownHashes()))
 
 
 def _readers(cfg: Config) -> dict[str, ShardReader]:
-    """A shard reader per encoded split. The index alone (no per-frame validation) decides "up to date": unchanged
-    shard checksums mean the shards are the ones validated when the store was built; validation runs only before
-    encoding."""
+    """A shard reader per encoded split, unvalidated: unchanged checksums mean the shards validated at build time."""
     return {s: ShardReader(d, image_size=cfg.data.image_size, validate=False)
             for s, d in split_dirs(cfg.data.root, encoded_splits(cfg)).items()}
 
@@ -145,11 +131,8 @@ def _decide(cfg, url, readers, views, force, hashes: dict[str, Any]) -> Verdict:
 
 
 def _create(cfg: Config, verdict: Verdict, readers, views, hashes) -> None:
-    """Validate every input (shards, and the VQVAE loaded with its weights), then create the store.
-
-    Nothing is written before the inputs check out, so a bad checkpoint leaves no store behind to refuse the next
-    run. Whatever sits at the target (a creation killed early, an outdated rebuild) is replaced.
-    """
+    """Validate the shards and the VQVAE weights, then create the store, replacing whatever sits at the target
+    (nothing is written before the inputs check out)."""
     import zarr  # local: only rank 0 creates
 
     from pipeline.vqvae import build_vqvae

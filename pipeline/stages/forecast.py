@@ -1,22 +1,16 @@
-"""Stage 3: forecast test videos with a trained flow and write ``forecasts.zarr`` (and GIF/MP4 grids).
+"""Stage 3: forecast test videos with a trained flow into ``<run>/forecasts.zarr`` and ``media/forecast_<k>.{gif,mp4}``.
 
-Contract: reads the latent store (conditioning latents, view 0: nothing is re-encoded), the shards of the split
-(ground-truth pixels), a flow checkpoint (ours or a published one, EMA weights by default) and the frozen VQVAE
-(decoder only); writes ``<out>/<data.name>/<interp>/forecasts.zarr`` and ``<run>/media/forecast_<k>.{gif,mp4}``.
+Reads the latent store (conditioning latents, view 0: nothing is re-encoded), the split's shards (ground-truth
+pixels), a flow checkpoint (EMA weights by default) and the frozen VQVAE decoder. Every video of ``forecast.split``
+holding a clip (``data.clip_span`` raw frames; the first ``forecast.max_videos`` if > 0) gives its first clip:
+T = ``data.frames_per_sample`` frames at raw frames 0, s, 2s, ... (s = ``data.skip_frames`` + 1). Its first
+``data.cond_frames`` cached latents condition ``sample.n_samples`` rollouts of the rest (KTH 10 -> 30, CLEVRER 2 -> 14).
 
-Protocol (deterministic): every video of ``forecast.split`` long enough for a clip (``data.clip_span`` raw
-frames) contributes one clip, the first: T = ``data.frames_per_sample`` frames at raw frames 0, s, 2s, ... with
-stride s = ``data.skip_frames`` + 1 (KTH 0..39; CLEVRER 0, 5, ..., 75). Its first ``data.cond_frames`` cached
-latents condition the rollout, which generates the other T - cond_frames (KTH 10 -> 30, CLEVRER 2 -> 14),
-``sample.n_samples`` times per video with the solver, grid, context policy and diffusion of the ``sample``
-section. ``forecast.max_videos`` > 0 keeps the first N eligible videos.
+Store (zarr v3, codecs as ``latents.zarr``; chunk 1 along the video axis N, so ranks never share a chunk)::
 
-Store layout (zarr v3, Blosc/zstd then CRC32C as ``latents.zarr``; every array has chunk 1 along the video axis
-N, so ranks writing different videos never share a chunk)::
-
-    attrs: fingerprint, inputs, config, ckpt, ckpt_kind, ckpt_step, use_ema, split, cond_frames, gen_frames,
-           n_samples, image_size, nfe_per_frame, complete, code_version, videos [{index, source, shard, key}],
-           (also: format, frame_indices, solver, start, latent_shape, latent_store, file_hashes)
+    attrs: fingerprint, inputs, config, format, ckpt, ckpt_kind, ckpt_step, use_ema, split, cond_frames, gen_frames,
+           n_samples, image_size, nfe_per_frame, solver, start, frame_indices, latent_shape, latent_store,
+           file_hashes, complete, code_version, videos [{index, source, shard, key}]
     real     uint8   [N, T, H, W, 3]        ground-truth clip pixels, read from the shards
     recon    uint8   [N, T, H, W, 3]        decode(cached latents of the clip): the VQ ceiling
     samples  uint8   [N, S, T, H, W, 3]     decoded forecasts; frames [:cond] = the decoded conditioning latents
@@ -24,18 +18,10 @@ N, so ranks writing different videos never share a chunk)::
     truth_latents float32 [N, T, C, h, w]   the cached latents of the clip (the latent-space truth for scoring)
     done     bool    [N]                    set after the video's five arrays are written
 
-Determinism: every rollout (video k, sample j) draws all its randomness (context indices, start state, solver
-noise) from its own generator seeded by (sample.seed, k, j) (:class:`pipeline.core.rng.RowGenerators`), so a video's
-forecasts do not depend on which other videos share its batch, which rank runs it, or whether the run was
-resumed. The network batches are fixed too: videos are grouped in order, max(1, batch_size // n_samples) per
-group, each group rolled out in batches of ``sample.batch_size`` rows, whatever the ranks or an earlier
-interrupted run did. A resumed or sharded run therefore writes the same arrays as one uninterrupted run; another
-``sample.batch_size`` gives the same random draws and differs at most by float round-off of other GEMM shapes
-(it is left out of the fingerprint). Decoding runs per video, so its batches never depend on other videos.
-
-The store follows :mod:`pipeline.run.protocol` (inputs and decision in :mod:`pipeline.stages.forecast_state`,
-torch-free): up to date, resume (redoing the groups whose videos are not all flagged done), create, refuse a store
-of other inputs, or under ``force`` rebuild it beside the old one. The checkpoint loads before anything is created.
+Determinism: rollout (video k, sample j) draws all its randomness from a generator seeded by (sample.seed, k, j),
+videos are rolled out in fixed groups (:func:`work_groups`) and decoded per video, so a resumed or sharded run
+writes the same arrays as an uninterrupted one; ``sample.batch_size`` (not fingerprinted) changes only float
+round-off. The store follows :mod:`pipeline.run.protocol` (decision: :mod:`pipeline.stages.forecast_state`).
 """
 
 from __future__ import annotations
@@ -65,11 +51,6 @@ from pipeline.core.rng import RowGenerators
 from pipeline.run.tracking import log_forecast
 
 SEED_TAG = 3  # separates the forecast streams from other users of sample.seed
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Paths, protocol, seeds
-# ----------------------------------------------------------------------------------------------------------
 
 
 def clip_frames(cfg: Config) -> np.ndarray:
@@ -116,11 +97,6 @@ def nfe_per_frame(cfg: Config, interpolant) -> int:
     return nfe
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Inputs and the decision
-# ----------------------------------------------------------------------------------------------------------
-
-
 @dataclass
 class _Plan:
     """What this run forecasts: the store rows' split indices, the clip's raw frames and the sizes."""
@@ -135,11 +111,8 @@ class _Plan:
 
 def forecast(cfg: Config, store: str, run: str | Path, ckpt: str | Path | None = None, force: bool = False,
              dry_run: bool = False, log: Callable[[str], None] = print) -> str:
-    """Bring ``<run>/forecasts.zarr`` up to date; returns 'up to date', 'forecast' or 'dry run'.
-
-    Every torchrun rank calls this. ``store`` is the latent store; ``ckpt`` any flow checkpoint (default
-    ``<run>/checkpoints/latest.pt``). ``dry_run`` logs what would be done and changes nothing.
-    """
+    """Bring ``<run>/forecasts.zarr`` up to date on every torchrun rank: 'up to date', 'forecast' or 'dry run'.
+    ``store``: the latent store; ``ckpt``: any flow checkpoint (default ``<run>/checkpoints/latest.pt``)."""
     info = init_distributed()
     run = Path(run)
     url = forecast_url(run)
@@ -185,10 +158,7 @@ def forecast(cfg: Config, store: str, run: str | Path, ckpt: str | Path | None =
 
 def _create_store(cfg: Config, verdict: Verdict, split: LatentSplit, plan: _Plan, hashes, ckpt_path: Path,
                   ckpt_info: dict, store: str, log) -> str | None:
-    """Rank 0, once the checkpoint has loaded: create the store (replacing leftovers there) unless it resumes.
-
-    Returns an error message for every rank, or None.
-    """
+    """Rank 0: create the store (replacing leftovers) unless resuming; an error message for every rank, or None."""
     try:
         trained_on = (ckpt_info.get("cache_fingerprint") or "") if ckpt_info["kind"] == "pipeline" else ""
         if trained_on and trained_on != split.attrs["fingerprint"]:
@@ -204,11 +174,6 @@ def _create_store(cfg: Config, verdict: Verdict, split: LatentSplit, plan: _Plan
         return None
     except Exception as exc:  # reported to every rank, so none waits forever
         return f"{type(exc).__name__}: {exc}"
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The flow
-# ----------------------------------------------------------------------------------------------------------
 
 
 def load_flow(cfg: Config, path: str | Path, device: torch.device, log: Callable[[str], None] = print):
@@ -267,11 +232,6 @@ class _ProgressModel:
         if self.calls % self.nfe == 0:
             self.bar.update(z.shape[0])
         return out
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Store
-# ----------------------------------------------------------------------------------------------------------
 
 
 def _create(cfg: Config, verdict: Verdict, split: LatentSplit, plan: _Plan, hashes, ckpt_path: Path,
@@ -368,7 +328,6 @@ def _write_row(root, row: int, reader: ShardReader, video: int, plan: _Plan, cli
     s, gen = plan.n_samples, plan.gen
     generated = latents[:, plan.cond :].reshape(s * gen, *latents.shape[2:])
     pixels = to_uint8(vq.decode(generated.to(device))).reshape(s, gen, *recon.shape[1:])
-    # The conditioning frames of every sample are the decoded conditioning latents: recon's first frames.
     samples = np.concatenate([np.broadcast_to(recon[None, : plan.cond], (s, plan.cond, *recon.shape[1:])), pixels], axis=1)
     arrays = {"real": real, "recon": recon, "samples": samples, "latents": latents.cpu().numpy(), "truth_latents": clip}
     for name, values in arrays.items():

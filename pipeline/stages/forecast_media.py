@@ -1,5 +1,4 @@
-"""Stage 3's media: a GIF and an MP4 grid per forecast video (truth, VQ reconstruction, samples), tiles bordered
-green while frames condition and red once they are generated."""
+"""Stage 3's media: a GIF and an MP4 grid per forecast video (truth, VQ reconstruction, samples)."""
 
 from __future__ import annotations
 
@@ -18,12 +17,8 @@ COND_COLOUR, GEN_COLOUR = (40, 200, 40), (220, 40, 40)  # tile borders: conditio
 
 def media_grid(real: np.ndarray, recon: np.ndarray, samples: np.ndarray, cond: int, min_tile: int = 64,
                border: int = 2) -> np.ndarray:
-    """Animation frames uint8 [T, rows * tile, label + tile, 3] of one video: rows = truth, VQ recon, samples...
-
-    Each row is labelled on the left ("truth", "VQ recon", "sample 1", ...). Every tile has a border coloured by
-    time: green while frames are conditioning, red once they are generated. Frames smaller than ``min_tile`` are
-    enlarged by an integer factor (nearest neighbour).
-    """
+    """Animation frames uint8 [T, rows * tile, label + tile, 3]: labelled rows truth, VQ recon, samples; tiles
+    bordered green while conditioning, red once generated; frames under ``min_tile`` enlarged (nearest neighbour)."""
     rows = np.concatenate([real[None], recon[None], samples])  # [R, T, H, W, 3]
     scale = max(1, math.ceil(min_tile / rows.shape[2]))
     if scale > 1:

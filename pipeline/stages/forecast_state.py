@@ -1,7 +1,5 @@
-"""Stage 3's inputs and the protocol's decision for a run's forecasts (:mod:`pipeline.run.protocol`). Torch-free,
-so ``forecast.py`` answers "up to date" (:func:`up_to_date_message`) without importing torch; the store's layout is
-described in :mod:`pipeline.stages.forecast`.
-"""
+"""Stage 3's inputs and the protocol's decision for a run's forecasts (layout: :mod:`pipeline.stages.forecast`).
+Torch-free, so ``forecast.py`` answers "up to date" without importing torch."""
 
 from __future__ import annotations
 
@@ -92,8 +90,7 @@ def media_files(media_dir: Path, video: int) -> list[Path]:
 
 
 def up_to_date_message(cfg: Config, store: str, run: Path, ckpt: str | Path | None = None) -> str | None:
-    """The stage's "up to date" line when ``<run>/forecasts.zarr`` is complete, made from exactly these inputs, and
-    its media are all there; else None. It never hashes: a file that changed size or mtime is left to the stage."""
+    """The "up to date" line when the forecasts are complete, of these inputs, with all media, else None; no hashing."""
     url = forecast_url(run)
 
     def decision() -> Verdict:

@@ -1,19 +1,10 @@
-"""Stage 2: train the interpolant flow on cached latents — one loop you can read in one sitting.
+"""Stage 2: train the interpolant flow on cached latents (``latents.zarr`` only; rank 0 keeps the VQVAE decoder for
+sample videos). Writes ``<run>/checkpoints/{latest,NNNNNNN}.pt``, ``metrics.jsonl``, ``media/*.mp4`` and ``run.json``.
 
-Contract: reads ``latents.zarr`` only (the VQVAE encoder never runs: rank 0 keeps only the decoder, for the
-sample videos); writes ``<run>/checkpoints/{latest,NNNNNNN}.pt``, ``<run>/metrics.jsonl``, ``<run>/media/*.mp4`` and
-``<run>/run.json``. The run's fingerprint covers the cache fingerprint and every setting that changes the
-trained weights; logging cadence and wandb settings are excluded.
-
-Per step ``s``: set lr(s) before the update → draw the triplet batch (a pure function of (seed, rank, s)) → t,
-noise, (I_t, target) → loss = per-example sum, batch mean → backward → clip → AdamW step → EMA (equal to the model
-until ``ema_start``, then averaged). The global torch RNG is re-seeded from (seed, rank, s) each step (dropout) and
-a checkpoint holds the step, optimizer, EMA and sampler position, so a resumed run reproduces an uninterrupted one
-exactly — at the same world size, which a resume therefore requires.
-
-The run's directory follows :mod:`pipeline.run.protocol` (decision in :mod:`pipeline.stages.train_state`, torch-free,
-so ``train_latent.py`` answers "up to date" without torch). A step's sample video is written before its checkpoint,
-so a checkpointed step never lacks its video.
+Per step s: lr(s) → triplet batch, a pure function of (seed, rank, s) → t, noise, (I_t, target) → loss (per-example
+sum, batch mean) → backward → clip → AdamW → EMA (equal to the model until ``ema_start``). The global torch RNG is
+re-seeded from (seed, rank, s) and a checkpoint holds optimizer, EMA and sampler position, so a resumed run equals an
+uninterrupted one at the same world size. Decision: :mod:`pipeline.stages.train_state` (torch-free).
 """
 
 from __future__ import annotations
@@ -43,7 +34,6 @@ from pipeline.run.records import code_version, read_json, write_json_atomic
 from pipeline.stages.train_monitor import MetricsLog, SampleVideos
 from pipeline.stages.train_state import decide_run, run_output, training_inputs
 from pipeline.data.triplets import TripletReader, TripletStream, auto_in_memory
-
 
 
 class TrainingError(RuntimeError):
@@ -76,11 +66,8 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 def train(cfg: Config, store: str, out_dir: Path, force: bool = False, dry_run: bool = False,
           overrides: list[str] | None = None, log: Callable[[str], None] = print) -> str:
-    """Train (or resume, or report up to date) the run in ``out_dir``; every torchrun rank calls this.
-
-    ``overrides`` (the --set list that made ``cfg``) is recorded in ``run.json`` so later stages of the run reapply
-    it. ``dry_run`` logs what would be done (fresh / resume / up to date / refuse) and changes nothing.
-    """
+    """Train, resume or report up to date the run in ``out_dir`` (every torchrun rank calls this). ``overrides``
+    (the --set list behind ``cfg``) go to ``run.json`` for later stages; ``dry_run`` only logs what it would do."""
     info = init_distributed()
     if cfg.train.batch_size % info.world_size:
         raise TrainingError(f"train.batch_size={cfg.train.batch_size} does not divide by {info.world_size} processes")
@@ -147,15 +134,13 @@ def _train(cfg: Config, store: str, out_dir: Path, split: LatentSplit, verdict: 
         for group in opt.param_groups:
             group["lr"] = lr
         loss, grad_norm = train_step(net, model, opt, interpolant, batch, info, cfg, step)
-        # Until ema_start the EMA follows the model exactly (decay 0), so every checkpoint's EMA weights are usable.
         update_ema(ema, model, cfg.train.ema_decay if step >= cfg.train.ema_start else 0.0)
         done = step + 1
         if validation and (done % cfg.train.val_every == 0 or done == cfg.train.steps):
             logger.validation(done, validation.losses(model, ema))  # rank 0 only, before the step's training row
         if logger:
             logger.step(done, loss, grad_norm, lr, local_batch * info.world_size, data_wait)
-        # The step's sample video before its checkpoint: a run that stops in between redoes the step, so every
-        # step up to the latest checkpoint has its video.
+        # Video before checkpoint: a run stopped in between redoes the step, so no checkpointed step lacks its video.
         if sampler and (done % cfg.train.sample_every == 0 or done == cfg.train.steps):
             path = sampler.write(done, model, ema, interpolant)
             logger.media(done, path)
@@ -192,11 +177,7 @@ def _restore(path: Path, model, ema, opt, info: DistInfo) -> int:
 
 
 def _check_resumable(ckpt: FlowCheckpoint, path: Path, info: DistInfo) -> None:
-    """Refuse a checkpoint this trainer did not write, and one written by another number of processes.
-
-    Each rank draws its batches from (seed, rank, step), so the data stream depends on the world size: continuing
-    with another one would match neither an uninterrupted run of the old size nor one of the new.
-    """
+    """Refuse a checkpoint of another trainer, or of another world size (the data stream depends on it)."""
     sampler = ckpt.raw.get("sampler")
     if ckpt.kind != "pipeline" or not isinstance(ckpt.raw.get("opt"), dict) or not isinstance(sampler, dict):
         raise TrainingError(f"{path}: not a checkpoint of this trainer (no format tag, optimizer state or data-stream "
@@ -212,8 +193,7 @@ def _check_resumable(ckpt: FlowCheckpoint, path: Path, info: DistInfo) -> None:
 
 
 def _note_thread_change(out_dir: Path, log) -> None:
-    """Say when a resumed run trains with another torch thread count than it began with: CPU float32 sums then
-    round differently in the last bits, so the weights will not be bit-identical to an uninterrupted run."""
+    """Note a resume with another torch thread count: CPU float32 sums then differ in the last bits."""
     began = (read_json(out_dir / "run.json") or {}).get("torch_threads")
     now = torch.get_num_threads()
     if began is not None and began != now:
@@ -272,13 +252,9 @@ def _checkpoint(ckpt_dir: Path, done: int, model, ema, opt, cfg: Config, key: st
 
 
 class _Validation:
-    """Rank 0: the loss of the raw model and of the EMA on a fixed set of validation triplets.
-
-    The set — triplets of ``val_split``, their times t and their interpolant noise — is drawn once from the seed
-    alone, so every evaluation (and every resumed run) scores the same examples and the curve is comparable across
-    steps. Both networks run in eval mode (no dropout) without gradients, and no draw touches the global RNG, so
-    the training trajectory is the same with validation on or off. Runs on the unwrapped model, not the DDP one.
-    """
+    """Rank 0: loss of the raw model and the EMA on fixed ``val_split`` triplets, t and noise, drawn once from the seed
+    (every evaluation and resume scores the same set). Eval mode, no grad, no global-RNG draws: training is the same
+    with validation on or off."""
 
     TAG = 11  # separates the validation draws from the training stream's (seed, rank, step)
 

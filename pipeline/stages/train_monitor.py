@@ -20,12 +20,9 @@ from pipeline.run.tracking import log_row, log_video, start_training_run
 
 
 class MetricsLog:
-    """Rank 0: metrics.jsonl, wandb (offline by default) and a progress line with ETA.
-
-    metrics.jsonl holds one JSON object per line, each with ``step``: training rows (loss, grad_norm, lr,
-    clip_fraction, ...; ``clip_warning`` once when clipping acts on nearly every step) and validation rows
-    (``val_loss``, ``val_loss_ema``). A validation row comes before the training row of the same step.
-    """
+    """Rank 0: metrics.jsonl (one JSON row per line, each with ``step``), wandb and a progress line with ETA.
+    Training rows: loss, grad_norm, lr, clip_fraction, ... (``clip_warning`` once); a validation row (``val_loss``,
+    ``val_loss_ema``) precedes the training row of its step."""
 
     CLIP_WARN_FRACTION = 0.9  # warn once when clipping acts on at least this fraction of a logging window's steps
 
@@ -45,11 +42,7 @@ class MetricsLog:
         self.wandb = start_training_run(cfg, out_dir, key)
 
     def _open_metrics(self, path: Path, resumed: bool):
-        """Fresh run: a new file. Resumed: keep the rows up to the checkpoint's step (later ones are redone).
-
-        The kept rows are rewritten atomically (a crash now loses none), then the file is appended to. A line that
-        does not parse, such as the last one of a crash in mid-write, is dropped with a note.
-        """
+        """A new file; on resume the rows up to the checkpoint's step, rewritten atomically (bad lines dropped)."""
         keep, dropped = [], 0
         if resumed and path.exists():
             step = int((read_json(self.out_dir / "run.json") or {}).get("step", 0))
@@ -95,12 +88,7 @@ class MetricsLog:
         self.window, self.wait, self.window_start = [], 0.0, time.perf_counter()
 
     def _clip_warning(self, row: dict[str, Any], steps: int) -> str:
-        """What near-permanent clipping means under AdamW: every gradient is normalised to the clip norm.
-
-        AdamW divides by the running RMS of the gradients, so a common rescaling of all of them mostly cancels: the
-        step size still follows the lr schedule. What clipping on every step changes is the weighting between steps
-        (each contributes a unit-norm direction, whatever its |g|), which is worth knowing, not necessarily wrong.
-        """
+        """Under AdamW, clipping on every step keeps the step size but stops weighting steps by |g|: worth knowing."""
         clip, norm = self.cfg.train.grad_clip, row["grad_norm"]
         return (f"gradient clipping was active on {row['clip_fraction']:.0%} of the last {steps} steps (mean pre-clip "
                 f"|g| {norm:.3g} vs train.grad_clip {clip:g}): every gradient is rescaled to norm {clip:g}, so AdamW "

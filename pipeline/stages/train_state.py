@@ -1,8 +1,5 @@
-"""What a training run depends on, and the protocol's decision for its directory: start, resume, nothing, refuse.
-
-Torch-free, so ``train_latent.py`` answers "up to date" (:func:`up_to_date_message`) without importing torch;
-:func:`pipeline.stages.train.train` makes the same decision (:func:`decide_run`) through the protocol.
-"""
+"""What a training run depends on, and the protocol's verdict for its directory (start, resume, nothing, refuse).
+Torch-free, so ``train_latent.py`` answers "up to date" without importing torch."""
 
 from __future__ import annotations
 
@@ -24,12 +21,8 @@ LOGGING_ONLY = ("log_every", "latest_every", "save_every", "sample_every", "samp
 
 
 def training_inputs(cfg: Config, cache_fingerprint: str, views: list[str] | None = None) -> dict[str, Any]:
-    """Everything the trained weights depend on (logging cadence and wandb settings excluded).
-
-    ``views``: the names of the store's views. When training draws from a subset of them (every view but the identity,
-    for stores with colour-jitter views: ``pipeline.data.views.training_views``) the drawn names are recorded under
-    ``data.views``; when it draws from all of them nothing is added (the cache fingerprint covers the view set).
-    """
+    """Everything the trained weights depend on (logging cadence and wandb excluded). When training draws a subset of
+    the store's ``views`` (:func:`pipeline.data.views.training_views`), their names go under ``data.views``."""
     train = {k: v for k, v in asdict(cfg.train).items() if k not in LOGGING_ONLY}
     data = {"frames_per_sample": cfg.data.frames_per_sample, "skip_frames": cfg.data.skip_frames}
     if views is not None and len(drawn := training_views(views, len(views))) < len(views):
@@ -39,9 +32,8 @@ def training_inputs(cfg: Config, cache_fingerprint: str, views: list[str] | None
 
 
 def interpolant_inputs(interpolant: InterpolantConfig) -> dict[str, Any]:
-    """The interpolant settings the weights depend on: its fields, with ``ours_eps`` only where it acts (kind=ours)
-    and differs from its default, the 0.1 that every run recorded before the key existed was trained with; so a
-    linear run is not made stale by ours' setting, and older runs keep their fingerprints (and resume)."""
+    """The interpolant fields; ``ours_eps`` only where it acts (kind=ours) and differs from its default, so other
+    kinds are not made stale by it and runs recorded before the key existed keep their fingerprints."""
     fields = asdict(interpolant)
     if interpolant.kind != "ours" or interpolant.ours_eps == InterpolantConfig.ours_eps:
         del fields["ours_eps"]
@@ -55,8 +47,7 @@ def run_output(out_dir: Path) -> Output:
 
 
 def decide_run(out_dir: Path, inputs: dict[str, Any], cfg: Config, force: bool) -> Verdict:
-    """The verdict for the run in ``out_dir``, changing nothing. A run without a checkpoint starts afresh, unless
-    it holds forecasts of a checkpoint from elsewhere (training would put a second model in the run)."""
+    """The run's verdict, changing nothing; refused if ``out_dir`` holds forecasts of a foreign checkpoint."""
     latest = out_dir / "checkpoints" / "latest.pt"
     record = (read_json(out_dir / "run.json") if latest.exists() else None) or {}
     foreign = None if record else foreign_forecasts(out_dir)
@@ -70,8 +61,7 @@ def decide_run(out_dir: Path, inputs: dict[str, Any], cfg: Config, force: bool) 
 
 
 def foreign_forecasts(out_dir: Path) -> str | None:
-    """The checkpoint recorded by the run's forecasts when it lies outside the run's own checkpoints/ (a run made by
-    ``make forecast CKPT=...`` holds no training); None when there are no such forecasts."""
+    """The checkpoint the run's forecasts record when it lies outside the run's checkpoints/, else None."""
     ckpt = store_attrs(str(out_dir / "forecasts.zarr")).get("ckpt")
     own = ckpt and Path(ckpt).parent.name == "checkpoints" and Path(ckpt).parent.parent.name == out_dir.name
     return None if not ckpt or own else str(ckpt)  # recorded as given (relative to that launch's directory)
