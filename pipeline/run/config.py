@@ -1,11 +1,7 @@
-"""Typed run configuration: dataclasses loaded from YAML, validated on load, recorded with every output.
-
-One YAML file per dataset (``configs/<dataset>.yaml``) fills a tree of dataclasses (the sections, with every
-key's type, default, bounds and doc, are in :mod:`pipeline.run.config_sections`). Every CLI takes ``--config``
-and repeatable ``--set section.key=value`` overrides; ``--smoke`` applies the file's own ``smoke:`` overrides (a
-few steps, a few videos) on top. Unknown keys, wrong types and impossible values are errors that name the key and
-the file, so a typo never silently falls back to a default. ``python -m pipeline.run.config`` lists every key.
-"""
+"""Typed run configuration: ``configs/<dataset>.yaml`` fills the dataclass sections of
+:mod:`pipeline.run.config_sections`, then ``--smoke`` (the file's ``smoke:`` overrides) and ``--set section.key=value``
+apply. Unknown keys, wrong types and impossible values are errors naming key and file, so a typo never falls back
+to a default. ``python -m pipeline.run.config`` lists every key."""
 
 from __future__ import annotations
 
@@ -65,8 +61,7 @@ class Config(Section):
     smoke: dict[str, Any] = key({}, "dotted overrides (section.key: value) applied by --smoke")
 
     def _check(self) -> None:
-        """Cross-section checks: the flow network's state must be the VQVAE's latent; every split a stage reads must
-        be produced."""
+        """Cross-section checks: the network's state is the VQVAE's latent; every split a stage reads is produced."""
         factor = 8 if self.vqvae.arch == "river" else 2 ** (len(self.vqvae.ch_mult) - 1)
         channels = 4 if self.vqvae.arch == "river" else self.vqvae.embed_dim
         side = self.data.image_size // factor
@@ -108,14 +103,9 @@ class Config(Section):
         return dataclasses.asdict(self)
 
 
-# --- Loading: YAML -> dict -> typed tree (pydantic) -> overrides -> validate ---
-
-
 def load_config(path: str | Path, overrides: list[str] | None = None, smoke: bool = False) -> Config:
-    """Read ``path``, apply the file's smoke overrides (if ``smoke``), then ``--set`` overrides (``a.b=value``).
-
-    Raises ConfigError naming the offending key and its source (file or override) on any problem.
-    """
+    """Read ``path``, apply its smoke overrides (if ``smoke``), then ``--set`` overrides (``a.b=value``); raises
+    ConfigError naming the key and its source."""
     path = Path(path)
     cfg = _build(Config, _read_yaml(path), prefix="", source=str(path))
     smoked = cfg
@@ -140,11 +130,8 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
 
 
 def apply_override(cfg: Config, item: str, source: str = "--set") -> Config:
-    """Apply one ``section.key=value`` override; the value is parsed as YAML (``3``, ``true``, ``[1,2]``).
-
-    Path keys (PATH_KEYS) take the text as it is (``DATA_DIR=off`` stays the path 'off'), relative to the current
-    directory, like any path typed on a command line.
-    """
+    """Apply one ``section.key=value`` override, the value parsed as YAML; PATH_KEYS take the text as a path
+    relative to the current directory (``off`` stays the path 'off')."""
     if "=" not in item:
         raise ConfigError(f"{source} {item!r}: expected section.key=value")
     dotted, text = (part.strip() for part in item.split("=", 1))
@@ -221,9 +208,6 @@ def _validate_tree(cfg: Config, source: str) -> None:
             raise ConfigError(f"{source}: '{prefix}{exc.key}' {exc.problem}") from None
 
 
-# --- Paths and YAML ---
-
-
 def absolute_paths(item: str) -> str:
     """A ``key=value`` override with a path value (PATH_KEYS) made absolute against the current directory."""
     dotted, sep, text = item.partition("=")
@@ -233,8 +217,7 @@ def absolute_paths(item: str) -> str:
 
 
 def _path_value(dotted: str, text: str, base: Path) -> str:
-    """The value of path key ``dotted``: a path made absolute against ``base``, or one of its words (PATH_WORDS).
-    Empty strings ("not set") and URLs stay as they are."""
+    """Path key ``dotted``'s value made absolute against ``base``; its PATH_WORDS, "" and URLs stay as they are."""
     if text in PATH_WORDS.get(dotted, ()) or not text or "://" in text or Path(text).is_absolute():
         return text
     return str(base / text)
@@ -251,11 +234,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
 
 
 def _compact_mapping(value: Any, text: str) -> Any:
-    """``{train:16,test:4}`` (what a shell command line invites) as ``{train: 16, test: 4}``.
-
-    YAML needs a space after a mapping colon, so the compact form parses as keys ``'train:16'`` with null
-    values; a flow mapping whose every key is such a ``name:value`` pair is re-read with the spaces added.
-    """
+    """``{train:16,test:4}`` read as ``{train: 16, test: 4}`` (YAML parses it as null-valued keys ``'train:16'``)."""
     if isinstance(value, dict) and value and all(v is None and isinstance(k, str) and ":" in k for k, v in value.items()):
         return _load_yaml(re.sub(r"([{,]\s*[^:{},\s]+):(?=\S)", r"\1: ", text))
     return value
@@ -308,9 +287,6 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     return raw
-
-
-# --- The key listing (python -m pipeline.run.config, make config-keys) ---
 
 
 def key_listing() -> list[tuple[str, str, Any, str]]:

