@@ -1,9 +1,7 @@
 """The demo's known-law scores: a forecast ensemble against the true conditional law of the future.
 
-The simulator's state sidecar (:mod:`pipeline.demo.state`) makes the law of the future given the past known and
-samplable (:mod:`pipeline.demo.oracle`). Decoded frames are read back to sprite positions
-(:mod:`pipeline.demo.readout`) and scored in object space: identity kept, energy score against what happened,
-energy distance to the true law, coverage of the oracle's regions. Use, per forecast video::
+The law is samplable (:mod:`pipeline.demo.oracle`); decoded frames are read back to sprite positions
+(:mod:`pipeline.demo.readout`) and scored in object space. Use, per forecast video::
 
     state = load_state(data_root / split); v = state.index(source)
     clip = Clip(state.track(v), state.process, frame_indices, cond, video=v)
@@ -13,12 +11,9 @@ energy distance to the true law, coverage of the oracle's regions. Use, per fore
 Conventions: positions are top-left corners (row y, column x) in pixels; K sprites, P predicted frames, S model
 samples, M oracle samples; numpy float64.
 
-One measurement channel: pixels fix a position only up to the grid, so against continuous oracle positions even a
-perfect forecaster would look off the law (most in early frames, where the law is nearly a point mass). Every
-reference set therefore goes through :func:`~pipeline.demo.readout.measure_states`, which gives exactly what
-:func:`~pipeline.demo.readout.read_frames` returns on the rendered frame; only the energy score's observation is the
-raw state. ``channel`` can also push the references through the decoder; else a ``vq_ceiling`` set shows the
-decoder's share.
+One measurement channel: pixels fix a position only up to the grid, so every reference set goes through
+:func:`~pipeline.demo.readout.measure_states` (exactly what ``read_frames`` gives on the rendered frame), else even a
+perfect forecaster would look off the law; only the energy score observes the raw state.
 
 * identity: every sprite found in its own colour, at most ``MAX_FRACTION`` of its expected area, and within
   ``MAX_SPEED`` px per frame (+ 1 + size / 2 px slack) of its last consistent position. Reflection never lengthens
@@ -50,8 +45,7 @@ Channel = Callable[[np.ndarray], np.ndarray]  # frames uint8 [N, H, W, 3] -> fra
 
 
 def fallback_positions(readout: Readout, sizes: np.ndarray, image_size: int) -> np.ndarray:
-    """Measured corners ``[*L, K, 2]``: the read-out where the sprite is found, else the corner that puts it at
-    the frame centre."""
+    """Measured corners ``[*L, K, 2]``: the read-out where found, else the frame centre."""
     centre = (image_size - np.asarray(sizes, np.float64))[:, None] / 2 * np.ones(2)
     return np.where(readout.found[..., None], readout.positions, centre)
 
@@ -73,8 +67,8 @@ def identity_kept(readout: Readout, track: SpriteTrack, start: np.ndarray, offse
 
 
 def count_kept(readout: Readout) -> np.ndarray:
-    """Per sample and frame: the number of palette colours present as objects (the video's found + spurious)
-    equals the true sprite count. Returns bool ``[*L]``."""
+    """Per sample and frame: found + spurious objects equal the true sprite count. Returns bool ``[*L]``."""
+
     return readout.found.sum(axis=-1) + readout.spurious == readout.found.shape[-1]
 
 
