@@ -1,9 +1,6 @@
-"""Clip sampling (docs/METHOD.md §1.4) with the reference's off-by-one fixed.
-
-A clip is ``T`` frames taken every ``skip + 1`` raw frames, so it spans ``S = (skip + 1)(T − 1) + 1`` raw
-frames. The reference draws the start with ``np.random.choice(n − S)``, which never picks the last valid start
-``n − S`` and crashes when ``n == S``; here the start is uniform on ``{0, …, n − S}``. Videos shorter than ``S``
-cannot hold a clip: they are skipped and counted in one warning, never a crash.
+"""Clip sampling (docs/METHOD.md §1.4): ``T`` frames every ``skip + 1`` raw frames span ``S = (skip + 1)(T − 1) + 1``;
+the start is uniform on ``{0, …, n − S}`` (the reference's draw missed the last start). Shorter videos are skipped
+with one warning.
 """
 
 from __future__ import annotations
@@ -59,11 +56,8 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
 
 
 class PixelClipDataset(Dataset):
-    """Random pixel clips ``float32 [T, 3, H, W]`` in [−1, 1]: one clip of one eligible video per item.
-
-    Item ``i`` is video ``eligible[i]``; the start is drawn from a generator seeded by (seed, epoch-free item
-    counter) supplied by the caller through ``rng``, or from a per-process default stream.
-    """
+    """Item i: a random clip ``float32 [T, 3, H, W]`` in [−1, 1] of video ``eligible[i]``, its start drawn from
+    a stream seeded by (seed, worker, draw count, item)."""
 
     def __init__(self, reader: ShardReader, frames_per_sample: int, skip_frames: int, seed: int = 0):
         self.reader = reader

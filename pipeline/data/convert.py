@@ -1,19 +1,9 @@
-"""Raw videos → shards: KTH, CLEVRER, or any folder of videos / folder of PNG folders.
+"""Raw videos (files via imageio's ffmpeg, or image folders in natural order) → shards, resized to ``S × S``
+(Pillow bicubic) after ``squash`` (the reference: whole frame, aspect distorted) or ``crop`` (centre square).
 
-Sources are video files (decoded with imageio's ffmpeg plugin) or directories of images (frames in natural
-order, so ``image-1000.png`` follows ``image-999.png``; the reference's lexicographic sort does not). Frames are
-resized to ``S × S`` with Pillow's bicubic filter after an aspect rule:
-
-* ``squash`` (the reference): resize the whole frame to a square, distorting the aspect ratio (KTH 4:3, CLEVRER 3:2);
-* ``crop``: centre-crop the largest square first, keeping the aspect ratio and dropping the sides.
-
-Split rules:
-
-* ``kth``: names ``personNN_<action>_dK`` (files ``..._uncomp.avi`` or frame folders); only ``kth_classes`` are
-  kept; split by person (literature: 1–16 train, 17–25 test, val configurable) or by scenario (reference README:
-  d1, d2 → train, d3 → val, d4 → test);
-* ``clevrer``: names ``video_NNNNN``; split by the official id ranges (``clevrer_ranges``);
-* ``folders``: ``<raw>/<split>/<video>`` where the split is the first path component (the reference's manual layout).
+Split rules: ``kth`` (``personNN_<action>_dK``, ``kth_classes`` only; by person, literature 1–16 train, 17–25 test,
+or by scenario, reference README d1, d2 → train, d3 → val, d4 → test); ``clevrer`` (``video_NNNNN`` by the official
+id ranges); ``folders`` (``<raw>/<split>/<video>``).
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """HDF5 video shards in the RIVER / reference layout (docs/METHOD.md §1.2–1.3), read and written safely.
 
-Layout of one split directory ``<root>/<split>/``:
-
-* files ``shard_0001.hdf5``, ``shard_0002.hdf5``, ... (1-based, 4 digits), videos numbered globally in file order;
-* in each file: group ``len`` with one scalar int64 dataset per video (name = in-shard index ``"0"``, ``"1"``, ...,
-  value = frame count), an empty group ``videos``, and one group per video (name = in-shard index) holding one
-  dataset per frame (name = frame index), uint8, shape (H, W, 3), RGB, lzf-compressed.
-
-We add provenance the reference ignores: file attributes (``split``, ``split_rule``, ``writer``) and a ``source``
-attribute on every video group. Files are written under a temporary name and renamed when complete.
+``<root>/<split>/shard_0001.hdf5``, ... (videos numbered globally in file order); in each file a group ``len`` of
+scalar int64 frame counts named by in-shard index ``"0"``, ``"1"``, ..., an empty group ``videos``, and per video a
+group (same name) of frames ``"0"``, ``"1"``, ...: uint8 (H, W, 3) RGB, lzf. Provenance the reference ignores: file
+attributes (``split``, ``split_rule``, ``writer``) and a ``source`` attribute per video.
 """
 
 from __future__ import annotations
@@ -32,17 +27,9 @@ class ShardError(RuntimeError):
     """A shard is missing, unreadable or malformed; the message names the file and the problem."""
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Writing
-# ----------------------------------------------------------------------------------------------------------
-
-
 class ShardWriter:
-    """Append videos to ``<split_dir>/shard_NNNN.hdf5`` files; each file appears only once complete.
-
-    Use as a context manager: on a clean exit the last shard is finalised (renamed into place); on an exception
-    the unfinished shard is deleted, so no partial file ever carries a final shard name.
-    """
+    """Append videos to ``<split_dir>/shard_NNNN.hdf5``; a context manager. Shards are written under a temporary
+    name and renamed when complete; on an exception the unfinished one is deleted."""
 
     def __init__(self, split_dir: str | Path, videos_per_shard: int = DEFAULT_VIDEOS_PER_SHARD, attrs: dict[str, Any] | None = None):
         if videos_per_shard < 1:
@@ -119,11 +106,6 @@ class ShardWriter:
             self.abort()
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Reading
-# ----------------------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class VideoEntry:
     """Where one video lives: its shard file, in-shard key, frame count and source name ('' if unknown)."""
@@ -152,10 +134,8 @@ def natural_key(text: str) -> list[Any]:
 class ShardReader:
     """Random access to the videos of one split, indexed globally across its shards.
 
-    The index (frame counts, keys, sources) is read once at construction, with every file closed again, so the
-    reader pickles and is safe to hand to DataLoader workers under fork or spawn: HDF5 handles are opened lazily,
-    per process, on first read. ``validate=True`` runs :meth:`validate` (every frame's name, dtype and shape, from
-    metadata) and raises ShardError naming the file and video on the first problem.
+    The index is read at construction with every file closed again; HDF5 handles open lazily per process, so the
+    reader pickles and suits DataLoader workers (fork or spawn). Problems raise ShardError naming file and video.
     """
 
     def __init__(self, path: str | Path, image_size: int | None = None, validate: bool = True):
@@ -174,10 +154,7 @@ class ShardReader:
             self.validate()
 
     def validate(self) -> None:
-        """Check every video's frame datasets (names, dtype uint8, one (H, W, 3) shape) from metadata alone.
-
-        Costs about 0.1 ms per frame, so stages call it only when they are about to read the split.
-        """
+        """Check every video's frame datasets (names, dtype uint8, one (H, W, 3) shape) from metadata alone."""
         for shard in sorted({v.shard for v in self.videos}):
             with h5py.File(shard, "r") as fh:
                 for entry in (v for v in self.videos if v.shard == shard):
@@ -228,8 +205,6 @@ class ShardReader:
         if len(shape) != 3 or shape[2] != 3 or (expected and shape != expected):
             want = expected or "(H, W, 3)"
             raise ShardError(f"{shard}: video '{key}' frame '{name}' has shape {shape}, expected {want}")
-
-    # -- access ---------------------------------------------------------------------------------------------
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -284,8 +259,7 @@ def _video_length(shard: Path, key: str, node) -> int:
 
 
 def split_dirs(root: str | Path, splits: list[str]) -> dict[str, Path]:
-    """``{split: <root>/<split>}`` for every split asked for; a clear error naming the ones that do not exist
-    (a missing split is never skipped: a stage reading it later would fail far from the cause)."""
+    """``{split: <root>/<split>}``; ShardError naming any missing split (never skipped: it would fail later)."""
     root = Path(root)
     missing = [s for s in splits if not (root / s).is_dir()]
     if missing:

@@ -1,17 +1,12 @@
-"""Training-side reader: batches of (target, reference, context, gap, view) latent triplets from the cache.
+"""Batches of (target, reference, context, gap, view) latent triplets from the cache, drawn as the reference's
+clips are (docs/METHOD.md §1.4, §4.1, §8) but reading only the three frames:
 
-The distribution is exactly the reference's (docs/METHOD.md §1.4, §4.1, §8), without materialising clips:
+* video uniform (with replacement) over those that hold a clip; start uniform on ``{0, …, n − S}``;
+* target ``d ~ UniformInt{2, …, T − 1}``, reference ``r = d − 1``, context ``c = ⌊u·(d − 1)⌋``, ``u ~ U[0, 1)``,
+  gap ``r − c ≥ 1``; clip index ``i`` is raw frame ``start + (skip + 1)·i``;
+* one view uniform among :func:`pipeline.data.views.training_views`.
 
-* video uniform over the split's videos that can hold a clip, with replacement;
-* clip start uniform on ``{0, …, n − S}`` (off-by-one fixed, see ``pipeline.data.clips``);
-* target clip index ``d ~ UniformInt{2, …, T − 1}``, reference ``r = d − 1``, context ``c = ⌊u·(d − 1)⌋`` with
-  ``u ~ U[0, 1)`` (uniform on ``{0, …, r − 1}``), gap ``g = r − c ≥ 1``;
-* clip index ``i`` is raw frame ``start + (skip + 1)·i``; one cached view drawn uniformly per example among the
-  training views (every view but the identity when the store holds colour-jitter views, else every view;
-  ``pipeline.data.views.training_views``).
-
-Only the three needed frames are read. Batch ``s`` of rank ``k`` is a pure function of ``(seed, k, s)``, so a
-resumed run continues the exact same stream and DataLoader workers (fork or spawn) need no shared state.
+Batch ``s`` of rank ``k`` is a pure function of ``(seed, k, s)``: resumes and DataLoader workers need no state.
 """
 
 from __future__ import annotations
@@ -49,10 +44,7 @@ def draw_triplets(
     rng: np.random.Generator, lengths: np.ndarray, eligible: np.ndarray, frames_per_sample: int, skip_frames: int,
     n_views: int | np.ndarray, batch_size: int,
 ) -> TripletIndices:
-    """Sample B triplets' indices with the reference distribution (see the module docstring).
-
-    ``n_views``: the number of views (drawn uniformly from all), or the array of view indices to draw from.
-    """
+    """B triplets' indices (module doc); ``n_views`` is a view count or the array of view indices to draw from."""
     span = clip_span(frames_per_sample, skip_frames)
     video = eligible[rng.integers(0, len(eligible), size=batch_size)]
     start = rng.integers(0, lengths[video] - span + 1)
@@ -102,11 +94,8 @@ class TripletReader:
 
 
 class TripletStream(IterableDataset):
-    """Batches for steps ``start_step, start_step + 1, …`` (forever, or ``num_steps``), one per step.
-
-    Use with ``DataLoader(stream, batch_size=None, num_workers=W)``: worker ``w`` produces the steps ``s`` with
-    ``s % W == w``, which is the order the DataLoader returns them in, so the stream is the same for any W.
-    """
+    """One batch per step from ``start_step`` (forever, or ``num_steps``). For ``DataLoader(batch_size=None)``:
+    worker w of W makes the steps s with s % W == w, the DataLoader's order, so the stream ignores W."""
 
     def __init__(self, reader: TripletReader, batch_size: int, seed: int, rank: int, start_step: int = 0, num_steps: int | None = None):
         self.reader, self.batch_size, self.seed, self.rank = reader, batch_size, seed, rank

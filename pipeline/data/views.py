@@ -1,19 +1,7 @@
-"""Augmentation views: the finite set of pixel-space augmentations cached per video by stage 1.
-
-Pixel augmentation cannot be applied after encoding, so instead of a fresh random augmentation per clip (the
-reference) the cache holds ``V`` views of every video and training draws one view per clip:
-
-* view 0 — identity (always; KTH needs nothing else: its reference transform is the identity);
-* ``hflip`` — horizontal flip (``encode.hflip_view``);
-* ``jitterK`` — colour jitter, K = 1..``encode.jitter_views``: brightness, contrast, saturation, then hue, with
-  factors drawn once per (video, view) from a stream seeded by (seed, split, video, view), the same draw for all
-  frames of the video — as the reference draws once per clip (docs/METHOD.md §1.4).
-
-The difference from the reference: a video offers V fixed jitters instead of a new one per clip.
-
-Which views training draws from (:func:`training_views`): the reference jitters *every* CLEVRER clip, so when the
-store holds jitter views, training draws uniformly among every view but the identity (the identity stays in the
-store for forecasting and the latent statistics); otherwise among all views (identity, and hflip if cached).
+"""Augmentation views cached per video by the encode stage: pixel augmentation cannot follow encoding, so instead
+of a fresh draw per clip (the reference) each video has V fixed views (docs/METHOD.md §1.4): view 0 identity,
+``hflip`` (``encode.hflip_view``), ``jitterK`` (K = 1..``encode.jitter_views``: brightness, contrast, saturation,
+hue, factors drawn once per (seed, split, video, view) for all the video's frames).
 """
 
 from __future__ import annotations
@@ -80,11 +68,8 @@ def apply_view(frames: np.ndarray, view: View, seed: int, split: str, video: int
 
 
 def training_views(names: list[str] | None, n_views: int) -> list[int]:
-    """Indices of the views training draws from, given the store's view names (identity first).
-
-    With jitter views, every view but the identity (the reference jitters every clip: docs/METHOD.md §1.4, §9.19);
-    otherwise every view. ``names`` None (no record of the names) means every view.
-    """
+    """Views training draws from: all but the identity when jitter views exist (the reference jitters every clip,
+    docs/METHOD.md §9.19), else all (also when ``names`` is None)."""
     if names is None or len(names) != n_views or not any(name.startswith("jitter") for name in names):
         return list(range(n_views))
     return [i for i, name in enumerate(names) if name != "identity"]
