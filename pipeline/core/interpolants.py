@@ -151,11 +151,8 @@ class StochasticInterpolant:
         return rng.randn(x_ref.shape, generator=generator, device=x_ref.device, dtype=x_ref.dtype)
 
     def sample_start(self, x_ref: Tensor, t0: float, *, generator: rng.Generator = None) -> Tensor:
-        """A start state at t0 > 0 with the interpolant's spread: alpha(t0) x0 + sigma(t0) sqrt(t0) xi (no x1 term).
-
-        With a re-tuned g < sigma the process forgets its start only like (t0 / t)^((g/sigma)^2), so the point mass
-        of :meth:`sample_base` would leave a lasting variance deficit.
-        """
+        """alpha(t0) x0 + sigma(t0) sqrt(t0) xi: a start at t0 > 0 with the interpolant's spread. With g < sigma the
+        process forgets its start only like (t0 / t)^((g/sigma)^2): a point mass would leave a variance deficit."""
         x0 = self.sample_base(x_ref, generator=generator)
         t = torch.tensor(float(t0), dtype=torch.float64)
         a, s = float(self.alpha(t)), float(self.sigma(t) * t.sqrt())

@@ -105,10 +105,8 @@ MAX_FIRST_STEP_STIFFNESS = 2.0  # |lambda h| of the first step: explicit Euler /
 
 
 def retuning_stiffness(interpolant: StochasticInterpolant, g: Coefficient, t: float) -> float:
-    """lambda(t) = d/dx of the re-tuning term (g^2 - sigma^2)/2 * s(b, x, t), b fixed (s is affine in x).
-
-    About (1 - g^2/sigma^2) / (2t) for the previous base, unbounded as t -> 0; O(1) for the gaussian base.
-    """
+    """lambda(t) = d/dx of the re-tuning term (g^2 - sigma^2)/2 * s(b, x, t), b fixed (s is affine in x): about
+    (1 - g^2/sigma^2) / (2t) for the previous base, O(1) for the gaussian base."""
     one = torch.ones(1, dtype=torch.float64)
     tt = torch.full((1,), float(t), dtype=torch.float64)
     zero = torch.zeros(1, dtype=torch.float64)

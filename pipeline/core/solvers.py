@@ -48,10 +48,8 @@ def time_grid(
     n: int, t_min: float = 1e-4, t_max: float = 1 - 1e-4, kind: GridKind = "linear", *,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """N increasing float64 times t_min + (t_max - t_min) s(u), u = linspace(0, 1, N), endpoints exact.
-
-    s(u) = u (``linear``), u^2 (``quadratic``, finer near t_min), (1 - cos(pi u)) / 2 (``cosine``, finer at both ends).
-    """
+    """N float64 times t_min + (t_max - t_min) s(u), u = linspace(0, 1, N), endpoints exact; s(u) = u (``linear``),
+    u^2 (``quadratic``, finer near t_min) or (1 - cos(pi u)) / 2 (``cosine``, finer at both ends)."""
     if n < 2:
         raise ValueError(f"a time grid needs at least 2 points (1 step), got {n}")
     if not t_min < t_max:
