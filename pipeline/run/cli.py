@@ -1,8 +1,4 @@
-"""What every command line shares: its options, how it resolves the config and the run, and how it fails.
-
-``--config`` and repeatable ``--set section.key=value``, ``--smoke``, ``--out``, ``--data-root`` (taken as a
-plain path, never parsed as YAML), ``--run-name`` and ``--interp`` for the stages of a run, and ``--dry-run``.
-"""
+"""What every command line shares: its options, how it resolves the config and the run, and how it fails."""
 
 from __future__ import annotations
 
@@ -48,12 +44,8 @@ class StageSetup:
 
 def setup_stage(config: Path, overrides: list[str] | None, smoke: bool, out: str, data_root: str | None = None,
                 interp: str | None = None, run: str | None = None, with_run: bool = False) -> StageSetup:
-    """Load the config for a command line, exiting cleanly (status 2) on a config or run-name error.
-
-    With ``with_run``, the run is ``run`` (default: the interpolant) and its recorded overrides apply before this
-    call's, so a named run keeps its training settings in every later stage. A stage with work to do then sets
-    torch's thread count (:func:`stage_threads`).
-    """
+    """Load the config for a command line (exit status 2 on a config or run-name error). With ``with_run`` the run
+    is ``run`` (default: the interpolant) and its recorded overrides apply before this call's."""
     location = [f"data.root={data_root}"] if data_root else []
     try:
         # Paths made absolute here, so a run's recorded overrides mean the same from any directory.
@@ -74,8 +66,8 @@ def setup_stage(config: Path, overrides: list[str] | None, smoke: bool, out: str
 
 
 def stage_threads(stage: str) -> None:
-    """Torch threads of a stage's process (``pipeline/run/threads.py``: OMP_NUM_THREADS, else the usable CPUs idle at
-    start, shared by the processes of this node), logged in one line by rank 0 (it starts with ``threads:``)."""
+    """Set a stage's torch threads (:mod:`pipeline.run.threads`: OMP_NUM_THREADS, else the usable CPUs shared by the
+    processes of this node); rank 0 logs one ``threads:`` line."""
     from pipeline.run.threads import configure_threads, processes_on_node
 
     main = os.environ.get("RANK", "0") == "0"
@@ -83,11 +75,8 @@ def stage_threads(stage: str) -> None:
 
 
 def exit_if_up_to_date(check: Callable[[], str | None], dry_run: bool) -> None:
-    """A one-process launch whose stage has nothing to do prints the stage's "up to date" line and exits (status 0)
-    before anything loads torch, whose import is most of such a launch's time (``make eval`` checks every stage
-    before it). ``check`` is the stage's torch-free decision (the one the stage makes itself; an up-to-date output
-    is up to date with or without --force, which only replaces outputs made from other inputs). Under torchrun and
-    in a dry run the stage decides as usual."""
+    """In a one-process, non-dry launch, print the stage's "up to date" line and exit 0 before torch loads (its
+    import dominates such a launch); ``check`` is the stage's torch-free decision."""
     if dry_run or os.environ.get("WORLD_SIZE", "1") != "1":
         return
     message = check()
@@ -118,11 +107,8 @@ def load_cli_config(config: Path, overrides: list[str] | None, smoke: bool, data
 
 
 def run_stage(stage: str, work: Callable[[], Any], errors: tuple[type[BaseException], ...], dry_run: bool = False) -> None:
-    """Run a stage; an expected error becomes one clean line and exit status 1.
-
-    In a dry run, an error (typically a missing input that an earlier stage of the chain would make) is reported
-    as what the stage waits for, with exit status 0, so a chained dry run goes on to the later stages.
-    """
+    """Run a stage; an expected error becomes one clean line and exit status 1, or in a dry run (an input an
+    earlier stage would make) a note and status 0, so a chained dry run goes on."""
     try:
         work()
     except errors as exc:
@@ -132,8 +118,7 @@ def run_stage(stage: str, work: Callable[[], Any], errors: tuple[type[BaseExcept
 
 
 def expected_errors(*specific: type[BaseException]) -> tuple[type[BaseException], ...]:
-    """The errors every stage reports as one clean line (missing or unreadable files, locks, stored data that
-    fails its checks, unreadable checkpoints), plus the stage's own."""
+    """The errors every stage reports as one clean line (files, locks, stored data, checkpoints), plus its own."""
     from pipeline.data.cache import DataIntegrityError
     from pipeline.run.locks import LockedError
     from pipeline.run.safe_load import CheckpointReadError

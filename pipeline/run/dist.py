@@ -1,11 +1,6 @@
-"""torchrun helpers: one place that knows about ranks, devices, backends and barriers.
-
-Launched by torchrun (``WORLD_SIZE`` set) the process joins a group — nccl on GPUs, gloo on CPU; run plainly it is
-a world of one, and every helper degrades to a no-op, so stage code reads the same in both cases.
-
-A process started by torchrun dies with it (:func:`die_with_launcher`): torchrun's agent, killed with SIGKILL,
-cannot stop its workers, which would otherwise go on writing checkpoints beside the next run.
-"""
+"""torchrun helpers: ranks, devices, backends (nccl on GPUs, gloo on CPU) and barriers; run plainly, a world of one
+where every helper is a no-op. A torchrun worker dies with its agent (:func:`die_with_launcher`), which cannot stop
+its workers when SIGKILLed."""
 
 from __future__ import annotations
 
@@ -51,15 +46,8 @@ def init_distributed(prefer_cuda: bool = True) -> DistInfo:
 
 
 def die_with_launcher() -> None:
-    """Have the kernel SIGKILL this process when its parent (the launcher) dies; exit now if it already has.
-
-    A kernel parent-death signal (Linux ``prctl(PR_SET_PDEATHSIG)``) acts at once, whatever the process is doing:
-    blocked in a collective, in C code holding the GIL, or sleeping. A polling watchdog thread would need the GIL
-    and a polling period. The signal is only armed from here on, so a parent that died earlier is caught by
-    comparing the parent pid with the one seen when this module was imported: an orphan has been re-parented.
-    (A launcher that dies before that import, in the worker's first seconds, is not seen by the comparison; such a
-    worker cannot join the process group, whose store the launcher held.) Elsewhere than on Linux this does nothing.
-    """
+    """Have the kernel SIGKILL this process when its parent (the launcher) dies (Linux ``prctl``: acts even when
+    blocked in a collective or C code, unlike a watchdog thread); exit now if the parent changed since import."""
     parent_death_signal(signal.SIGKILL)
     if os.getppid() != LAUNCHER_PID:
         raise SystemExit(f"rank {os.environ.get('RANK', '?')}: its launcher (pid {LAUNCHER_PID}) has exited; stopping")
@@ -89,8 +77,7 @@ def all_ok(ok: bool) -> bool:
 
 
 def collective_device() -> torch.device:
-    """Where a collective's tensors must live: this process's GPU under nccl (which has no CPU collectives), else
-    the CPU (gloo)."""
+    """Where a collective's tensors must live: this process's GPU under nccl, else the CPU (gloo)."""
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")

@@ -5,13 +5,8 @@
                                             forecasts.zarr, eval/
     <out>/<dataset>/report.md               every evaluated run side by side
 
-``<dataset>`` is ``data.name`` (``<name>-smoke`` under ``--smoke``: the config loader renames it, so smoke
-outputs never touch a real run). A run's name defaults to its interpolant (``ours``, ``linear``); any number of
-named runs (``RUN=lr5e-4``) of either interpolant sit side by side.
-
-A run remembers the ``--set`` overrides it was trained with (``run.json``: ``args``), and every later stage of
-that run applies them before its own command line's: ``make train RUN=a ARGS='--set train.lr=5e-4'`` once,
-then ``make eval RUN=a`` forecasts and evaluates run ``a`` as trained, without repeating the overrides.
+``<dataset>`` is ``data.name`` (``<name>-smoke`` under ``--smoke``). A run's name defaults to its interpolant; a
+run's ``--set`` overrides (``run.json``: ``args``) apply to its later stages before their own command line's.
 """
 
 from __future__ import annotations

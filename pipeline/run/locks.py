@@ -1,14 +1,7 @@
-"""One writer per output: a stage holds an exclusive lock on what it writes, and a second writer is told who has it.
-
-The lock is ``fcntl.flock`` on a small lock file next to the output. The kernel owns such a lock and releases it
-when its holder exits, however it ends (kill -9 included), so a dead process never keeps an output locked. The
-file records its holder (pid, host, start time, command line). A second writer reads this record to say who holds
-the lock. A writer that gets the lock and finds a record left in the file knows the previous holder died while
-holding it, and says so. A holder that finishes clears the record. The file itself is never deleted: deleting it
-would let two processes lock two different files under one name.
-
-Under torchrun only rank 0 locks; the other ranks wait for its decision at the stage's broadcast, which carries a
-refusal to every rank.
+"""One writer per output: ``fcntl.flock`` on a lock file beside it, which the kernel releases however the holder
+ends (kill -9 included). The file records the holder (pid, host, start, command) for a second writer's message; a
+record found on taking the lock means the last holder died holding it, and a normal release clears it. The file is
+never deleted: two processes could then lock two different files under one name. Under torchrun only rank 0 locks.
 """
 
 from __future__ import annotations
@@ -42,11 +35,8 @@ def lock_file(output: str | Path) -> Path:
 
 @contextmanager
 def output_lock(path: str | Path, what: str, stage: str, log: Callable[[str], None] = print) -> Iterator[None]:
-    """Hold the exclusive lock ``path`` (the lock of ``what``, for messages) for the duration of the block.
-
-    Raises LockedError naming the holder if another process has it, or WriteError if the lock file cannot be
-    created (a read-only output directory, for example).
-    """
+    """Hold the exclusive lock ``path`` (of ``what``) for the block; LockedError naming the holder if another
+    process has it, WriteError if the lock file cannot be created."""
     handle = _open(Path(path), what)
     try:
         _take(handle, Path(path), what, stage, log)

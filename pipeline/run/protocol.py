@@ -1,13 +1,10 @@
 """The output protocol every stage follows: compare, decide, lock, decide again, recover, tell every rank.
 
-An output records the fingerprint of its inputs (and the inputs themselves). A launch computes the inputs it would
-use and :func:`decide` compares: the same fingerprint is "up to date" (or "resume" for an unfinished output), no
-record is "create", other inputs are "stale" (refused, naming what changed) or, where the stage never refuses or
-under ``--force``, "rebuild" (in place, or beside the old output at ``<output>.rebuild``, which takes its place
-when complete). :func:`settle` runs the sequence: the first decision takes no lock (checks of an up-to-date output
-never collide), work takes the output's lock and decides again under it, finishes a replacement a crash
-interrupted and removes the temporaries of dead writers; under torchrun rank 0 decides and every rank gets its
-verdict, so a refusal stops all of them. Torch-free: a launch with nothing to do never loads torch.
+An output records its inputs and their fingerprint. :func:`decide`: same fingerprint -> "up to date" (or "resume"
+if unfinished), no record -> "create", other inputs -> "stale" (refused, naming what changed) or, where the stage
+never refuses or under ``--force``, "rebuild" (in place, or at ``<output>.rebuild``, swapped in when complete).
+:func:`settle`: decide without a lock (up-to-date checks never collide); for work take the lock, decide again,
+recover an interrupted swap, remove dead writers' temporaries; rank 0 decides for every rank. Torch-free.
 """
 
 from __future__ import annotations
@@ -108,8 +105,7 @@ def dry_run_line(out: Output, verdict: Verdict, what: str = "") -> str:
 
 
 def up_to_date_line(decision: Callable[[], Verdict]) -> str | None:
-    """The "up to date" line of a torch-free decision, else None: work, a refusal or an error, which the stage
-    meets again and reports properly."""
+    """The "up to date" line of a torch-free decision, else None (work, refusals and errors are left to the stage)."""
     try:
         verdict = decision()
     except Exception:
@@ -120,11 +116,10 @@ def up_to_date_line(decision: Callable[[], Verdict]) -> str | None:
 def settle(out: Output, decision: Callable[[], Verdict], held: ExitStack, log: Callable[[str], None],
            dry_run: bool = False, errors: tuple[type[Exception], type[Exception]] = (RuntimeError, RuntimeError),
            clean: Sequence[Path] = (), what: str = "", then: Callable[[Verdict], None] | None = None) -> Verdict:
-    """The protocol's sequence, the verdict on every rank: rank 0 decides (for work again, under the lock that
-    ``held`` keeps), the others receive its verdict. A refusal raises ``errors[0]``, a failure ``errors[1]``, a
-    held lock LockedError, on every rank. ``clean``: folders whose dead writers' temporaries go under the lock;
-    ``what``: the dry run's description of a build; ``then``: rank 0's part of creating or rebuilding the output
-    (validate the inputs, create it), whose failure reaches every rank as well."""
+    """The protocol's sequence; rank 0 decides (for work again, under the lock ``held`` keeps), every rank gets the
+    verdict and raises ``errors[0]`` on a refusal, ``errors[1]`` on a failure, LockedError on a held lock.
+    ``clean``: folders of dead writers' temporaries; ``what``: a dry run's description of a build; ``then``: rank 0's
+    creation of the output (its failure reaches every rank too)."""
     verdict = _decide_here(out, decision, held, log, dry_run, errors[1], clean, what, then) \
         if os.environ.get("RANK", "0") == "0" else None
     if os.environ.get("WORLD_SIZE", "1") != "1":

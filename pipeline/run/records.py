@@ -1,10 +1,4 @@
-"""What made an output: checksums, fingerprints, manifests and atomic writes.
-
-Every stage output carries a manifest (or Zarr attributes) with the fingerprint of everything it depends on.
-A stage recomputes the fingerprint it *would* produce and compares: equal means "up to date", different means
-the named inputs changed. Files are written to a temporary name and renamed, so a crash never leaves a file
-that looks complete.
-"""
+"""What made an output: checksums, fingerprints and atomic writes (a crash never leaves a file that looks complete)."""
 
 from __future__ import annotations
 
@@ -32,18 +26,13 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
 
 
 class KnownHashes(dict):
-    """A hash cache that never hashes: :func:`cached_sha256` answers from the entries it holds and gives None for a
-    file it would have to read. The stages' torch-free "up to date?" checks use it: a file that needs hashing is
-    not known to be unchanged, so the check leaves the decision (and the hashing, once) to the stage."""
+    """A hash cache that never hashes: :func:`cached_sha256` gives None for a file it would have to read (the
+    torch-free "up to date?" checks then leave the decision to the stage)."""
 
 
 def cached_sha256(path: str | Path, cache: dict[str, Any]) -> str | None:
-    """sha256 of ``path``, reusing ``cache[path]`` while the file's size and mtime are unchanged (updates ``cache``).
-
-    Rehashing gigabytes of shards on every "is it up to date?" check would make reruns slow; a file whose size
-    and modification time are unchanged is taken to have unchanged content. None only for a :class:`KnownHashes`
-    cache without a current entry.
-    """
+    """sha256 of ``path``, reusing ``cache[path]`` while size and mtime are unchanged (so reruns need not rehash
+    gigabytes of shards); updates ``cache``. None only for a :class:`KnownHashes` without a current entry."""
     stat = Path(path).stat()
     key = str(Path(path).resolve())
     entry = cache.get(key)
@@ -114,11 +103,8 @@ def _free_space(path: Path) -> str:
 
 @contextmanager
 def atomic_path(final: str | Path, keep_suffix: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; on success fsync and rename it into place, on error delete it.
-
-    The temporary is ``<name>.tmp-<pid>`` (``.<stem>.tmp-<pid><suffix>`` with ``keep_suffix``, for writers that
-    choose the format by the suffix); an OSError becomes a WriteError naming ``final``.
-    """
+    """Yield a temporary ``<name>.tmp-<pid>`` beside ``final`` (``.<stem>.tmp-<pid><suffix>`` with ``keep_suffix``);
+    on success fsync and rename it into place, on error delete it (an OSError becomes a WriteError)."""
     final = Path(final)
     name = f".{final.stem}.tmp-{os.getpid()}{final.suffix}" if keep_suffix else f"{final.name}.tmp-{os.getpid()}"
     tmp = final.with_name(name)
@@ -155,10 +141,7 @@ TEMPORARY = re.compile(r"\.tmp-(\d+)(\.\w+)?$")  # the names atomic_path gives i
 
 
 def remove_stale_temporaries(directory: str | Path) -> list[Path]:
-    """Delete the temporaries of interrupted atomic writes in ``directory`` whose writer is dead; return them.
-
-    A temporary names its writer's pid; one whose process still runs (on this host) is being written and is kept.
-    """
+    """Delete (and return) the atomic-write temporaries in ``directory`` whose writer pid is dead on this host."""
     removed = []
     for tmp in Path(directory).glob("*.tmp-*"):
         match = TEMPORARY.search(tmp.name)
@@ -191,11 +174,8 @@ def process_alive(pid: int) -> bool:
 
 
 def replace_directory(new: str | Path, final: str | Path) -> None:
-    """Put the complete directory ``new`` in place of ``final`` and delete the old one (old and new never mix).
-
-    ``final`` is renamed to ``<final>.old``, ``new`` to ``final``, then the old one is deleted. A crash between the
-    renames leaves no ``final`` but the complete ``new``: :func:`recover_replacement` finishes the job.
-    """
+    """Put the complete directory ``new`` in place of ``final`` via ``<final>.old`` (old and new never mix); a crash
+    between the renames is finished by :func:`recover_replacement`."""
     old = Path(f"{final}.old")
     if old.exists():
         shutil.rmtree(old)
@@ -207,11 +187,8 @@ def replace_directory(new: str | Path, final: str | Path) -> None:
 
 
 def recover_replacement(new: str | Path, final: str | Path, new_complete: bool) -> bool:
-    """Finish a :func:`replace_directory` that a crash interrupted; True when ``new`` was put in place.
-
-    No ``final`` and a complete ``new``: the crash fell between the renames, so ``new`` goes in place. Otherwise a
-    ``<final>.old`` beside an existing ``final`` is the leftover of a finished replacement and is deleted.
-    """
+    """Finish an interrupted :func:`replace_directory`: no ``final`` and a complete ``new`` puts ``new`` in place
+    (True); else a leftover ``<final>.old`` is deleted."""
     if not Path(final).exists():
         if new_complete:
             replace_directory(new, final)

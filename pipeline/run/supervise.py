@@ -1,12 +1,8 @@
 """``python -m pipeline.run.supervise WATCHED_PID -- COMMAND ...``: run COMMAND and end it when WATCHED_PID dies.
 
-The Makefile starts every stage through this, watching ``make`` itself. A stage is a grandchild of ``make`` (make
--> recipe shell -> stage), so a parent-death signal in the stage would only see the shell, which outlives a
-``kill -9`` of make; torchrun and its DDP workers would then train on, unattended. The supervisor polls the
-watched pid (once a second) and, when it is gone, sends SIGTERM to the stage's process group, then SIGKILL
-after a grace period. The stage also gets a parent-death signal for the supervisor itself, and the workers of
-torchrun one for torchrun (``pipeline.run.dist``), so every link of the chain dies with the one above it.
-Exit status: the command's, or 128 + the signal that ended it.
+The Makefile runs every stage through this, watching ``make``: a stage is make's grandchild (via the recipe shell),
+so its own parent-death signal would miss a ``kill -9`` of make. Polls the pid each second, then SIGTERMs the
+stage's process group (SIGKILL after a grace period). Exit status: the command's, or 128 + the ending signal.
 """
 
 from __future__ import annotations
@@ -33,10 +29,7 @@ def _alive(pid: int) -> bool:
 
 
 def parent_death_signal(sig: int) -> None:
-    """Have the kernel send ``sig`` to this process when its parent dies (Linux ``prctl``; elsewhere a no-op).
-
-    Light on purpose (no torch): the supervisor arms it in its child, ``pipeline.run.dist`` in torchrun's workers.
-    """
+    """Have the kernel send ``sig`` to this process when its parent dies (Linux ``prctl``; elsewhere a no-op)."""
     if not sys.platform.startswith("linux"):
         return
     libc = ctypes.CDLL(None, use_errno=True)

@@ -1,8 +1,7 @@
 """Torch threads of a stage: ``OMP_NUM_THREADS`` if set, else a caller's request, else the CPUs this process may use
-(affinity mask, capped by the tightest cgroup v1/v2 CPU quota, rounded down) / processes on its node, at least 1.
-Importing :mod:`pipeline` runs this module before torch loads OpenMP and sets ``OMP_WAIT_POLICY=PASSIVE`` unless the
-environment chose: OpenMP's default spins idle threads at every barrier, taking the CPU the working threads need
-beside another busy process (``benchmarks/bench_contention.py``)."""
+(affinity mask, capped by the tightest cgroup CPU quota) / processes on its node, at least 1. Importing
+:mod:`pipeline` runs this before torch loads OpenMP and sets ``OMP_WAIT_POLICY=PASSIVE`` unless the environment chose:
+spinning idle threads take the CPU that working threads need beside another busy process."""
 
 from __future__ import annotations
 

@@ -1,18 +1,8 @@
-"""Weights & Biases for a whole run: training curves and videos, then the forecast and evaluation results on top.
-
-Training (rank 0) starts the wandb run, offline by default (no login; everything under ``<run>/wandb/``), and
-records its id, project and mode in ``<run>/run.json`` (``wandb_id``, ``wandb_project``, ``wandb_mode``). The
-forecast and evaluation stages resume that run by id (``resume="allow"``) in the recorded mode with the same
-``dir`` (the run directory), so one run holds the loss and validation curves, the sample videos, the forecast grids
-and the evaluation numbers.
-
-Results are attached only to the run that made them: when ``run.json`` has no wandb id (a run trained with wandb
-disabled, or a directory that only holds forecasts of a published checkpoint), or the forecasts come from a
-checkpoint outside ``<run>/checkpoints/``, the stage prints one line and attaches nothing. ``train.wandb_mode=
-disabled`` skips everything without importing wandb.
-
-Offline, each stage's process writes its own ``<run>/wandb/offline-run-<time>-<id>/`` (same run id, the later
-ones flagged ``resume``); ``wandb leet inspect --json <dir>`` prints any of them as records.
+"""Weights & Biases for a whole run. Training (rank 0) starts it, offline by default (under ``<run>/wandb/``), and
+records ``wandb_id``, ``wandb_project`` and ``wandb_mode`` in ``run.json``; forecast and evaluation resume it by id,
+so one run holds the curves, sample videos, forecast grids and evaluation numbers. Results attach only to the run
+that made them (no recorded id, or a checkpoint outside ``<run>/checkpoints/``: one line, nothing attached).
+``train.wandb_mode=disabled`` never imports wandb.
 """
 
 from __future__ import annotations
@@ -32,10 +22,8 @@ FORECAST_CAPTION = "rows: real, VQ reconstruction, samples; green border = condi
 
 
 def start_training_run(cfg: Config, out_dir: Path, key: str):
-    """Rank 0: start (or resume) the training run and record its id in run.json; None when wandb is disabled.
-
-    The id is a function of the run's fingerprint, so a resumed training process continues the same wandb run.
-    """
+    """Rank 0: start or resume (the id derives from the fingerprint) the training run, recording its id in run.json;
+    None when wandb is disabled."""
     if cfg.train.wandb_mode == "disabled":
         return None
     import wandb

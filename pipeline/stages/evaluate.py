@@ -1,19 +1,11 @@
-"""Stage 4: evaluate a forecasts store -> ``<run>/eval/metrics.json``, curves, and ``<out>/<data>/report.md``.
+"""Stage 4: score a complete ``forecasts.zarr`` -> ``<run>/eval/metrics.json``, curves and ``<out>/<data>/report.md``.
 
-Contract: reads a complete ``<out>/<data.name>/runs/<run>/forecasts.zarr`` (layout: :mod:`pipeline.stages.forecast`).
-
-Three sets are scored against the truth: the model's ensemble of ``samples`` (S members per video), the VQ
-reconstruction (the ceiling) and copy-last (the last real conditioning frame repeated), the last two as one-member
-ensembles. On the predicted frames: PSNR and SSIM (:mod:`pipeline.eval.metrics`), and the proper scores of the ensemble
-(:mod:`pipeline.eval.scores`): fair CRPS per pixel, energy score per frame in pixel and latent space, spread-skill ratio,
-sample diversity. On full clips: FVD (:mod:`pipeline.eval.fvd`). Every headline number has a percentile bootstrap interval
-over videos; the resampled videos are the same for every set and metric (and for every run with the same seed on the
-same videos), so the report can pair them.
-
-``metrics.json`` records the fingerprint of (forecasts store fingerprint, the eval settings that change numbers,
-the I3D weights' sha256, the metric format) and follows :mod:`pipeline.run.protocol`: an equal fingerprint does no
-work (only ``report.md`` is rewritten, so a second run's results appear in it); another one, or ``force``,
-recomputes it (one atomically written file: old and new never mix). An incomplete forecasts store is refused.
+Three sets against the truth: the model's ensemble (S samples per video), the VQ reconstruction (the ceiling) and
+copy-last (one-member ensembles). Predicted frames: PSNR, SSIM (:mod:`pipeline.eval.metrics`), fair CRPS, energy
+score in pixel and latent space, spread-skill, diversity (:mod:`pipeline.eval.scores`); full clips: FVD. Every
+headline number has a percentile bootstrap interval over videos, resampled alike for every set and metric so the
+report can pair them. ``metrics.json`` follows :mod:`pipeline.run.protocol` (fingerprint: forecasts, the eval
+settings that change numbers, I3D sha256, ``EVAL_FORMAT``); the report is rewritten even when up to date.
 """
 
 from __future__ import annotations
@@ -115,11 +107,8 @@ def i3d_weights_sha256(spec: str, hashes: dict[str, Any]) -> str | None:
 
 def evaluate(cfg: Config, url: str, run_dir: Path, force: bool = False, dry_run: bool = False,
              log: Callable[[str], None] = print) -> str:
-    """Bring ``<run_dir>/eval/metrics.json`` up to date with the forecasts at ``url``; rewrite the dataset report.
-
-    ``run_dir`` is ``<out>/<dataset>/runs/<run>``; the report is ``<out>/<dataset>/report.md``. Returns 'up to date',
-    'evaluated' or 'dry run' (``dry_run`` logs what would be done and changes nothing).
-    """
+    """Bring ``<run_dir>/eval/metrics.json`` up to date with the forecasts at ``url`` and rewrite the dataset report
+    (``run_dir`` = ``<out>/<dataset>/runs/<run>``); returns 'up to date', 'evaluated' or 'dry run'."""
     run_dir = Path(run_dir)
     dataset_dir, eval_dir = run_dir.parent.parent, run_dir / "eval"
     root = open_forecasts(url)
@@ -153,11 +142,8 @@ def evaluate(cfg: Config, url: str, run_dir: Path, force: bool = False, dry_run:
 
 
 def compute_metrics(cfg: Config, root, url: str, dataset_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Score every evaluated video (progress bar over videos); the metrics.json body without the bookkeeping.
-
-    Caches: I3D features of clip sets in ``<dataset_dir>/i3d_features/``, the converted builtin I3D weights in
-    ``<out>/i3d/`` (``<out>`` = the parent of ``dataset_dir``).
-    """
+    """The metrics.json body without bookkeeping. Caches I3D features in ``<dataset_dir>/i3d_features/`` and the
+    converted builtin I3D weights in ``<dataset_dir>/../i3d/``."""
     store = _read_store(root, url)
     videos = min(cfg.eval.videos or store.n_videos, store.n_videos)
     device = resolve_device(cfg.eval.device)
@@ -220,12 +206,8 @@ def _read_store(root, url: str) -> _Store:
 
 
 def score_video(store: _Store, v: int, frame_batch: int, device: torch.device) -> dict[str, dict[str, np.ndarray]]:
-    """Every per-frame score of video ``v`` for each scored set: {set: {metric: array}} (see ``summarize_metric``).
-
-    Pixel scores compare the predicted frames with the real ones in [-1, 1]; the latent energy score compares
-    latent rollouts with the cached latents of the real clip (the VQ ceiling has no latent score: its latents are
-    the truth's).
-    """
+    """Per-frame scores of video ``v``, {set: {metric: array}}: pixels in [-1, 1] vs the real frames, latents vs the
+    clip's cached latents (none for the VQ ceiling, whose latents are the truth's)."""
     real, recon, samples = (store.row(name, v) for name in ("real", "recon", "samples"))
     latents, truth_latents = store.row("latents", v), store.row("truth_latents", v)
     c = store.cond
@@ -244,12 +226,8 @@ def score_video(store: _Store, v: int, frame_batch: int, device: torch.device) -
 
 def _fvd(cfg: Config, store: _Store, videos: int, device: torch.device, dataset_dir: Path, result: dict[str, Any],
          log) -> tuple[str, dict[str, Any]]:
-    """Fill ``result[set]['fvd']`` (with its interval) from I3D features; returns (status, what FVD was computed on).
-
-    The clip sets are full clips (conditioning + predicted) of the first ``fvd_videos`` videos: real, VQ ceiling,
-    copy-last and the model's first (or every) sample. Features come from the content-keyed cache when those clips
-    were scored before (:func:`pipeline.eval.fvd.set_features`).
-    """
+    """Fill ``result[set]['fvd']`` (with interval) from I3D features of the full clips of the first ``fvd_videos``
+    videos; returns (status, what FVD was computed on)."""
     fvd_videos = min(cfg.eval.fvd_videos or videos, videos)
     for name in SETS:
         result[name]["fvd"] = None
