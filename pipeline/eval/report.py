@@ -170,7 +170,8 @@ def _pair_summary(pair: dict[str, Any]) -> str:
     """One summary line: who is better on what (margin and interval), and what the data cannot tell."""
     names = pair["names"]
     by, fvd = _by_verdict(pair["rows"], "(no verdict: too few videos)" if fvd_caveat(pair["base"]) else None)
-    parts = [f"{name} better on " + ", ".join(f"{label} by {advantage_text(r, unit)}" for label, r, unit in by[v])
+    parts = [f"{name} better on " + ", ".join(f"{label.split(' (')[0]} by {advantage_text(r, unit)}"  # unit said once
+                                             for label, r, unit in by[v])
              for v, name in (("A", names[0]), ("B", names[1])) if by[v]]
     parts += [f"cannot tell on {_names(by['cannot tell'])}"] * bool(by["cannot tell"]) + [fvd] * bool(fvd)
     videos = pair["base"]["protocol"]["videos"]
