@@ -81,7 +81,7 @@ help: ## Show targets and variables
 	@echo "  PRETRAIN_INTERPS=$(PRETRAIN_INTERPS)  the interpolants make demo-pretrain trains and exports (default: ours linear)"
 	@echo "  DRY_RUN=$(DRY_RUN)        1 = every stage prints its resolved config and what it would do, and does nothing"
 	@echo "  NPROC=$(NPROC)          processes per node (torchrun); TRAIN_NPROC=$(TRAIN_NPROC) for training; NNODES=$(NNODES), RDZV=host:port for multi-node"
-	@echo "  THREADS=$(THREADS)          torch threads per stage process (OMP_NUM_THREADS; default: usable CPUs idle at start / processes per node)"
+	@echo "  THREADS=$(THREADS)          torch threads per stage process (OMP_NUM_THREADS; default: usable CPUs / processes per node)"
 	@echo "  DEMO_NPROC=...     training processes of 'make demo' (default: one per GPU, else 2 single-thread CPU processes)"
 	@echo "  SMOKE=$(SMOKE)          1 = every stage at its smoke setting (seconds), in its own <dataset>-smoke directories"
 	@echo "  ARGS=$(ARGS)             --set overrides for every stage of the chain, e.g. ARGS='--set train.lr=5e-4' (a new run records them)"
@@ -134,7 +134,7 @@ demo: $(STAMP) ## Both interpolants on the demo: short runs trained here (ours, 
 	@echo "demo: report in $(DEMO_DIR)/report.md"
 
 # The shipped demo flows checkpoints/demo_flow_<interp>.pt: make demo-pretrain trains both interpolants at once, one
-# single-thread process each (runs pretrain-ours and pretrain-linear; ~65 min on 2 cores, README), then exports each
+# single-thread process each (runs pretrain-ours and pretrain-linear; ~65 min on 2 cores, docs/demo.md), then exports each
 # run's EMA weights in float16. Single-thread processes make the weights independent of the machine's core count.
 # SMOKE=1 trains at the smoke setting instead of the recipe and exports into the smoke directory, not checkpoints/.
 # The cache is brought up to date once first, so the two concurrent trainings only find it so.
@@ -159,7 +159,7 @@ demo-pretrain: $(STAMP) ## Train the shipped demo flows (both interpolants, ~65 
 # shipped-ours and shipped-linear): at 100 calls per frame (sample.steps 51 with Heun), and ours at 20 calls on a
 # grid fine near its start (quadratic from t = 0.01) untuned and with its diffusion re-tuned after training (half
 # and twice the trained noise level): the re-tuned drift of the previous-frame base is stiff near t = 0, and the
-# sampler refuses grids that do not resolve it (README). Re-tuned sampling starts from the interpolant's spread at
+# sampler refuses grids that do not resolve it (docs/METHOD.md §3). Re-tuned sampling starts from the interpolant's spread at
 # t = 0.01, untuned from the reference point: the untuned run from the spread start (-spread) pairs with both, so
 # the report separates the start's effect from the re-tuning's.
 DEMO_DIR     = $(OUT)/demo$(if $(filter 1,$(SMOKE)),-smoke,)

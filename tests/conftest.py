@@ -38,7 +38,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # make test: one worker per usable CP
 
 def pytest_configure(config: pytest.Config) -> None:
     """In one process (TEST_WORKERS=0, plain pytest), the stages the tests start get every usable CPU, fixed here:
-    left to choose, they take the CPUs idle at their start (pipeline/run/threads.py), and tests that compare two runs bit
+    left to choose, they take the usable CPUs shared by the node's processes (pipeline/run/threads.py), and tests that compare two runs bit
     for bit need one count in both. (Not in xdist's controller: its workers would inherit the count.)"""
     if os.environ.get("PYTEST_XDIST_WORKER") or getattr(config.option, "numprocesses", None):
         return

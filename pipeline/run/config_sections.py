@@ -267,7 +267,7 @@ class ModelConfig(Section):
 
 @dataclass(config=STRICT)
 class EncodeConfig(Section):
-    """Stage 1: frames -> latents.zarr (pixel-space augmentation views are cached, see README)."""
+    """Stage 1: frames -> latents.zarr (pixel-space augmentation views are cached, docs/DESIGN.md)."""
     dtype: Literal["float32", "float16"] = key("float32", "stored latent dtype")
     chunk_frames: int = key(16, "frames per Zarr chunk; each video starts on a chunk boundary (benchmarks/)", ge=1)
     compression_level: int = key(3, "Blosc/zstd level, bit-shuffled", ge=0, le=9)
