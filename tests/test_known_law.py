@@ -346,7 +346,7 @@ def test_horizon_comparisons_and_the_reports_bar_summary(data) -> None:
     constant velocity once kicks and motion add up; the VQ row (here the real frames) keeps identity; the report
     counts the horizons where the bar holds, for the run and for the oracle."""
     from pipeline.demo.scoring import horizon_comparisons
-    from pipeline.eval.report import _horizon_summary, _horizon_table
+    from pipeline.eval.report_law import horizon_summary as _horizon_summary, horizon_table as _horizon_table
 
     state, reader = data
     rows = []

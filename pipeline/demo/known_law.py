@@ -36,7 +36,6 @@ import numpy as np
 from pipeline.demo import generator as demo
 from pipeline.demo.oracle import ORACLE_SAMPLES, STREAM_FORECAST, STREAM_LAW, constant_velocity, copy_last, oracle_futures
 from pipeline.demo.readout import Readout, expected_area, measure_states, palette_of, read_frames, render_states
-from pipeline.demo.readout import calibrate_colours, decoder_fidelity  # noqa: F401  (the stages import them from here)
 from pipeline.demo.state import SpriteTrack
 
 MAX_FRACTION = 1.5  # identity: more than this fraction of the expected area is a bloated or duplicated sprite

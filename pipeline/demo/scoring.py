@@ -9,7 +9,8 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.demo.known_law import STREAM_FORECAST, Clip, calibrate_colours, render_states, video_scores
+from pipeline.demo.known_law import STREAM_FORECAST, Clip, render_states, video_scores
+from pipeline.demo.readout import calibrate_colours
 from pipeline.demo.state import STATE_FILE, load_state
 from pipeline.eval.stats import bootstrap_interval, paired_difference
 from pipeline.run.config import Config

@@ -324,12 +324,12 @@ def psnr(
 def object_fidelity_line(vq: FrozenVQVAE, split_dir: Path, videos: int) -> str:
     """One line of :func:`~pipeline.demo.readout.decoder_fidelity` on a VQVAE's reconstructions."""
 
-    from pipeline.demo import known_law
+    from pipeline.demo.readout import decoder_fidelity
     from pipeline.demo.state import load_state
 
     reader = ShardReader(split_dir)
     try:
-        fid = known_law.decoder_fidelity(vq.reconstruct_uint8, reader, load_state(split_dir), videos)
+        fid = decoder_fidelity(vq.reconstruct_uint8, reader, load_state(split_dir), videos)
     finally:
         reader.close()
     own = {k: (float("nan") if v is None else v) for k, v in fid["palette_colours"].items()}  # None: no sprite found

@@ -45,15 +45,13 @@ from pipeline.eval.compare import (KNOWN_LAW_COLUMNS, baseline, comparable, law_
                                    trained_steps)
 from pipeline.eval.fvd import RECOMMENDED_FVD_VIDEOS
 from pipeline.eval.plots import plot_curves, plot_losses, plot_run_curves, read_losses, run_colours
-from pipeline.eval.report_law import horizon_summary, horizon_table, known_law_section, law_sets
+from pipeline.eval.report_law import horizon_table, known_law_section, law_sets
 from pipeline.eval.tables import advantage_text, difference, table
 from pipeline.run.layout import RUNS
 from pipeline.run.records import atomic_path, write_json_atomic
 
-# Imported from here by the evaluate stage and the tests (horizon_* under their former private names).
-__all__ = ["METRICS_FILE", "SCHEMA", "check_schema", "law_verdicts", "plot_run_curves", "write_metrics", "write_report",
-           "_horizon_summary", "_horizon_table"]
-_horizon_summary, _horizon_table = horizon_summary, horizon_table
+# Imported from here by the evaluate stage and the tests.
+__all__ = ["METRICS_FILE", "SCHEMA", "check_schema", "law_verdicts", "plot_run_curves", "write_metrics", "write_report"]
 
 SCHEMA = "latent-interpolants/eval-metrics/v2"
 METRICS_FILE = "metrics.json"

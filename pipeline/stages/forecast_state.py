@@ -13,7 +13,7 @@ from pipeline.stages.encode import vqvae_identity
 from pipeline.run.protocol import Output, Verdict, decide, local_lock, up_to_date_line
 from pipeline.run.records import KnownHashes, cached_sha256, changed_keys
 
-FORMAT_VERSION = 3  # bump when the layout or the meaning of stored values changes
+FORMAT_VERSION = 4  # bump when the layout or the meaning of stored values changes (4: CRC32C on every chunk)
 STORE_NAME = "forecasts.zarr"
 RESULT_NEUTRAL_SAMPLE_KEYS = ("batch_size",)  # sampler settings that do not change the forecasts
 MEDIA_KEYS = ("media_videos", "media_samples", "fps")  # forecast settings that only change the media
