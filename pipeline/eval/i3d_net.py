@@ -1,31 +1,10 @@
-"""FVD's feature network: DeepMind's Kinetics-400 I3D in PyTorch (the weights are read by :mod:`pipeline.eval.i3d`).
+"""FVD's feature network: DeepMind's Kinetics-400 I3D (TF-hub ``i3d-kinetics-400``) in PyTorch.
 
-What
-    :class:`I3D` is Inception-v1 inflated to 3-D (Carreira & Zisserman, "Quo Vadis, Action Recognition?", 2017)
-    exactly as DeepMind's TF-hub ``i3d-kinetics-400`` computes it: Conv3d_1a_7x7, MaxPool3d_2a_3x3, Conv3d_2b_1x1,
-    Conv3d_2c_3x3, MaxPool3d_3a_3x3, Mixed_3b, Mixed_3c, MaxPool3d_4a_3x3, Mixed_4b..4f, MaxPool3d_5a_2x2,
-    Mixed_5b, Mixed_5c, a VALID 2x7x7 average pool, a 1x1x1 logits convolution with bias, the logits averaged over
-    the remaining time steps. Its 400 time-averaged logits are the features of the Fréchet video distance.
-
-The protocol (StyleGAN-V's, used for FVD)
-    ``detector(x, rescale=False, resize=True, return_features=True)`` on float32 ``[B, 3, T, H, W]`` in [-1, 1]
-    (uint8 frames ``/ 127.5 - 1``): every frame is resized to 224 x 224 with
-    ``F.interpolate(mode="bilinear", align_corners=False)`` (see :func:`resize_frames`), then the network gives the
-    400 logits averaged over time, ``[B, 400]``. :class:`I3D` accepts exactly this call, so it is a drop-in for the
-    TorchScript detector in :class:`pipeline.eval.fvd.I3DFeatures`; ``model(x)`` alone is the bare network on
-    224 x 224 frames.
-
-Faithfulness to TF (the golden test in tests/test_i3d.py: logits within 1e-3 of the JAX port)
-    * "SAME" padding for every convolution and max-pool, done explicitly: per dimension
-      ``total = max((ceil(n / s) - 1) * s + k - n, 0)``, ``total // 2`` before and the rest after (TF puts the
-      odd extra element at the end, PyTorch's ``padding=`` cannot). Convolutions pad with zeros; max-pools pad
-      with -inf, so padded positions never win (TF's SAME max-pool ignores them).
-    * BatchNorm without scale (Sonnet v1 / TF-hub: only the offset beta is learned), epsilon 1e-3, moving
-      statistics: ``(x - mean) / sqrt(var + 1e-3) + beta`` (:class:`BatchNormNoScale`). The port is for inference:
-      it always normalises with the moving statistics, also in train mode.
-    * Inception branches are concatenated in the order 0, 1, 2, 3 (1x1; 1x1 -> 3x3x3; 1x1 -> 3x3x3;
-      3x3x3 max-pool -> 1x1).
-    * Kernels are stored as TF's ``(T, H, W, in, out)`` and transposed to PyTorch's ``(out, in, T, H, W)``.
+Inception-v1 inflated to 3-D (Carreira & Zisserman 2017); its 400 time-averaged logits are the FVD features. Called
+as StyleGAN-V's detector, ``(x, rescale=False, resize=True, return_features=True)`` on float32 ``[B, 3, T, H, W]``
+in [-1, 1]. Matching TF (tests/test_i3d.py: logits within 1e-3 of the JAX port) needs: explicit "SAME" padding with
+the odd element after (zeros for convolutions, -inf for max-pools), BatchNorm without scale (eps 1e-3, moving
+statistics only), branches concatenated 0..3, TF kernels ``(T, H, W, in, out)`` transposed to ``(out, in, T, H, W)``.
 """
 
 from __future__ import annotations
@@ -40,11 +19,6 @@ from torch import nn
 NUM_CLASSES = 400
 INPUT_SIZE = 224
 BN_EPSILON = 1e-3
-
-# ----------------------------------------------------------------------------------------------------------
-# TF "SAME" padding
-# ----------------------------------------------------------------------------------------------------------
-
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """TF "SAME" padding of one dimension: (before, after), the odd extra element after."""
@@ -76,10 +50,8 @@ class BatchNormNoScale(nn.Module):
 
 
 class Unit3D(nn.Module):
-    """Conv3d with TF "SAME" padding (no bias), BatchNorm without scale, ReLU; or, for the logits, conv + bias only.
-
-    ``tf_name`` is the unit's name in the TF/Flax weights (e.g. ``Mixed_3b/Branch_1/Conv3d_0b_3x3``).
-    """
+    """Conv3d with TF "SAME" padding, BatchNorm without scale, ReLU (the logits: conv + bias only).
+    ``tf_name`` is the unit's name in the TF/Flax weights."""
 
     def __init__(self, tf_name: str, in_channels: int, out_channels: int, kernel: tuple[int, int, int] = (1, 1, 1),
                  stride: tuple[int, int, int] = (1, 1, 1), batch_norm: bool = True, relu: bool = True,
@@ -103,12 +75,8 @@ class Unit3D(nn.Module):
 
 
 class MaxPool3dSame(nn.Module):
-    """Max-pool with TF "SAME" padding; padded positions are -inf, so (as in TF) they never count.
-
-    Computed separably, one dimension at a time, as the running maximum of the ``k`` strided shifts of the padded
-    input: the maximum over a box is the maximum of maxima along its sides, so the result is exactly
-    ``F.max_pool3d``'s, and on CPU several times faster than its index-tracking kernel for the blocks' 3x3x3 pools.
-    """
+    """Max-pool with TF "SAME" padding (-inf pads), separably: the running maximum of the ``k`` strided shifts per
+    dimension equals ``F.max_pool3d`` exactly and is several times faster on CPU."""
 
     def __init__(self, kernel: tuple[int, int, int], stride: tuple[int, int, int]):
         super().__init__()
@@ -133,11 +101,8 @@ class MaxPool3dSame(nn.Module):
 
 
 class InceptionBlock(nn.Module):
-    """Four branches concatenated on channels in the order 0, 1, 2, 3.
-
-    ``out`` = (branch 0 1x1, branch 1 1x1, branch 1 3x3x3, branch 2 1x1, branch 2 3x3x3, branch 3 1x1 after a
-    3x3x3 stride-1 max-pool); the output has ``out[0] + out[2] + out[4] + out[5]`` channels.
-    """
+    """Four branches concatenated on channels in the order 0..3. ``out`` = channels of (b0 1x1, b1 1x1, b1 3x3x3,
+    b2 1x1, b2 3x3x3, b3 1x1 after a 3x3x3 max-pool)."""
 
     def __init__(self, tf_name: str, in_channels: int, out: tuple[int, int, int, int, int, int]):
         super().__init__()
@@ -183,11 +148,8 @@ ENDPOINTS = tuple(name for name, _, _ in ARCHITECTURE) + ("Logits",)
 
 
 def resize_frames(x: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
-    """Every frame of ``[B, C, T, H, W]`` resized to ``size`` x ``size``: bilinear, ``align_corners=False``.
-
-    StyleGAN-V's detector does this with ``resize=True``. Frames already ``size`` x ``size`` are returned as they
-    are (bilinear interpolation to the same size is the identity).
-    """
+    """Every frame of ``[B, C, T, H, W]`` resized to ``size`` x ``size``: bilinear, ``align_corners=False``
+    (StyleGAN-V's ``resize=True``)."""
     if x.shape[-2:] == (size, size):
         return x
     b, c, t, h, w = x.shape
@@ -197,14 +159,8 @@ def resize_frames(x: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
 
 
 class I3D(nn.Module):
-    """DeepMind's Kinetics-400 I3D (TF-hub ``i3d-kinetics-400``) in PyTorch; see the module docstring.
-
-    ``model(x)``: ``x`` float32 ``[B, 3, T, H, W]`` in [-1, 1] with 224 x 224 frames (T >= 9, so that two time
-    steps reach the 2x7x7 average pool) -> the 400 logits averaged over time, ``[B, 400]``.
-    ``model(x, rescale=False, resize=True, return_features=True)``: the FVD protocol (StyleGAN-V's detector call):
-    frames of any size are first resized to 224 x 224 (:func:`resize_frames`). Other values of ``rescale`` and
-    ``return_features`` (StyleGAN-V's pixel rescaling, class probabilities) are not supported: ValueError.
-    """
+    """``model(x)``: float32 ``[B, 3, T >= 9, 224, 224]`` in [-1, 1] -> the time-averaged logits ``[B, 400]``;
+    ``resize=True`` accepts any frame size. ``rescale=True`` or ``return_features=False``: ValueError."""
 
     def __init__(self, num_classes: int = NUM_CLASSES):
         super().__init__()
@@ -220,7 +176,6 @@ class I3D(nn.Module):
                 block = InceptionBlock(name, channels, args)
                 self.add_module(name, block)
                 channels = block.out_channels
-        # Dropout (keep probability 1 at inference) is omitted: it is the identity.
         self.Logits = Unit3D("Logits/Conv3d_0c_1x1", channels, num_classes, batch_norm=False, relu=False, bias=True)
 
     def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,

@@ -1,43 +1,22 @@
 """Proper scores of a forecast ensemble: fair CRPS, fair energy score, spread-skill, diversity.
 
-Conventions: ``samples`` is ``[m, ...]`` (m ensemble members), ``truth`` is ``[...]`` (the same trailing shape).
-Pixels are compared in the model range ``x / 127.5 - 1`` ([-1, 1]); uint8 inputs are converted that way, float
-inputs (pixels already in [-1, 1], or latents) are used as they are. Everything runs on the inputs' device (CPU or
-CUDA). Elementwise differences are taken in the inputs' float precision (at least float32); every norm and every
-mean over pixels, frames or pairs is accumulated in float64, and the reduced results are float64.
+``samples`` is ``[m, ...]`` (m members), ``truth`` ``[...]``. uint8 pixels are scored in [-1, 1] (x / 127.5 - 1),
+floats as they are. Differences in the inputs' precision (>= float32), norms and means accumulated in float64.
 
-Estimators. For members X_1..X_m and observation y, the *fair* (unbiased) ensemble estimators
+Fair (unbiased) estimators, for members X_1..X_m and observation y:
 
     CRPS = 1/m Σ_i |X_i − y|   − 1/(2 m (m−1)) Σ_{i≠j} |X_i − X_j|          (elementwise)
     ES   = 1/m Σ_i ||X_i − y|| − 1/(2 m (m−1)) Σ_{i≠j} ||X_i − X_j||        (over one event, e.g. a frame)
 
-have expectation (over ensembles drawn iid from a law F) equal to the score of F itself, for every m >= 2, so
-ensembles of different sizes are comparable and a small ensemble is not penalised for being small. With one member
-(copy-last, the VQ reconstruction) the spread term is absent: CRPS = absolute error, ES = error norm, the exact
-scores of a deterministic forecast, so baselines and ensembles go through the same functions.
+Their expectation equals the score of the members' law for every m >= 2, so ensembles of different sizes compare.
+One member (copy-last, the VQ reconstruction) gives the deterministic scores |X − y| and ||X − y||. For large m the
+CRPS uses the sorted form Σ_{i≠j}|X_i − X_j| = 2 Σ_k (2k − m + 1) X_(k). Reported ES is divided by sqrt(D), D =
+values per event (``rms=True``): still proper, and the frame RMSE for one member; ``diversity`` uses that unit.
 
-CRPS is computed in the O(m²) pairwise form (m − 1 vectorised passes over the tensor) for m <= 64 and in the
-O(m log m) sorted form, Σ_{i≠j}|X_i − X_j| = 2 Σ_k (2k − m + 1) X_(k), above: on CPU, torch's sort over a few
-members is slower per element than the pairwise passes, while the sorted form wins for large ensembles.
-
-Energy-score unit. ``energy_score`` is the plain Euclidean score by default. For reporting, ``rms=True`` divides it
-by sqrt(D), D = the number of values in one event (H·W·C for a frame): a constant factor, so the score stays
-proper, and in an RMS-like unit, so frames or latents of different sizes are comparable; for one member it is the
-frame's RMSE. ``ensemble_frame_scores`` always reports this normalised ES; ``diversity`` uses the same unit.
-
-Spread-skill. ``spread_skill`` returns the two means the ratio is formed from AFTER aggregation over videos and
-frames (a ratio of means, not a mean of ratios): the unbiased ensemble variance (ddof = 1) and the squared error of
-the ensemble mean. ``spread_skill_ratio`` applies the finite-ensemble correction of Fortin et al. (2014, "Why
-should ensemble spread match the RMSE of the ensemble mean?", J. Hydrometeorology): when the truth and the m
-members are iid from one law with variance σ², E[spread²] = σ² but E[mse] = σ²(1 + 1/m), so
-sqrt((m+1)/m · spread²) / sqrt(mse) has the value 1 for a calibrated ensemble; < 1 is under-dispersion.
-
-scoringrules (0.10.0) has the same fair CRPS and energy score (``estimator="fair"``) with a torch backend, but it
-requires Python >= 3.11 (we support 3.10), its default CRPS estimator is not the fair one, its fair formulas divide
-by m − 1 (no one-member case, which copy-last and the VQ reconstruction need), and its energy score wants one vector
-axis (frames must be flattened by the caller). The formulas are ten lines, so we keep our own and cross-check them
-against scoringrules in tests/test_scores.py when it is installed (a dev-only dependency, Python >= 3.11); the
-tests also check closed forms, which do not depend on it.
+Spread-skill is a ratio of means formed AFTER aggregation over videos and frames: spread² (ensemble variance,
+ddof = 1) and mse (of the ensemble mean). With truth and members iid of variance σ², E[spread²] = σ² but
+E[mse] = σ²(1 + 1/m) (Fortin et al. 2014, J. Hydrometeorology), so sqrt((m+1)/m · spread²) / sqrt(mse) is 1 for a
+calibrated ensemble; < 1 is under-dispersion. tests/test_scores.py cross-checks against scoringrules when installed.
 """
 
 from __future__ import annotations
@@ -51,8 +30,7 @@ SORTED_CRPS_FROM = 65  # members: the pairwise CRPS form below this, the sorted 
 
 
 def as_scored(x: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """A tensor to score: uint8 pixels -> float32 in [-1, 1] (x / 127.5 - 1); other integers and half floats ->
-    float32; float32 and float64 as they are. numpy arrays become CPU tensors."""
+    """uint8 pixels -> float32 in [-1, 1]; other non-float32/64 dtypes -> float32; numpy -> CPU tensor."""
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.array(x))  # a copy: broadcast views are read-only
     if x.dtype == torch.uint8:
@@ -90,16 +68,8 @@ def _mean_pair_norm(x: torch.Tensor) -> torch.Tensor:
     return total / max(m * (m - 1) // 2, 1)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Scores
-# ----------------------------------------------------------------------------------------------------------
-
-
 def crps_ensemble(samples: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """Fair ensemble CRPS, elementwise: ``[m, ...]`` and ``[...]`` -> ``[...]``; one member -> |X − y|.
-
-    Same float precision as the inputs (>= float32); pairwise form for m <= 64, sorted form above (module docstring).
-    """
+    """Fair ensemble CRPS, elementwise: ``[m, ...]`` and ``[...]`` -> ``[...]`` in the inputs' precision."""
     x, y = _pair(samples, truth)
     m = x.shape[0]
     skill = (x - y).abs().mean(0)
@@ -117,10 +87,7 @@ def crps_ensemble(samples: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
 
 def energy_score(samples: torch.Tensor, truth: torch.Tensor, event_dims: int, rms: bool = False) -> torch.Tensor:
     """Fair energy score over events of the trailing ``event_dims`` dims: ``[m, *lead, *event]`` -> ``[*lead]`` float64.
-
-    One member -> ||X − y||; ``event_dims=0`` is the CRPS. ``rms=True`` divides by sqrt(D), D = values per event
-    (the reporting unit: the frame RMSE for one member; see the module docstring).
-    """
+    ``rms=True`` divides by sqrt(D), D = values per event."""
     x, y = _pair(samples, truth)
     x, y = _events(x, event_dims, 1), _events(y, event_dims, 0)
     score = _norm(x - y).mean(0) - 0.5 * _mean_pair_norm(x)
@@ -128,11 +95,8 @@ def energy_score(samples: torch.Tensor, truth: torch.Tensor, event_dims: int, rm
 
 
 def spread_skill(samples: torch.Tensor, truth: torch.Tensor, event_dims: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(spread², mse): the mean unbiased ensemble variance (ddof = 1; 0 for one member) and the mean squared error
-    of the ensemble mean, averaged over the trailing ``event_dims`` dims (None: all), float64.
-
-    Aggregate both over videos and frames first, then form :func:`spread_skill_ratio`.
-    """
+    """(spread², mse), float64, averaged over the trailing ``event_dims`` dims (None: all): the unbiased ensemble
+    variance (0 for one member) and the squared error of the ensemble mean."""
     x, y = _pair(samples, truth)
     event_dims = y.ndim if event_dims is None else event_dims
     x, y = _events(x, event_dims, 1), _events(y, event_dims, 0)
@@ -144,11 +108,7 @@ def spread_skill(samples: torch.Tensor, truth: torch.Tensor, event_dims: int | N
 
 
 def spread_skill_ratio(spread2_mean, mse_mean, m: int):
-    """sqrt((m+1)/m · spread²) / sqrt(mse) (Fortin et al. 2014): 1 for a calibrated m-member ensemble.
-
-    Works on floats and numpy arrays (e.g. the resampled means of a bootstrap). One member has no spread: 0.
-    mse = 0 gives inf (or nan when the spread is 0 too).
-    """
+    """sqrt((m+1)/m · spread²) / sqrt(mse) on floats or numpy arrays (e.g. bootstrap means); mse = 0 gives inf/nan."""
     if m < 1:
         raise ValueError(f"an ensemble has m >= 1 members, got {m}")
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -156,8 +116,7 @@ def spread_skill_ratio(spread2_mean, mse_mean, m: int):
 
 
 def diversity(samples: torch.Tensor, event_dims: int | None = None) -> torch.Tensor:
-    """Mean over member pairs of the RMS distance ||X_i − X_j|| / sqrt(D) over the trailing ``event_dims`` dims
-    (None: all), float64; 0 for one member. Twice the spread term of the rms-normalised energy score."""
+    """Mean over member pairs of ||X_i − X_j|| / sqrt(D) over the trailing ``event_dims`` dims (None: all), float64."""
     x = as_scored(samples)
     event_dims = x.ndim - 1 if event_dims is None else event_dims
     x = _events(x, event_dims, 1)
@@ -165,13 +124,8 @@ def diversity(samples: torch.Tensor, event_dims: int | None = None) -> torch.Ten
 
 
 def ensemble_frame_scores(samples: torch.Tensor | np.ndarray, truth: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
-    """Per predicted frame scores of one video: ``samples [m, F, ...]``, ``truth [F, ...]`` -> float64 arrays ``[F]``.
-
-    ``crps`` (fair CRPS averaged over the frame's values), ``energy`` (fair ES / sqrt(D), the RMS unit), ``spread2``
-    and ``mse`` (the spread-skill components, averaged over the frame's values), ``diversity`` (mean pairwise RMS
-    distance). Store them per video; average over frames and videos (``spread2`` and ``mse`` separately) to report.
-    uint8 frames are compared in [-1, 1].
-    """
+    """Per predicted frame scores of one video: ``samples [m, F, ...]``, ``truth [F, ...]`` -> float64 arrays ``[F]``:
+    ``crps`` and ``spread2``/``mse`` (frame means), ``energy`` (ES / sqrt(D)), ``diversity`` (mean pairwise RMS)."""
     x, y = _pair(samples, truth)
     if y.ndim < 1:
         raise ValueError(f"expected samples [m, F, ...] and truth [F, ...], got truth {tuple(y.shape)}")
