@@ -1,26 +1,17 @@
-"""The Zarr v3 latent store written by stage 1 and read by every later stage.
+"""The Zarr v3 latent store written by stage 1 and read by every later stage (plain ``zarr`` reads it)::
 
-Layout (readable by plain ``zarr``)::
-
-    latents.zarr/
-      attrs: fingerprint, inputs (what the latents depend on), views, latent_shape, dtype, chunk_frames,
-             stats {split: {mean, std}} (per channel, view 0), config, code_version, complete
+    latents.zarr/   attrs: fingerprint, inputs, views, latent_shape, dtype, chunk_frames, stats {split: {mean, std}}
+                           (per channel, view 0), config, code_version, complete
       <split>/latents   [views, frames, C, h, w]  float32 | float16, chunks (1, chunk_frames, C, h, w)
       <split>/offsets   [videos] int64   first frame of each video (chunk-aligned: videos never share a chunk)
       <split>/lengths   [videos] int64   frames of each video
       <split>/done      [videos] bool    set after the video's latents are written (one chunk per flag)
-      <split> attrs: videos = [{shard, key, source, length}]   provenance of each video
+      <split> attrs: videos = [{shard, key, source, length}]
 
-Because every video starts on a chunk boundary and each ``done`` flag has its own chunk, processes writing
-different videos never touch the same chunk: distributed encoding needs no locks, and a killed run leaves only
-videos whose flag is unset, which a rerun encodes again.
-
-Integrity: every read of this store and ``forecasts.zarr`` goes through this module and returns only the stored
-bytes. Arrays are written with :func:`checked_compressors` (Blosc, then Zarr's CRC32C), so a chunk cut short or
-changed fails its checksum (which covers a chunk's bytes, not its key: two valid chunks swapped still decode). A
-chunk a read needs must exist (writers store every chunk, even one equal to the fill value), latents must be
-finite, metadata and index arrays must be consistent; each error names store, array and chunk (or metadata file)
-and, where known, the video. Float arrays are filled with NaN: data read past these checks cannot pass for zeros.
+Writers of different videos never share a chunk, so distributed encoding needs no locks and a rerun redoes only
+videos whose flag is unset. Integrity (this store and ``forecasts.zarr``): every chunk is stored and CRC32C-checked
+(:func:`checked_compressors`; the checksum covers bytes, not the key), latents must be finite, index arrays
+consistent; errors name store, array, chunk and video. Float fill is NaN, so unread data never passes for zeros.
 """
 
 from __future__ import annotations
@@ -37,7 +28,7 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, BytesCodec, Crc32cCodec
 from zarr.storage import LocalStore
 
-FORMAT_VERSION = 2  # bump when the layout or the meaning of stored values changes (2: CRC32C on every chunk)
+FORMAT_VERSION = 2  # bump when the layout or the meaning of stored values changes
 DAMAGED = "the store is damaged: delete it and rerun the stage that writes it"
 
 
@@ -100,9 +91,8 @@ def has_node(group: zarr.Group, name: str) -> bool:
 
 
 def read_array(array: zarr.Array, selection: Any, url: str, what: str = "", missing_ok: bool = False) -> np.ndarray:
-    """``array[selection]`` (ints and unit-step slices over leading axes), read only from chunks that exist and decode.
-    ``what`` says what the selection is (e.g. a video), for the error. ``missing_ok`` is for arrays whose absent chunks
-    mean the fill value by design (``done`` flags: an unwritten flag is False)."""
+    """``array[selection]`` (ints and unit-step slices) from chunks that exist and decode; ``what`` names it in errors.
+    ``missing_ok``: absent chunks mean the fill value by design (an unwritten ``done`` flag is False)."""
     coords = _selected_chunks(array, selection)
     if not missing_ok:
         missing = [c for c, there in zip(coords, _exists(array.store, _chunk_keys(array, coords))) if not there]
@@ -154,11 +144,10 @@ def checked_compressors(level: int) -> list[Any]:
 
 
 class LatentSplit:
-    """Read access to one split of the store: per-video latents and fast batched frame reads.
+    """One split of the store: per-video latents and batched frame reads, every read checked.
 
-    ``read_frames`` fetches each needed chunk once and decodes it as its codecs say (CRC32C, Blosc) without zarr's
-    generic indexing, several times slower for the scattered reads of triplet sampling. Every read refuses missing,
-    corrupt or undecodable chunks and non-finite latents, naming chunk and video; the index is checked on opening.
+    ``read_frames`` decodes each needed chunk once itself (CRC32C, Blosc): zarr's generic indexing is several times
+    slower for the scattered reads of triplet sampling.
     """
 
     def __init__(self, url: str, split: str):

@@ -19,14 +19,12 @@ from pipeline.stages.evaluate_scores import interval_of, summarize_metric
 
 
 def known_law_scores(cfg: Config, store, videos: int, bootstrap: dict[str, Any], log) -> dict[str, Any]:
-    """The demo's known-law scores (:mod:`pipeline.demo.known_law`) of every set, with intervals; other data: a status.
+    """metrics.json's ``known_law`` block: {status, sets: {set: {metric: block}}, horizons}; other data: a status.
 
-    Sets: the model's samples, the oracle (S independent draws from the true law: its law distance is the noise
-    floor), copy-last, constant velocity, the VQ reconstruction and the real frames (the read-out's ceiling), and
-    the oracle's draws rendered and passed through the forecasts' VQVAE (``oracle_vq``: a perfect latent forecaster,
-    what any model decoded by this VQVAE can reach; left out, with a note, when ``eval.oracle_vq`` is off or the
-    config's VQVAE is not the one the forecasts were decoded with). Sprites are read in the colours the decoder draws (calibrated on each video's
-    decoded conditioning frames).
+    Sets: model, oracle (S draws of the true law: the noise floor), copy_last, constant_velocity, vq_ceiling, real
+    (the read-out's ceiling) and, when the config's VQVAE decoded the forecasts, oracle_vq (the oracle through the
+    VQVAE: what any model decoded by it can reach). Sprites are read in colours calibrated per video on the decoded
+    conditioning frames.
     """
     path = Path(cfg.data.root) / str(store.attrs.get("split")) / STATE_FILE
     if not path.is_file():
@@ -78,12 +76,9 @@ HORIZON_IDENTITY = ("model", "vq_ceiling", "oracle", "oracle_vq")
 
 
 def horizon_comparisons(rows: list[dict[str, dict[str, np.ndarray]]], bootstrap: dict[str, Any]) -> dict[str, Any]:
-    """Per predicted frame, with intervals over videos: the distance to the true law of the model (and of the
-    oracle, a perfect forecaster of the same ensemble size, as drawn and through the VQVAE) minus that of each
-    deterministic reference, paired on the same videos, and identity kept by the model, the VQ reconstruction and
-    the oracle (both ways). This is where a forecaster has to beat constant-velocity extrapolation at every
-    horizon; the oracle's rows say at which horizons even the true law can be told apart from it with these videos
-    and samples. Sets the rows lack (``oracle_vq`` without the VQVAE) are left out."""
+    """Per predicted frame, with intervals over videos: {law_distance: {"a-b": paired a − b of :data:`HORIZON_PAIRS`},
+    identity_kept: {set: interval}}. The oracle's rows say at which horizons even the true law beats constant
+    velocity with these videos and samples."""
     def per_frame(name: str, metric: str) -> np.ndarray:  # [videos, frames]
         return np.stack([row[name][metric] for row in rows]).astype(np.float64)
 

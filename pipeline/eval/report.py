@@ -1,38 +1,25 @@
 """Stage 4 outputs: ``<run>/eval/metrics.json`` (schema below), its curves, and ``<out>/<data>/report.md``.
 
-metrics.json (``SCHEMA``), one file per run::
+metrics.json (``SCHEMA``), one per run::
 
-    {
-      "schema": "latent-interpolants/eval-metrics/v2",
-      "model" | "vq_ceiling" | "copy_last": {          # forecasts, decode(encode(x)), last real frame repeated
-        "<metric>": {"value", "low", "high",            # headline and its bootstrap interval over videos
-                     "per_frame": [per predicted frame], "per_video": [per video]},
-            # metrics: psnr, ssim (+ best_of_n, per_frame_best_of_n, best_sample), crps, energy, energy_latent
-            # (not for vq_ceiling), spread2, mse, spread_skill (a ratio: value/low/high/per_frame), diversity
-        "fvd": {"value", "low", "high", "resamples", "values": [per bootstrap resample]} | null,
-        "n_samples": N (1 for vq_ceiling and copy_last)
-      },
-      "fvd_status": "ok: ..." | why FVD is null,
-      "known_law": {"status", "sets": {model | oracle | copy_last | constant_velocity | vq_ceiling | real:
-                    {identity_kept, count_kept, missing, energy, law_distance, coverage50, coverage90: metric block}},
-                    "horizons": {"law_distance": {"model-constant_velocity" | "model-copy_last" |
-                                 "oracle-constant_velocity": [per frame {diff, low, high, verdict}]},
-                                 "identity_kept": {model | vq_ceiling | oracle: [per frame {value, low, high}]}}}
-                   (demo only: scores of sprite positions read from pixels against the simulator's true law),
-      "protocol": {split, videos, video_ids, n_samples, clip_length, cond_frames, pred_frames, image_size,
-                   definitions, intervals: {method, level, resamples, fvd_resamples, seed}, fvd: {...},
-                   checkpoint, sampler, interpolant, seeds, ...},
-      "fingerprint", "inputs", "file_hashes", "dataset", "run", "interp", "eval_config", "code_version", "created",
-      "seconds", "plot": "curves.png"
-    }
+    {"schema": "latent-interpolants/eval-metrics/v2",
+     "model" | "vq_ceiling" | "copy_last": {         # forecasts, decode(encode(x)), last real frame repeated
+        "<metric>": {"value", "low", "high", "per_frame", "per_video"},   # interval: bootstrap over videos
+            # psnr, ssim (+ best_of_n, per_frame_best_of_n, best_sample), crps, energy, energy_latent (not for
+            # vq_ceiling), spread2, mse, spread_skill (a ratio: value/low/high/per_frame), diversity
+        "fvd": {"value", "low", "high", "resamples", "values": [per resample]} | null,
+        "n_samples": N (1 for vq_ceiling and copy_last)},
+     "fvd_status": "ok: ..." | why FVD is null,
+     "known_law": (demo only) {"status", "sets": {set: {identity_kept, count_kept, missing, energy, law_distance,
+                   coverage50, coverage90: metric block}}, "horizons": ...}   (pipeline.demo.scoring),
+     "protocol": {split, videos, video_ids, n_samples, clip_length, cond_frames, pred_frames, image_size, fvd,
+                  definitions, intervals: {method, level, resamples, fvd_resamples, seed}, checkpoint, sampler, ...},
+     "fingerprint", "inputs", "file_hashes", "dataset", "run", "interp", "eval_config", "code_version", "created",
+     "seconds", "plot": "curves.png"}
 
-``report.md`` gathers every ``runs/<run>/eval/metrics.json`` of the dataset, at a glance first: a summary (which run
-is better on what, with intervals, and the caveats that bound it), then the comparison table, one paired table per
-later run against its baseline (:mod:`pipeline.eval.compare`), on the demo the known-law table, curves and verdicts,
-the per-frame and loss curves (:mod:`pipeline.eval.plots`, one colour per run in every figure), and each run's
-protocol, its verdicts against copy-last and its GIF grids. Numbers keep three significant digits (paired
-differences: two of the interval's width); frames are the predicted frames 1..N everywhere. FVD below
-``RECOMMENDED_FVD_VIDEOS`` videos is biased upward: its rows carry that caveat instead of a verdict.
+``report.md`` gathers every run's metrics.json: a summary (who is better on what, with intervals and caveats), the
+comparison table, paired tables per later run against its baseline, the demo's known-law section, curves, and per
+run its protocol, verdicts against copy-last and GIF grids. Frames are the predicted frames 1..N everywhere.
 """
 
 from __future__ import annotations
@@ -50,7 +37,6 @@ from pipeline.eval.tables import advantage_text, difference, table
 from pipeline.run.layout import RUNS
 from pipeline.run.records import atomic_path, write_json_atomic
 
-# Imported from here by the evaluate stage and the tests.
 __all__ = ["METRICS_FILE", "SCHEMA", "check_schema", "law_verdicts", "plot_run_curves", "write_metrics", "write_report"]
 
 SCHEMA = "latent-interpolants/eval-metrics/v2"
@@ -98,8 +84,8 @@ def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
 
 
 def find_runs(dataset_dir: Path) -> dict[str, dict[str, Any]]:
-    """{run: metrics} for every current ``<dataset_dir>/runs/<run>/eval/metrics.json``: ours, linear first, then the
-    other runs by training steps (runs of one checkpoint together), ours before linear, then by name."""
+    """{run: metrics} of every current ``runs/<run>/eval/metrics.json``: ours, linear first, then by training steps,
+    interpolant and name."""
     runs = {}
     for path in sorted(Path(dataset_dir).glob(f"{RUNS}/*/eval/{METRICS_FILE}")):
         try:
@@ -115,11 +101,6 @@ def find_runs(dataset_dir: Path) -> dict[str, dict[str, Any]]:
                 INTERP_ORDER.index(interp) if interp in INTERP_ORDER else len(INTERP_ORDER), run)
 
     return {run: runs[run] for run in sorted(runs, key=rank)}
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Verdicts: paired tables, each run against copy-last, and the summary on top
-# ----------------------------------------------------------------------------------------------------------
 
 
 def fvd_caveat(metrics: dict[str, Any]) -> str | None:
@@ -212,11 +193,6 @@ def _summary(runs: dict[str, dict[str, Any]], pairs: list[dict[str, Any]],
     return ["## Summary", "", *lines, "* Caveats: " + "; ".join(caveats) + ".", ""]
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Sections
-# ----------------------------------------------------------------------------------------------------------
-
-
 def _intro(runs: dict[str, dict[str, Any]]) -> list[str]:
     """How to read the report: intervals, metrics, references and the frame numbering, said once."""
     p = next(iter(runs.values()))["protocol"] if runs else {"cond_frames": "C", "pred_frames": "N"}
@@ -283,8 +259,7 @@ def _media_key(path: Path) -> tuple:
 
 def _run_section(dataset_dir: Path, run: str, m: dict[str, Any], against: list[tuple],
                  colours: dict[str, str]) -> list[str]:
-    """One run: its protocol, its verdicts against copy-last (``against``: the paired rows), its per-frame known-law
-    table, its curves (redrawn in the report's colours) and its GIF grids."""
+    """One run: protocol, verdicts against copy-last (``against``: its paired rows), known-law table, curves, GIFs."""
     lines = [f"## {run_label(run, m)}", "", _protocol_line(m) + ".", "", _against_copy_last(m, against), "",
              *horizon_table(m)]
     if m.get("plot"):

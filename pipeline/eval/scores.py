@@ -116,7 +116,7 @@ def spread_skill_ratio(spread2_mean, mse_mean, m: int):
 
 
 def diversity(samples: torch.Tensor, event_dims: int | None = None) -> torch.Tensor:
-    """Mean over member pairs of ||X_i − X_j|| / sqrt(D) over the trailing ``event_dims`` dims (None: all), float64."""
+    """Mean over member pairs of ||X_i − X_j|| / sqrt(D) over the trailing ``event_dims`` dims (None: all)."""
     x = as_scored(samples)
     event_dims = x.ndim - 1 if event_dims is None else event_dims
     x = _events(x, event_dims, 1)

@@ -13,10 +13,8 @@ from pipeline.eval.stats import bootstrap_interval
 
 
 def spread_skill_block(spread2: np.ndarray, mse: np.ndarray, members: int, bootstrap: dict[str, Any]) -> dict[str, Any]:
-    """The spread-skill ratio of means over videos and frames, with its interval and its per-frame curve.
-
-    One member has no spread: the ratio is 0 by definition (also where its error is 0, e.g. a perfect ceiling).
-    """
+    """The spread-skill ratio of means over videos and frames, with its interval and per-frame curve; 0 for one
+    member (even where its error is 0)."""
     if members == 1:
         return {"value": 0.0, "low": 0.0, "high": 0.0, "per_frame": [0.0] * spread2.shape[1]}
     ratio = lambda s2, e2, axis: spread_skill_ratio(s2.mean(axis), e2.mean(axis), members)  # noqa: E731
@@ -26,11 +24,8 @@ def spread_skill_block(spread2: np.ndarray, mse: np.ndarray, members: int, boots
 
 
 def summarize_metric(metric: str, rows: list[np.ndarray], bootstrap: dict[str, Any]) -> dict[str, Any]:
-    """One metric's block of metrics.json from its per-video arrays, with a bootstrap interval over videos.
-
-    PSNR/SSIM rows are ``[samples, frames]`` (best-of-N kept); ``spread``/``mse`` rows give the spread-skill ratio
-    (a ratio of means: its per-video parts are stored for paired comparisons); every other row is ``[frames]``.
-    """
+    """One metric's block of metrics.json from its per-video rows, with a bootstrap interval over videos; PSNR/SSIM
+    rows are ``[samples, frames]`` (best-of-N kept), others ``[frames]``."""
     per_frame = np.stack(rows).astype(np.float64)  # [V, (S,) P]
     if metric in ("psnr", "ssim"):
         block = summarize(per_frame)
