@@ -1,23 +1,10 @@
-"""Forecast metrics (docs/METHOD.md §7): PSNR and SSIM on predicted frames, best-of-N.
+"""Forecast metrics (docs/METHOD.md §7): PSNR and SSIM of the predicted frames, best-of-N.
 
-Pixels: frames are stored as uint8 HWC and compared in the model range ``x / 127.5 - 1`` ([-1, 1]) with data
-range 2.0, so the numbers are the reference's (``refinement/eval.py``).
-
-PSNR and SSIM (torchmetrics functional) are computed per frame, on the PREDICTED frames only (clip indices
-``cond_frames .. T-1``), giving a score array ``[videos, samples, predicted frames]``. From it:
-
-* ``per_frame``: the mean over videos and samples at each predicted frame index (the curve);
-* ``value``: the mean over videos, samples and predicted frames;
-* ``best_of_n``: for each video the sample with the highest mean score over its predicted frames (PSNR picked by
-  PSNR, SSIM picked by SSIM, independently), that sample's mean score, averaged over videos. N = the store's
-  samples per video; with one sample (the VQ ceiling, copy-last) best-of-N equals the mean.
-
-Identical frames have infinite PSNR. Every per-frame PSNR is capped at ``PSNR_CAP_DB`` = 10 log10(2^2 / 1e-10)
-≈ 106.02 dB, the value the reference's ``10 log10(4 / (MSE + 1e-10))`` gives for MSE = 0, so means stay finite.
-The cap never touches a real difference of uint8 frames: one pixel channel off by one level in a 64 x 64 frame
-already gives ≈ 89 dB.
-
-FVD lives in :mod:`pipeline.eval.fvd`, the scores of the forecast ensemble in :mod:`pipeline.eval.scores`.
+uint8 frames are compared in [-1, 1] with data range 2.0, as the reference (``refinement/eval.py``). Scores are
+``[videos, samples, predicted frames]``; ``per_frame`` is the curve, ``value`` the mean, ``best_of_n`` the mean
+over videos of each video's best sample (by its mean over frames, PSNR and SSIM independently). PSNR is capped at
+``PSNR_CAP_DB``, the reference's 10 log10(4 / (MSE + 1e-10)) at MSE = 0, so identical frames keep means finite;
+one uint8 level off in one pixel of a 64 x 64 frame is still ≈ 89 dB.
 """
 
 from __future__ import annotations
@@ -32,11 +19,6 @@ import torch
 DATA_RANGE = 2.0  # [-1, 1]
 PSNR_EPS = 1e-10  # the reference's MSE offset; only used to define the cap
 PSNR_CAP_DB = 10.0 * math.log10(DATA_RANGE**2 / PSNR_EPS)  # ≈ 106.02 dB: the PSNR of identical frames
-
-
-# ----------------------------------------------------------------------------------------------------------
-# PSNR / SSIM
-# ----------------------------------------------------------------------------------------------------------
 
 
 def uint8_to_model(frames: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
@@ -71,10 +53,8 @@ def frame_scores(pred: np.ndarray, target: np.ndarray, frame_batch: int = 512, d
 
 
 def summarize(scores: np.ndarray) -> dict[str, Any]:
-    """Summary of per-frame scores ``[videos, samples, predicted frames]`` (see the module docstring).
-
-    ``best_sample`` lists each video's chosen sample index (the argmax of its mean score; the first on ties).
-    """
+    """Summary of scores ``[videos, samples, predicted frames]`` (module docstring); ``best_sample``: each video's
+    chosen sample (the first on ties)."""
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 3 or scores.shape[0] == 0:
         raise ValueError(f"expected scores [videos, samples, frames] with >= 1 video, got {scores.shape}")
@@ -88,11 +68,6 @@ def summarize(scores: np.ndarray) -> dict[str, Any]:
         "per_frame_best_of_n": [float(v) for v in best_frames.mean(axis=0)],
         "best_sample": [int(b) for b in best],
     }
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Devices
-# ----------------------------------------------------------------------------------------------------------
 
 
 def resolve_device(choice: str) -> torch.device:

@@ -1,25 +1,13 @@
 """Bootstrap intervals over videos and paired comparisons of two runs (numpy).
 
-Every headline number is a statistic of per-video values; its uncertainty is a percentile bootstrap over videos:
-``resamples`` draws of n video indices with replacement, the statistic on each draw, and the ``(1 − level) / 2`` and
-``(1 + level) / 2`` quantiles of those values.
+An interval is the percentile bootstrap over videos: the statistic on each of ``resamples`` draws of n videos
+with replacement, then its ``(1 ± level) / 2`` quantiles; the point estimate is the statistic on all videos. The
+draws depend only on (videos, resamples, seed) (:func:`resample_indices`), so every metric and run on the same
+videos is resampled alike and :func:`paired_difference` removes the between-video variation they share.
 
-Pairing. The draws come from :func:`resample_indices` alone: ``np.random.default_rng(seed).integers(0, n,
-(resamples, n))``, so for a given (videos, resamples, seed) every metric and every run (set) is resampled with the
-same indices. Two runs evaluated on the same videos are compared by :func:`paired_difference`, the statistic of A
-minus that of B on each draw, which removes the between-video variation the two runs share.
-
-What can be bootstrapped (``data`` below), all vectorised over the resamples (2000 x 64 videos: milliseconds):
-
-* a per-video array ``[n]``: ``statistic(values, axis=-1)`` (default ``np.mean``);
-* a tuple of per-video arrays, each ``[n]``: ``statistic(*arrays, axis=-1)``, for statistics of several
-  per-video quantities, e.g. the spread-skill ratio of means
-  ``lambda s2, mse, axis: spread_skill_ratio(s2.mean(axis), mse.mean(axis), m)``;
-* a function ``fn(idx)`` of video indices (then ``n_videos`` is required): ``idx`` is ``[n]`` for the point
-  estimate and ``[resamples, n]`` for the draws, and ``fn`` must reduce its last axis (return a float, resp.
-  ``[resamples]``).
-
-The point estimate is the statistic on all videos (idx = 0..n−1), not the mean of the bootstrap values.
+``data`` is a per-video array ``[n]`` (``statistic(values, axis=-1)``), a tuple of them (``statistic(*arrays,
+axis=-1)``, e.g. a ratio of means), or ``fn(idx)`` with ``n_videos`` given, reducing the last axis of ``idx``
+(``[n]`` for the point estimate, ``[resamples, n]`` for the draws).
 """
 
 from __future__ import annotations
@@ -78,10 +66,7 @@ def bootstrap_interval(
     data: Data, resamples: int = 2000, seed: int = 0, level: float = 0.95,
     statistic: Callable = np.mean, *, n_videos: int | None = None,
 ) -> dict[str, Any]:
-    """Percentile bootstrap interval over videos: ``{"value", "low", "high", "level", "resamples", "videos"}``.
-
-    ``value`` is the point estimate of the statistic on all videos (the plain mean for a per-video array).
-    """
+    """Percentile bootstrap interval over videos: ``{"value", "low", "high", "level", "resamples", "videos"}``."""
     fn, n = statistic_of(data, statistic, n_videos)
     point, values = _evaluate(fn, n, resamples, seed)
     low, high = _interval(values, level)
@@ -92,11 +77,8 @@ def paired_difference(
     a: Data, b: Data, higher_is_better: bool, resamples: int = 2000, seed: int = 0, level: float = 0.95,
     statistic: Callable = np.mean, *, n_videos: int | None = None,
 ) -> dict[str, Any]:
-    """Paired bootstrap of statistic(A) − statistic(B) over the same videos (same draws for both).
-
-    Returns ``{"diff", "low", "high", "a", "b", "level", "resamples", "videos", "higher_is_better", "verdict"}``:
-    ``diff`` on all videos, the interval, both point estimates, and the verdict ``"A"`` / ``"B"`` (the better run,
-    when the interval excludes 0) or ``"cannot tell"``.
+    """Paired bootstrap of statistic(A) − statistic(B) on the same draws: ``{"diff", "low", "high", "a", "b", "level",
+    "resamples", "videos", "higher_is_better", "verdict"}``, verdict "A"/"B" (the interval excludes 0) or "cannot tell".
     """
     fa, na = statistic_of(a, statistic, n_videos)
     fb, nb = statistic_of(b, statistic, n_videos)
@@ -132,12 +114,8 @@ def _fmt(x: float, decimals: int) -> str:
 def verdict_sentence(
     metric_label: str, name_a: str, name_b: str, result: dict[str, Any], unit: str = "", decimals: int | None = None
 ) -> str:
-    """One sentence for a :func:`paired_difference` result, e.g.
-
-    ``PSNR: ours is better than linear by 0.31 dB (95 % CI 0.12 to 0.50).`` (the winner's advantage and its
-    interval, always positive) or ``SSIM: the data cannot tell ours and linear apart (difference −0.004, 95 % CI
-    −0.011 to 0.003).`` (A − B). Numbers keep two significant digits of the interval's width unless ``decimals``.
-    """
+    """One sentence for a :func:`paired_difference` result, e.g. ``PSNR: ours is better than linear by 0.31 dB
+    (95 % CI 0.12 to 0.50).`` (the winner's advantage) or "the data cannot tell ... apart (difference ...)" (A − B)."""
     d = significant_decimals(result["low"], result["high"]) if decimals is None else decimals
     unit_text = f" {unit}" if unit else ""
     ci = f"{result['level'] * 100:g} % CI"
@@ -151,8 +129,7 @@ def verdict_sentence(
 
 
 def advantage(result: dict[str, Any]) -> tuple[float, float, float]:
-    """The winner's advantage of a decided :func:`paired_difference` result and its interval, oriented so that
-    better is positive (A − B, negated when B wins or when lower is better)."""
+    """(advantage, low, high) of a decided :func:`paired_difference` result, oriented so that better is positive."""
     verdict = result["verdict"]
     if verdict not in ("A", "B"):
         raise ValueError(f"no winner in verdict {verdict!r}")
