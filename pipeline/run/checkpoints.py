@@ -1,22 +1,16 @@
 """Flow-model checkpoints: ours (exact resume) and the authors' published ones (safe, inert loading).
 
-Ours, written atomically by the trainer and loadable with ``torch.load(..., weights_only=True)``::
+Ours (atomic, ``weights_only``-loadable)::
 
     {"format": FORMAT, "model": state_dict, "ema": state_dict, "opt": AdamW state, "step": next step to run,
      "rng": {"torch": ByteTensor, "cuda": [ByteTensor, ...]}, "sampler": {...}, "config": Config.to_dict(),
      "fingerprint": training-run fingerprint, "cache_fingerprint": str, "code_version": str}
 
-Exported for sampling (``export_for_sampling``; the demo's shipped ``checkpoints/demo_flow_<interp>.pt``): the same
-format without ``opt``/``rng``/``sampler``/``ema``; ``model`` holds the EMA weights (optionally float16, cast back on
-load) and ``exported`` says where they came from. A JSON record with the same facts and the sha256 sits beside it.
-
-Published (``kth_model_ours.pt``, ``kth_model_linear.pt``; docs/METHOD.md §5): ``model``, ``ema``, ``opt``, a pickled
-``Config`` object of the authors' code, ``step``; or RIVER's trainer format, which the authors' older checkpoints
-follow: ``model`` (DDP names ``module.vector_field_regressor.*`` and ``module.ae.*``), ``optimizer``,
-``lr_scheduler``, ``global_step``. Model keys may carry ``module.`` and/or ``vector_field_regressor.`` prefixes and
-``ae.*`` entries (an embedded autoencoder). The step is the first of ``step``, ``global_step``, ``update_steps``
-that the file records as a whole number (0 when it records none). They are read through ``pipeline.run.safe_load`` —
-nothing in the file is executed; the pickled config becomes an inert, printable record.
+Exported for sampling (e.g. ``checkpoints/demo_flow_<interp>.pt``): no ``opt``/``rng``/``sampler``/``ema``; ``model``
+holds the EMA weights (maybe float16), ``exported`` says whence; a JSON record with its sha256 sits beside it.
+Published (docs/METHOD.md §5): ``model``, ``ema``, ``opt``, a pickled ``Config``, ``step``, or RIVER's trainer format
+(``optimizer``, ``lr_scheduler``, ``global_step``); keys may carry ``module.``/``vector_field_regressor.`` prefixes
+and ``ae.*`` entries. Read through :mod:`pipeline.run.safe_load`: nothing in the file is executed.
 """
 
 from __future__ import annotations
@@ -78,11 +72,8 @@ def clean_published_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 
 def load_flow_checkpoint(path: str | Path) -> FlowCheckpoint:
-    """Read one of our checkpoints or a published one; raises CheckpointReadError naming the file and what is wrong.
-
-    Pickled objects come back as inert records (``pipeline.run.safe_load``); a record where weights or the step belong
-    is refused here, with what it stands for, rather than failing later inside torch.
-    """
+    """Read one of our checkpoints or a published one; CheckpointReadError naming the file and what is wrong (also
+    for an inert pickled record where weights or the step belong)."""
     obj = safe_torch_load(path)
     if not isinstance(obj, dict) or "model" not in obj:
         found = f"keys {list(obj)[:10]}" if isinstance(obj, dict) else describe(obj)
@@ -136,11 +127,8 @@ def describe(value: Any) -> str:
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` (with our format tag) atomically: a crash never leaves a truncated checkpoint.
-
-    A failed write raises WriteError naming the file and the space left; torch reports a full disk as a
-    RuntimeError from its writer ("unexpected pos ...", "basic_ios::clear: iostream error").
-    """
+    """Write ``payload`` (with our format tag) atomically; a failed write (torch: RuntimeError) raises WriteError
+    naming the file and the space left."""
     with atomic_path(path) as tmp:
         try:
             torch.save({"format": FORMAT, **payload}, tmp)
@@ -152,12 +140,8 @@ KEPT_FOR_SAMPLING = ("step", "config", "fingerprint", "cache_fingerprint", "code
 
 
 def export_for_sampling(src: str | Path, dst: str | Path, float16: bool = True) -> dict[str, Any]:
-    """Write a sampling-only copy of one of our training checkpoints and its JSON record; returns the record.
-
-    Keeps the EMA weights (the raw model's when the run has none), the step, the training config and fingerprints;
-    drops the optimizer, RNG and data-stream state, which only resuming needs (a ~6x smaller file in float16).
-    float16 changes sampled latents by ~1e-3 of their scale; forecast casts the weights back to float32.
-    """
+    """Write a sampling-only copy of one of our training checkpoints (EMA weights, else the model's; step, config,
+    fingerprints) and its JSON record; returns the record. float16 moves sampled latents by ~1e-3 of their scale."""
     ckpt = load_flow_checkpoint(src)
     if ckpt.kind != "pipeline":
         raise CheckpointReadError(f"{src}: only checkpoints written by this project's trainer can be exported")

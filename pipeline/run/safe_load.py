@@ -1,12 +1,10 @@
 """Load a torch checkpoint without ever executing code from it.
 
-Published checkpoints pickle foreign objects besides tensors (Lightning hyper-parameters, a training Config, or a
-hostile ``os.system`` call): each foreign global becomes an inert :class:`PickledRecord` type that only stores what
-the file tried to build. Zip files of pickle protocol 2 load with ``torch.load(weights_only=True)``, their foreign
-globals (``get_unsafe_globals_in_checkpoint``) allowed as records (``safe_globals``). torch's loader reads no other
-pickle protocol (the authors' flow checkpoints use 4-5) and allows no ``os``/``sys`` global even as a stand-in:
-those files load through torch.load with ``pickle.Unpickler``, whose ``find_class`` returns records, or for the
-few real globals a tensor pickle names, per-load proxies whose state the file cannot set.
+Foreign pickled globals (Lightning hyper-parameters, a training Config, a hostile ``os.system``) become inert
+:class:`PickledRecord` types storing what the file tried to build. Zip files of pickle protocol 2 load with
+``torch.load(weights_only=True)``, their foreign globals allowed as records. Other protocols (the authors' flow
+checkpoints use 4-5) load through a restricted ``pickle.Unpickler``: records, or per-load proxies for the few real
+globals a tensor pickle names.
 """
 
 from __future__ import annotations
