@@ -1,9 +1,7 @@
 """Which evaluated runs the report compares, and how: paired differences over the same videos and bootstrap draws.
 
-Two runs are paired only when their protocols agree on the clips and the draws (:func:`comparable`); a later run is
-paired with the first earlier run trained as long (:func:`baseline`). Each metric is compared in the direction that
-makes "better" unambiguous: higher or lower, the distance from 1 for the spread-skill ratio, the distance from the
-nominal level for coverages. FVD is not a mean over videos: its difference comes from the per-resample values.
+Runs pair only when their protocols agree on clips and draws (:func:`comparable`). "Better" is higher or lower, the
+distance from 1 for spread-skill, from the nominal level for coverages; FVD differences use per-resample values.
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ COLUMNS = (
     ("spread_skill", "spread/skill", "", "one", ".2f"),
     ("diversity", "diversity", "", None, ".4f"),
 )
-# The demo's known-law scores (metrics.json "known_law").
 KNOWN_LAW_COLUMNS = (
     ("identity_kept", "identity kept", "", "higher", ".3f"),
     ("count_kept", "count kept", "", "higher", ".3f"),
@@ -36,8 +33,7 @@ KNOWN_LAW_COLUMNS = (
     ("coverage50", "coverage of the law's 50 % region", "", "nominal 0.5", ".3f"),
     ("coverage90", "coverage of the law's 90 % region", "", "nominal 0.9", ".3f"),
 )
-# Sampler settings that move together as one factor: variants of one checkpoint are paired only when they differ in
-# one factor (a change of budget and grid at once says nothing about either).
+# Sampler settings grouped into factors: variants of one checkpoint are paired only when they differ in one factor.
 SAMPLER_FACTORS = {"steps": "budget", "nfe_per_frame": "budget", "solver": "budget", "grid": "grid",
                    "t_min": "grid", "t_max": "grid", "diffusion": "diffusion", "diffusion_scale": "diffusion",
                    "start_resolved": "start"}
@@ -67,8 +63,7 @@ def comparable(runs: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def baseline(run: str, runs: dict[str, dict[str, Any]]) -> str:
-    """The run a later run is paired against: the first run trained as long (the short demo runs with each other,
-    the shipped checkpoints with each other), else the first run."""
+    """The run a later run is paired against: the first run trained as long, else the first run."""
     earlier = list(runs)[:list(runs).index(run)]
     return next((r for r in earlier if trained_steps(runs[r]) == trained_steps(runs[run])), earlier[0])
 
@@ -116,8 +111,7 @@ def _calibration_error(block: dict[str, Any]):
 
 
 def _paired_fvd(a: dict[str, Any], b: dict[str, Any], level: float) -> dict[str, Any] | None:
-    """FVD A − B from the per-resample values (the same resampled videos when seeds and videos agree), with the
-    bias-shifted interval."""
+    """FVD A − B from the per-resample values, with the bias-shifted interval."""
     pairs = [(x, y) for x, y in zip(a.get("values") or [], b.get("values") or []) if x is not None and y is not None]
     if not pairs:
         return None
@@ -129,9 +123,7 @@ def _paired_fvd(a: dict[str, Any], b: dict[str, Any], level: float) -> dict[str,
 
 
 def law_verdicts(runs: dict[str, dict[str, Any]]) -> list[str]:
-    """Paired distance-to-the-law sentences: interpolants at equal network evaluations per frame, and sampler
-    variants of one checkpoint that differ in one factor (budget, grid, start or diffusion re-tuning). Only runs scored
-    on the same clips are paired."""
+    """Paired distance-to-the-law sentences for comparable runs that :func:`_pairing` relates."""
     sentences = []
     items = list(runs.items())
     for k, (run_a, a) in enumerate(items):

@@ -1,10 +1,7 @@
 """The report's figures: per-frame curves, the demo's known-law curves and the training/validation loss curves.
 
-Every figure of one report colours the runs alike: :func:`run_colours` gives each run one colour, from its place
-among the sorted run names, and every plot function takes that map (a run drawn alone is coloured from its own
-name). References (copy-last, the VQ ceiling, the oracle, ...) are gray or black and told apart by line style.
-The x axis counts predicted frames 1..N, as the report's tables do. Drawn on matplotlib's Agg canvas directly: no
-pyplot, no display, no global state.
+A run has one colour in every figure (:func:`run_colours`); references are gray or black, told apart by line
+style; x counts predicted frames 1..N. Drawn on matplotlib's Agg canvas: no pyplot, no display, no global state.
 """
 
 from __future__ import annotations
@@ -61,8 +58,8 @@ def _frame_axis(ax, title: str) -> None:
 
 def plot_curves(path: Path, runs: dict[str, dict[str, Any]], labels: dict[str, str], title: str,
                 colours: dict[str, str] | None = None) -> str:
-    """Per predicted frame: PSNR, energy score and spread-skill of every run's model, with copy-last and the VQ
-    ceiling of the first run (the same clips when the protocols agree); returns the file name."""
+    """Per predicted frame: PSNR, energy score and spread-skill of every run, with the first run's copy-last and VQ
+    ceiling; returns the file name."""
     colours = colours or run_colours(runs)
     fig, axes = _figure(len(CURVES))
     first = next(iter(runs.values()))

@@ -53,9 +53,8 @@ def _listed(frames: list[int], total: int) -> str:
 
 
 def horizon_summary(runs: dict[str, dict[str, Any]]) -> list[str]:
-    """Per run, at how many horizons the demo's bar holds: identity kept >= IDENTITY_BAR, and a distance to the
-    true law that the paired interval puts below copy-last's and constant velocity's; the oracle row (the true
-    law, same ensemble size, the first run's clips) shows what is attainable with these videos and samples."""
+    """Per run, at how many horizons the demo's bar holds: identity kept >= IDENTITY_BAR and a law distance below
+    copy-last's and constant velocity's (paired); the oracle row shows what is attainable."""
     scored = {run_label(run, m): horizons(m) for run, m in runs.items() if horizons(m)}
     if not scored:
         return []

@@ -1,18 +1,9 @@
 """Model weights out of the published VQVAE checkpoint wrappers (docs/METHOD.md §2.4), loaded strictly.
 
-Accepted layouts (the file is read with :func:`pipeline.run.safe_load.safe_torch_load`, so pickled non-tensor
-objects never execute):
-
-* Lightning ``.ckpt`` (KTH taming VQ): ``{'state_dict': {...}, 'optimizer_states': ..., 'epoch': ..., ...}``;
-  the ``loss.*`` entries (LPIPS + discriminator of the training loss) are dropped, everything else at the top
-  level is ignored.
-* RIVER ``.pth`` (CLEVRER VQ): ``{'model': {'module.encoder...': ...}, ...}``; a LEADING ``module.`` is stripped
-  (only as a prefix, never inside a name).
-* A flat state dict ``{name: tensor}`` (our own demo checkpoint; may be stored in float16, cast back to the
-  model's dtype on load).
-
-Loading is strict: any missing or unexpected weight, or a shape mismatch, raises one
-:class:`CheckpointMismatchError` listing every offending name and naming the file.
+Layouts (read with :func:`pipeline.run.safe_load.safe_torch_load`): Lightning ``.ckpt`` (KTH taming VQ,
+``state_dict``; the training loss's ``loss.*`` dropped), RIVER ``.pth`` (CLEVRER VQ, ``model``; a leading
+``module.`` stripped) or a flat ``{name: tensor}`` (our demo checkpoint, maybe float16). Any missing, unexpected
+or mis-shaped weight raises one :class:`CheckpointMismatchError` listing every name.
 """
 
 from __future__ import annotations
@@ -57,11 +48,7 @@ def _is_tensor_dict(obj: Any) -> bool:
 
 
 def extract_state_dict(obj: Any, path: str | os.PathLike[str] = "<object>") -> tuple[dict[str, torch.Tensor], str]:
-    """The model weights inside a loaded checkpoint object and a word for its layout.
-
-    Returns (state dict with ``loss.*`` dropped and a leading ``module.``/``backbone.`` stripped, layout) where
-    layout is ``lightning`` (``state_dict`` entry), ``river`` (``model`` entry) or ``flat``.
-    """
+    """(the model weights in a loaded checkpoint object, layout: ``lightning`` | ``river`` | ``flat``)."""
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         raw, layout = obj["state_dict"], "lightning"
     elif isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
@@ -96,11 +83,8 @@ def extract_state_dict(obj: Any, path: str | os.PathLike[str] = "<object>") -> t
 
 
 def load_weights_strict(model: nn.Module, state: Mapping[str, torch.Tensor], path: str, layout: str = "flat") -> None:
-    """Copy ``state`` into ``model``; every name must exist on both sides with the same shape.
-
-    Floating-point tensors are cast to the model's dtype (a float16 file loads into a float32 model);
-    integer buffers (BatchNorm ``num_batches_tracked``) keep theirs.
-    """
+    """Copy ``state`` into ``model``; every name must exist on both sides with the same shape. Floats are cast to
+    the model's dtype, integer buffers keep theirs."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
