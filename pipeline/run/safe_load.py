@@ -2,9 +2,9 @@
 
 Foreign pickled globals (Lightning hyper-parameters, a training Config, a hostile ``os.system``) become inert
 :class:`PickledRecord` types storing what the file tried to build. Zip files of pickle protocol 2 load with
-``torch.load(weights_only=True)``, their foreign globals allowed as records. Other protocols (the authors' flow
-checkpoints use 4-5) load through a restricted ``pickle.Unpickler``: records, or per-load proxies for the few real
-globals a tensor pickle names.
+``torch.load(weights_only=True)`` (``torch.save``'s default), their foreign globals allowed as records. What that
+loader refuses to read (pickle protocols >= 3; os/sys globals, blocked even when allowed) loads through a restricted
+``pickle.Unpickler``: records, or per-load proxies for the few real globals a tensor pickle names.
 """
 
 from __future__ import annotations
