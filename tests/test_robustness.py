@@ -341,21 +341,25 @@ def test_the_sample_video_of_a_checkpointed_step_survives_an_interrupt(tiny_stor
     assert sorted(p.name for p in (run / "media").iterdir()) == [f"real_raw_ema_{s:07d}.mp4" for s in (2, 4, 6)]
 
 
-def test_resuming_with_another_world_size_is_refused(tiny_store, tmp_path: Path, repo: Path) -> None:
+def test_a_multi_process_run_of_an_earlier_trainer_is_not_continued(tiny_store, tmp_path: Path, repo: Path) -> None:
     _, overrides, store = tiny_store
     cfg = _cfg(repo, overrides, "train.steps=4", "train.latest_every=2")
     run = tmp_path / "run"
     _interrupted_run(cfg, store, run, step=2)
     latest = run / "checkpoints" / "latest.pt"
     ckpt = torch.load(latest, weights_only=True)
-    ckpt["sampler"]["world_size"] = 2  # as written by a run of 2 processes, now resumed by 1
+    # as written by an earlier version with 2 processes: each drew its own batches from (seed, rank, step)
+    ckpt["sampler"] = {"kind": "TripletStream", "next_step": 2, "seed": 0, "world_size": 2}
     torch.save(ckpt, latest)
     with pytest.raises(TrainingError) as refused:
         train(cfg, store, run, **QUIET)
     message = str(refused.value)
-    assert str(latest) in message and "2 training process(es)" in message and "this run has 1" in message
-    assert "TRAIN_NPROC=2" in message and "RUN=<new name>" in message
+    assert str(latest) in message and "earlier version" in message and "2 processes" in message
+    assert "RUN=<new name>" in message and "train.init_from" in message
     assert _step(run / "run.json") == 2  # nothing was trained
+    ckpt["sampler"]["world_size"] = 1  # one process drew what this version draws: it continues
+    torch.save(ckpt, latest)
+    assert train(cfg, store, run, **QUIET) == "trained" and _step(run / "run.json") == 4
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -76,17 +76,31 @@ def test_memory_and_chunk_reads_agree(store: str) -> None:
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_stream_is_the_same_with_workers(store: str, context: str) -> None:
     reader = TripletReader(LatentSplit(store, "train"), 8, 0)
-    plain = list(TripletStream(reader, 16, seed=3, rank=1, start_step=5, num_steps=4))
-    loader = DataLoader(TripletStream(reader, 16, seed=3, rank=1, start_step=5, num_steps=4), batch_size=None,
-                        num_workers=2, multiprocessing_context=context)
+    plain = list(TripletStream(reader, 32, seed=3, rank=1, world_size=2, start_step=5, num_steps=4))
+    loader = DataLoader(TripletStream(reader, 32, seed=3, rank=1, world_size=2, start_step=5, num_steps=4),
+                        batch_size=None, num_workers=2, multiprocessing_context=context)
     workers = list(loader)
     assert [int(b["step"]) for b in workers] == [5, 6, 7, 8]
     for x, y in zip(plain, workers):
         assert torch.equal(x["target"], y["target"]) and torch.equal(x["gap"], y["gap"])
-    resumed = list(TripletStream(reader, 16, seed=3, rank=1, start_step=7, num_steps=2))
+    resumed = list(TripletStream(reader, 32, seed=3, rank=1, world_size=2, start_step=7, num_steps=2))
     assert torch.equal(resumed[0]["context"], plain[2]["context"])  # resuming at step 7 continues the stream
-    other_rank = next(iter(TripletStream(reader, 16, seed=3, rank=0, start_step=5, num_steps=1)))
+    other_rank = next(iter(TripletStream(reader, 32, seed=3, rank=0, world_size=2, start_step=5, num_steps=1)))
     assert not torch.equal(other_rank["target"], plain[0]["target"])
+
+
+def test_the_global_batch_of_a_step_does_not_depend_on_the_process_count(store: str) -> None:
+    reader = TripletReader(LatentSplit(store, "train"), 8, 0)
+    whole = next(iter(TripletStream(reader, 12, seed=3, start_step=9, num_steps=1)))
+    for world in (2, 3, 4):
+        shares = [next(iter(TripletStream(reader, 12, seed=3, rank=r, world_size=world, start_step=9, num_steps=1)))
+                  for r in range(world)]
+        for key in ("target", "reference", "context", "gap", "view"):
+            assert torch.equal(torch.cat([share[key] for share in shares]), whole[key]), (world, key)
+    # one process draws the global batch as a single process of earlier versions did: rng([seed, 0, step])
+    assert torch.equal(whole["target"], reader.batch(np.random.default_rng([3, 0, 9]), 12)["target"])
+    with pytest.raises(ValueError, match="does not split over 5"):
+        TripletStream(reader, 12, seed=3, world_size=5)
 
 
 def test_training_views_leave_out_the_identity_only_when_jitter_views_exist() -> None:

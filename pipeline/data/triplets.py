@@ -6,7 +6,8 @@ clips are (docs/METHOD.md §1.4, §4.1, §8) but reading only the three frames:
   gap ``r − c ≥ 1``; clip index ``i`` is raw frame ``start + (skip + 1)·i``;
 * one view uniform among :func:`pipeline.data.views.training_views`.
 
-Batch ``s`` of rank ``k`` is a pure function of ``(seed, k, s)``: resumes and DataLoader workers need no state.
+The global batch of step ``s`` is a pure function of ``(seed, s)``, drawn whole (indices only) by every process,
+which reads its own slice: resumes, DataLoader workers and a change of the process count need no state.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class TripletIndices:
     @property
     def gap(self) -> np.ndarray:
         return self.reference - self.context
+
+    def take(self, rows: slice) -> "TripletIndices":
+        """The examples ``rows`` of the batch."""
+        return TripletIndices(*(getattr(self, f)[rows] for f in ("video", "start", "target", "reference", "context", "view")))
 
 
 def draw_triplets(
@@ -94,11 +99,19 @@ class TripletReader:
 
 
 class TripletStream(IterableDataset):
-    """One batch per step from ``start_step`` (forever, or ``num_steps``). For ``DataLoader(batch_size=None)``:
-    worker w of W makes the steps s with s % W == w, the DataLoader's order, so the stream ignores W."""
+    """One batch per step from ``start_step`` (forever, or ``num_steps``): process ``rank``'s slice of the step's
+    global batch of ``global_batch`` examples (module doc). For ``DataLoader(batch_size=None)``: worker w of W makes
+    the steps s with s % W == w, the DataLoader's order, so the stream ignores W."""
 
-    def __init__(self, reader: TripletReader, batch_size: int, seed: int, rank: int, start_step: int = 0, num_steps: int | None = None):
-        self.reader, self.batch_size, self.seed, self.rank = reader, batch_size, seed, rank
+    STREAM = 0  # the draws' key beside (seed, step): 0 keeps the global batches of single-process runs as they were
+
+    def __init__(self, reader: TripletReader, global_batch: int, seed: int, rank: int = 0, world_size: int = 1,
+                 start_step: int = 0, num_steps: int | None = None):
+        if global_batch % world_size:
+            raise ValueError(f"a global batch of {global_batch} does not split over {world_size} processes")
+        self.reader, self.global_batch, self.seed = reader, global_batch, seed
+        local = global_batch // world_size
+        self.rows = slice(rank * local, (rank + 1) * local)
         self.start_step, self.num_steps = start_step, num_steps
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -107,8 +120,8 @@ class TripletStream(IterableDataset):
         step = self.start_step + worker
         end = None if self.num_steps is None else self.start_step + self.num_steps
         while end is None or step < end:
-            rng = np.random.default_rng([self.seed, self.rank, step])
-            batch = self.reader.batch(rng, self.batch_size)
+            rng = np.random.default_rng([self.seed, self.STREAM, step])
+            batch = self.reader.read(self.reader.indices(rng, self.global_batch).take(self.rows))
             batch["step"] = torch.tensor(step)
             yield batch
             step += workers

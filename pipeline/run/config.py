@@ -27,8 +27,10 @@ __all__ = ["IDENTIFIER", "INTERPOLANT_PRESETS", "AutoencoderConfig", "Config", "
            "SamplingConfig", "TrainConfig", "VQVAEConfig", "absolute_paths", "apply_override", "config_from_dict",
            "key_listing", "load_config"]
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # relative paths in a config file resolve against this
-PATH_KEYS = ("data.root", "vqvae.ckpt", "eval.i3d", "autoencoder.out_dir", "autoencoder.export")  # file-system paths
+PATH_KEYS = ("data.root", "vqvae.ckpt", "eval.i3d", "autoencoder.out_dir", "autoencoder.export",
+             "train.init_from")  # file-system paths
 PATH_WORDS = {"eval.i3d": ("builtin", "none")}  # values of a path key that name something else than a file
+RUN_NAME_KEYS = ("train.init_from",)  # path keys whose plain-identifier values name a run, not a file
 SMOKE_SUFFIX = "-smoke"  # --smoke renames data.name and data.root: smoke outputs and data live apart from real ones
 
 
@@ -218,7 +220,8 @@ def absolute_paths(item: str) -> str:
 
 def _path_value(dotted: str, text: str, base: Path) -> str:
     """Path key ``dotted``'s value made absolute against ``base``; its PATH_WORDS, "" and URLs stay as they are."""
-    if text in PATH_WORDS.get(dotted, ()) or not text or "://" in text or Path(text).is_absolute():
+    if text in PATH_WORDS.get(dotted, ()) or not text or "://" in text or Path(text).is_absolute() \
+            or (dotted in RUN_NAME_KEYS and IDENTIFIER.fullmatch(text)):
         return text
     return str(base / text)
 

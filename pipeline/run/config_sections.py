@@ -335,8 +335,8 @@ class ForecastConfig(Section):
 @dataclass(config=STRICT)
 class TrainConfig(Section):
     """Stage 2: training the flow on cached latents (docs/METHOD.md §5)."""
-    steps: int = key(400_000, "optimiser steps in total", ge=1)
-    batch_size: int = key(256, "GLOBAL batch (split evenly over the processes)", ge=1)
+    steps: int = key(400_000, "optimiser steps in total; raising it on a run extends it (docs/configuration.md)", ge=1)
+    batch_size: int = key(256, "GLOBAL batch (split evenly over the processes; fixed for the life of a run)", ge=1)
     lr: Real = key(2e-4, "AdamW base learning rate", gt=0)
     betas: list[Real] = key([0.9, 0.999], "AdamW betas, two values in [0, 1)")
     adam_eps: Real = key(1e-8, "AdamW epsilon")
@@ -347,6 +347,10 @@ class TrainConfig(Section):
     grad_clip: Real = key(1.0, "max total L2 norm (0 = off); pre-clip norm and clip fraction logged, warned at >= 90%", ge=0)
     ema_decay: Real = key(0.9999, "decay of the weights' exponential moving average", ge=0, lt=1)
     ema_start: int = key(10_000, "the EMA equals the model until this step, then averages with ema_decay every step", ge=0)
+    micro_batch: int = key(0, "examples per forward/backward pass of a process; gradients accumulate up to the "
+                           "process's share of batch_size (0 = that whole share); the result does not depend on it", ge=0)
+    init_from: str = key("", "warm start a new run: weights and EMA from a run name of this dataset (its latest.pt) or "
+                         "a flow checkpoint file (ours or published), fresh optimizer; '' = from the seed")
     bf16: bool = key(False, "bfloat16 autocast for the network (the loss stays float32)")
     compile: bool = key(False, "torch.compile the network")
     overfit: Literal["none", "batch", "one"] = key("none", "debug: repeat the first batch / its first example")
@@ -354,6 +358,9 @@ class TrainConfig(Section):
     log_every: int = key(100, "steps between metric lines (metrics.jsonl, wandb, progress)", ge=1)
     latest_every: int = key(1_000, "steps between latest.pt checkpoints", ge=1)
     save_every: int = key(25_000, "steps between numbered checkpoints", ge=1)
+    keep: int = key(3, "numbered checkpoints kept besides latest.pt and the marked ones; older ones are deleted "
+                    "(0 = keep every one)", ge=0)
+    keep_every: int = key(0, "mark the numbered checkpoints of steps divisible by this: never deleted (0 = none)", ge=0)
     sample_every: int = key(5_000, "steps between real-vs-generated videos on validation clips (0 = off)", ge=0)
     sample_split: str = key("val", "cache split the sample videos condition on")
     sample_videos: int = key(2, "clips per sample video", ge=1)

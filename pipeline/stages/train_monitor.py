@@ -1,5 +1,5 @@
-"""What a training run writes besides its checkpoints (rank 0): ``metrics.jsonl`` (and wandb), ``run.json``'s
-first record, and the sample videos of ``media/``."""
+"""What a training run writes besides its checkpoints and ``run.json`` (rank 0): ``metrics.jsonl`` (and wandb) and
+the sample videos of ``media/``."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ import torch
 
 from pipeline.data.cache import LatentSplit
 from pipeline.run.config import Config
-from pipeline.run.dist import DistInfo
-from pipeline.run.records import atomic_path, code_version, read_json, write_error, write_json_atomic
+from pipeline.run.records import atomic_path, read_json, write_error
 from pipeline.run.tracking import log_row, log_video, start_training_run
 
 
@@ -26,14 +25,8 @@ class MetricsLog:
 
     CLIP_WARN_FRACTION = 0.9  # warn once when clipping acts on at least this fraction of a logging window's steps
 
-    def __init__(self, cfg: Config, out_dir: Path, info: DistInfo, inputs, key: str, overrides: list[str], resumed: bool):
+    def __init__(self, cfg: Config, out_dir: Path, key: str, resumed: bool):
         self.cfg, self.out_dir = cfg, out_dir
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not resumed:
-            write_json_atomic(out_dir / "run.json", {"fingerprint": key, "inputs": inputs, "config": cfg.to_dict(),
-                                                     "args": {"set": overrides}, "code_version": code_version(),
-                                                     "world_size": info.world_size,
-                                                     "torch_threads": torch.get_num_threads(), "step": 0})
         self.metrics = self._open_metrics(out_dir / "metrics.jsonl", resumed)
         self.window: list[tuple[float, float, float]] = []
         self.window_start = time.perf_counter()

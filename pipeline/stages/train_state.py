@@ -8,22 +8,32 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.cache import LatentSplit, store_attrs
-from pipeline.run.config import Config, InterpolantConfig
+from pipeline.run.config import IDENTIFIER, Config, InterpolantConfig
 from pipeline.run.protocol import Output, Verdict, decide, up_to_date_line
-from pipeline.run.records import read_json
+from pipeline.run.records import KnownHashes, cached_sha256, read_json
 from pipeline.data.views import training_views
+from pipeline.stages.train_plan import recorded_plan
 
 LOCK = ".train.lock"  # in the run directory: one training process (rank 0 of one launch) writes a run at a time
 REMEDY = ("Rerun with --force (make train FORCE=1) to discard it and train from scratch, or train these settings as a "
           "new run beside it (make train RUN=<new name>).")
-LOGGING_ONLY = ("log_every", "latest_every", "save_every", "sample_every", "sample_split", "sample_videos",
-                "sample_steps", "val_every", "val_split", "val_clips", "wandb_mode", "wandb_project")
+# Training settings the weights do not depend on: logging, retention, and how a batch is split (micro_batch changes
+# float summation order only). train.steps is recorded as the run began: raising it extends the run.
+NOT_INPUTS = ("log_every", "latest_every", "save_every", "sample_every", "sample_split", "sample_videos",
+              "sample_steps", "val_every", "val_split", "val_clips", "wandb_mode", "wandb_project", "micro_batch",
+              "keep", "keep_every", "init_from")
 
 
-def training_inputs(cfg: Config, cache_fingerprint: str, views: list[str] | None = None) -> dict[str, Any]:
+def training_inputs(cfg: Config, cache_fingerprint: str, views: list[str] | None = None, out_dir: Path | None = None,
+                    hashes: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything the trained weights depend on (logging cadence and wandb excluded). When training draws a subset of
-    the store's ``views`` (:func:`pipeline.data.views.training_views`), their names go under ``data.views``."""
-    train = {k: v for k, v in asdict(cfg.train).items() if k not in LOGGING_ONLY}
+    the store's ``views`` (:func:`pipeline.data.views.training_views`), their names go under ``data.views``; a warm
+    start's source (``out_dir`` places run names) under ``train.init_from`` with its sha256 (None when ``hashes``
+    is a :class:`KnownHashes` without it)."""
+    train = {k: v for k, v in asdict(cfg.train).items() if k not in NOT_INPUTS}
+    if cfg.train.init_from:
+        source = init_source(cfg, out_dir)
+        train["init_from"] = {"source": cfg.train.init_from, "sha256": cached_sha256(source, {} if hashes is None else hashes)}
     data = {"frames_per_sample": cfg.data.frames_per_sample, "skip_frames": cfg.data.skip_frames}
     if views is not None and len(drawn := training_views(views, len(views))) < len(views):
         data["views"] = [views[i] for i in drawn]
@@ -38,6 +48,20 @@ def interpolant_inputs(interpolant: InterpolantConfig) -> dict[str, Any]:
     if interpolant.kind != "ours" or interpolant.ours_eps == InterpolantConfig.ours_eps:
         del fields["ours_eps"]
     return fields
+
+
+def init_source(cfg: Config, out_dir: Path | None) -> Path:
+    """The checkpoint ``train.init_from`` names: a run of this dataset (beside ``out_dir``: its latest.pt) or a file.
+    FileNotFoundError / ValueError name the key."""
+    value = cfg.train.init_from
+    is_run = IDENTIFIER.fullmatch(value) is not None
+    if is_run and out_dir is not None and value == out_dir.name:
+        raise ValueError(f"train.init_from={value}: a run cannot warm-start from itself (raise train.steps to extend it)")
+    path = out_dir.parent / value / "checkpoints" / "latest.pt" if is_run and out_dir is not None else Path(value)
+    if not path.is_file():
+        what = f"run {value} has no checkpoint ({path})" if is_run else f"{path} not found"
+        raise FileNotFoundError(f"train.init_from={value}: {what}")
+    return path
 
 
 def run_output(out_dir: Path) -> Output:
@@ -56,8 +80,24 @@ def decide_run(out_dir: Path, inputs: dict[str, Any], cfg: Config, force: bool) 
                        "this run (made by make forecast CKPT=...): training here would put a second model in the run. "
                        "Train under another name (make train RUN=<new name>), or delete the run directory first.")
     step = int(record.get("step", 0))
-    return decide(run_output(out_dir), record, inputs, force, complete=step >= cfg.train.steps,
-                  detail=f"{step} steps, ")
+    begun = (record.get("inputs") or {}).get("train", {}).get("steps", cfg.train.steps)
+    inputs = {**inputs, "train": {**inputs["train"], "steps": begun}}  # the fingerprint keeps the steps it began with
+    verdict = decide(run_output(out_dir), record, inputs, force, complete=step >= cfg.train.steps,
+                     detail=f"{step} steps, ")
+    if verdict.action in ("up to date", "resume") and step > cfg.train.steps:
+        if force:
+            return Verdict("rebuild", verdict.target, f"train: --force: rebuilding {out_dir} with "
+                           f"{cfg.train.steps} steps (it has trained {step})", verdict.inputs, verdict.key)
+        return Verdict("stale", verdict.target, f"{out_dir} has trained {step} steps, more than train.steps="
+                       f"{cfg.train.steps}: a run is extended, never cut back. Forecast one of its numbered checkpoints "
+                       f"(make forecast RUN=<new name> CKPT={out_dir}/checkpoints/<step>.pt), set train.steps >= "
+                       f"{step}, or {REMEDY[0].lower()}{REMEDY[1:]}", verdict.inputs, verdict.key)
+    target = recorded_plan(record, begun)[-1]["steps"]
+    if verdict.action == "resume" and target != cfg.train.steps:
+        what = "extending" if cfg.train.steps > target else "shortening"
+        return Verdict("resume", verdict.target, f"train: {what} {out_dir} from {target} to {cfg.train.steps} steps "
+                       f"(it has trained {step})", verdict.inputs, verdict.key)
+    return verdict
 
 
 def foreign_forecasts(out_dir: Path) -> str | None:
@@ -76,6 +116,8 @@ def up_to_date_message(cfg: Config, store: str, out_dir: Path) -> str | None:
         split = LatentSplit(store, cfg.train.split)
         if not split.attrs.get("complete"):
             raise ValueError(f"{store} is not complete")  # train() says so
-        return decide_run(out_dir, training_inputs(cfg, split.attrs["fingerprint"], split.attrs.get("views")), cfg, False)
+        hashes = KnownHashes((read_json(out_dir / "run.json") or {}).get("file_hashes", {}))
+        inputs = training_inputs(cfg, split.attrs["fingerprint"], split.attrs.get("views"), out_dir, hashes)
+        return decide_run(out_dir, inputs, cfg, False)
 
     return up_to_date_line(decision)
