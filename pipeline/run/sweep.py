@@ -1,20 +1,13 @@
 """Sweeps: named runs of one config, each with its own ``--set`` overrides, brought up to date by one command and
 compared in one report (``make sweep SWEEP=configs/sweeps/lr.yaml``).
 
-A sweep file is YAML with ``runs`` (named runs and their overrides), ``grid`` (lists of values whose product are
-runs), or both; the keys are config keys, dotted::
-
-    runs:
-      lr-1e-4: {train.lr: 1.0e-4}
-    grid:
-      train.lr: [5.0e-4, 1.0e-3]
-      interpolant.kind: [ours, linear]
-
-A grid run's name joins one part per key with '-': the key's last component, then the value: a number right after
-it, in its shorter plain or scientific form with '_' for the point (``lr5e-4``, ``lr0_5``), any other value after a
-'-' with characters other than letters, digits, '_' and '-' made '_' (``kind-ours``): ``lr5e-4-kind-ours``. Every run goes through ``make eval RUN=<name>`` with its
-overrides before the user's ARGS (each stage does only what changed); the report is
-``<out>/<dataset>/sweeps/<sweep file stem>/report.md``.
+A sweep file (YAML) has ``runs`` (run name: {dotted config key: value}), ``grid`` (key: [values], every
+combination a run), or both, e.g. ``grid: {train.lr: [5.0e-4, 1.0e-3], interpolant.kind: [ours, linear]}``.
+A grid run's name joins one part per key with '-': the key's last component, then the value, a number right after
+it in its shorter plain or scientific form with '_' for the point (``lr5e-4``, ``lr0_5``), any other value after a
+'-' with characters other than letters, digits, '_' and '-' made '_' (``kind-ours``): ``lr5e-4-kind-ours``.
+Each run goes through ``make eval RUN=<name>`` with its overrides before the user's ARGS (each stage does only what
+changed); the report is ``<out>/<dataset>/sweeps/<sweep file stem>/report.md``.
 """
 
 from __future__ import annotations
@@ -110,6 +103,30 @@ def set_options(args: str) -> list[str]:
     return [value for option, value in zip(words, words[1:]) if option in ("--set", "-s")]
 
 
+def run_all(sweep: Path, runs: dict[str, list[str]], args: str, make_vars: list[str]) -> None:
+    """``make eval RUN=<run> ARGS=<its overrides, then args> <make_vars>`` for each run, in order, without a shell;
+    the first that fails ends the sweep with its name."""
+    for k, (name, sets) in enumerate(runs.items(), 1):
+        typer.echo(f"sweep: run {name} ({k}/{len(runs)}): {' '.join(sets) or 'no overrides'}")
+        run_args = " ".join([*(f"--set {shlex.quote(item)}" for item in sets), args]).strip()
+        code = subprocess.call(["make", "--no-print-directory", "eval", f"RUN={name}", f"ARGS={run_args}", *make_vars])
+        if code:
+            fail(f"sweep {sweep}: run '{name}' failed (make exit status {code}); the runs after it were not started")
+
+
+def report(sweep: Path, dataset_dir: Path, runs: list[str]) -> None:
+    """Write the sweep's report (headed by the sweep file's path and sha256) if its text changed, and say which."""
+    missing = sorted(set(runs) - set(find_runs(dataset_dir, runs)))
+    if missing:
+        fail(f"sweep {sweep}: no current metrics for {', '.join(missing)}")
+    path = dataset_dir / "sweeps" / sweep.stem / "report.md"
+    before = path.read_bytes() if path.is_file() else None
+    digest = hashlib.sha256(sweep.read_bytes()).hexdigest()
+    preface = [f"Sweep `{sweep}` (sha256 `{digest}`), by `make sweep`: runs {', '.join(runs)}.", ""]
+    write_report(dataset_dir, runs, path, preface)
+    typer.echo(f"sweep: {path} is up to date" if path.read_bytes() == before else f"sweep: wrote {path}")
+
+
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
 
@@ -125,30 +142,19 @@ def main(
 ) -> None:
     """Bring every run of a sweep up to date (make eval RUN=<run>, stopping at the first that fails), then write
     the sweep's report, or say that it is up to date."""
+    if any("=" not in item for item in make_vars or []):  # a bare word would be a make target
+        raise typer.BadParameter("make variables are VAR=value", param_hint="MAKE_VARS")
     try:
         dataset, runs = load_sweep(sweep, config, set_options(args), smoke)
     except ConfigError as exc:
         typer.secho(f"config error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
-    fixed = [f"CONFIG={config}", f"OUT={out}", f"SMOKE={int(smoke)}", f"DRY_RUN={int(dry_run)}", *(make_vars or [])]
-    for name, sets in runs.items():
-        run_args = " ".join([*(f"--set {shlex.quote(item)}" for item in sets), args]).strip()
-        code = subprocess.call(["make", "--no-print-directory", "eval", f"RUN={name}", f"ARGS={run_args}", *fixed])
-        if code:
-            fail(f"sweep {sweep}: run '{name}' failed (make exit status {code}); the runs after it were not started")
+    run_all(sweep, runs, args, [f"CONFIG={config}", f"OUT={out}", f"SMOKE={int(smoke)}", f"DRY_RUN={int(dry_run)}",
+                                *(make_vars or [])])
     if dry_run:
         typer.echo(f"sweep: dry run: would write the report of {', '.join(runs)}")
-        return
-    dataset_dir = Layout(out, dataset).dataset_dir
-    missing = sorted(set(runs) - set(find_runs(dataset_dir, runs)))
-    if missing:
-        fail(f"sweep {sweep}: no current metrics for {', '.join(missing)}")
-    path = dataset_dir / "sweeps" / sweep.stem / "report.md"
-    before = path.read_bytes() if path.is_file() else None
-    digest = hashlib.sha256(sweep.read_bytes()).hexdigest()
-    preface = [f"Sweep `{sweep}` (sha256 `{digest}`), written by `make sweep`: runs {', '.join(runs)}.", ""]
-    write_report(dataset_dir, runs, path, preface)
-    typer.echo(f"sweep: {path} is up to date" if path.read_bytes() == before else f"sweep: wrote {path}")
+    else:
+        report(sweep, Layout(out, dataset).dataset_dir, list(runs))
 
 
 if __name__ == "__main__":
