@@ -26,6 +26,7 @@ FORCE      ?= 0
 CKPT       ?=
 I3D        ?=
 THREADS    ?=
+SWEEP      ?=
 
 PYTHON     ?= python3
 VENV       := .venv
@@ -61,7 +62,7 @@ launch      = $(SUPERVISE) $(if $(and $(filter 1,$(1)),$(filter 1,$(NNODES))),$(
 # network that is ~20 % faster than one process with 2 threads. Evaluated only when the demo runs.
 DEMO_NPROC ?= $(shell $(PY) -c 'import torch; print(torch.cuda.device_count() or 2)' 2>/dev/null || echo 1)
 
-.PHONY: help setup data autoencoder encode train forecast eval demo demo-pretrain demo-verdict config-keys bench test clean-venv
+.PHONY: help setup data autoencoder encode train forecast eval sweep demo demo-pretrain demo-verdict config-keys bench test clean-venv
 
 help: ## Show targets and variables
 	@echo "Targets (each first brings the stages it needs up to date: eval <- forecast <- train <- encode <- data):"
@@ -69,6 +70,7 @@ help: ## Show targets and variables
 	@echo
 	@echo "Variables (current value):"
 	@echo "  DATASET=$(DATASET)      demo | kth | clevrer; selects configs/\$$(DATASET).yaml"
+	@echo "  SWEEP=$(SWEEP)            sweep file for 'make sweep' (runs and/or a grid of --set overrides; configs/sweeps/lr.yaml)"
 	@echo "  RUN=$(RUN)              run name(s): outputs in \$$(OUT)/\$$(DATASET)/runs/<run>/ (default: INTERP, else every trained run)"
 	@echo "  INTERP=$(INTERP)           ours | linear: the interpolant of a new run (default: the run's name if ours/linear, else the config's)"
 	@echo "  OUT=$(OUT)         outputs root; a dataset's outputs live in \$$(OUT)/\$$(DATASET)/ (smoke: \$$(DATASET)-smoke)"
@@ -124,6 +126,14 @@ eval: forecast ## Stage 4: scores, FVD and intervals of each run -> runs/<run>/e
 	@$(FOR_RUNS) \
 	  $(SUPERVISE) $(PY) evaluate.py $(COMMON) --run-name $$run $(if $(I3D),--i3d $(call q,$(I3D)),) $(if $(INTERP),--interp $(INTERP),) $(ARGS) || exit 1; \
 	done
+
+# A sweep: every run of SWEEP brought up to date through make eval (its overrides before ARGS), then one report,
+# $(OUT)/$(DATASET)/sweeps/<sweep file stem>/report.md (pipeline/run/sweep.py). These variables reach every run.
+SWEEP_VARS  = DATASET DATA_DIR VQVAE_CKPT CKPT I3D THREADS NPROC TRAIN_NPROC PY STAMP FORCE
+sweep: $(STAMP) ## Every run of SWEEP=<file> up to date (train, forecast, eval), then the sweep's one report
+	$(if $(SWEEP),,$(error make sweep needs SWEEP=<sweep file>, e.g. SWEEP=configs/sweeps/lr.yaml))
+	@$(PY) -m pipeline.run.sweep $(call q,$(SWEEP)) --config $(call q,$(CONFIG)) --out $(call q,$(OUT)) $(SMOKE_FLAG) \
+	  $(DRY_FLAG) --args $(call q,$(ARGS)) $(foreach v,$(SWEEP_VARS),$(call q,$(v)=$($(v))))
 
 demo: $(STAMP) ## Both interpolants on the demo: short runs trained here (ours, linear) and the shipped flows, one report
 	$(MAKE) --no-print-directory eval DATASET=demo RUN='ours linear' INTERP= TRAIN_NPROC=$(DEMO_NPROC) FORCE=1

@@ -47,11 +47,11 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(available_cpus()))
 
 
-# The make-driven end-to-end modules, slowest first (measured, serial: 220, 170, 105, 90, 70, 35 s). They are
+# The make-driven end-to-end modules, slowest first (measured, serial: 220, 170, 105, 90, 70, 50, 35 s). They are
 # collected first so that make test's workers (pytest-xdist, one module at a time, in this order) start them at once
 # and the many short modules fill in around them.
 SLOWEST_MODULES = ("test_make_demo.py", "test_runs.py", "test_robustness.py", "test_shipped_configs.py",
-                   "test_incremental.py", "test_multinode.py")
+                   "test_incremental.py", "test_sweep.py", "test_multinode.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -17,7 +17,7 @@ metrics.json (``SCHEMA``), one per run::
      "fingerprint", "inputs", "file_hashes", "dataset", "run", "interp", "eval_config", "code_version", "created",
      "seconds", "plot": "curves.png"}
 
-``report.md`` gathers every run's metrics.json: a summary (who is better on what, with intervals and caveats), the
+``report.md`` gathers every run's metrics.json (a sweep's report, ``sweeps/<sweep>/report.md``, the sweep's runs'): a summary (who is better on what, with intervals and caveats), the
 comparison table, paired tables per later run against its baseline, the demo's known-law section, curves, and per
 run its protocol, verdicts against copy-last and GIF grids. Frames are the predicted frames 1..N everywhere.
 """
@@ -25,6 +25,8 @@ run its protocol, verdicts against copy-last and GIF grids. Frames are the predi
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +85,13 @@ def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
     write_json_atomic(path, metrics)
 
 
-def find_runs(dataset_dir: Path) -> dict[str, dict[str, Any]]:
-    """{run: metrics} of every current ``runs/<run>/eval/metrics.json``: ours, linear first, then by training steps,
-    interpolant and name."""
+def find_runs(dataset_dir: Path, names: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
+    """{run: metrics} of every current ``runs/<run>/eval/metrics.json`` (of the runs in ``names`` only, if given):
+    ours, linear first, then by training steps, interpolant and name."""
     runs = {}
     for path in sorted(Path(dataset_dir).glob(f"{RUNS}/*/eval/{METRICS_FILE}")):
+        if names is not None and path.parent.parent.name not in names:
+            continue
         try:
             metrics = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
@@ -215,9 +219,10 @@ def _fvd_status(runs: dict[str, dict[str, Any]]) -> list[str]:
     return [f"* `{run}` FVD: {m['fvd_status']}" for run, m in runs.items()] + [""]
 
 
-def _comparison(dataset_dir: Path, runs: dict[str, dict[str, Any]], pairs: list[dict[str, Any]],
+def _comparison(dataset_dir: Path, folder: Path, runs: dict[str, dict[str, Any]], pairs: list[dict[str, Any]],
                 colours: dict[str, str]) -> list[str]:
-    """The comparison table, the paired tables, the known-law section, the curves and the loss curves of all runs."""
+    """The comparison table, the paired tables, the known-law section, the curves and the loss curves of all runs
+    (figures written into the report's ``folder``)."""
     first = next(iter(runs.values()))
     labels = {run: run_label(run, m) for run, m in runs.items()}
     rows = [(f"{labels[run]} (N={m['model']['n_samples']})", m["model"]) for run, m in runs.items()]
@@ -232,11 +237,11 @@ def _comparison(dataset_dir: Path, runs: dict[str, dict[str, Any]], pairs: list[
         lines += (_paired_table(heading, pair["rows"], (a, b), fvd_caveat(pair["base"])) if not pair["differs"] else
                   [f"**Not comparable as is**: {a} and {b} differ in {', '.join(pair['differs'])}; no paired "
                    "differences.", ""])
-    lines += known_law_section(dataset_dir, runs, labels, colours)
+    lines += known_law_section(folder, runs, labels, colours)
     title = f"{dataset_dir.name}: " + ", ".join(labels.values())
-    lines += [f"![per-frame curves]({plot_curves(dataset_dir / 'curves.png', runs, labels, title, colours)})", ""]
+    lines += [f"![per-frame curves]({plot_curves(folder / 'curves.png', runs, labels, title, colours)})", ""]
     losses = {run: read_losses(dataset_dir / RUNS / run) for run in runs}
-    loss_plot = plot_losses(dataset_dir / "loss_curves.png", losses, colours)
+    loss_plot = plot_losses(folder / "loss_curves.png", losses, colours)
     return lines + ([f"![training and validation loss]({loss_plot})", ""] if loss_plot else [])
 
 
@@ -257,38 +262,54 @@ def _media_key(path: Path) -> tuple:
     return (0, int(tail), "") if tail.isdigit() else (1, 0, path.stem)
 
 
-def _run_section(dataset_dir: Path, run: str, m: dict[str, Any], against: list[tuple],
+def _run_section(dataset_dir: Path, folder: Path, run: str, m: dict[str, Any], against: list[tuple],
                  colours: dict[str, str]) -> list[str]:
-    """One run: protocol, verdicts against copy-last (``against``: its paired rows), known-law table, curves, GIFs."""
+    """One run: protocol, verdicts against copy-last (``against``: its paired rows), known-law table, curves, GIFs.
+    Links are relative to the report's ``folder``; the run's curves are drawn there in the report's colours (in the
+    dataset's own report: the run's ``eval/`` curves)."""
+    run_dir = dataset_dir / RUNS / run
+
+    def link(path: Path) -> str:
+        return Path(os.path.relpath(path, folder)).as_posix()
+
     lines = [f"## {run_label(run, m)}", "", _protocol_line(m) + ".", "", _against_copy_last(m, against), "",
              *horizon_table(m)]
     if m.get("plot"):
-        plot_run_curves(dataset_dir / RUNS / run / "eval" / m["plot"], m, colours)
-        lines += [f"![curves, {run}]({RUNS}/{run}/eval/{m['plot']})", ""]
-    gifs = sorted((dataset_dir / RUNS / run / "media").glob("forecast_*.gif"), key=_media_key)
+        curves = run_dir / "eval" / m["plot"] if folder == dataset_dir else folder / f"{run}_{m['plot']}"
+        plot_run_curves(curves, m, colours)
+        lines += [f"![curves, {run}]({link(curves)})", ""]
+    gifs = sorted((run_dir / "media").glob("forecast_*.gif"), key=_media_key)
     if gifs:
         lines += ["Forecast grids (rows: truth, VQ reconstruction, samples; green border: conditioning, red: "
-                  "predicted):", ""] + [f"![{g.stem}]({RUNS}/{run}/media/{g.name})" for g in gifs] + [""]
+                  "predicted):", ""] + [f"![{g.stem}]({link(g)})" for g in gifs] + [""]
     return lines
 
 
-def write_report(dataset_dir: Path) -> Path:
-    """(Re)write ``<dataset_dir>/report.md`` (and its figures) from every run's metrics.json; returns its path."""
+def write_report(dataset_dir: Path, names: Collection[str] | None = None, path: Path | None = None,
+                 preface: Sequence[str] = ()) -> Path:
+    """Write ``path`` (default ``<dataset_dir>/report.md``; its figures beside it) from the metrics.json of the runs
+    in ``names`` (default: every evaluated run), ``preface`` lines under its title; returns its path. The file is
+    rewritten only when its text changes, so an unchanged report keeps its bytes and time stamp."""
     dataset_dir = Path(dataset_dir)
-    runs = find_runs(dataset_dir)
+    path = Path(path or dataset_dir / REPORT_FILE)
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    runs = find_runs(dataset_dir, names)
     colours = run_colours(runs)
     against = {run: paired_rows(m["model"], m["copy_last"], m["protocol"]) for run, m in runs.items()}
-    lines = [f"# Forecast evaluation: {dataset_dir.name}", ""]
+    lines = [f"# Forecast evaluation: {dataset_dir.name}", "", *preface]
     if runs:
         pairs = _pairs(runs)
-        lines += [*_summary(runs, pairs, against), *_intro(runs), *_comparison(dataset_dir, runs, pairs, colours)]
+        lines += [*_summary(runs, pairs, against), *_intro(runs),
+                  *_comparison(dataset_dir, folder, runs, pairs, colours)]
     else:
         lines += [*_intro(runs), "No evaluated run yet (run `make eval`)."]
     for run, m in runs.items():
-        lines += _run_section(dataset_dir, run, m, against[run], colours)
-    path = dataset_dir / REPORT_FILE
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines).rstrip() + "\n")
+        lines += _run_section(dataset_dir, folder, run, m, against[run], colours)
+    text = "\n".join(lines).rstrip() + "\n"
+    if not path.is_file() or path.read_text() != text:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
     return path
 
 

@@ -4,6 +4,7 @@
     <out>/<dataset>/runs/<run>/             stages 2-4 of one run: run.json, checkpoints/, metrics.jsonl, media/,
                                             forecasts.zarr, eval/
     <out>/<dataset>/report.md               every evaluated run side by side
+    <out>/<dataset>/sweeps/<sweep>/report.md  the runs of one sweep side by side (pipeline/run/sweep.py)
 
 ``<dataset>`` is ``data.name`` (``<name>-smoke`` under ``--smoke``). A run's name defaults to its interpolant; a
 run's ``--set`` overrides (``run.json``: ``args``) apply to its later stages before their own command line's.
