@@ -85,6 +85,18 @@ def test_named_runs_sit_side_by_side_keep_their_settings_and_share_one_report(wo
     assert json.loads((dataset / "runs" / "lr_a" / "run.json").read_text())["config"]["train"]["lr"] == 5e-4
 
 
+def test_raising_train_steps_extends_a_run_and_its_forecasts_and_scores_follow(world) -> None:
+    _make(world, "eval", "RUN=longer")
+    out = _make(world, "eval", "RUN=longer", sets=("train.steps=6",))
+    run = world[2] / "runs" / "longer"
+    assert f"train: extending {run} from 4 to 6 steps (it has trained 4)" in out, out
+    assert f"forecast: {run / 'checkpoints' / 'latest.pt'} changed (the run trained further): rebuilding" in out, out
+    assert _metrics(world[2], "longer")["protocol"]["checkpoint"]["ckpt_step"] == 6
+    assert json.loads((run / "run.json").read_text())["steps_plan"][-1] == {"from_step": 4, "steps": 6}
+    verdicts = stage_verdicts(_make(world, "eval", "RUN=longer", sets=("train.steps=6",)))
+    assert verdicts and all("up to date" in line for line in verdicts), verdicts
+
+
 def test_a_smoke_run_leaves_the_real_run_untouched(world) -> None:
     _make(world, "eval", "SMOKE=1")
     assert (world[3] / "runs" / "ours" / "eval" / "metrics.json").is_file()

@@ -25,7 +25,7 @@ from pipeline.run.config_sections import (IDENTIFIER, INTERPOLANT_PRESETS, STRIC
 __all__ = ["IDENTIFIER", "INTERPOLANT_PRESETS", "AutoencoderConfig", "Config", "ConfigError", "ConvertConfig", "DataConfig",
            "DemoConfig", "EncodeConfig", "EvalConfig", "ForecastConfig", "InterpolantConfig", "LoaderConfig", "ModelConfig",
            "SamplingConfig", "TrainConfig", "VQVAEConfig", "absolute_paths", "apply_override", "config_from_dict",
-           "key_listing", "load_config"]
+           "key_listing", "load_config", "read_yaml", "unknown_key"]
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # relative paths in a config file resolve against this
 PATH_KEYS = ("data.root", "vqvae.ckpt", "eval.i3d", "autoencoder.out_dir", "autoencoder.export",
              "train.init_from")  # file-system paths
@@ -109,7 +109,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, smoke: boo
     """Read ``path``, apply its smoke overrides (if ``smoke``), then ``--set`` overrides (``a.b=value``); raises
     ConfigError naming the key and its source."""
     path = Path(path)
-    cfg = _build(Config, _read_yaml(path), prefix="", source=str(path))
+    cfg = _build(Config, read_yaml(path), prefix="", source=str(path))
     smoked = cfg
     for dotted, value in dict(cfg.smoke).items():  # checked (keys, types) also when not applied: no typo waits there
         smoked = _set_dotted(smoked, dotted, value, source=f"{path} (smoke)")
@@ -153,10 +153,10 @@ def _set_dotted(cfg: Config, dotted: str, value: Any, source: str) -> Config:
     for depth, part in enumerate(sections):
         if not isinstance(node.get(part), dict):
             known = [k for k, v in node.items() if isinstance(v, dict)]
-            raise ConfigError(f"{source}: {_unknown('.'.join(sections[: depth + 1]), known, f' in {dotted!r}')}")
+            raise ConfigError(f"{source}: {unknown_key('.'.join(sections[: depth + 1]), known, f' in {dotted!r}')}")
         node = node[part]
     if name not in node:
-        raise ConfigError(f"{source}: {_unknown(dotted, list(node))}")
+        raise ConfigError(f"{source}: {unknown_key(dotted, list(node))}")
     node[name] = value
     return _build(Config, tree, prefix="", source=source)
 
@@ -184,7 +184,7 @@ def _explain(exc: ValidationError, prefix: str, known: list[str]) -> str:
     errors = exc.errors()
     unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "unexpected_keyword_argument")
     if unknown:
-        return _unknown(prefix + unknown[0], known, f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
+        return unknown_key(prefix + unknown[0], known, f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
     error = errors[0]
     name = prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".")
     must = f"one of {error['ctx']['expected']}" if error["type"] == "literal_error" else _MUST_BE.get(error["type"])
@@ -193,7 +193,7 @@ def _explain(exc: ValidationError, prefix: str, known: list[str]) -> str:
     return f"'{name}' must be {must}, got {type(error['input']).__name__} {error['input']!r}"
 
 
-def _unknown(dotted: str, known: list[str], note: str = "") -> str:
+def unknown_key(dotted: str, known: list[str], note: str = "") -> str:
     """'unknown key ...' with the closest valid key, or the valid keys when none is close."""
     close = difflib.get_close_matches(dotted.rsplit(".", 1)[-1], known, n=1)
     hint = f"did you mean '{close[0]}'?" if close else f"valid keys here: {', '.join(sorted(known))}"
@@ -277,7 +277,7 @@ def _one_line(exc: yaml.YAMLError) -> str:
     return where + " ".join(str(getattr(exc, "problem", None) or exc).split())
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     """The YAML mapping of a config file; a clear ConfigError for a missing file, a directory, bad YAML, duplicates."""
     try:
         raw = _load_yaml(path.read_text()) or {}

@@ -26,7 +26,7 @@ import yaml
 
 from pipeline.eval.report import find_runs, write_report
 from pipeline.run.cli import fail
-from pipeline.run.config import ConfigError, _read_yaml, _unknown, load_config
+from pipeline.run.config import ConfigError, load_config, read_yaml, unknown_key
 from pipeline.run.layout import Layout, RunNameError, check_run_name
 
 SECTIONS = ("runs", "grid")
@@ -53,7 +53,7 @@ def expand(path: Path, sweep: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """{run name: {key: value}} of a sweep file's body: its ``runs`` in file order, then its ``grid``'s product."""
     for key in sweep:
         if key not in SECTIONS:
-            raise ConfigError(f"{path}: {_unknown(str(key), list(SECTIONS))}")
+            raise ConfigError(f"{path}: {unknown_key(str(key), list(SECTIONS))}")
     runs, grid = sweep.get("runs") or {}, sweep.get("grid") or {}
     if not isinstance(runs, dict) or not isinstance(grid, dict):
         raise ConfigError(f"{path}: 'runs' and 'grid' must be mappings")
@@ -85,7 +85,7 @@ def load_sweep(path: Path, config: Path, user_sets: list[str], smoke: bool) -> t
     if not path.is_file():
         raise ConfigError(f"sweep file not found: {path}")
     runs = {name: [f"{key}={value_text(value)}" for key, value in overrides.items()]
-            for name, overrides in expand(path, _read_yaml(path)).items()}
+            for name, overrides in expand(path, read_yaml(path)).items()}
     datasets = set()
     for name, sets in runs.items():
         try:

@@ -3,7 +3,7 @@ Torch-free, so ``forecast.py`` answers "up to date" without importing torch."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,14 @@ def decide_forecasts(cfg: Config, url: str, split: LatentSplit, ckpt_path: Path,
     hashes.update(old.get("file_hashes", {}))
     check_vqvae(cfg, split, hashes)
     inputs = forecast_inputs(cfg, split.attrs["fingerprint"], cached_sha256(ckpt_path, hashes))
-    return decide(forecast_output(url, ckpt_path), old, inputs, force, complete=bool(old.get("complete")))
+    out = forecast_output(url, ckpt_path)
+    advanced = Path(ckpt_path) == default_checkpoint(Path(url).parent) and old.get("fingerprint") \
+        and changed_keys(old.get("inputs", {}), inputs) == ["checkpoint.sha256"]
+    if advanced and not force:  # the run was trained further (extended): its forecasts follow, rebuilt beside
+        verdict = decide(out, old, inputs, True, complete=bool(old.get("complete")))
+        return replace(verdict, message=f"forecast: {ckpt_path} changed (the run trained further): rebuilding its "
+                                        f"forecasts in {verdict.target}, which replaces {url} when complete")
+    return decide(out, old, inputs, force, complete=bool(old.get("complete")))
 
 
 def check_vqvae(cfg: Config, split: LatentSplit, hashes: dict[str, Any]) -> None:
