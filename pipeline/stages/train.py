@@ -238,9 +238,10 @@ def _warm_start(path: Path, source: str, model: torch.nn.Module, ema: torch.nn.M
     try:
         model.load_state_dict(ckpt.model)
         ema.load_state_dict(ckpt.weights(use_ema=True))
-    except RuntimeError as exc:
+    except RuntimeError as exc:  # load_state_dict: a headline, then one line per missing or mis-shaped tensor
+        detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
         raise TrainingError(f"train.init_from={source}: {path} does not fit this run's model settings (model.*): "
-                            f"{str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc}") from None
+                            f"{detail}") from None
 
 
 def _note_thread_change(out_dir: Path, log) -> None:

@@ -17,8 +17,9 @@ from pipeline.stages.train_plan import recorded_plan
 LOCK = ".train.lock"  # in the run directory: one training process (rank 0 of one launch) writes a run at a time
 REMEDY = ("Rerun with --force (make train FORCE=1) to discard it and train from scratch, or train these settings as a "
           "new run beside it (make train RUN=<new name>).")
-# Training settings the weights do not depend on: logging, retention, and how a batch is split (micro_batch changes
-# float summation order only). train.steps is recorded as the run began: raising it extends the run.
+# Training settings left out of the inputs: logging, retention, how a batch is split (micro_batch changes float
+# summation order only), and init_from (entered as its source and sha256). train.steps enters as the run began:
+# raising it extends the run.
 NOT_INPUTS = ("log_every", "latest_every", "save_every", "sample_every", "sample_split", "sample_videos",
               "sample_steps", "val_every", "val_split", "val_clips", "wandb_mode", "wandb_project", "micro_batch",
               "keep", "keep_every", "init_from")
