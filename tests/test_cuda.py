@@ -31,7 +31,7 @@ pytestmark = [
                        reason="needs a CUDA device (run on a GPU machine by benchmarks/gpu_check.sh)"),
 ]
 
-SMALL_NET = ["model.inner_dim=64", "model.heads=4", "model.depth=1", "model.mid_depth=1", "model.dropout=0.0",
+SMALL_NET = ["train.batch_size=8", "model.inner_dim=64", "model.heads=4", "model.depth=1", "model.mid_depth=1", "model.dropout=0.0",
              "train.wandb_mode=disabled", "train.sample_every=0"]
 CUDA = torch.device("cuda", 0)
 

@@ -268,6 +268,9 @@ def train_step(net, model, opt, interpolant, batch, info: DistInfo, cfg: Config,
     local, micro = batch_split(cfg.train, info.world_size)
     x1, ref, ctx = (batch[k].to(device, non_blocking=True) for k in ("target", "reference", "context"))
     gap = batch["gap"].to(device)
+    if x1.shape[0] != local:
+        raise TrainingError(f"a batch of {x1.shape[0]} examples; train.batch_size={cfg.train.batch_size} over "
+                            f"{info.world_size} process(es) is {local} per process")
     t, x0, xi = _step_draws(interpolant, cfg, step, x1.shape[1:], device, rows=slice(info.rank * local, (info.rank + 1) * local))
     net.train()
     opt.zero_grad(set_to_none=True)
