@@ -234,6 +234,7 @@ def test_accumulated_micro_batches_equal_one_full_step_with_one_and_two_processe
     for kind in ("linear", "ours"):
         common = _sets(overrides, "train.batch_size=8", "train.grad_clip=0", f"interpolant.kind={kind}")
         settings[f"{kind}-full"] = common  # one pass of 8 (of 4 per process with two)
+        settings[f"{kind}-micro4"] = [*common, "train.micro_batch=4"]  # 2 passes of 4 (one per process with two)
         settings[f"{kind}-micro"] = [*common, "train.micro_batch=2"]  # 4 (2 per process) passes of 2
     script = [str(REPO / "tests" / "step_grads.py")]
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
@@ -244,8 +245,8 @@ def test_accumulated_micro_batches_equal_one_full_step_with_one_and_two_processe
     one, two = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
     for kind in ("linear", "ours"):
         reference, loss = one[f"{kind}-full"]
-        assert one[f"{kind}-micro"][1] == pytest.approx(loss, rel=1e-5)
-        for grads in (one[f"{kind}-micro"][0], two[f"{kind}-full"][0], two[f"{kind}-micro"][0]):
+        assert one[f"{kind}-micro"][1] == pytest.approx(loss, rel=1e-5) == one[f"{kind}-micro4"][1]
+        for grads in (one[f"{kind}-micro4"][0], one[f"{kind}-micro"][0], two[f"{kind}-full"][0], two[f"{kind}-micro"][0]):
             for name, grad in reference.items():
                 assert torch.allclose(grads[name], grad, rtol=1e-4, atol=1e-6 * grad.abs().max()), (kind, name)
         assert any(g.abs().max() > 0 for g in reference.values())
