@@ -65,14 +65,19 @@ class Layout:
 
     def recorded_overrides(self, run: str) -> list[str]:
         """The ``--set`` overrides run ``run`` was trained with ([] for a new run)."""
-        path = self.run_dir(run) / RUN_RECORD
-        if not path.is_file():
-            return []
-        try:
-            record: dict[str, Any] = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RunNameError(f"{path}: unreadable run record ({exc}); repair or delete it") from None
-        return list((record.get("args") or {}).get("set") or [])
+        return recorded_overrides(self.run_dir(run))
+
+
+def recorded_overrides(run_dir: Path) -> list[str]:
+    """The ``--set`` overrides the run in directory ``run_dir`` was trained with ([] for a new run)."""
+    path = Path(run_dir) / RUN_RECORD
+    if not path.is_file():
+        return []
+    try:
+        record: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RunNameError(f"{path}: unreadable run record ({exc}); repair or delete it") from None
+    return list((record.get("args") or {}).get("set") or [])
 
 
 def run_names(config: str, out: str, smoke: bool) -> list[str]:
