@@ -1,10 +1,5 @@
-"""A Python API for notebooks and scripts: load a run, forecast videos, decode them, score them.
-
-    from pipeline.api import load_run
-    run = load_run("outputs/demo/runs/shipped-ours")     # or load_run(config="configs/demo.yaml", ckpt="x.pt")
-    videos = run.test_videos(4)                           # [B, T, 3, H, W] in [-1, 1]
-    samples = run.forecast(videos[:, :run.cond_frames], n_samples=8, steps=11, seed=0)   # [B, S, T - n0, 3, H, W]
-    scores = run.score(videos, samples)                   # {'psnr': ..., 'crps': ..., ...}
+"""A Python API for notebooks and scripts: load a run, forecast videos, decode them, score them (README.md,
+"Python API": ``load_run``, then ``Run.test_videos``, ``Run.forecast``, ``Run.score``).
 
 Built from the stages' own pieces, so a forecast equals stage 3's for the same checkpoint, settings, seed and clips:
 rollouts are grouped, seeded per (seed, video, sample) and decoded per video as there, and scored as stage 4 scores
