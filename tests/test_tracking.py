@@ -1,9 +1,13 @@
-"""wandb shows the run: training curves, validation loss, sample videos, forecast grids and evaluation numbers in one
-(offline) wandb run, read back from its files; the gradient-clipping warning; validation leaves training unchanged."""
+"""wandb shows the run: training curves, validation loss, sample videos, forecast grids and evaluation results (with
+intervals, verdicts, known-law scores and per-frame curves, at steps wandb keeps) in one (offline) wandb run, read
+back from its files; a checkpoint without its training run gets a run of its own; wandb prints nothing; the
+gradient-clipping warning; validation leaves training unchanged."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +20,8 @@ from pipeline.stages.evaluate import evaluate
 from pipeline.stages.forecast import forecast
 from pipeline.core.interpolants import build_interpolant
 from pipeline.core.model import build_model
-from pipeline.run.tracking import headline_numbers, log_evaluation
+from pipeline.eval.compare import COLUMNS, paired_rows
+from pipeline.run.tracking import VERDICTS, evaluation_numbers, log_evaluation
 from pipeline.stages.train import _Validation, train, training_inputs
 
 SMALL = ["model.inner_dim=32", "model.heads=2", "model.depth=1", "model.mid_depth=1", "train.steps=6",
@@ -26,6 +31,14 @@ SMALL = ["model.inner_dim=32", "model.heads=2", "model.depth=1", "model.mid_dept
 QUIET = dict(log=lambda _: None)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def wandb_env(tmp_path: Path, monkeypatch) -> None:
+    """wandb as a user without settings gets it (offline from the config, silent), its staged table files in tmp."""
+    for name in ("WANDB_MODE", "WANDB_SILENT", "WANDB_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
 
 
 def _cfg(repo: Path, overrides: list[str], *extra: str):
@@ -46,7 +59,8 @@ def read_offline_run(directory: Path) -> dict:
 
     wandb 0.31 has no Python reader of that log (``wandb.sdk.internal.datastore`` is gone and ``wandb.Api()`` needs
     a server); its CLI ``wandb leet inspect --json PATH`` (wandb-core) prints the log's records, one JSON per line.
-    Returns the run id, whether the process asked to resume it, the history rows, the merged summary and files/.
+    Returns the run id, whether the process asked to resume it, its group and tags, the history rows, the merged
+    summary, the metric definitions (define_metric) and files/.
     """
     command = [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(directory)]
     printed = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -56,8 +70,10 @@ def read_offline_run(directory: Path) -> dict:
     for record in records:
         if record["type"] == "summary":
             summary.update(record["summary"]["update"])
-    return {"id": run["run_id"], "resumed": run.get("resume", False), "summary": summary, "files": directory / "files",
-            "history": [r["history"]["item"] for r in records if r["type"] == "history"]}
+    return {"id": run["run_id"], "resumed": run.get("resume", False), "group": run.get("run_group"),
+            "tags": run.get("tags"), "summary": summary, "files": directory / "files",
+            "history": [r["history"]["item"] for r in records if r["type"] == "history"],
+            "metrics": [r["metric"] for r in records if r["type"] == "metric"]}
 
 
 def _media_file(segment: dict, item: dict, key: str, kind: str) -> Path:
@@ -68,7 +84,19 @@ def _media_file(segment: dict, item: dict, key: str, kind: str) -> Path:
     return path
 
 
-def test_offline_run_holds_videos_validation_and_evaluation(tiny_store, tmp_path: Path, repo: Path) -> None:
+def _banners(text: str) -> list[str]:
+    """wandb's own console lines (its banners start with ``wandb:``); the stages' one line each starts otherwise."""
+    return [line for line in text.splitlines() if line.lstrip().startswith("wandb:")]
+
+
+def _interval(item: dict, key: str, block: dict) -> None:
+    """The logged value of ``key`` and its interval are metrics.json's."""
+    logged = [item[key], item[f"{key}_low"], item[f"{key}_high"]]
+    assert logged == pytest.approx([block[k] for k in ("value", "low", "high")])
+
+
+@pytest.mark.usefixtures("wandb_env")
+def test_offline_run_holds_videos_validation_and_evaluation(tiny_store, tmp_path: Path, repo: Path, capfd) -> None:
     _, overrides, store = tiny_store
     cfg = _cfg(repo, overrides, "train.wandb_mode=offline", "train.sample_every=6", "train.sample_videos=1",
                "train.sample_steps=3", "sample.n_samples=2", "sample.steps=3", "forecast.max_videos=2",
@@ -82,9 +110,13 @@ def test_offline_run_holds_videos_validation_and_evaluation(tiny_store, tmp_path
     assert (record["wandb_mode"], record["wandb_project"]) == ("offline", cfg.train.wandb_project)
     assert f"forecast: wandb: results attached to run {record['wandb_id']} (offline)" in lines
     assert f"eval: wandb: results attached to run {record['wandb_id']} (offline)" in lines
+    printed = capfd.readouterr()
+    assert not _banners(printed.out + printed.err)  # wandb silenced: one line per stage, ours
+    assert printed.out.count(f"train: wandb: run {record['wandb_id']} (offline)") == 1
 
     segments = [read_offline_run(d) for d in sorted((run / "wandb").glob("offline-run-*"))]
     assert [s["id"] for s in segments] == [record["wandb_id"]] * 3 and all(s["resumed"] for s in segments)
+    assert all((s["group"], s["tags"]) == (cfg.data.name, [cfg.interpolant.kind, "ours"]) for s in segments)
     trained, forecasted, evaluated = segments
     # training: loss and validation curves (the rows of metrics.jsonl), the sample video as a real video file
     rows = _rows(run)
@@ -97,15 +129,82 @@ def test_offline_run_holds_videos_validation_and_evaluation(tiny_store, tmp_path
         assert all(trained["summary"][k] == v for k, v in row.items() if isinstance(v, str))
     video = _media_file(trained, history[6], "media/real_vs_generated", "video-file")
     assert video.suffix == ".mp4" and video.read_bytes() == (run / "media" / "real_raw_ema_0000006.mp4").read_bytes()
-    # forecast: the grid of the first video; evaluation: headline numbers in the summary and the PSNR plot
-    grid = _media_file(forecasted, forecasted["history"][0], "forecast/forecast_0", "video-file")
+    # forecast and eval: one row each at a step above training's last (wandb keeps it), on their own axis = the
+    # checkpoint's training step
+    (grids,), (item,) = forecasted["history"], evaluated["history"]
+    assert (grids["_step"], grids["forecast/step"], item["_step"], item["eval/step"]) == (7, 6, 8, 6)
+    assert json.loads((run / "run.json").read_text())["wandb_step"] == 8
+    assert {"glob_name": "eval/*", "step_metric": "eval/step"} in [
+        {k: m.get(k) for k in ("glob_name", "step_metric")} for m in evaluated["metrics"]]
+    grid = _media_file(forecasted, grids, "forecast/forecast_0", "video-file")
     assert grid.read_bytes() == (run / "media" / "forecast_0.mp4").read_bytes()
+    # evaluation: every headline number with its interval, the paired verdicts against copy-last, the known law
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
-    numbers = headline_numbers(metrics)
-    assert numbers["eval/model/psnr"] == metrics["model"]["psnr"]["value"]
-    assert {k: evaluated["summary"][k] for k in numbers} == pytest.approx(numbers)
-    plot = _media_file(evaluated, evaluated["history"][0], "eval/curves", "image-file")
+    for name in ("model", "vq_ceiling", "copy_last"):
+        for metric in ("psnr", "ssim", "crps", "energy", "spread_skill"):
+            _interval(item, f"eval/{name}/{metric}", metrics[name][metric])
+    assert item["eval/model/psnr_best_of_n"] == pytest.approx(metrics["model"]["psnr"]["best_of_n"])
+    paired = paired_rows(metrics["model"], metrics["copy_last"], metrics["protocol"], columns=[COLUMNS[1]])[0][1]
+    assert [item[f"eval/model_vs_copy_last/psnr{k}"] for k in ("", "_low", "_high")] == \
+        pytest.approx([paired[k] for k in ("diff", "low", "high")])
+    assert item["eval/model_vs_copy_last/psnr_verdict"] == VERDICTS[paired["verdict"]]
+    law = metrics["known_law"]["sets"]
+    _interval(item, "eval/law/model/law_distance", law["model"]["law_distance"])
+    _interval(item, "eval/law/oracle/identity_kept", law["oracle"]["identity_kept"])
+    assert item["eval/law/model_vs_copy_last/law_distance_verdict"] in VERDICTS.values()
+    assert {k: evaluated["summary"][k] for k in evaluation_numbers(metrics)} == evaluation_numbers(metrics)
+    # per-frame curves: a table per family (a row per set and predicted frame) and line plots
+    table = json.loads(_media_file(evaluated, item, "eval/per_frame", "table-file").read_text())
+    by_row = {(r[0], r[1]): dict(zip(table["columns"], r)) for r in table["data"]}
+    frames = metrics["protocol"]["pred_frames"]
+    assert len(table["data"]) == 3 * frames
+    assert by_row[("model", frames)]["psnr"] == metrics["model"]["psnr"]["per_frame"][-1]
+    law_table = json.loads(_media_file(evaluated, item, "eval/law_per_frame", "table-file").read_text())
+    assert law_table["data"][0][:3] == ["model", 1, law["model"]["identity_kept"]["per_frame"][0]]
+    assert item["eval/per_frame/psnr_table._type"] == item["eval/law_per_frame/law_distance_table._type"] == "table-file"
+    plot = _media_file(evaluated, item, "eval/curves", "image-file")
     assert plot.suffix == ".png"
+
+
+@pytest.mark.usefixtures("wandb_env")
+def test_a_checkpoint_without_its_training_run_is_tracked_as_a_run_of_its_own(tiny_store, tmp_path: Path, repo: Path,
+                                                                              capfd) -> None:
+    _, overrides, store = tiny_store
+    train(_cfg(repo, overrides, "train.val_every=0"), store, tmp_path / "elsewhere", **QUIET)  # wandb disabled
+    published = tmp_path / "published.pt"
+    shutil.copy(tmp_path / "elsewhere" / "checkpoints" / "latest.pt", published)
+    cfg = _cfg(repo, overrides, "train.wandb_mode=offline", "sample.n_samples=2", "sample.steps=3",
+               "forecast.max_videos=2", "forecast.media_videos=1", "forecast.media_samples=2")
+    run = tmp_path / "demo" / "runs" / "shipped"
+    lines: list[str] = []
+    forecast(cfg, store, run, ckpt=published, log=lines.append)
+    evaluate(cfg, str(run / "forecasts.zarr"), run, log=lines.append)
+
+    sha = hashlib.sha256(published.read_bytes()).hexdigest()
+    wandb_id = f"{cfg.data.name}-shipped-{sha[:16]}"
+    record = json.loads((run / "wandb" / "checkpoint_run.json").read_text())
+    assert record == {"wandb_id": wandb_id, "wandb_project": cfg.train.wandb_project, "wandb_mode": "offline",
+                      "ckpt": str(published), "ckpt_sha256": sha, "wandb_step": 1}
+    assert not (run / "run.json").exists()  # no training record: make does not take it for a trained run
+    for stage in ("forecast", "eval"):
+        assert f"{stage}: wandb: results attached to run {wandb_id} of checkpoint {published} (offline)" in lines
+    printed = capfd.readouterr()
+    assert not _banners(printed.out + printed.err)
+    segments = [read_offline_run(d) for d in sorted((run / "wandb").glob("offline-run-*"))]
+    expected = (wandb_id, cfg.data.name, [cfg.interpolant.kind, "shipped"])  # grouped by dataset, tagged
+    assert [(s["id"], s["group"], s["tags"]) for s in segments] == [expected] * 2
+    (grids,), (item,) = (s["history"] for s in segments)
+    assert (grids["_step"], item["_step"], item["eval/step"]) == (0, 1, 6)  # the checkpoint's training step
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    _interval(item, "eval/model/psnr", metrics["model"]["psnr"])
+
+    disabled = load_config(repo / "configs" / "demo.yaml", ["train.wandb_mode=disabled"])
+    assert not log_evaluation(disabled, run, metrics, lines.append)  # disabled: silent, nothing started
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 2
+    older = {"protocol": {"forecasts": str(tmp_path / "none.zarr")}}  # forecasts that record no checkpoint hash
+    assert not log_evaluation(cfg, run, older, lines.append)
+    assert lines[-1] == f"eval: wandb: {tmp_path / 'none.zarr'} records no checkpoint hash (made by an older version); " \
+                        "results not attached"
 
 
 def test_clip_warning_fires_once_when_clipping_acts_on_nearly_every_step(tiny_store, tmp_path: Path, repo: Path,
@@ -153,21 +252,3 @@ def test_validation_set_is_fixed_by_the_seed(tiny_store, repo: Path) -> None:
     assert model.training  # the mode is restored
     with pytest.raises(ConfigError, match=r"'train.val_split' reads split 'nope'"):  # refused when the config loads
         _cfg(repo, overrides, "train.val_split=nope")
-
-
-def test_results_are_not_attached_without_the_training_run(tmp_path: Path, repo: Path) -> None:
-    cfg = load_config(repo / "configs" / "demo.yaml")
-    run = tmp_path / "demo" / "runs" / "ours"
-    run.mkdir(parents=True)
-    published = {"protocol": {"checkpoint": {"ckpt": str(tmp_path / "kth_model_ours.pt")}}}
-    lines: list[str] = []
-    assert not log_evaluation(cfg, run, published, lines.append)  # no run.json: one line, nothing started
-    assert lines == [f"eval: wandb: no training run recorded in {run / 'run.json'}; results not attached"]
-    record = {"wandb_id": "demo-ours-0", "wandb_project": "p", "wandb_mode": "offline"}
-    (run / "run.json").write_text(json.dumps(record))
-    assert not log_evaluation(cfg, run, published, lines.append)  # a checkpoint that is not this run's
-    assert "is not a checkpoint of" in lines[-1] and len(lines) == 2
-    disabled = load_config(repo / "configs" / "demo.yaml", ["train.wandb_mode=disabled"])
-    own = {"protocol": {"checkpoint": {"ckpt": str(run / "checkpoints" / "latest.pt")}}}
-    assert not log_evaluation(disabled, run, own, lines.append)  # disabled: silent, nothing written
-    assert len(lines) == 2 and not (run / "wandb").exists()

@@ -151,7 +151,7 @@ def forecast(cfg: Config, store: str, run: str | Path, ckpt: str | Path | None =
             if verdict.target != url:
                 replace_directory(verdict.target, url)
                 log(f"forecast: {url} replaced by its rebuild")
-            log_forecast(cfg, run, ckpt_path, write_media(cfg, url, run / "media", log), log)
+            log_forecast(cfg, run, url, write_media(cfg, url, run / "media", log), log)
         barrier()
     return "forecast"
 
