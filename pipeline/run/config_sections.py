@@ -368,7 +368,7 @@ class TrainConfig(Section):
     val_every: int = key(1_000, "steps between validation losses (raw model and EMA; also at the last step); 0 = off", ge=0)
     val_split: str = key("val", "cache split the fixed validation triplets are drawn from (not empty)")
     val_clips: int = key(256, "fixed validation triplets, drawn once from `seed` (same t and noise each time)", ge=1)
-    wandb_mode: Literal["offline", "online", "disabled"] = key("offline", "wandb logging; offline needs no login")
+    wandb_mode: Literal["offline", "online", "disabled"] = key("offline", "wandb logging (WANDB_MODE, when set, overrides it); offline needs no login")
     wandb_project: str = key("latent-interpolants", "wandb project name")
 
     def _check(self) -> None:
