@@ -90,7 +90,7 @@ help: ## Show targets and variables
 	@echo "  DEMO_NPROC=...     training processes of 'make demo' (default: one per GPU, else 2 single-thread CPU processes)"
 	@echo "  SMOKE=$(SMOKE)          1 = every stage at its smoke setting (seconds), in its own <dataset>-smoke directories"
 	@echo "  ARGS=$(ARGS)             --set overrides for every stage of the chain, e.g. ARGS='--set train.lr=5e-4' (a new run records them)"
-	@echo "  PYTHON=$(PYTHON)     the interpreter that creates .venv (torch: the build PyPI gives, README 'Install')"
+	@echo "  PYTHON=$(PYTHON)     the interpreter that creates .venv (torch: the index's build of the pin; another build: README 'Install')"
 	@echo "  PY=$(PY)  the Python that runs everything; PY=/path/to/python uses that environment as it is"
 	@echo "  TEST_WORKERS=...   make test's pytest-xdist workers (default: usable CPUs; 0 = one process, e.g. for ARGS=--pdb)"
 
