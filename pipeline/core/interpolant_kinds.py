@@ -55,7 +55,8 @@ def load_factory(kind: str) -> Factory:
                          "be importable from the current directory or PYTHONPATH") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise ValueError(f"module {module_name} ({module.__file__}) has no class or function {attr!r}")
+        what = "is not defined" if factory is None else f"is a {type(factory).__name__}, not a class or function"
+        raise ValueError(f"{attr!r} {what} in module {module_name} ({module.__file__})")
     return factory
 
 
