@@ -141,6 +141,21 @@ def test_bad_kinds_are_config_errors_naming_the_key(module_dir, kind: str, messa
         config_from_dict({"interpolant": {"kind": f"{MODULE}:Trig", "eps": 0.1}})
 
 
+def test_a_registered_name_selects_an_interpolant(module_dir, monkeypatch) -> None:
+    from pipeline.core import interpolant_kinds as kinds
+    from pipeline.stages.train_state import training_inputs
+
+    monkeypatch.setattr(kinds, "REGISTRY", dict(kinds.REGISTRY))
+    trig = kinds.load_factory(f"{MODULE}:Trig")
+    assert kinds.register("trig")(trig) is trig
+    cfg = config_from_dict({"interpolant": {"kind": "trig"}})
+    assert isinstance(I.build_interpolant(cfg.interpolant), trig)
+    assert training_inputs(cfg, "cache")["interpolant"]["source_sha256"] == kinds.definition(f"{MODULE}:Trig")["source_sha256"]
+    for taken in ("ours", "custom", "a:b"):
+        with pytest.raises(ValueError, match="cannot register"):
+            kinds.register(taken)
+
+
 def test_the_definition_enters_the_fingerprints_and_built_in_kinds_keep_theirs(module_dir) -> None:
     from pipeline.stages.forecast_state import forecast_inputs
     from pipeline.stages.train_state import training_inputs
