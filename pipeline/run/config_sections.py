@@ -213,7 +213,7 @@ class AutoencoderConfig(Section):
 class InterpolantConfig(Section):
     """The interpolant (docs/interpolants.md). The config's kinds: I_t = (1 - t) x0 + beta(t) x1 + eps (1 - t) sqrt(t) xi, a
     preset fixing base, beta and eps (leave them unset or restate them), or custom with all three; or module:Name."""
-    kind: str = key("ours", "linear (gaussian, t, 0: ODE); ours (previous, t2, ours_eps: SDE); custom; module:Name (docs/interpolants.md)")
+    kind: str = key("ours", "linear: gaussian, t, 0, ODE; ours: previous, t2, ours_eps, SDE; custom; module:Name: docs/interpolants.md")
     base: Literal["gaussian", "previous"] | None = key(None, "x0 ~ N(0,I) independent, or x0 = the previous frame")
     beta: Literal["t", "t2"] | None = key(None, "beta(t) = t or t^2 (t2: beta'(0) = 0, target at t=0 is -x_ref)")
     eps: Real | None = key(None, "noise strength: sigma(t) = eps (1 - t); 0 = no noise (ODE)")
