@@ -157,12 +157,15 @@ class Interpolant:
         self.t_min, self.t_max, self.name = float(t_min), float(t_max), self.name or type(self).__name__
 
     def alpha_dot(self, t: Tensor) -> Tensor:
+        """dalpha/dt: by autograd (a Coefficient's own ``deriv``) unless a subclass gives it."""
         return derivative(self.alpha, t)  # type: ignore[attr-defined]
 
     def beta_dot(self, t: Tensor) -> Tensor:
+        """dbeta/dt: by autograd (a Coefficient's own ``deriv``) unless a subclass gives it."""
         return derivative(self.beta, t)  # type: ignore[attr-defined]
 
     def sigma_dot(self, t: Tensor) -> Tensor:
+        """dsigma/dt: by autograd (a Coefficient's own ``deriv``) unless a subclass gives it."""
         return derivative(self.sigma, t)  # type: ignore[attr-defined]
 
     def check(self) -> None:
