@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from pipeline.core import rng
 from pipeline.core import solvers as S
-from pipeline.core.interpolants import Coefficient, OneMinusTPower, StochasticInterpolant, scaled
+from pipeline.core.interpolants import Interpolant, OneMinusTPower, TimeFn, scaled
 
 if TYPE_CHECKING:
     from pipeline.run.config import SamplingConfig
@@ -54,7 +54,7 @@ class SampleResult:
     steps: int
 
 
-def resolve_solver(cfg: "SamplingConfig", interpolant: StochasticInterpolant) -> str:
+def resolve_solver(cfg: "SamplingConfig", interpolant: Interpolant) -> str:
     """The integrator name: ``cfg.solver``; for ``auto`` the interpolant's reference solver (Euler or
     Euler-Maruyama), for ``auto_heun`` its second-order counterpart (Heun or stochastic Heun)."""
     automatic = {"auto": interpolant.reference_solver, "auto_heun": interpolant.heun_solver}
@@ -65,14 +65,15 @@ def resolve_solver(cfg: "SamplingConfig", interpolant: StochasticInterpolant) ->
     return method
 
 
-def _noise_level(interpolant: StochasticInterpolant) -> float:
-    """eps = sigma(0) for sigma(t) = eps (1 - t)."""
+def _noise_level(interpolant: Interpolant) -> float:
+    """sigma(0): eps for sigma(t) = eps (1 - t)."""
     return float(interpolant.sigma(torch.tensor(0.0, dtype=torch.float64)))
 
 
-def sampling_diffusion(cfg: "SamplingConfig", interpolant: StochasticInterpolant, method: str) -> Coefficient | None:
+def sampling_diffusion(cfg: "SamplingConfig", interpolant: Interpolant, method: str) -> TimeFn | None:
     """The diffusion g(t) to sample with, or None for the trained sigma. SDE solvers: ``sigma_scaled`` =
-    diffusion_scale * sigma, ``quartic`` = diffusion_scale * eps (1 - t)^4 ([NS]); re-tuning needs eps > 0 (a score).
+    diffusion_scale * sigma, ``quartic`` = diffusion_scale * sigma(0) (1 - t)^4 ([NS]; sigma(0) = eps for the config's
+    kinds); re-tuning needs sigma not 0 (a score).
     ODE solvers: g = 0 (probability-flow ODE) for an SDE interpolant."""
     g = _requested_diffusion(cfg, interpolant, method)
     if g is not None:
@@ -80,7 +81,7 @@ def sampling_diffusion(cfg: "SamplingConfig", interpolant: StochasticInterpolant
     return g
 
 
-def _requested_diffusion(cfg: "SamplingConfig", interpolant: StochasticInterpolant, method: str) -> Coefficient | None:
+def _requested_diffusion(cfg: "SamplingConfig", interpolant: Interpolant, method: str) -> TimeFn | None:
     """:func:`sampling_diffusion` before the grid check."""
     if method in ODE_SOLVERS:
         if cfg.diffusion != "sigma":
@@ -90,7 +91,7 @@ def _requested_diffusion(cfg: "SamplingConfig", interpolant: StochasticInterpola
         return None
     if not interpolant.is_sde:
         raise ValueError(
-            f"diffusion={cfg.diffusion} scales the trained noise, and interpolant {interpolant.name!r} has none (eps = 0)"
+            f"diffusion={cfg.diffusion} scales the trained noise, and interpolant {interpolant.name!r} has none (sigma = 0)"
         )
     if cfg.diffusion == "sigma_scaled":
         if cfg.diffusion_scale == 1.0:
@@ -104,7 +105,7 @@ def _requested_diffusion(cfg: "SamplingConfig", interpolant: StochasticInterpola
 MAX_FIRST_STEP_STIFFNESS = 2.0  # |lambda h| of the first step: explicit Euler / Heun are stable for lambda h in [-2, 0]
 
 
-def retuning_stiffness(interpolant: StochasticInterpolant, g: Coefficient, t: float) -> float:
+def retuning_stiffness(interpolant: Interpolant, g: TimeFn, t: float) -> float:
     """lambda(t) = d/dx of the re-tuning term (g^2 - sigma^2)/2 * s(b, x, t), b fixed (s is affine in x): about
     (1 - g^2/sigma^2) / (2t) for the previous base, O(1) for the gaussian base."""
     one = torch.ones(1, dtype=torch.float64)
@@ -115,7 +116,7 @@ def retuning_stiffness(interpolant: StochasticInterpolant, g: Coefficient, t: fl
     return float(0.5 * gap * slope)
 
 
-def check_first_step(cfg: "SamplingConfig", interpolant: StochasticInterpolant, g: Coefficient, method: str) -> None:
+def check_first_step(cfg: "SamplingConfig", interpolant: Interpolant, g: TimeFn, method: str) -> None:
     """ValueError (with a remedy) when the grid's first step h is too coarse for the re-tuned drift near t_min:
     explicit steps multiply the start's deviations by about lambda h."""
     t0, t1 = (float(v) for v in S.time_grid(cfg.steps, cfg.t_min, cfg.t_max, cfg.grid)[:2])
@@ -153,9 +154,9 @@ def draw_context(
     return rng.randint(lo, hi + 1, (batch,), generator=generator, device=device)
 
 
-def resolve_start(cfg: "SamplingConfig", g: Coefficient | None) -> str:
+def resolve_start(cfg: "SamplingConfig", g: TimeFn | None) -> str:
     """``cfg.start``; ``auto`` is ``base`` with the trained diffusion, ``spread`` when re-tuned (see
-    ``StochasticInterpolant.sample_start``)."""
+    ``Interpolant.sample_start``)."""
     if cfg.start == "auto":
         return "base" if g is None else "spread"
     if cfg.start not in ("base", "spread"):
@@ -164,7 +165,7 @@ def resolve_start(cfg: "SamplingConfig", g: Coefficient | None) -> str:
 
 
 def start_state(
-    interpolant: StochasticInterpolant, ref: Tensor, start: str, t0: float, *, generator: rng.Generator,
+    interpolant: Interpolant, ref: Tensor, start: str, t0: float, *, generator: rng.Generator,
 ) -> Tensor:
     """The state at the first grid time t0: the base point (``base``) or the interpolant's spread at t0."""
     if start == "base":
@@ -189,7 +190,7 @@ def _network_drift(
 
 
 def generate_frame(
-    model: Callable[..., Tensor], interpolant: StochasticInterpolant, history: Tensor, n: int,
+    model: Callable[..., Tensor], interpolant: Interpolant, history: Tensor, n: int,
     cfg: "SamplingConfig", *, generator: rng.Generator = None, grid: Tensor | None = None,
 ) -> tuple[Tensor, int]:
     """One new latent frame [B, C, h, w] from ``history[:, :n]`` and the network evaluations it took.
@@ -224,7 +225,7 @@ def _check_generator(generator: torch.Generator | rng.RowGenerators, device: tor
 
 
 def rollout(
-    model: nn.Module | Callable[..., Tensor], interpolant: StochasticInterpolant, cond_latents: Tensor,
+    model: nn.Module | Callable[..., Tensor], interpolant: Interpolant, cond_latents: Tensor,
     n_generate: int, cfg: "SamplingConfig", generator: rng.Generator = None,
 ) -> RolloutResult:
     """Generate ``n_generate`` frames after ``cond_latents`` [B, n0, C, h, w], one future per row.
@@ -277,7 +278,7 @@ def rollout(
 
 
 def sample(
-    model: nn.Module | Callable[..., Tensor], interpolant: StochasticInterpolant, cond_latents: Tensor,
+    model: nn.Module | Callable[..., Tensor], interpolant: Interpolant, cond_latents: Tensor,
     n_generate: int, cfg: "SamplingConfig", generator: rng.Generator = None,
 ) -> SampleResult:
     """``cfg.n_samples`` futures for each of the B videos of ``cond_latents`` [B, n0, C, h, w].

@@ -211,9 +211,9 @@ class AutoencoderConfig(Section):
 
 @dataclass(config=STRICT)
 class InterpolantConfig(Section):
-    """The stochastic interpolant I_t = (1 - t) x0 + beta(t) x1 + eps (1 - t) sqrt(t) xi (docs/METHOD.md §3).
-    A preset kind fixes base, beta and eps (leave them unset or restate them); kind=custom needs all three."""
-    kind: Literal["linear", "ours", "custom"] = key("ours", "linear: gaussian, t, 0 (ODE); ours: previous, t2, ours_eps (SDE)")
+    """The interpolant (docs/interpolants.md). The config's kinds: I_t = (1 - t) x0 + beta(t) x1 + eps (1 - t) sqrt(t) xi, a
+    preset fixing base, beta and eps (leave them unset or restate them), or custom with all three; or module:Name."""
+    kind: str = key("ours", "linear: gaussian, t, 0, ODE; ours: previous, t2, ours_eps, SDE; custom; module:Name: docs/interpolants.md")
     base: Literal["gaussian", "previous"] | None = key(None, "x0 ~ N(0,I) independent, or x0 = the previous frame")
     beta: Literal["t", "t2"] | None = key(None, "beta(t) = t or t^2 (t2: beta'(0) = 0, target at t=0 is -x_ref)")
     eps: Real | None = key(None, "noise strength: sigma(t) = eps (1 - t); 0 = no noise (ODE)")
@@ -222,26 +222,26 @@ class InterpolantConfig(Section):
     t_max: Real = key(0.9999, "last training time")
 
     def _check(self) -> None:
-        if self.kind == "custom":
-            for name in ("base", "beta", "eps"):
-                require(getattr(self, name) is not None, name, "must be set when kind=custom")
-        else:
-            for name, value in self.resolved().items():
+        require(0.0 <= self.t_min < self.t_max <= 1.0, "t_min", f"need 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
+        if self.kind not in ("custom", *INTERPOLANT_PRESETS):
+            from pipeline.core.interpolant_kinds import check_config  # imports torch and the defining module
+            return check_config(self)
+        for name, value in (p := self.resolved()).items():
+            if self.kind == "custom":
+                require(value is not None, name, "must be set when kind=custom")
+            else:
                 how = "interpolant.ours_eps" if (self.kind, name) == ("ours", "eps") else f"kind={self.kind}"
                 require(getattr(self, name) in (None, value), name, f"is fixed to {value!r} by {how}; leave it unset")
-        p = self.resolved()
         require(0.0 <= p["eps"] < float("inf"), "eps", "must be finite and >= 0")
-        require(not (p["base"] == "previous" and p["eps"] == 0.0), "eps",
-                "must be > 0 with base=previous (without noise the process from a point mass is deterministic)")
-        require(0.0 <= self.t_min < self.t_max <= 1.0, "t_min", f"need 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
+        require(not (p["base"] == "previous" and p["eps"] == 0.0), "eps", "must be > 0 with base=previous (a point mass has no spread)")
 
     def resolved(self) -> dict[str, Any]:
-        """Concrete {base, beta, eps}: the preset's values, or the custom fields."""
+        """Concrete {base, beta, eps}: the preset's values, or the custom fields; {kind} for a kind defined in code."""
         if self.kind == "custom":
             return {"base": self.base, "beta": self.beta, "eps": self.eps}
         if self.kind == "ours":
             return {**INTERPOLANT_PRESETS["ours"], "eps": self.ours_eps}
-        return dict(INTERPOLANT_PRESETS[self.kind])
+        return dict(INTERPOLANT_PRESETS.get(self.kind, {"kind": self.kind}))
 
 
 @dataclass(config=STRICT)

@@ -10,6 +10,7 @@ from typing import Any
 from pipeline.data.cache import LatentSplit, store_attrs
 from pipeline.run.config import Config
 from pipeline.stages.encode import vqvae_identity
+from pipeline.stages.train_state import interpolant_definition
 from pipeline.run.protocol import Output, Verdict, decide, local_lock, up_to_date_line
 from pipeline.run.records import KnownHashes, cached_sha256, changed_keys
 
@@ -46,9 +47,9 @@ def forecast_inputs(cfg: Config, cache_fingerprint: str, ckpt_sha256: str) -> di
     forecast = {k: v for k, v in asdict(cfg.forecast).items() if k not in MEDIA_KEYS}
     data = {"frames_per_sample": cfg.data.frames_per_sample, "skip_frames": cfg.data.skip_frames,
             "cond_frames": cfg.data.cond_frames, "image_size": cfg.data.image_size}
+    interpolant = {"kind": cfg.interpolant.kind, **cfg.interpolant.resolved(), **interpolant_definition(cfg.interpolant)}
     return {"format": FORMAT_VERSION, "cache": cache_fingerprint, "checkpoint": {"sha256": ckpt_sha256},
-            "sampler": sample, "forecast": forecast, "data": data,
-            "interpolant": {"kind": cfg.interpolant.kind, **cfg.interpolant.resolved()}, "model": asdict(cfg.model)}
+            "sampler": sample, "forecast": forecast, "data": data, "interpolant": interpolant, "model": asdict(cfg.model)}
 
 
 def forecast_output(url: str, ckpt_path: Path) -> Output:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.cache import LatentSplit, store_attrs
-from pipeline.run.config import IDENTIFIER, Config, InterpolantConfig
+from pipeline.run.config import IDENTIFIER, INTERPOLANT_PRESETS, Config, InterpolantConfig
 from pipeline.run.protocol import Output, Verdict, decide, up_to_date_line
 from pipeline.run.records import KnownHashes, cached_sha256, read_json
 from pipeline.data.views import training_views
@@ -44,11 +44,22 @@ def training_inputs(cfg: Config, cache_fingerprint: str, views: list[str] | None
 
 def interpolant_inputs(interpolant: InterpolantConfig) -> dict[str, Any]:
     """The interpolant fields; ``ours_eps`` only where it acts (kind=ours) and differs from its default, so other
-    kinds are not made stale by it and runs recorded before the key existed keep their fingerprints."""
+    kinds are not made stale by it and runs recorded before the key existed keep their fingerprints; with the
+    definition of a kind defined in code (:func:`interpolant_definition`)."""
     fields = asdict(interpolant)
     if interpolant.kind != "ours" or interpolant.ours_eps == InterpolantConfig.ours_eps:
         del fields["ours_eps"]
-    return fields
+    return {**fields, **interpolant_definition(interpolant)}
+
+
+def interpolant_definition(interpolant: InterpolantConfig) -> dict[str, Any]:
+    """{} for the config's own kinds (linear, ours, custom: their keys say it all); for a kind defined in code the
+    sha256 of its source file, so that editing it makes the runs and forecasts made with it stale."""
+    if interpolant.kind in ("custom", *INTERPOLANT_PRESETS):
+        return {}
+    from pipeline.core.interpolant_kinds import definition  # imports torch and the defining module: only here
+
+    return definition(interpolant.kind)
 
 
 def init_source(cfg: Config, out_dir: Path | None) -> Path:
