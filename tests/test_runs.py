@@ -116,3 +116,14 @@ def test_a_run_records_its_overrides_with_absolute_paths(tmp_path: Path, monkeyp
     assert stage.run_dir == tmp_path / "out" / "demo" / "runs" / "lin" and stage.cfg.interpolant.kind == "linear"
     named = setup_stage(REPO / "configs" / "demo.yaml", [], False, "out", run="linear", with_run=True)
     assert named.cfg.interpolant.kind == "linear"  # a run named after an interpolant is of that interpolant
+
+
+def test_a_run_named_after_an_interpolant_refuses_another_kind(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    command = [sys.executable, str(REPO / "train_latent.py"), "--config", str(REPO / "configs" / "demo.yaml"), "--smoke",
+               "--out", str(tmp_path), "--run-name", "ours", "--set", "interpolant.kind=linear"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and not (tmp_path / "demo-smoke").exists()
+    assert "run 'ours' is the ours interpolant's run, but --set interpolant.kind=linear asks for another" in result.stderr

@@ -19,7 +19,7 @@ SetOption = Annotated[
     typer.Option("--set", "-s", help="Override one config value, e.g. --set train.steps=100 (repeatable; value parsed as YAML)."),
 ]
 SmokeOption = Annotated[bool, typer.Option("--smoke", help="Apply the config's smoke settings (seconds, not minutes); outputs and data go to <name>-smoke directories.")]
-InterpOption = Annotated[Optional[str], typer.Option(help="Interpolant: ours | linear | custom (sets interpolant.kind; default: the run's, else the config's).")]
+InterpOption = Annotated[Optional[str], typer.Option(help="Interpolant: ours | linear | custom | module:Name (sets interpolant.kind; default: the run's, else the config's).")]
 # Not "--run": under torchrun, argparse would take it for an abbreviation of torchrun's own --run-path.
 RunOption = Annotated[Optional[str], typer.Option("--run-name", help="Run name: its outputs live in <out>/<data.name>/runs/<run>/ (default: the interpolant). A run reapplies the --set overrides it was trained with.")]
 OutOption = Annotated[str, typer.Option(help="Outputs root (local path or fsspec URL): a dataset's outputs live in <out>/<data.name>/.")]
@@ -57,6 +57,10 @@ def setup_stage(config: Path, overrides: list[str] | None, smoke: bool, out: str
             return StageSetup(cfg, layout, None, mine)
         name = run or interp or cfg.interpolant.kind
         if interp is None and name in INTERPOLANT_PRESETS:  # a run named 'linear' is a linear run
+            if cfg.interpolant.kind != name and any(item.partition("=")[0].strip() == "interpolant.kind" for item in mine):
+                raise ConfigError(f"run '{name}' is the {name} interpolant's run, but --set interpolant.kind="
+                                  f"{cfg.interpolant.kind} asks for another: give the run a name of its own "
+                                  "(make ... RUN=<name>, --run-name <name>)")
             mine.append(f"interpolant.kind={name}")
         merged = merge_overrides(layout.recorded_overrides(name), mine)
         cfg = load_config(config, [*merged, *location], smoke=smoke)
