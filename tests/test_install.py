@@ -123,3 +123,22 @@ def _third_party_imports(package: Path) -> dict[str, str]:
             for top in {name.split(".")[0] for name in names} - set(sys.stdlib_module_names) - {"pipeline"}:
                 found.setdefault(top, str(path.relative_to(package.parent)))
     return found
+
+
+def test_a_smoke_chain_runs_without_the_makefile(fresh, tmp_path: Path) -> None:
+    """data -> encode -> train -> forecast -> eval through `lip` from another directory, at the tiny setting (FVD off:
+    the fresh environment has no I3D weights)."""
+    from conftest import TINY_SETTINGS, make_tiny_vqvae
+    from pipeline.run.config import load_config
+    from test_runs import FAST
+
+    settings = [*TINY_SETTINGS, *FAST, f"vqvae.ckpt={tmp_path / 'vq.pt'}"]
+    make_tiny_vqvae(load_config(REPO / "configs" / "demo.yaml", settings, smoke=True), tmp_path / "vq.pt")
+    common = ["-c", "demo", "--smoke", "--data-root", tmp_path / "data", *[a for s in settings for a in ("--set", s)]]
+    for stage, *extra in (("data",), ("encode", "--out", tmp_path), ("train", "--out", tmp_path, "--interp", "linear"),
+                          ("forecast", "--out", tmp_path, "--interp", "linear"),
+                          ("eval", "--out", tmp_path, "--interp", "linear", "--i3d", "none")):
+        result = _run(fresh, fresh["lip"], stage, *common, *extra)
+        assert result.returncode == 0, f"lip {stage}: " + result.stdout[-1500:] + result.stderr[-1500:]
+    metrics = (tmp_path / "demo-smoke" / "runs" / "linear" / "eval" / "metrics.json").read_text()
+    assert '"psnr"' in metrics and "NaN" not in metrics
