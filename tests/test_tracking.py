@@ -252,3 +252,15 @@ def test_validation_set_is_fixed_by_the_seed(tiny_store, repo: Path) -> None:
     assert model.training  # the mode is restored
     with pytest.raises(ConfigError, match=r"'train.val_split' reads split 'nope'"):  # refused when the config loads
         _cfg(repo, overrides, "train.val_split=nope")
+
+
+def test_wandb_mode_disabled_in_the_environment_wins(tmp_path: Path, repo: Path, monkeypatch) -> None:
+    """WANDB_MODE=disabled turns tracking off for a new run and for the stages of a run started offline."""
+    from pipeline.run.tracking import _attached, start_training_run
+
+    cfg = load_config(repo / "configs" / "demo.yaml", ["train.wandb_mode=offline"])
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert start_training_run(cfg, tmp_path / "run", "key", **QUIET) is None
+    with _attached(cfg, tmp_path / "run", str(tmp_path / "run" / "forecasts.zarr"), "eval", lambda _: None) as run:
+        assert run is None
+    assert not (tmp_path / "run").exists()

@@ -43,7 +43,7 @@ VERDICTS = {"A": "model better", "B": "copy-last better", "cannot tell": "cannot
 def start_training_run(cfg: Config, out_dir: Path, key: str, log: Callable[[str], None] = print):
     """Rank 0: start or resume (the id derives from the fingerprint) the training run, recording its id in run.json;
     None when wandb is disabled."""
-    if cfg.train.wandb_mode == "disabled":
+    if tracking_mode(cfg) == "disabled":
         return None
     ident = {"wandb_id": f"{cfg.data.name}-{out_dir.name}-{key}", "wandb_project": cfg.train.wandb_project,
              "wandb_mode": tracking_mode(cfg)}
@@ -55,7 +55,8 @@ def start_training_run(cfg: Config, out_dir: Path, key: str, log: Callable[[str]
 
 
 def tracking_mode(cfg: Config) -> str:
-    """The mode a new run starts in: ``WANDB_MODE`` when set, else ``train.wandb_mode``."""
+    """The mode a new run starts in: ``WANDB_MODE`` when set, else ``train.wandb_mode``; ``disabled`` (either way)
+    also keeps every later stage from attaching to a run that was started in another mode."""
     return os.environ.get("WANDB_MODE") or cfg.train.wandb_mode
 
 
@@ -170,7 +171,7 @@ def _attached(cfg: Config, run_dir: Path, url: str, stage: str,
               log: Callable[[str], None]) -> Iterator[tuple[Any, int, int] | None]:
     """(run, step to log at, checkpoint's training step) of the run that the forecasts at ``url`` belong to, resumed
     by id and finished on exit (recording the step); None when disabled (or, with one line why, untraceable)."""
-    if cfg.train.wandb_mode == "disabled":
+    if tracking_mode(cfg) == "disabled":
         yield None
         return
     from pipeline.data.cache import store_attrs
