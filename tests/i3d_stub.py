@@ -5,6 +5,8 @@ Same call signature and output: ``forward(x, rescale, resize, return_features) -
 detector exactly as docs/METHOD.md §7 says. Features: a fixed random linear map of a pooled clip into the first 16 of
 the 400 dimensions, the rest 0 (scipy's sqrtm of a dense, rank-deficient 400 x 400 product can take 10 s on a busy
 2-core machine; exact zeros keep it at a fraction of a second).
+TorchScript runs the code it holds, so the pipeline loads the saved stub only under ``I3D_TRUST_CODE=1``: the tests
+that use it set that switch (the file is ours).
 """
 
 from __future__ import annotations

@@ -73,7 +73,8 @@ def _run(out: Path, interp: str = "ours", *overrides: str, force: bool = False, 
     return action, json.loads((run / "eval" / "metrics.json").read_text())
 
 
-def test_full_path_with_stub_i3d(tmp_path: Path) -> None:
+def test_full_path_with_stub_i3d(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("I3D_TRUST_CODE", "1")  # the stub is TorchScript, trusted: ours
     i3d = save_stub_i3d(tmp_path / "i3d_torchscript.pt")
     _, m = _run(tmp_path / "out", "ours", f"eval.i3d={i3d}", "eval.fvd_samples=all", "eval.fvd_resamples=20")
     check_schema(m)

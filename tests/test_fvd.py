@@ -81,7 +81,8 @@ def test_intervals_are_seeded_paired_and_cover_the_point() -> None:
     assert fvd_with_intervals(real, gen, None, 0.95)["noisy"]["low"] is None
 
 
-def test_features_batch_size_does_not_matter(tmp_path) -> None:
+def test_features_batch_size_does_not_matter(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("I3D_TRUST_CODE", "1")  # the stub is TorchScript, trusted: ours
     detector = load_detector(str(save_stub_i3d(tmp_path / "i3d.pt")), torch.device("cpu"))
     clips = np.random.default_rng(6).integers(0, 256, size=(5, 6, 16, 16, 3), dtype=np.uint8)
     one, four = I3DFeatures(detector.net, 1, torch.device("cpu")), I3DFeatures(detector.net, 4, torch.device("cpu"))
@@ -93,7 +94,8 @@ def test_features_batch_size_does_not_matter(tmp_path) -> None:
     assert np.allclose(f1, f4, atol=1e-6)
 
 
-def test_feature_cache_is_keyed_by_content(tmp_path) -> None:
+def test_feature_cache_is_keyed_by_content(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("I3D_TRUST_CODE", "1")  # the stub is TorchScript, trusted: ours
     detector = load_detector(str(save_stub_i3d(tmp_path / "i3d.pt")), torch.device("cpu"))
     clips = np.random.default_rng(7).integers(0, 256, size=(3, 6, 16, 16, 3), dtype=np.uint8)
     source = lambda: (clips[v][None] for v in range(3))  # noqa: E731

