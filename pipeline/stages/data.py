@@ -5,7 +5,8 @@ complete, so a crash or a bad raw file leaves the existing shards untouched. ``<
 what made the shards (the fingerprint of the settings and the raw file listing, the config, the code version, and
 per-shard size and sha256, and for a simulated dataset the same of each split's state sidecar). The tree
 follows :mod:`pipeline.run.protocol`: a matching fingerprint with every recorded file in place is "up to date";
-other settings, a missing or resized file, or ``force`` rebuild it.
+other settings, a missing or resized file (a sidecar: changed bytes), a manifest that does not read, or ``force``
+rebuild it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pipeline.data.shards import ShardError
 from pipeline.data.sources import Simulator, simulator
 from pipeline.run.locks import lock_file
 from pipeline.run.protocol import Output, Verdict, decide, settle
-from pipeline.run.records import MANIFEST, code_version, read_json, sha256_file, write_json_atomic
+from pipeline.run.records import MANIFEST, code_version, read_derived, read_json, sha256_file, write_json_atomic
 
 FORMAT_VERSION = 1  # bump when the bytes written for the same inputs change
 
@@ -55,12 +56,13 @@ def prepare_data(cfg: Config, root: Path, raw: Path | None = None, force: bool =
     out = Output("data", str(root), resumable=False, force_redoes=True, lock=lock_file(root))
 
     def decision() -> Verdict:
-        manifest = read_json(root / MANIFEST) or {}
+        manifest = read_derived(root / MANIFEST, lambda _: None) or {}  # garbage: no record, so the tree is rebuilt
         damaged = _damaged_files(root, manifest, sim) if manifest else ""
         return decide(out, manifest, inputs, force, complete=not damaged, missing=damaged,
                       detail=f"{sum(manifest.get('videos', {}).values())} videos, ")
 
     with ExitStack() as held:
+        read_derived(root / MANIFEST, lambda line: log(f"data: {line}"))  # says once what is wrong with it, if anything
         verdict = settle(out, decision, held, log, dry_run, (ShardError, ShardError),
                          what=" (demo generator)" if raw is None else f" (converting {raw})")
         if dry_run or verdict.action == "up to date":
@@ -112,24 +114,27 @@ def _file_records(root: Path, pattern: str) -> dict[str, dict[str, Any]]:
 
 
 def _damaged_files(root: Path, manifest: dict[str, Any], sim: Simulator | None) -> str:
-    """What is missing or resized among the recorded files ('' if nothing): a cheap staleness check.
+    """What is missing or changed among the recorded files ('' if nothing).
 
-    Every shard the manifest lists must exist with its recorded size; a simulated tree must also hold a state sidecar
-    for every non-empty split (a manifest from before sidecars lists none, so such a tree counts as damaged and is rebuilt).
+    Every shard the manifest lists must exist with its recorded size (a cheap check: shards can be gigabytes); a
+    simulated tree must also hold a state sidecar for every non-empty split with its recorded sha256 (small files,
+    so a same-size change is seen too; a manifest from before sidecars lists none: such a tree is rebuilt).
     """
     if not _intact(root, manifest.get("shards", {})):
         return "shard files"
     if sim is not None:
         sidecars = manifest.get("sidecars", {})
         wanted = {f"{split}/{sim.sidecar}" for split, n in manifest.get("videos", {}).items() if n}
-        if set(sidecars) != wanted or not _intact(root, sidecars):
+        if set(sidecars) != wanted or not _intact(root, sidecars, checksums=True):
             return f"state sidecars ({sim.sidecar})"
     return ""
 
 
-def _intact(root: Path, files: dict[str, dict[str, Any]]) -> bool:
-    """Every listed file exists with its recorded size."""
-    return bool(files) and all((root / name).is_file() and (root / name).stat().st_size == info["bytes"] for name, info in files.items())
+def _intact(root: Path, files: dict[str, dict[str, Any]], checksums: bool = False) -> bool:
+    """Every listed file exists with its recorded size (and, with ``checksums``, its recorded sha256)."""
+    return bool(files) and all((root / name).is_file() and (root / name).stat().st_size == info["bytes"]
+                               and (not checksums or sha256_file(root / name) == info["sha256"])
+                               for name, info in files.items())
 
 
 def _swap_in(staging: Path, root: Path, splits: list[str]) -> None:
