@@ -23,6 +23,7 @@ import torch
 
 from pipeline.eval.i3d_net import I3D, Unit3D
 from pipeline.run.records import atomic_path, cached_sha256
+from pipeline.run.safe_load import CheckpointReadError, safe_torch_load
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,7 @@ def load_builtin_i3d(device: str | torch.device = "cpu", cache_dir: str | Path |
     """(the I3D in eval mode on ``device``, the sha256 of its weights file: the features' provenance).
 
     The converted state dict is cached as ``<cache_dir>/i3d_kinetics400.pt`` (``{"format", "source_sha256",
-    "state_dict"}``, read ``weights_only``); one of another source, format or unreadable is rebuilt.
+    "state_dict"}``, read by :func:`safe_torch_load`); one of another source, format or unreadable is rebuilt.
     """
     source = locate_weights()
     sha = cached_sha256(source, _SHA_CACHE)
@@ -257,18 +258,20 @@ def load_builtin_i3d(device: str | torch.device = "cpu", cache_dir: str | Path |
 
 
 def _read_cache(cache: Path, sha: str) -> dict[str, torch.Tensor] | None:
-    """The cached state dict when it was converted from the file of sha256 ``sha``; None (rebuild) otherwise."""
+    """The cached state dict when it was converted from the file of sha256 ``sha``; None (rebuild) otherwise. Read
+    with :func:`safe_torch_load` (a damaged or foreign file runs nothing and is rebuilt, never loaded unsafely)."""
     try:
-        saved = torch.load(cache, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, corrupt or foreign file: rebuilt
-        log.warning("I3D cache %s does not read (%s: %s); rebuilding it", cache, type(exc).__name__, exc)
+        saved = safe_torch_load(cache)
+    except CheckpointReadError as exc:  # truncated, corrupt or not a torch file
+        log.warning("I3D cache: %s; rebuilding it from the weights package", exc)
         return None
-    if not (isinstance(saved, dict) and saved.get("format") == CACHE_FORMAT
-            and isinstance(saved.get("state_dict"), dict)):
-        log.warning("I3D cache %s is not a cache of this format; rebuilding it", cache)
+    state = saved.get("state_dict") if isinstance(saved, dict) else None
+    if not (isinstance(state, dict) and saved.get("format") == CACHE_FORMAT
+            and all(isinstance(value, torch.Tensor) for value in state.values())):
+        log.warning("I3D cache %s is not a cache of this format; rebuilding it from the weights package", cache)
         return None
     if saved.get("source_sha256") != sha:
         log.info("I3D cache %s was converted from weights of sha256 %s, the installed file is %s; rebuilding it",
                  cache, saved.get("source_sha256"), sha)
         return None
-    return saved["state_dict"]
+    return state
