@@ -156,11 +156,13 @@ def run_config(run: Path | None, config: str | Path | None, overrides: list[str]
     if config is not None:
         cfg = load_config(config, merge_overrides(recorded, overrides))
     else:
-        record = made.get("config") or (read_json(run / RUN_RECORD) or {}).get("config")
+        source, record = forecast_url(run), made.get("config")
+        if not record:
+            source, record = str(run / RUN_RECORD), (read_json(run / RUN_RECORD) or {}).get("config")
         if not record:
             raise FileNotFoundError(f"{run}: neither forecasts.zarr nor {RUN_RECORD} records a config: not a run "
                                     "directory (or load_run(config=..., ckpt=...))")
-        cfg = config_from_dict(record, source=str(run))
+        cfg = config_from_dict(record, source=source)
         for item in ([] if made.get("config") else recorded) + overrides:
             cfg = apply_override(cfg, item, source="load_run")
     return cfg, made.get("ckpt") or str(default_checkpoint(run))
