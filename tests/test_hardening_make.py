@@ -181,11 +181,13 @@ def test_unbalanced_quote_in_args_is_one_line(tmp_path: Path) -> None:
 
 
 def test_dollar_in_out_and_other_paths_survives_make(tmp_path: Path) -> None:
-    out = str(tmp_path / "a$b$(shell touch x)")
-    result = run_make("-n", "encode", f"OUT={out}", "INTERP=ours", "RUN=r$x", timeout=60)
+    marker = tmp_path / "ran"
+    out = str(tmp_path / f"a$b$(shell touch {marker})")
+    result = run_make("-n", "train", f"OUT={out}", "INTERP=ours", "RUN=r$x$(HOME) ;b", timeout=60)
     assert result.returncode == 0, result.stderr
-    assert f"--out '{out}'" in result.stdout
-    assert not (REPO / "x").exists()
+    assert f"--out '{out}'" in result.stdout and "--run-name \"$run\"" in result.stdout
+    assert "for run in 'r$x$(HOME)' ';b'; do" in result.stdout  # each name one word, checked by the stage
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("variable", ["NPROC", "TRAIN_NPROC", "NNODES", "THREADS", "TEST_WORKERS", "DEMO_NPROC"])
@@ -210,11 +212,12 @@ def test_boolean_make_variables_take_0_or_1(variable: str, value: str) -> None:
     assert run_make("-n", "encode", f"{variable}=1", timeout=60).returncode == 0
 
 
-def test_help_says_booleans_are_0_or_1_and_runs_no_value() -> None:
-    result = run_make("help", "ARGS=$(touch x)`touch x`", "OUT=o'$(touch x)", timeout=60)
+def test_help_says_booleans_are_0_or_1_and_runs_no_value(tmp_path: Path) -> None:
+    touch = f"touch {tmp_path / 'ran'}"
+    result = run_make("help", f"ARGS=$({touch})`{touch}`", f"OUT=o'$({touch})", timeout=60)
     assert result.returncode == 0, result.stderr
-    assert not (REPO / "x").exists()
-    assert "ARGS=$(touch x)`touch x`" in result.stdout and "OUT=o'$(touch x)" in result.stdout
+    assert not (tmp_path / "ran").exists()
+    assert f"ARGS=$({touch})`{touch}`" in result.stdout and f"OUT=o'$({touch})" in result.stdout
     for variable in ("SMOKE", "FORCE", "DRY_RUN"):
         line = next(line for line in result.stdout.splitlines() if line.strip().startswith(f"{variable}="))
         assert "0 | 1" in line, line

@@ -109,7 +109,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None, smoke: boo
     """Read ``path``, apply its smoke overrides (if ``smoke``), then ``--set`` overrides (``a.b=value``); raises
     ConfigError naming the key and its source."""
     path = Path(path)
-    cfg = _build(Config, read_yaml(path), prefix="", source=str(path))
+    if not (raw := read_yaml(path)):  # defaults alone are no run's settings: encode would fail on vqvae.ckpt ''
+        raise ConfigError(f"{path} is empty: a config file holds the sections of a run's settings (configs/demo.yaml)")
+    cfg = _build(Config, raw, prefix="", source=str(path))
     origins: dict[str, str] = {}  # dotted key -> what set it last (a value's error names it, not the file)
     smoked = cfg
     for dotted, value in dict(cfg.smoke).items():  # checked (keys, types) also when not applied: no typo waits there
@@ -296,7 +298,7 @@ def _one_line(exc: yaml.YAMLError) -> str:
 def read_yaml(path: Path) -> dict[str, Any]:
     """The YAML mapping of a config file; a clear ConfigError for a missing file, a directory, bad YAML, duplicates."""
     try:
-        raw = _load_yaml(path.read_text(encoding="utf-8"))
+        raw = _load_yaml(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except IsADirectoryError:
@@ -307,8 +309,6 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {_one_line(exc)}") from None
-    if raw is None or raw == {}:
-        raise ConfigError(f"{path} is empty: it holds no settings")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     return raw
