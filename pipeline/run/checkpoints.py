@@ -93,14 +93,14 @@ def load_flow_checkpoint(path: str | Path) -> FlowCheckpoint:
 
 
 def _recorded_config(obj: dict[str, Any], path: str | Path) -> dict[str, Any] | None:
-    """Our checkpoint's config, validated as a config file is (pipeline.run.config.config_from_dict) and completed
+    """Our checkpoint's config, validated as a config file is (pipeline.run.config.recorded_config) and completed
     with the defaults of keys added since; CheckpointReadError naming the file and the key."""
-    from pipeline.run.config import ConfigError, config_from_dict
+    from pipeline.run.config import ConfigError, recorded_config
 
     if obj.get("config") is None:
         return None
     try:
-        return config_from_dict(obj["config"], source=f"{path}: recorded config").to_dict()
+        return recorded_config(obj["config"], source=f"{path}: recorded config").to_dict()
     except ConfigError as exc:
         raise CheckpointReadError(str(exc)) from None
 

@@ -25,7 +25,7 @@ from pipeline.run.config_sections import (IDENTIFIER, INTERPOLANT_PRESETS, RECOR
 __all__ = ["IDENTIFIER", "INTERPOLANT_PRESETS", "AutoencoderConfig", "Config", "ConfigError", "ConvertConfig", "DataConfig",
            "DemoConfig", "EncodeConfig", "EvalConfig", "ForecastConfig", "InterpolantConfig", "LoaderConfig", "ModelConfig",
            "SamplingConfig", "TrainConfig", "VQVAEConfig", "absolute_paths", "apply_override", "config_from_dict",
-           "key_listing", "load_config", "read_yaml", "unknown_key"]
+           "key_listing", "load_config", "read_yaml", "recorded_config", "unknown_key"]
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # relative paths in a config file resolve against this
 PATH_KEYS = ("data.root", "vqvae.ckpt", "eval.i3d", "autoencoder.out_dir", "autoencoder.export",
              "train.init_from")  # file-system paths
@@ -134,16 +134,21 @@ def load_config(path: str | Path, overrides: list[str] | None = None, smoke: boo
 
 
 def config_from_dict(data: Any, source: str = "<dict>") -> Config:
-    """Rebuild a Config from a recorded ``to_dict()`` (a checkpoint's, a forecasts store's, a run.json's), validated
-    exactly as a config file is (ConfigError naming ``source`` and the key), except that a kind of interpolant
-    defined in code is checked by its form, not imported: a record never decides which code runs."""
+    """A Config from a mapping of sections, validated exactly as a config file is (ConfigError naming ``source``)."""
+    cfg = _build(Config, data, prefix="", source=source)
+    _validate_tree(cfg, source=source)
+    return cfg
+
+
+def recorded_config(data: Any, source: str) -> Config:
+    """The Config an output recorded (a checkpoint's, a forecasts store's, a run.json's ``to_dict()``), validated as
+    a config file is, except that a kind of interpolant defined in code is not imported to check it: a record never
+    decides which code runs. Every config rebuilt from a record comes through here."""
     token = RECORDED.set(True)
     try:
-        cfg = _build(Config, data, prefix="", source=source)
-        _validate_tree(cfg, source=source)
+        return config_from_dict(data, source)
     finally:
         RECORDED.reset(token)
-    return cfg
 
 
 def apply_override(cfg: Config, item: str, source: str = "--set") -> Config:
