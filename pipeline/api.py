@@ -24,7 +24,7 @@ from pipeline.data.shards import ShardReader
 from pipeline.eval.metrics import frame_scores
 from pipeline.eval.scores import ensemble_frame_scores
 from pipeline.run.cli import merge_overrides
-from pipeline.run.config import Config, SamplingConfig, apply_override, config_from_dict, load_config
+from pipeline.run.config import Config, SamplingConfig, apply_override, load_config, recorded_config
 from pipeline.run.layout import RUN_RECORD, recorded_overrides
 from pipeline.run.records import read_json
 from pipeline.stages.evaluate_scores import spread_skill_block, summarize_metric
@@ -156,11 +156,13 @@ def run_config(run: Path | None, config: str | Path | None, overrides: list[str]
     if config is not None:
         cfg = load_config(config, merge_overrides(recorded, overrides))
     else:
-        record = made.get("config") or (read_json(run / RUN_RECORD) or {}).get("config")
+        source, record = forecast_url(run), made.get("config")
+        if not record:
+            source, record = str(run / RUN_RECORD), (read_json(run / RUN_RECORD) or {}).get("config")
         if not record:
             raise FileNotFoundError(f"{run}: neither forecasts.zarr nor {RUN_RECORD} records a config: not a run "
                                     "directory (or load_run(config=..., ckpt=...))")
-        cfg = config_from_dict(record, source=str(run))
+        cfg = recorded_config(record, source=source)
         for item in ([] if made.get("config") else recorded) + overrides:
             cfg = apply_override(cfg, item, source="load_run")
     return cfg, made.get("ckpt") or str(default_checkpoint(run))

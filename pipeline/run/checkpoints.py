@@ -84,12 +84,25 @@ def load_flow_checkpoint(path: str | Path) -> FlowCheckpoint:
         if not isinstance(step, int):
             raise CheckpointReadError(f"{path}: entry 'step' is {describe(step)}, not a step number")
         return FlowCheckpoint(str(path), "pipeline", _state_dict(obj["model"], "model", path),
-                              None if ema is None else _state_dict(ema, "ema", path), step, obj.get("config"), obj)
+                              None if ema is None else _state_dict(ema, "ema", path), step, _recorded_config(obj, path), obj)
     return FlowCheckpoint(
         str(path), "published", _state_dict(obj["model"], "model", path, clean=True),
         _state_dict(ema, "ema", path, clean=True) if isinstance(ema, dict) else None,
         published_step(obj), obj.get("config"), obj,
     )
+
+
+def _recorded_config(obj: dict[str, Any], path: str | Path) -> dict[str, Any] | None:
+    """Our checkpoint's config, validated as a config file is (pipeline.run.config.recorded_config) and completed
+    with the defaults of keys added since; CheckpointReadError naming the file and the key."""
+    from pipeline.run.config import ConfigError, recorded_config
+
+    if obj.get("config") is None:
+        return None
+    try:
+        return recorded_config(obj["config"], source=f"{path}: recorded config").to_dict()
+    except ConfigError as exc:
+        raise CheckpointReadError(str(exc)) from None
 
 
 def published_step(obj: dict[str, Any]) -> int:

@@ -17,7 +17,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic.dataclasses import dataclass
 
-from pipeline.run.config_sections import (IDENTIFIER, INTERPOLANT_PRESETS, STRICT, AutoencoderConfig, ConvertConfig,
+from pipeline.run.config_sections import (IDENTIFIER, INTERPOLANT_PRESETS, RECORDED, STRICT, AutoencoderConfig, ConvertConfig,
                                           DataConfig, DemoConfig, EncodeConfig, EvalConfig, FieldError, ForecastConfig,
                                           InterpolantConfig, LoaderConfig, ModelConfig, SamplingConfig, Section, TrainConfig,
                                           VQVAEConfig, describe_bounds, key, require)
@@ -25,7 +25,7 @@ from pipeline.run.config_sections import (IDENTIFIER, INTERPOLANT_PRESETS, STRIC
 __all__ = ["IDENTIFIER", "INTERPOLANT_PRESETS", "AutoencoderConfig", "Config", "ConfigError", "ConvertConfig", "DataConfig",
            "DemoConfig", "EncodeConfig", "EvalConfig", "ForecastConfig", "InterpolantConfig", "LoaderConfig", "ModelConfig",
            "SamplingConfig", "TrainConfig", "VQVAEConfig", "absolute_paths", "apply_override", "config_from_dict",
-           "key_listing", "load_config", "read_yaml", "unknown_key"]
+           "key_listing", "load_config", "read_yaml", "recorded_config", "unknown_key"]
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # relative paths in a config file resolve against this
 PATH_KEYS = ("data.root", "vqvae.ckpt", "eval.i3d", "autoencoder.out_dir", "autoencoder.export",
              "train.init_from")  # file-system paths
@@ -109,26 +109,46 @@ def load_config(path: str | Path, overrides: list[str] | None = None, smoke: boo
     """Read ``path``, apply its smoke overrides (if ``smoke``), then ``--set`` overrides (``a.b=value``); raises
     ConfigError naming the key and its source."""
     path = Path(path)
-    cfg = _build(Config, read_yaml(path), prefix="", source=str(path))
+    if not (raw := read_yaml(path)):  # defaults alone are no run's settings: encode would fail on vqvae.ckpt ''
+        raise ConfigError(f"{path} is empty: a config file holds the sections of a run's settings (configs/demo.yaml)")
+    cfg = _build(Config, raw, prefix="", source=str(path))
+    origins: dict[str, str] = {}  # dotted key -> what set it last (a value's error names it, not the file)
     smoked = cfg
     for dotted, value in dict(cfg.smoke).items():  # checked (keys, types) also when not applied: no typo waits there
         smoked = _set_dotted(smoked, dotted, value, source=f"{path} (smoke)")
+        origins[dotted] = f"{path} (smoke: {dotted})"
     if smoke:  # first, so that explicit --set overrides win over the smoke settings
         cfg = smoked
         cfg.data.name += SMOKE_SUFFIX
         cfg.data.root += SMOKE_SUFFIX
+    else:
+        origins.clear()
     cfg = _resolve_paths(cfg, PROJECT_ROOT)  # the file's relative paths: against the project, not the caller's cwd
     for item in overrides or []:
         cfg = apply_override(cfg, item, source="--set")
-    _validate_tree(cfg, source=str(path))
+        dotted = item.partition("=")[0].strip()
+        origins.pop(dotted, None)
+        origins[dotted] = f"--set {item!r}"
+    _validate_tree(cfg, source=str(path), origins=origins)
     return cfg
 
 
-def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
-    """Rebuild a Config from its ``to_dict()`` record (e.g. stored in a checkpoint), with full validation."""
+def config_from_dict(data: Any, source: str = "<dict>") -> Config:
+    """A Config from a mapping of sections, validated exactly as a config file is (ConfigError naming ``source``)."""
     cfg = _build(Config, data, prefix="", source=source)
     _validate_tree(cfg, source=source)
     return cfg
+
+
+def recorded_config(data: Any, source: str) -> Config:
+    """The Config an output recorded (a checkpoint's, a forecasts store's, a run.json's ``to_dict()``), validated as
+    a config file is, except that a kind of interpolant defined in code is not imported to check it: a record never
+    decides which code runs. Every config rebuilt from a record comes through here."""
+    token = RECORDED.set(True)
+    try:
+        return config_from_dict(data, source)
+    finally:
+        RECORDED.reset(token)
 
 
 def apply_override(cfg: Config, item: str, source: str = "--set") -> Config:
@@ -200,14 +220,17 @@ def unknown_key(dotted: str, known: list[str], note: str = "") -> str:
     return f"unknown key '{dotted}'{note}" + (f"; {hint}" if known else "")
 
 
-def _validate_tree(cfg: Config, source: str) -> None:
-    """Every section's ``validate()``, then the cross-section checks, as ConfigErrors naming the full key."""
+def _validate_tree(cfg: Config, source: str, origins: dict[str, str] | None = None) -> None:
+    """Every section's ``validate()``, then the cross-section checks, as ConfigErrors naming the full key and its
+    source: the last of ``origins`` (dotted key -> source) that set the key or a section of it, else ``source``."""
     sections = [(f"{f.name}.", getattr(cfg, f.name)) for f in dataclasses.fields(cfg)]
     for prefix, node in [*(s for s in sections if isinstance(s[1], Section)), ("", cfg)]:
         try:
             node.validate()
         except FieldError as exc:
-            raise ConfigError(f"{source}: '{prefix}{exc.key}' {exc.problem}") from None
+            name = prefix + exc.key
+            setters = [origin for dotted, origin in (origins or {}).items() if f"{name}.".startswith(f"{dotted}.")]
+            raise ConfigError(f"{(setters or [source])[-1]}: '{name}' {exc.problem}") from None
 
 
 def absolute_paths(item: str) -> str:
@@ -280,11 +303,15 @@ def _one_line(exc: yaml.YAMLError) -> str:
 def read_yaml(path: Path) -> dict[str, Any]:
     """The YAML mapping of a config file; a clear ConfigError for a missing file, a directory, bad YAML, duplicates."""
     try:
-        raw = _load_yaml(path.read_text()) or {}
+        raw = _load_yaml(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except IsADirectoryError:
         raise ConfigError(f"{path} is a directory, not a config file (configs/<dataset>.yaml)") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text (UTF-8) file: byte {exc.start} is {exc.object[exc.start]:#04x}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {_one_line(exc)}") from None
     if not isinstance(raw, dict):

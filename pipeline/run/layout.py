@@ -77,7 +77,11 @@ def recorded_overrides(run_dir: Path) -> list[str]:
         record: dict[str, Any] = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise RunNameError(f"{path}: unreadable run record ({exc}); repair or delete it") from None
-    return list((record.get("args") or {}).get("set") or [])
+    args = (record.get("args") if isinstance(record, dict) else None) or {}
+    sets = (args.get("set") if isinstance(args, dict) else None) or []
+    if not isinstance(sets, list) or not all(isinstance(item, str) for item in sets):
+        raise RunNameError(f"{path}: 'args.set' is not a list of section.key=value overrides; repair or delete it")
+    return sets
 
 
 def run_names(config: str, out: str, smoke: bool) -> list[str]:
