@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 import pipeline.run.records as records_module
+import pipeline.stages.train as train_module
 from pipeline.run.layout import Layout
-from pipeline.stages.train import train
+from pipeline.run.locks import lock_file, output_lock
+from pipeline.stages.train import TrainingError, train
 from test_robustness import (ONE_THREAD, QUIET, TORCHRUN, Killed, _cfg, _kill_all, _run, _step, _stop_at,
                              _train_cli, _training_rows, _wait_for)
 
@@ -86,3 +88,34 @@ def test_a_kill_between_the_renames_of_the_swap_is_finished_by_the_next_launch(t
     assert train(new, store, run, log=lines.append) == "up to date"  # no --force needed: the swap was decided
     assert any("put the finished rebuild" in line for line in lines), lines
     assert _training_rows(run) == [1, 2] and not Path(f"{run}.old").exists()
+
+
+def test_a_forecast_being_written_in_the_run_holds_the_swap_back_until_the_next_force(tiny_store, tmp_path: Path,
+                                                                                       repo: Path) -> None:
+    _, overrides, store = tiny_store
+    run = tmp_path / "run"
+    assert train(_cfg(repo, overrides, *OLD), store, run, **QUIET) == "trained"
+    old, new = _files(run), _cfg(repo, overrides, *NEW, "train.steps=2")
+    forecasts = run / "forecasts.zarr"
+    with output_lock(lock_file(forecasts), forecasts, "test"):  # this test process is a forecast writing there
+        with pytest.raises(TrainingError, match=f"{forecasts} is being written by pid {os.getpid()}") as refused:
+            train(new, store, run, force=True, **QUIET)
+    assert f"{run}.rebuild has finished but cannot replace {run} now" in str(refused.value)
+    assert _files(run) == old and _step(Path(f"{run}.rebuild") / "run.json") == 2
+    lines: list[str] = []
+    assert train(new, store, run, force=True, log=lines.append) == "trained"  # nothing left to train: swapped in
+    assert f"train: {run} replaced by its rebuild" in lines and _training_rows(run) == [1, 2]
+
+
+def test_a_kill_between_the_checkpoint_and_run_json_loses_no_metrics_rows_and_the_run_finishes(
+        tiny_store, tmp_path: Path, repo: Path) -> None:
+    _, overrides, store = tiny_store
+    cfg, run = _cfg(repo, overrides, *OLD), tmp_path / "run"
+    with pytest.MonkeyPatch.context() as patch:  # latest.pt holds step 4, run.json still says 2
+        _stop_at(patch, train_module, "write_json_atomic", lambda path, data: data.get("step") == 4)
+        with pytest.raises(Killed):
+            train(cfg, store, run, **QUIET)
+    assert _step(run / "run.json") == 2 and _training_rows(run) == [1, 2, 3, 4]
+    assert train(cfg, store, run, **QUIET) == "trained"  # nothing to train: the record catches up
+    assert _training_rows(run) == [1, 2, 3, 4] and _step(run / "run.json") == 4
+    assert train(cfg, store, run, **QUIET) == "up to date"

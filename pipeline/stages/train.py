@@ -114,7 +114,7 @@ def _train(cfg: Config, store: str, out_dir: Path, split: LatentSplit, verdict: 
     local_batch, micro = batch_split(cfg.train, info.world_size)
     if info.is_main:
         _record_start(out_dir, verdict, cfg, info, {"args": {"set": overrides}, "steps_plan": plan,
-                                                    "world_sizes": worlds, "file_hashes": hashes})
+                                                    "world_sizes": worlds, "file_hashes": hashes, "step": start})
         _announce(out_dir, cfg, info, start, plan, worlds, micro, log)
     net = DDP(model) if info.world_size > 1 else model
     if cfg.train.compile:
@@ -128,7 +128,7 @@ def _train(cfg: Config, store: str, out_dir: Path, split: LatentSplit, verdict: 
                            start_step=start, num_steps=cfg.train.steps - start)
     loader = DataLoader(stream, batch_size=None, num_workers=cfg.loader.num_workers, pin_memory=info.device.type == "cuda",
                         generator=torch.Generator())
-    logger = MetricsLog(cfg, out_dir, key, resumed=start > 0) if info.is_main else None
+    logger = MetricsLog(cfg, out_dir, key, start) if info.is_main else None
     sampler = SampleVideos(cfg, store, out_dir) if info.is_main and cfg.train.sample_every else None
     validation = _Validation(cfg, store, interpolant, info.device) if info.is_main and cfg.train.val_every else None
     overfit = None
@@ -166,8 +166,8 @@ def _train(cfg: Config, store: str, out_dir: Path, split: LatentSplit, verdict: 
 
 def _record_start(out_dir: Path, verdict: Verdict, cfg: Config, info: DistInfo, now: dict) -> None:
     """Rank 0, before this launch's first step: a new run's whole ``run.json``; for a resumed run the entries of
-    ``now``: overrides (which later stages reapply, e.g. a raised ``train.steps``), steps plan, process counts and
-    file hashes."""
+    ``now``: overrides (which later stages reapply, e.g. a raised ``train.steps``), steps plan, process counts, file
+    hashes and the step of the checkpoint it continues from (ahead of the recorded one after a kill between them)."""
     path = out_dir / "run.json"
     out_dir.mkdir(parents=True, exist_ok=True)
     if verdict.action == "resume":
@@ -175,7 +175,7 @@ def _record_start(out_dir: Path, verdict: Verdict, cfg: Config, info: DistInfo, 
         return
     write_json_atomic(path, {"fingerprint": verdict.key, "inputs": verdict.inputs, "config": cfg.to_dict(), **now,
                              "code_version": code_version(), "world_size": info.world_size,
-                             "torch_threads": torch.get_num_threads(), "step": 0})
+                             "torch_threads": torch.get_num_threads()})
 
 
 def _announce(out_dir: Path, cfg: Config, info: DistInfo, start: int, plan, worlds, micro: int, log) -> None:
