@@ -15,8 +15,8 @@ from pipeline.run.records import KnownHashes, cached_sha256, fingerprint, read_j
 from pipeline.data.views import training_views
 from pipeline.stages.train_plan import recorded_plan
 
-REMEDY = ("Rerun with --force (make train FORCE=1) to train it again from scratch (beside it: it is replaced when the "
-          "new run has finished), or train these settings as a new run beside it (make train RUN=<new name>).")
+REMEDY = ("Rerun with --force (make train FORCE=1) to train it again from scratch (it stays until the new run has "
+          "finished), or train these settings as a new run beside it (make train RUN=<new name>).")
 # Training settings left out of the inputs: logging, retention, how a batch is split (micro_batch changes float
 # summation order only), and init_from (entered as its source and sha256). train.steps enters as the run began:
 # raising it extends the run.
