@@ -59,7 +59,7 @@ class Layout:
         return self.runs_dir / check_run_name(run)
 
     def trained_runs(self) -> list[str]:
-        """Names of the runs that hold a training record, in name order (a run's rebuild, ``<run>.rebuild``, is none)."""
+        """Names of the runs that hold a training record, in name order (``<run>.rebuild`` is no run's name)."""
         if not self.runs_dir.is_dir():
             return []
         names = (p.parent.name for p in self.runs_dir.glob(f"*/{RUN_RECORD}"))
