@@ -257,7 +257,7 @@ def test_two_trainings_of_one_run_one_is_refused_then_the_dead_holders_lock_is_t
     command = _train_cli(repo, overrides, store, tmp_path, "train.steps=100000", "train.latest_every=2")
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ONE_THREAD)
     try:
-        _wait_for(lambda: _holder_pid(run / ".train.lock") == first.pid and _step(run / "run.json") >= 2, 120,
+        _wait_for(lambda: _holder_pid(lock_file(run)) == first.pid and _step(run / "run.json") >= 2, 120,
                   "the first training to hold the run")
         line = _error_line(_run(command))  # the same command again, while the first one trains
         assert f"pid {first.pid} on host {socket.gethostname()} since " in line and "train_latent.py" in line, line
@@ -271,7 +271,7 @@ def test_two_trainings_of_one_run_one_is_refused_then_the_dead_holders_lock_is_t
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"taking over the lock of {run} from pid {first.pid}" in again.stdout, again.stdout
     assert _training_rows(run) == [1, 2, 3, 4] and _step(run / "run.json") == 4 and steps_before >= 2
-    assert (run / ".train.lock").read_text() == ""  # released: the next holder will not think this one died
+    assert lock_file(run).read_text() == ""  # released: the next holder will not think this one died
 
 
 def test_a_held_latent_store_refuses_make_encode_naming_its_holder(tiny, tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ def train(
     out: OutOption = "outputs",
     data_root: DataRootOption = None,
     store: StoreOption = None,
-    force: Annotated[bool, typer.Option(help="Discard a run made from different inputs (cache, model, interpolant, training settings) and start over.")] = False,
+    force: Annotated[bool, typer.Option(help="Train a run made from different inputs (cache, model, interpolant, training settings) again from scratch, beside it in <run>.rebuild (resumed by the next --force); it replaces the run when finished.")] = False,
     dry_run: DryRunOption = False,
 ) -> None:
     """Stage 2: train the flow of a run on the cached latents into <out>/<data.name>/runs/<run>/ (DDP under

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.run.config import IDENTIFIER, ConfigError, load_config
+from pipeline.run.protocol import REBUILD
 
 RUNS = "runs"
 RUN_RECORD = "run.json"
@@ -58,14 +59,20 @@ class Layout:
         return self.runs_dir / check_run_name(run)
 
     def trained_runs(self) -> list[str]:
-        """Names of the runs that hold a training record, in name order."""
+        """Names of the runs that hold a training record, in name order (``<run>.rebuild`` is no run's name)."""
         if not self.runs_dir.is_dir():
             return []
-        return sorted(p.parent.name for p in self.runs_dir.glob(f"*/{RUN_RECORD}"))
+        names = (p.parent.name for p in self.runs_dir.glob(f"*/{RUN_RECORD}"))
+        return sorted(name for name in names if IDENTIFIER.fullmatch(name))
 
     def recorded_overrides(self, run: str) -> list[str]:
         """The ``--set`` overrides run ``run`` was trained with ([] for a new run)."""
         return recorded_overrides(self.run_dir(run))
+
+
+def run_name(run_dir: str | Path) -> str:
+    """The name of the run a directory holds: its own, or the run's that its ``--force`` rebuild will replace."""
+    return Path(run_dir).name.removesuffix(REBUILD)
 
 
 def recorded_overrides(run_dir: Path) -> list[str]:

@@ -13,7 +13,7 @@ import shlex
 import socket
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from textwrap import shorten
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
@@ -46,6 +46,16 @@ def output_lock(path: str | Path, what: str, stage: str, log: Callable[[str], No
             _clear(handle)
     finally:
         handle.close()  # closing the last descriptor releases the lock
+
+
+@contextmanager
+def locks_within(directory: str | Path, stage: str, log: Callable[[str], None] = print) -> Iterator[None]:
+    """Hold the lock of every output inside ``directory`` (its ``.<name>.lock`` files) for the block, e.g. while the
+    directory is moved: LockedError naming the first output another process is writing."""
+    with ExitStack() as held:
+        for path in sorted(Path(directory).glob(".*.lock")):
+            held.enter_context(output_lock(path, path.with_name(path.name[1:].removesuffix(".lock")), stage, log))
+        yield
 
 
 def _open(path: Path, what: str) -> IO[str]:

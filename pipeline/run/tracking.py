@@ -27,6 +27,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from pipeline.run.layout import run_name
 from pipeline.run.records import read_json, write_json_atomic
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ def start_training_run(cfg: Config, out_dir: Path, key: str, log: Callable[[str]
     None when wandb is disabled."""
     if tracking_mode(cfg) == "disabled":
         return None
-    ident = {"wandb_id": f"{cfg.data.name}-{out_dir.name}-{key}", "wandb_project": cfg.train.wandb_project,
+    ident = {"wandb_id": f"{cfg.data.name}-{run_name(out_dir)}-{key}", "wandb_project": cfg.train.wandb_project,
              "wandb_mode": tracking_mode(cfg)}
     run = _init(cfg, out_dir, ident, job_type="train", config=cfg.to_dict())
     record = out_dir / RUN_RECORD
@@ -218,8 +219,8 @@ def _init(cfg: Config, run_dir: Path, ident: dict[str, str], **extra: Any):
 
     settings = wandb.Settings() if "WANDB_SILENT" in os.environ else wandb.Settings(silent=True)
     return wandb.init(id=ident["wandb_id"], project=ident["wandb_project"], mode=ident["wandb_mode"],
-                      dir=str(run_dir), name=f"{cfg.data.name}-{run_dir.name}", group=cfg.data.name,
-                      tags=[cfg.interpolant.kind, run_dir.name], resume="allow", settings=settings, **extra)
+                      dir=str(run_dir), name=f"{cfg.data.name}-{run_name(run_dir)}", group=cfg.data.name,
+                      tags=[cfg.interpolant.kind, run_name(run_dir)], resume="allow", settings=settings, **extra)
 
 
 def _own_checkpoint(run_dir: Path, ckpt: str | Path | None) -> bool:

@@ -27,15 +27,16 @@ from torch.utils.data import DataLoader
 from pipeline.data.cache import LatentSplit
 from pipeline.run.checkpoints import FlowCheckpoint, load_flow_checkpoint, save_checkpoint
 from pipeline.run.config import Config
-from pipeline.run.dist import DistInfo, all_ok, barrier, init_distributed
+from pipeline.run.dist import DistInfo, all_ok, barrier, broadcast_object, init_distributed
 from pipeline.core.interpolants import build_interpolant
 from pipeline.core.model import build_model
+from pipeline.run.locks import LockedError, locks_within
 from pipeline.run.protocol import Verdict, settle
-from pipeline.run.records import code_version, read_json, write_json_atomic
+from pipeline.run.records import code_version, read_json, replace_directory, write_json_atomic
 from pipeline.stages.train_monitor import MetricsLog, SampleVideos
 from pipeline.stages.train_plan import (batch_split, checkpoints_to_delete, lr_at, numbered_checkpoints, recorded_plan,
                                         replan, start_plan)
-from pipeline.stages.train_state import decide_run, init_source, run_output, training_inputs
+from pipeline.stages.train_state import decide_run, init_source, rebuild_dir, run_output, training_inputs
 from pipeline.data.triplets import TripletReader, TripletStream, auto_in_memory
 
 
@@ -59,8 +60,9 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 def train(cfg: Config, store: str, out_dir: Path, force: bool = False, dry_run: bool = False,
           overrides: list[str] | None = None, log: Callable[[str], None] = print) -> str:
-    """Train, resume or report up to date the run in ``out_dir`` (every torchrun rank calls this). ``overrides``
-    (the --set list behind ``cfg``) go to ``run.json`` for later stages; ``dry_run`` only logs what it would do."""
+    """Train, resume or report up to date the run in ``out_dir`` (every torchrun rank calls this); ``force`` trains
+    a run of other settings again beside it and swaps it in when finished. ``overrides`` (the --set list behind
+    ``cfg``) go to ``run.json`` for later stages; ``dry_run`` only logs what it would do."""
     info = init_distributed()
     try:
         batch_split(cfg.train, info.world_size)
@@ -76,15 +78,19 @@ def train(cfg: Config, store: str, out_dir: Path, force: bool = False, dry_run: 
     except (FileNotFoundError, ValueError) as exc:
         raise TrainingError(str(exc)) from None
     with contextlib.ExitStack() as held:  # rank 0 holds the run's lock until training ends
+        clean = [run / sub for run in (out_dir, rebuild_dir(out_dir)) for sub in ("", "checkpoints", "media")]
         verdict = settle(run_output(out_dir), lambda: decide_run(out_dir, inputs, cfg, force), held, log, dry_run,
-                         (TrainingError, TrainingError), clean=[out_dir, out_dir / "checkpoints", out_dir / "media"],
-                         what=f" from scratch ({cfg.train.steps} steps)")
+                         (TrainingError, TrainingError), clean=clean, what=f" from scratch ({cfg.train.steps} steps)",
+                         then=_clear_rebuild)
         if dry_run or verdict.action == "up to date":
             return "dry run" if dry_run else verdict.action
-        if verdict.action == "rebuild" and info.is_main:
-            _discard(out_dir)
-        barrier()
-        return _train(cfg, store, out_dir, split, verdict, info, overrides or [], hashes, log)
+        target = Path(verdict.target)  # the run, or under --force its rebuild beside it (train_state.decide_run)
+        _train(cfg, store, target, split, verdict, info, overrides or [], hashes, log)
+        if target != out_dir:
+            failed = broadcast_object(_swap_in(target, out_dir, log) if info.is_main else None)
+            if failed:
+                raise TrainingError(failed)
+        return "trained"
 
 
 def _train(cfg: Config, store: str, out_dir: Path, split: LatentSplit, verdict: Verdict, info: DistInfo,
@@ -108,7 +114,7 @@ def _train(cfg: Config, store: str, out_dir: Path, split: LatentSplit, verdict: 
     local_batch, micro = batch_split(cfg.train, info.world_size)
     if info.is_main:
         _record_start(out_dir, verdict, cfg, info, {"args": {"set": overrides}, "steps_plan": plan,
-                                                    "world_sizes": worlds, "file_hashes": hashes})
+                                                    "world_sizes": worlds, "file_hashes": hashes, "step": start})
         _announce(out_dir, cfg, info, start, plan, worlds, micro, log)
     net = DDP(model) if info.world_size > 1 else model
     if cfg.train.compile:
@@ -122,7 +128,7 @@ def _train(cfg: Config, store: str, out_dir: Path, split: LatentSplit, verdict: 
                            start_step=start, num_steps=cfg.train.steps - start)
     loader = DataLoader(stream, batch_size=None, num_workers=cfg.loader.num_workers, pin_memory=info.device.type == "cuda",
                         generator=torch.Generator())
-    logger = MetricsLog(cfg, out_dir, key, resumed=start > 0) if info.is_main else None
+    logger = MetricsLog(cfg, out_dir, key, start) if info.is_main else None
     sampler = SampleVideos(cfg, store, out_dir) if info.is_main and cfg.train.sample_every else None
     validation = _Validation(cfg, store, interpolant, info.device) if info.is_main and cfg.train.val_every else None
     overfit = None
@@ -160,8 +166,8 @@ def _train(cfg: Config, store: str, out_dir: Path, split: LatentSplit, verdict: 
 
 def _record_start(out_dir: Path, verdict: Verdict, cfg: Config, info: DistInfo, now: dict) -> None:
     """Rank 0, before this launch's first step: a new run's whole ``run.json``; for a resumed run the entries of
-    ``now``: overrides (which later stages reapply, e.g. a raised ``train.steps``), steps plan, process counts and
-    file hashes."""
+    ``now``: overrides (which later stages reapply, e.g. a raised ``train.steps``), steps plan, process counts, file
+    hashes and the step of the checkpoint it continues from (ahead of the recorded one after a kill between them)."""
     path = out_dir / "run.json"
     out_dir.mkdir(parents=True, exist_ok=True)
     if verdict.action == "resume":
@@ -169,7 +175,7 @@ def _record_start(out_dir: Path, verdict: Verdict, cfg: Config, info: DistInfo, 
         return
     write_json_atomic(path, {"fingerprint": verdict.key, "inputs": verdict.inputs, "config": cfg.to_dict(), **now,
                              "code_version": code_version(), "world_size": info.world_size,
-                             "torch_threads": torch.get_num_threads(), "step": 0})
+                             "torch_threads": torch.get_num_threads()})
 
 
 def _announce(out_dir: Path, cfg: Config, info: DistInfo, start: int, plan, worlds, micro: int, log) -> None:
@@ -195,11 +201,25 @@ def _check_latent_shape(cfg: Config, split: LatentSplit, store: str) -> None:
         raise TrainingError(f"{store}: latents are {list(split.latent_shape)} but model.state_size/state_res expect {list(want)}")
 
 
-def _discard(out_dir: Path) -> None:
-    """--force: delete a run's training outputs (its forecasts and evaluation are refused or redone downstream)."""
-    for name in ("checkpoints", "media", "metrics.jsonl", "run.json"):
-        target = out_dir / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+def _clear_rebuild(verdict: Verdict) -> None:
+    """Rank 0, before a --force rebuild starts: remove what an abandoned rebuild of other settings left beside the
+    run (a rebuild verdict never targets the run itself)."""
+    if verdict.action == "rebuild" and Path(verdict.target).exists():
+        shutil.rmtree(verdict.target)
+
+
+def _swap_in(rebuild: Path, out_dir: Path, log) -> str | None:
+    """Rank 0, under the run's lock, once the rebuild has trained all its steps: it replaces the whole run directory
+    (the old run's forecasts and scores go with it) by :func:`replace_directory`, holding the locks of the run's later
+    stages so none writes into a directory moving away; a kill between its renames is finished by the next launch
+    (the protocol's recovery). None, or the error for every rank."""
+    try:
+        with locks_within(out_dir, "train", log):
+            replace_directory(rebuild, out_dir)
+    except (LockedError, OSError) as exc:
+        return f"{rebuild} has finished but cannot replace {out_dir} now: {exc} (make train FORCE=1 swaps it in)"
+    log(f"train: {out_dir} replaced by its rebuild")
+    return None
 
 
 def _restore(path: Path, model, ema, opt, info: DistInfo, out_dir: Path) -> tuple[int, list, list]:

@@ -14,7 +14,7 @@ import torch
 
 from pipeline.data.cache import LatentSplit
 from pipeline.run.config import Config
-from pipeline.run.records import atomic_path, read_json, write_error
+from pipeline.run.records import atomic_path, write_error
 from pipeline.run.tracking import log_row, log_video, start_training_run
 
 
@@ -25,23 +25,24 @@ class MetricsLog:
 
     CLIP_WARN_FRACTION = 0.9  # warn once when clipping acts on at least this fraction of a logging window's steps
 
-    def __init__(self, cfg: Config, out_dir: Path, key: str, resumed: bool):
+    def __init__(self, cfg: Config, out_dir: Path, key: str, start: int):
         self.cfg, self.out_dir = cfg, out_dir
-        self.metrics = self._open_metrics(out_dir / "metrics.jsonl", resumed)
+        self.metrics = self._open_metrics(out_dir / "metrics.jsonl", start)
         self.window: list[tuple[float, float, float]] = []
         self.window_start = time.perf_counter()
         self.wait = 0.0
         self.clip_warned = False
         self.wandb = start_training_run(cfg, out_dir, key)
 
-    def _open_metrics(self, path: Path, resumed: bool):
-        """A new file; on resume the rows up to the checkpoint's step, rewritten atomically (bad lines dropped)."""
+    def _open_metrics(self, path: Path, start: int):
+        """The rows up to step ``start``, the checkpoint training continues from (none for a new run), rewritten
+        atomically (bad lines dropped): rows of steps it will redo go, rows of steps it kept stay (also when a kill
+        came between the checkpoint and ``run.json``'s step)."""
         keep, dropped = [], 0
-        if resumed and path.exists():
-            step = int((read_json(self.out_dir / "run.json") or {}).get("step", 0))
+        if start and path.exists():
             for line in path.read_text(errors="replace").splitlines():
                 try:
-                    if json.loads(line)["step"] <= step:
+                    if json.loads(line)["step"] <= start:
                         keep.append(line)
                 except (json.JSONDecodeError, TypeError, KeyError):
                     dropped += 1

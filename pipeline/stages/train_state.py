@@ -3,20 +3,20 @@ Torch-free, so ``train_latent.py`` answers "up to date" without importing torch.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from pipeline.data.cache import LatentSplit, store_attrs
 from pipeline.run.config import IDENTIFIER, INTERPOLANT_PRESETS, Config, InterpolantConfig
-from pipeline.run.protocol import Output, Verdict, decide, up_to_date_line
-from pipeline.run.records import KnownHashes, cached_sha256, read_json
+from pipeline.run.locks import lock_file
+from pipeline.run.protocol import REBUILD, Output, Verdict, decide, up_to_date_line
+from pipeline.run.records import KnownHashes, cached_sha256, fingerprint, read_json
 from pipeline.data.views import training_views
 from pipeline.stages.train_plan import recorded_plan
 
-LOCK = ".train.lock"  # in the run directory: one training process (rank 0 of one launch) writes a run at a time
-REMEDY = ("Rerun with --force (make train FORCE=1) to discard it and train from scratch, or train these settings as a "
-          "new run beside it (make train RUN=<new name>).")
+REMEDY = ("Rerun with --force (make train FORCE=1) to train it again from scratch (it stays until the new run has "
+          "finished), or train these settings as a new run beside it (make train RUN=<new name>).")
 # Training settings left out of the inputs: logging, retention, how a batch is split (micro_batch changes float
 # summation order only), and init_from (entered as its source and sha256). train.steps enters as the run began:
 # raising it extends the run.
@@ -77,29 +77,62 @@ def init_source(cfg: Config, out_dir: Path | None) -> Path:
 
 
 def run_output(out_dir: Path) -> Output:
-    """A training run as an output of the protocol: refused when trained from other inputs, discarded under --force."""
-    return Output("train", str(out_dir), "trained", REMEDY, lock=out_dir / LOCK,
+    """A training run as an output of the protocol: refused when trained from other inputs, rebuilt beside under
+    --force. Its lock (``runs/.<run>.lock``) lies outside the run and its rebuild, so it covers both and survives the
+    swap; one training process (rank 0 of one launch) writes either at a time."""
+    return Output("train", str(out_dir), "trained", REMEDY, beside=True, read=run_record, lock=lock_file(out_dir),
                   notes={"cache": " (the latent cache changed: its fingerprint differs from the checkpoint's)"})
 
 
+def rebuild_dir(out_dir: Path) -> Path:
+    """Where ``--force`` trains a run's replacement: ``runs/<run>.rebuild`` (not a run name, so never listed as one)."""
+    return Path(f"{out_dir}{REBUILD}")
+
+
+def run_record(out_dir: str | Path) -> dict[str, Any]:
+    """A run directory's ``run.json`` once it has a checkpoint ({} before), with ``complete``: trained to its target."""
+    out_dir = Path(out_dir)
+    record = (read_json(out_dir / "run.json") if (out_dir / "checkpoints" / "latest.pt").exists() else None) or {}
+    if record:
+        begun = (record.get("inputs") or {}).get("train", {}).get("steps", 0)
+        record["complete"] = int(record.get("step", 0)) >= recorded_plan(record, begun)[-1]["steps"]
+    return record
+
+
 def decide_run(out_dir: Path, inputs: dict[str, Any], cfg: Config, force: bool) -> Verdict:
-    """The run's verdict, changing nothing; refused if ``out_dir`` holds forecasts of a foreign checkpoint."""
-    latest = out_dir / "checkpoints" / "latest.pt"
-    record = (read_json(out_dir / "run.json") if latest.exists() else None) or {}
+    """The run's verdict, changing nothing; refused if ``out_dir`` holds forecasts of a foreign checkpoint.
+
+    ``--force`` on a run of other inputs (or of more steps than ``train.steps``) trains the new run beside it
+    (:func:`rebuild_dir`), resumes that rebuild on the next ``--force`` and swaps it in when it has trained all its
+    steps (``train.py``), not at an earlier checkpoint: until then the old run stays whole and usable (its forecasts
+    and scores belong to it), and a run directory never holds a run half-trained on settings that replaced a
+    finished one."""
+    record = run_record(out_dir)
     foreign = None if record else foreign_forecasts(out_dir)
     if foreign:
         return Verdict("stale", str(out_dir), f"{out_dir} holds forecasts of {foreign}, a flow checkpoint from outside "
                        "this run (made by make forecast CKPT=...): training here would put a second model in the run. "
                        "Train under another name (make train RUN=<new name>), or delete the run directory first.")
+    verdict = _decide_in(out_dir, record, inputs, cfg)
+    if not force or verdict.action != "stale":
+        return verdict
+    beside = rebuild_dir(out_dir)
+    again = _decide_in(beside, run_record(beside), inputs, cfg)
+    if again.action in ("up to date", "resume"):
+        return replace(again, action="resume", message=f"train: --force: resuming the rebuild of {out_dir} in {beside}")
+    changed = f"; changed: {verdict.changed}" if verdict.changed else f" (it has trained {record.get('step')} steps)"
+    return Verdict("rebuild", str(beside), f"train: --force: rebuilding {out_dir} in {beside}, which replaces it when "
+                   f"it has trained {cfg.train.steps} steps{changed}", inputs, fingerprint(inputs), verdict.changed)
+
+
+def _decide_in(out_dir: Path, record: dict[str, Any], inputs: dict[str, Any], cfg: Config) -> Verdict:
+    """The verdict for the run directory ``out_dir`` (of ``record``) without --force: create, resume (extending or
+    shortening its target), up to date, or stale (other inputs, or more steps trained than ``train.steps``)."""
     step = int(record.get("step", 0))
     begun = (record.get("inputs") or {}).get("train", {}).get("steps", cfg.train.steps)
     inputs = {**inputs, "train": {**inputs["train"], "steps": begun}}  # the fingerprint keeps the steps it began with
-    verdict = decide(run_output(out_dir), record, inputs, force, complete=step >= cfg.train.steps,
-                     detail=f"{step} steps, ")
+    verdict = decide(run_output(out_dir), record, inputs, complete=step >= cfg.train.steps, detail=f"{step} steps, ")
     if verdict.action in ("up to date", "resume") and step > cfg.train.steps:
-        if force:
-            return Verdict("rebuild", verdict.target, f"train: --force: rebuilding {out_dir} with "
-                           f"{cfg.train.steps} steps (it has trained {step})", verdict.inputs, verdict.key)
         return Verdict("stale", verdict.target, f"{out_dir} has trained {step} steps, more than train.steps="
                        f"{cfg.train.steps}: a run is extended, never cut back. Forecast one of its numbered checkpoints "
                        f"(make forecast RUN=<new name> CKPT={out_dir}/checkpoints/<step>.pt), set train.steps >= "
