@@ -395,3 +395,31 @@ def test_decoder_channel_is_the_forecasts_own_vqvae(tmp_path: Path, repo: Path) 
     attrs["file_hashes"][str(ckpt)][-1] = "0" * 64  # forecasts decoded by another VQVAE
     channel, note = decoder_channel(cfg, attrs)
     assert channel is None and "no oracle_vq set" in note
+
+
+def test_oracle_vq_frames_are_cached_by_content_and_remade_when_damaged(data, tmp_path: Path) -> None:
+    """The oracle through the VQVAE is the same for every run on the same videos: the second call reads the cache
+    (the channel is not called) and gives the same frames; another seed or VQVAE is another file; a damaged file is
+    remade with a line naming it."""
+    from pipeline.demo.scoring import DecoderChannel, oracle_vq_frames, oracle_vq_key
+    from pipeline.run.records import fingerprint
+
+    state, _ = data
+    calls, lines = [], []
+    channel = DecoderChannel(lambda frames: calls.append(len(frames)) or 255 - frames, "a" * 64)
+    clips = [_clip(state, v) for v in range(3)]
+    state_path = tmp_path / "state.npz"
+    state_path.write_bytes(b"the sidecar's bytes")
+    first = oracle_vq_frames(clips, state_path, channel, 2, 0, tmp_path / "cache", lines.append)
+    assert first.shape == (3, 2, 12, 64, 64, 3) and first.dtype == np.uint8 and len(calls) == 3
+    drawn = RO.render_states(clips[1].oracle(2, 0, KL.STREAM_FORECAST), clips[1].track, 64, clips[1].palette)
+    np.testing.assert_array_equal(first[1], 255 - drawn)
+    np.testing.assert_array_equal(oracle_vq_frames(clips, state_path, channel, 2, 0, tmp_path / "cache", lines.append), first)
+    assert len(calls) == 3 and not lines
+    oracle_vq_frames(clips, state_path, DecoderChannel(channel.reconstruct, "b" * 64), 2, 0, tmp_path / "cache", lines.append)
+    oracle_vq_frames(clips, state_path, channel, 2, 1, tmp_path / "cache", lines.append)
+    assert len(calls) == 9 and len(list((tmp_path / "cache").glob("oracle_vq-*.npy"))) == 3
+    cached = tmp_path / "cache" / f"oracle_vq-{fingerprint(oracle_vq_key(clips, state_path, channel, 2, 0))}.npy"
+    cached.write_bytes(b"garbage")
+    np.testing.assert_array_equal(oracle_vq_frames(clips, state_path, channel, 2, 0, tmp_path / "cache", lines.append), first)
+    assert len(calls) == 12 and len(lines) == 1 and str(cached) in lines[0] and "recomputing" in lines[0]

@@ -23,7 +23,7 @@ class Simulator:
 
     generate: Callable[[Any, Path], dict[str, int]]  # (config, out_root) -> videos per split, written as shards
     sidecar: str  # the state file written beside each split's shards (recorded and checked by the data stage)
-    score: Callable[..., dict[str, Any]]  # (config, forecasts, videos, bootstrap, log) -> metrics.json "known_law"
+    score: Callable[..., dict[str, Any]]  # (config, forecasts, videos, bootstrap, log, cache dir) -> metrics.json "known_law"
 
 
 def simulator(source: str) -> Simulator | None:
@@ -32,7 +32,9 @@ def simulator(source: str) -> Simulator | None:
     return importlib.import_module(module).SIMULATOR if module else None
 
 
-def law_scores(cfg: Any, store: Any, videos: int, bootstrap: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
-    """Eval's "known_law" block: the simulator's scores of the forecasts, or a status saying there is no known law."""
+def law_scores(cfg: Any, store: Any, videos: int, bootstrap: dict[str, Any], log: Callable[[str], None],
+               cache_dir: Path) -> dict[str, Any]:
+    """Eval's "known_law" block: the simulator's scores of the forecasts, or a status saying there is no known law.
+    ``cache_dir`` keeps what the scores of every run of the dataset share (the simulator names its files by content)."""
     sim = simulator(cfg.data.source)
-    return sim.score(cfg, store, videos, bootstrap, log) if sim else dict(NO_LAW)
+    return sim.score(cfg, store, videos, bootstrap, log, cache_dir) if sim else dict(NO_LAW)

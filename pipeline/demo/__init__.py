@@ -17,10 +17,10 @@ def _generate(cfg: Any, out_root: Path) -> dict[str, int]:
     return generate_demo(cfg.demo, cfg.data.image_size, out_root)
 
 
-def _score(cfg: Any, store: Any, videos: int, bootstrap: dict[str, Any], log) -> dict[str, Any]:
+def _score(cfg: Any, store: Any, videos: int, bootstrap: dict[str, Any], log, cache_dir: Path) -> dict[str, Any]:
     from pipeline.demo.scoring import known_law_scores
 
-    return known_law_scores(cfg, store, videos, bootstrap, log)
+    return known_law_scores(cfg, store, videos, bootstrap, log, cache_dir)
 
 
 SIMULATOR = Simulator(generate=_generate, sidecar=STATE_FILE, score=_score)

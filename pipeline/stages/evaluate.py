@@ -160,7 +160,7 @@ def compute_metrics(cfg: Config, root, url: str, dataset_dir: Path, log: Callabl
         spread2, mse = (np.stack([row[k] for row in rows]) for k in ("spread2", "mse"))  # [V, P]
         result[name]["spread_skill"] = spread_skill_block(spread2, mse, members, bootstrap)
     fvd_status, fvd_protocol = _fvd(cfg, store, videos, device, Path(dataset_dir), result, log)
-    result["known_law"] = law_scores(cfg, store, videos, bootstrap, log)
+    result["known_law"] = law_scores(cfg, store, videos, bootstrap, log, dataset_dir / "known_law")
     result["fvd_status"] = fvd_status
     result["protocol"] = _protocol(cfg, store, videos, fvd_protocol)
     return result
