@@ -14,8 +14,9 @@ from pipeline.stages.train_state import interpolant_definition
 from pipeline.run.protocol import Output, Verdict, decide, local_lock, up_to_date_line
 from pipeline.run.records import KnownHashes, cached_sha256, changed_keys
 
-FORMAT_VERSION = 4  # bump when the layout or the meaning of stored values changes (4: CRC32C on every chunk)
+FORMAT_VERSION = 5  # bump when the layout or the meaning of stored values changes (5: the chunk_crc index)
 STORE_NAME = "forecasts.zarr"
+ROW_ARRAYS = ("real", "recon", "samples", "latents", "truth_latents")  # a video row's arrays, in chunk_crc's order
 RESULT_NEUTRAL_SAMPLE_KEYS = ("batch_size",)  # sampler settings that do not change the forecasts
 MEDIA_KEYS = ("media_videos", "media_samples", "fps")  # forecast settings that only change the media
 REMEDY = "Refusing to mix old and new forecasts: rerun with --force (make forecast FORCE=1) to redo them."
