@@ -37,8 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.data.cache import (CRC_INDEX, LatentSplit, checked_compressors, create_crc_index, delete_store, open_store,
-                                 record_crcs, require_finite, row_chunks, write_array)
+from pipeline.data.cache import LatentSplit, checked_compressors, delete_store, open_store, require_finite, write_array
 from pipeline.run.checkpoints import FlowCheckpoint, load_flow_checkpoint
 from pipeline.run.config import Config
 from pipeline.data.clips import clip_frame_indices, to_uint8
@@ -47,7 +46,8 @@ from pipeline.run.dist import DistInfo, barrier, broadcast_object, init_distribu
 from pipeline.stages.forecast_media import write_media
 from pipeline.stages.encode import check_store_data
 from pipeline.stages.forecast_state import (FORMAT_VERSION, ROW_ARRAYS, ForecastError, StaleForecastError,
-                                            decide_forecasts, default_checkpoint, forecast_output, forecast_url)
+                                            create_row_index, decide_forecasts, default_checkpoint, forecast_output,
+                                            forecast_url, record_row)
 from pipeline.core.interpolants import build_interpolant
 from pipeline.run.protocol import Verdict, settle
 from pipeline.run.records import changed_keys, code_version, replace_directory
@@ -259,7 +259,7 @@ def _create(cfg: Config, verdict: Verdict, split: LatentSplit, plan: _Plan, hash
     for name, shape in (("latents", (n, s, t)), ("truth_latents", (n, t))):  # NaN fill: never mistaken for latents
         root.create_array(name, shape=(*shape, *plan.latent_shape), chunks=(1, *shape[1:], *plan.latent_shape),
                           dtype="float32", **{**codec, "fill_value": float("nan")})
-    create_crc_index(root, n, sum(len(row_chunks([root[name]], 0)) for name in ROW_ARRAYS), cfg.encode.compression_level)
+    create_row_index(root, cfg.encode.compression_level)
     root.create_array("done", shape=(n,), chunks=(1,), dtype=bool, fill_value=False)
     interpolant = build_interpolant(cfg.interpolant)
     solver = resolve_solver(cfg.sample, interpolant)
@@ -342,7 +342,7 @@ def _write_row(root, row: int, reader: ShardReader, video: int, plan: _Plan, cli
     arrays = {"real": real, "recon": recon, "samples": samples, "latents": latents.cpu().numpy(), "truth_latents": clip}
     for name in ROW_ARRAYS:
         write_array(root[name], row, arrays[name])
-    record_crcs(root[CRC_INDEX], row, row_chunks([root[name] for name in ROW_ARRAYS], row))
+    record_row(root, row)
     write_array(root["done"], row, True)  # last: a video counts as done only once everything else is written
 
 

@@ -7,7 +7,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.cache import LatentSplit, store_attrs
+from pipeline.data.cache import CRC_INDEX, LatentSplit, create_crc_index, record_crcs, row_chunks, store_attrs
 from pipeline.run.config import Config
 from pipeline.stages.encode import vqvae_identity
 from pipeline.stages.train_state import interpolant_definition
@@ -28,6 +28,16 @@ class ForecastError(RuntimeError):
 
 class StaleForecastError(ForecastError):
     """The existing forecasts were made from different inputs; the message names them."""
+
+
+def create_row_index(root, level: int) -> None:
+    """The store's ``chunk_crc`` index, one slot per chunk of a video row of :data:`ROW_ARRAYS` (created first)."""
+    create_crc_index(root, root["real"].shape[0], len(row_chunks([root[name] for name in ROW_ARRAYS], 0)), level)
+
+
+def record_row(root, row: int) -> None:
+    """Record the CRC32C of every chunk of video row ``row`` as just written (before its done flag)."""
+    record_crcs(root[CRC_INDEX], row, row_chunks([root[name] for name in ROW_ARRAYS], row))
 
 
 def forecast_url(run: str | Path) -> str:
