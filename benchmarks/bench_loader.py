@@ -18,7 +18,7 @@ import typer
 import zarr
 
 from benchmarks.common import record
-from pipeline.data.cache import LatentSplit, create_split
+from pipeline.data.cache import LatentSplit, create_split, record_crcs, video_chunks
 from pipeline.data.triplets import TripletReader
 
 
@@ -33,6 +33,7 @@ def build_store(directory: Path, videos: int, frames: int, chunk_frames: int,
     for k in range(videos):
         start = int(root["train"]["offsets"][k])
         latents[:, start : start + frames] = rng.standard_normal((1, frames, *latent_shape), dtype=np.float32)
+        record_crcs(root["train"]["chunk_crc"], k, video_chunks(latents, start, frames))
     return url
 
 

@@ -11,8 +11,10 @@ import pytest
 import zarr
 from i3d_stub import save_stub_i3d
 
+from pipeline.data.cache import checked_compressors
 from pipeline.run.config import load_config
 from pipeline.stages.evaluate import EvalError, evaluate
+from pipeline.stages.forecast_state import create_row_index, record_row
 from pipeline.eval.fvd import I3DError
 from pipeline.eval.metrics import PSNR_CAP_DB
 from pipeline.run.records import sha256_file
@@ -39,12 +41,15 @@ def write_forecasts(path: Path, seed: int = 0, complete: bool = True, n_done: in
     if n_done is not None:
         done[n_done:] = False
     root = zarr.open_group(str(path), mode="w")
-    root.create_array("real", data=real)
-    root.create_array("recon", data=real.copy())
-    root.create_array("samples", data=samples)
     truth_latents = rng.normal(size=(N, frames, 4, 2, 2)).astype(np.float32)
-    root.create_array("latents", data=truth_latents[:, None] + rng.normal(size=(N, S, frames, 4, 2, 2)).astype(np.float32))
-    root.create_array("truth_latents", data=truth_latents)
+    latents = truth_latents[:, None] + rng.normal(size=(N, S, frames, 4, 2, 2)).astype(np.float32)
+    for name, data in (("real", real), ("recon", real.copy()), ("samples", samples), ("latents", latents),
+                       ("truth_latents", truth_latents)):  # chunked and checked as the forecast stage writes them
+        rows = (1, 1) if name == "samples" else (1,)
+        root.create_array(name, data=data, chunks=(*rows, *data.shape[len(rows):]), compressors=checked_compressors(3))
+    create_row_index(root, 3)
+    for v in range(N):
+        record_row(root, v)
     root.create_array("done", data=done)
     cfg = load_config(REPO / "configs" / "demo.yaml").to_dict()
     root.attrs.update({

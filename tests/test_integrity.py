@@ -83,8 +83,15 @@ def _first_chunk(url: str, split: str, video: int) -> tuple[int, int]:
     return int(s.offsets[video]) // s.chunk_frames, int(s.offsets[video])
 
 
-def _set_latents(url: str, split: str, frame: int, value: float) -> None:
-    zarr.open_group(url, mode="r+")[split]["latents"][0, frame] = value
+def _set_latents(url: str, split: str, frame: int | slice, value: float) -> None:
+    """Write ``value`` into frames of view 0 (all views for every frame) as a writer would: the chunk_crc rows of
+    every video recorded anew, so that only the values are wrong."""
+    from pipeline.data.cache import record_crcs, video_chunks
+
+    group = zarr.open_group(url, mode="r+")[split]
+    group["latents"][(slice(None) if frame == slice(None) else 0), frame] = value
+    for k, (offset, length) in enumerate(zip(group["offsets"][:], group["lengths"][:])):
+        record_crcs(group["chunk_crc"], k, video_chunks(group["latents"], int(offset), int(length)))
 
 
 def _cli(script: str):
@@ -183,7 +190,7 @@ def test_nonfinite_latents_are_refused_by_every_read(store, split: str, value: f
 @pytest.mark.parametrize("in_memory", ["yes", "no"])
 def test_nonfinite_training_latents_stop_training_by_name(store, tmp_path: Path, in_memory: str) -> None:
     _, overrides, url = store
-    zarr.open_group(url, mode="r+")["train"]["latents"][:] = np.inf  # whatever the batch draws
+    _set_latents(url, "train", slice(None), np.inf)  # whatever the batch draws
     cfg = train_cfg(REPO, overrides, "train.steps=2", f"loader.in_memory='{in_memory}'")
     with pytest.raises(NonFiniteError, match=r"split 'train' holds non-finite latents .* in video \d+ \(demo/train/"):
         train(cfg, url, tmp_path / "run", **QUIET)

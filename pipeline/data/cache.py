@@ -6,12 +6,16 @@
       <split>/offsets   [videos] int64   first frame of each video (chunk-aligned: videos never share a chunk)
       <split>/lengths   [videos] int64   frames of each video
       <split>/done      [videos] bool    set after the video's latents are written (one chunk per flag)
+      <split>/chunk_crc [videos, views * chunks of the longest video] uint32  the CRC32C each of the video's chunks
+                        was written with (view-major; one chunk per video, written before its done flag)
       <split> attrs: videos = [{shard, key, source, length}]
 
 Writers of different videos never share a chunk, so distributed encoding needs no locks and a rerun redoes only
 videos whose flag is unset. Integrity (this store and ``forecasts.zarr``): every chunk is stored and CRC32C-checked
-(:func:`checked_compressors`; the checksum covers bytes, not the key), latents must be finite, index arrays
-consistent; errors name store, array, chunk and video. Float fill is NaN, so unread data never passes for zeros.
+(:func:`checked_compressors`), and as the checksum covers bytes, not the key, a ``chunk_crc`` index records each
+chunk's CRC32C by place when it is written: a chunk swapped, moved or altered (checksum updated) is refused. Float
+values read must be finite, index arrays consistent; errors name store, array, chunk and video. Float fill is NaN,
+so unread data never passes for zeros.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, BytesCodec, Crc32cCodec
 from zarr.storage import LocalStore
 
-FORMAT_VERSION = 2  # bump when the layout or the meaning of stored values changes
+FORMAT_VERSION = 3  # bump when the layout or the meaning of stored values changes (3: the chunk_crc index)
 DAMAGED = "the store is damaged: delete it and rerun the stage that writes it"
+CRC_INDEX = "chunk_crc"  # per row (video) of a store: the CRC32C each of its chunks was written with
 
 
 class DataIntegrityError(RuntimeError):
@@ -42,6 +47,15 @@ class StoreReadError(DataIntegrityError):
 
 class NonFiniteError(DataIntegrityError):
     """NaN or Inf where finite values are required; the message names the data (store, video, set)."""
+
+
+class ForeignStoreError(DataIntegrityError):
+    """A store holds data other than the config describes (another dataset, views or storage); the message says
+    which config made it."""
+
+
+class StoreWriteError(OSError):
+    """Writing a store failed (disk full, read-only, ...); the message names the store, array and chunk file."""
 
 
 def require_finite(values: Any, what: str, hint: str = "") -> None:
@@ -90,9 +104,11 @@ def has_node(group: zarr.Group, name: str) -> bool:
     return _exists(group.store, [f"{group.path}/{name}/zarr.json".lstrip("/")])[0]
 
 
-def read_array(array: zarr.Array, selection: Any, url: str, what: str = "", missing_ok: bool = False) -> np.ndarray:
+def read_array(array: zarr.Array, selection: Any, url: str, what: str = "", missing_ok: bool = False,
+               finite: bool = True) -> np.ndarray:
     """``array[selection]`` (ints and unit-step slices) from chunks that exist and decode; ``what`` names it in errors.
-    ``missing_ok``: absent chunks mean the fill value by design (an unwritten ``done`` flag is False)."""
+    ``missing_ok``: absent chunks mean the fill value by design (an unwritten ``done`` flag is False). Float values
+    must be finite (NonFiniteError) unless ``finite`` is False (a read that includes NaN padding by design)."""
     coords = _selected_chunks(array, selection)
     if not missing_ok:
         missing = [c for c, there in zip(coords, _exists(array.store, _chunk_keys(array, coords))) if not there]
@@ -100,14 +116,76 @@ def read_array(array: zarr.Array, selection: Any, url: str, what: str = "", miss
             more = f" (and {len(missing) - 1} more of the {len(coords)} chunks it needs)" if len(missing) > 1 else ""
             raise _chunk_error(array, url, missing[0], f"is missing{more}: never written or deleted", what)
     try:
-        return array[selection]
+        values = array[selection]
     except Exception as exc:
         raise _undecodable(array, url, coords, exc, what) from exc
+    if finite and np.issubdtype(array.dtype, np.floating):
+        require_finite(values, f"{url}: array '{array.path}'" + (f", {what}" if what else ""), DAMAGED)
+    return values
 
 
 def write_array(array: zarr.Array, selection: Any, values: Any) -> None:
-    """``array[selection] = values``, storing every chunk even when it equals the fill value (so none is ever absent)."""
-    array.with_config({"write_empty_chunks": True})[selection] = values
+    """``array[selection] = values``, storing every chunk even when it equals the fill value (so none is ever absent);
+    a failed write (disk full, read-only) is a StoreWriteError naming the store, array and first chunk file."""
+    try:
+        array.with_config({"write_empty_chunks": True})[selection] = values
+    except OSError as exc:
+        key = _chunk_keys(array, _selected_chunks(array, selection)[:1])[0]
+        where = f"{_location(array.store)}/{key}"
+        raise StoreWriteError(f"{_location(array.store)}: writing array '{array.path}' failed at chunk file {where} "
+                              f"({exc.strerror or _reason(exc)})") from exc
+
+
+def record_crcs(index: zarr.Array, row: int, chunks: list[tuple[zarr.Array, tuple[int, ...]]]) -> None:
+    """Record in ``index[row]`` the CRC32C each of ``chunks`` (array, chunk coordinate) was just stored with, in
+    order: what later reads of that place must find (:func:`check_chunk`)."""
+    crcs = []
+    for array, coord in chunks:
+        blob = _stored(array.store, _chunk_keys(array, [coord]))[0]
+        if blob is None or len(blob) < 4:
+            raise StoreWriteError(f"{_location(array.store)}: chunk {_chunk_keys(array, [coord])[0]} was not stored")
+        crcs.append(int.from_bytes(blob[-4:], "little"))
+    values = np.zeros(index.shape[1], dtype=np.uint32)
+    values[: len(crcs)] = crcs
+    write_array(index, row, values)
+
+
+def check_chunk(array: zarr.Array, url: str, coord: tuple[int, ...], blob: bytes | None, recorded: int,
+                what: str = "") -> bytes:
+    """The stored bytes of one chunk without their CRC32C, after checking that they are present, match their CRC32C
+    and that the CRC32C is the one recorded for this place when it was written (else a StoreReadError naming it)."""
+    if blob is None:
+        raise _chunk_error(array, url, coord, "is missing: never written or deleted", what)
+    data, crc = blob[:-4], int.from_bytes(blob[-4:], "little")
+    if len(blob) < 4 or google_crc32c.value(data) != crc:  # zarr's crc32c codec: 4 bytes little-endian, after them
+        raise _chunk_error(array, url, coord, "cannot be decoded (its CRC32C checksum does not match its bytes)", what)
+    if crc != recorded:
+        raise _chunk_error(array, url, coord, f"is not the chunk written there: its CRC32C {crc:08x} differs from the "
+                           f"{recorded:08x} recorded in '{CRC_INDEX}' when it was written (swapped, moved or altered)",
+                           what)
+    return data
+
+
+def row_chunks(arrays: list[zarr.Array], row: int) -> list[tuple[zarr.Array, tuple[int, ...]]]:
+    """Every chunk of row ``row`` (a chunk of its own along axis 0) of each array, in order: a row's index slots."""
+    chunks = []
+    for array in arrays:
+        grid = [-(-size // chunk) for size, chunk in zip(array.shape[1:], array.chunks[1:])]
+        chunks += [(array, (row, *rest)) for rest in itertools.product(*map(range, grid))]
+    return chunks
+
+
+def verify_rows(group: zarr.Group, names: list[str], rows: Any, url: str) -> None:
+    """Check every stored byte of ``rows`` of the arrays ``names`` (each chunked one row along axis 0) against the
+    group's ``chunk_crc`` index, without decoding: a missing, altered or swapped chunk is a StoreReadError."""
+    arrays = [open_node(group, name, url) for name in names]
+    index = open_node(group, CRC_INDEX, url)
+    for row in np.atleast_1d(rows):
+        recorded = read_array(index, int(row), url, f"video row {row}")
+        chunks = row_chunks(arrays, int(row))
+        for (array, coord), want in zip(chunks, recorded):
+            check_chunk(array, url, coord, _stored(array.store, _chunk_keys(array, [coord]))[0], int(want),
+                        f"video row {row}")
 
 
 def delete_store(url: str) -> None:
@@ -136,6 +214,22 @@ def create_split(root: zarr.Group, split: str, videos: list[dict[str, Any]], n_v
     group.create_array("offsets", data=offsets, chunks=(max(len(offsets), 1),), config=stored, **codecs)
     group.create_array("lengths", data=lengths, chunks=(max(len(lengths), 1),), config=stored, **codecs)
     group.create_array("done", shape=(len(videos),), chunks=(1,), dtype=bool, fill_value=False, **codecs)
+    create_crc_index(group, len(videos), n_views * max(int(-(-lengths.max(initial=1) // chunk_frames)), 1),
+                     compression_level)
+
+
+def create_crc_index(group: zarr.Group, rows: int, slots: int, level: int) -> zarr.Array:
+    """The group's ``chunk_crc`` index: per row, the CRC32C of each of its chunks (one index chunk per row, so the
+    writers of different rows never share one)."""
+    return group.create_array(CRC_INDEX, shape=(rows, slots), chunks=(1, slots), dtype="uint32", fill_value=0,
+                              compressors=checked_compressors(level))
+
+
+def video_chunks(latents: zarr.Array, offset: int, length: int) -> list[tuple[zarr.Array, tuple[int, ...]]]:
+    """The chunks of a video at ``offset`` of ``length`` frames in a split's latents, view-major: its index slots."""
+    cf, tail = latents.chunks[1], (0,) * (latents.ndim - 2)
+    first = offset // cf
+    return [(latents, (v, c, *tail)) for v in range(latents.shape[0]) for c in range(first, first + -(-length // cf))]
 
 
 def checked_compressors(level: int) -> list[Any]:
@@ -146,8 +240,8 @@ def checked_compressors(level: int) -> list[Any]:
 class LatentSplit:
     """One split of the store: per-video latents and batched frame reads, every read checked.
 
-    ``read_frames`` decodes each needed chunk once itself (CRC32C, Blosc): zarr's generic indexing is several times
-    slower for the scattered reads of triplet sampling.
+    ``read_frames`` decodes each needed chunk once itself (CRC32C against the bytes and against ``chunk_crc``, Blosc):
+    zarr's generic indexing is several times slower for the scattered reads of triplet sampling.
     """
 
     def __init__(self, url: str, split: str):
@@ -161,6 +255,11 @@ class LatentSplit:
         self.url, self.split = url, split
         group = open_node(root, split, url)
         self.latents = open_node(group, "latents", url)
+        if not has_node(group, CRC_INDEX):
+            raise StoreReadError(f"{url}: split '{split}' has no '{CRC_INDEX}' index of its chunks' checksums: a store "
+                                 f"of an older format; rebuild it (make encode FORCE=1)")
+        # unwritten rows (videos not yet encoded) read as 0, which no chunk of theirs then matches
+        self.crc = read_array(open_node(group, CRC_INDEX, url), slice(None), url, missing_ok=True)
         # absent offsets read as zeros (missing_ok), which _check_index refuses unless they are right
         self.offsets = read_array(open_node(group, "offsets", url), slice(None), url, missing_ok=True)
         self.lengths = read_array(open_node(group, "lengths", url), slice(None), url)
@@ -170,7 +269,9 @@ class LatentSplit:
         self.n_views, self.latent_shape = self.latents.shape[0], tuple(self.latents.shape[2:])
         self.chunk_frames = self.latents.chunks[1]
         self._in_memory: np.ndarray | None = None
-        self._direct = _checked_blosc(self.latents)
+        if not _checked_blosc(self.latents):
+            raise StoreReadError(f"{url}: '{split}/latents' is not stored with the codecs this version writes and "
+                                 f"checks (Blosc, then CRC32C): rebuild it (make encode FORCE=1)")
         _check_index(self)
 
     def __len__(self) -> int:
@@ -227,27 +328,28 @@ class LatentSplit:
         return out
 
     def _fetch_chunks(self, keys: list[tuple[int, int]]) -> list[np.ndarray]:
-        """Decoded chunks ``[chunk_frames, C, h, w]`` for (view, chunk index) keys; missing or corrupt ones raise."""
+        """Decoded chunks ``[chunk_frames, C, h, w]`` for (view, chunk index) keys; missing, corrupt ones and ones
+        other than recorded in ``chunk_crc`` for their place raise."""
         cf, tail = self.chunk_frames, [0] * len(self.latent_shape)
-        if not self._direct:  # a store written with other codecs: zarr's generic path
-            return [read_array(self.latents, (v, slice(c * cf, (c + 1) * cf)), self.url, self._describe(v, c))
-                    for v, c in keys]
+        views, chunks = (np.array([key[i] for key in keys], dtype=np.int64).reshape(-1) for i in (0, 1))
+        video = np.searchsorted(self.offsets, chunks * cf, side="right") - 1
+        slots = views * (self.crc.shape[1] // self.n_views) + chunks - self.offsets[video] // cf
         coords = [(v, c, *tail) for v, c in keys]
         blobs = _stored(self.latents.store, _chunk_keys(self.latents, coords))
-        return [self._decode(blob, coord) for blob, coord in zip(blobs, coords)]
+        out = []
+        for blob, coord, k, slot in zip(blobs, coords, video, slots):
+            recorded = int(self.crc[k, slot]) if k >= 0 and 0 <= slot < self.crc.shape[1] else -1
+            data = check_chunk(self.latents, self.url, coord, blob, recorded, self._describe(*coord[:2]))
+            out.append(self._decode(data, coord))
+        return out
 
-    def _decode(self, blob: bytes | None, coord: tuple[int, ...]) -> np.ndarray:
-        """One stored chunk as ``[chunk_frames, C, h, w]``; absent, failing its checksum or undecodable: an error."""
+    def _decode(self, data: bytes, coord: tuple[int, ...]) -> np.ndarray:
+        """One checked chunk's Blosc bytes as ``[chunk_frames, C, h, w]``; undecodable: an error."""
         try:
-            if blob is None:
-                raise FileNotFoundError
-            data = blob[:-4]  # zarr's crc32c codec: the CRC32C of the Blosc bytes, 4 bytes little-endian, after them
-            if google_crc32c.value(data) != int.from_bytes(blob[-4:], "little"):
-                raise ValueError("the chunk's CRC32C checksum does not match its bytes")
             return np.frombuffer(_BLOSC.decode(data), self.latents.dtype).reshape(self.chunk_frames, *self.latent_shape)
         except Exception as exc:
-            problem = "is missing: never written or deleted" if blob is None else f"cannot be decoded ({_reason(exc)})"
-            raise _chunk_error(self.latents, self.url, coord, problem, self._describe(*coord[:2])) from None
+            raise _chunk_error(self.latents, self.url, coord, f"cannot be decoded ({_reason(exc)})",
+                               self._describe(*coord[:2])) from None
 
     def _video_of(self, frame: int) -> int:
         return int(np.searchsorted(self.offsets, frame, side="right")) - 1
@@ -335,6 +437,11 @@ def _exists(store: Any, keys: list[str]) -> list[bool]:
     return [fs.exists(f"{root}/{key}") for key in keys]
 
 
+def _location(store: Any) -> str:
+    """Where a zarr store lives: a local directory or an fsspec URL."""
+    return str(store.root) if isinstance(store, LocalStore) else store.fs.unstrip_protocol(store.path)
+
+
 def _url_fs(url: str) -> tuple[Any, str]:
     """A synchronous fsspec filesystem and path for a remote ``url`` (zarr's own fsspec store is asynchronous)."""
     import fsspec  # needed for remote stores only
@@ -378,7 +485,7 @@ def _reason(exc: Exception) -> str:  # an error's type and first line, for one-l
 
 
 def _checked_blosc(array: zarr.Array) -> bool:
-    """Whether the array's codecs are exactly those :func:`checked_compressors` writes (the fast path decodes them)."""
+    """Whether the array's codecs are exactly those :func:`checked_compressors` writes (``_decode`` decodes them)."""
     codecs = array.metadata.codecs
     if [type(c) for c in codecs] != [BytesCodec, BloscCodec, Crc32cCodec]:
         return False

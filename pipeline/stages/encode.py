@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.data.cache import (FORMAT_VERSION, LatentSplit, create_split, delete_store, open_store, require_finite,
-                           store_attrs, write_array)
+from pipeline.data.cache import (CRC_INDEX, FORMAT_VERSION, ForeignStoreError, LatentSplit, create_split, delete_store,
+                                 open_store, record_crcs, require_finite, store_attrs, video_chunks, write_array)
 from pipeline.run.config import Config, VQVAEConfig
-from pipeline.data.shards import ShardReader, split_dirs
+from pipeline.data.shards import ShardError, ShardReader, split_dirs
 from pipeline.run.protocol import Output, Verdict, decide, local_lock, settle, up_to_date_line
-from pipeline.run.records import KnownHashes, cached_sha256, code_version, replace_directory
+from pipeline.run.records import KnownHashes, cached_sha256, changed_keys, code_version, replace_directory
 from pipeline.data.views import View, apply_view, make_views
 
 if TYPE_CHECKING:
@@ -68,6 +68,36 @@ def cache_inputs(cfg: Config, readers: dict[str, ShardReader], views: list[View]
         "format": FORMAT_VERSION,
         "vqvae": vqvae_identity(cfg.vqvae, cached_sha256(cfg.vqvae.ckpt, hashes)),
         "shards": shards,
+        **_config_inputs(cfg, views),
+    }
+
+
+def check_store_data(cfg: Config, split: LatentSplit) -> None:
+    """Refuse a store that holds other data than ``cfg`` describes: its recorded inputs must equal what this config
+    gives for the shards (by checksum), pixel transform, views, storage and format, as encode would find them (the
+    VQVAE is checked where it is used: :func:`pipeline.stages.forecast_state.check_vqvae`). Needs the shards."""
+    recorded = split.attrs.get("inputs") or {}
+    hashes = dict(split.attrs.get("file_hashes") or {})  # shards unchanged since encoding are not read again
+    try:
+        readers = _readers(cfg)
+    except ShardError as exc:
+        raise ForeignStoreError(f"{split.url}: cannot check that it holds this config's data: {exc}") from None
+    mine = {"format": FORMAT_VERSION, "shards": {f"{s}/{shard.name}": cached_sha256(shard, hashes)
+                                               for s, r in readers.items() for shard in sorted({v.shard for v in r.videos})}}
+    mine.update(_config_inputs(cfg, make_views(cfg.encode)))
+    changed = changed_keys({k: recorded.get(k) for k in mine}, mine)
+    if changed:
+        data = (split.attrs.get("config") or {}).get("data") or {}
+        raise ForeignStoreError(
+            f"{split.url} holds latents of other data than this config gives (differ: {', '.join(changed[:6])}"
+            f"{' ...' if len(changed) > 6 else ''}); it was encoded by a config with data.name={data.get('name', '?')}, "
+            f"data.root={data.get('root', '?')}: use that config, or encode this one's data into its own store "
+            "(make encode; FORCE=1 replaces this store)")
+
+
+def _config_inputs(cfg: Config, views: list[View]) -> dict[str, Any]:
+    """The parts of the fingerprint that the config alone gives: pixel transform, views and storage."""
+    return {
         "transform": {"image_size": cfg.data.image_size, "pixels": PIXEL_TRANSFORM},
         "views": {"seed": cfg.seed, "list": [v.describe() for v in views]},
         "storage": {"dtype": cfg.encode.dtype, "chunk_frames": cfg.encode.chunk_frames, "clevel": cfg.encode.compression_level},
@@ -183,7 +213,8 @@ def _encode_my_videos(cfg: Config, url: str, readers, views, info: DistInfo, log
                            f"not written, the video stays unflagged (check vqvae.ckpt={cfg.vqvae.ckpt} and encode.dtype)")
             start = int(offsets[k])
             write_array(group["latents"], (slice(None), slice(start, start + len(frames))), latents)
-            group["done"][int(k)] = True  # last: a video counts as done only once its latents are written
+            record_crcs(group[CRC_INDEX], int(k), video_chunks(group["latents"], start, len(frames)))
+            write_array(group["done"], int(k), True)  # last: a video counts as done only once its latents are written
             bar.update(latents.shape[0] * latents.shape[1])
     bar.close()
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.data.cache import has_node, open_node, open_store, read_array
+from pipeline.data.cache import CRC_INDEX, has_node, open_node, open_store, read_array, verify_rows
 from pipeline.run.config import Config
 from pipeline.eval.fvd import PROTOCOL as FVD_PROTOCOL
 from pipeline.eval.fvd import (RECOMMENDED_FVD_VIDEOS, clips_digest, fvd_with_intervals, load_detector,
@@ -34,6 +34,7 @@ from pipeline.eval.scores import energy_score, ensemble_frame_scores
 from pipeline.eval.stats import resample_indices
 from pipeline.data.sources import law_scores
 from pipeline.stages.evaluate_scores import spread_skill_block, summarize_metric
+from pipeline.stages.forecast_state import ROW_ARRAYS
 from pipeline.run.tracking import log_evaluation
 
 EVAL_FORMAT = 3  # bump when a metric's definition changes: old metrics.json files are then recomputed
@@ -42,7 +43,7 @@ RESULT_KEYS = ("videos", "fvd_videos", "fvd_samples", "fvd_resamples", "resample
                "oracle_samples", "oracle_vq")  # the eval settings that change numbers
 SETS = ("model", "vq_ceiling", "copy_last")
 I3D_MIN_FRAMES = 9  # Kinetics-400 I3D: two time steps must reach its final average pool
-FORECAST_ARRAYS = ("real", "recon", "samples", "latents", "truth_latents", "done")
+FORECAST_ARRAYS = ("real", "recon", "samples", "latents", "truth_latents", CRC_INDEX, "done")
 METRIC_DEFINITIONS = {
     "psnr": "per predicted frame (torchmetrics, data_range 2), capped at 106.02 dB (identical frames); mean over "
             "samples, frames and videos; best_of_n: per video the sample with the best mean",
@@ -68,7 +69,8 @@ class EvalError(RuntimeError):
 
 
 def open_forecasts(url: str):
-    """The forecasts store (read-only), checked for the arrays and attributes this stage needs."""
+    """The forecasts store (read-only), checked for the arrays and attributes this stage needs and every stored byte
+    against its ``chunk_crc`` index (so forecasts altered in place are refused, also when the metrics are up to date)."""
     root = open_store(url)
     if root is None:
         raise EvalError(f"no forecasts store at {url}: run the forecast stage first (make forecast)")
@@ -83,6 +85,7 @@ def open_forecasts(url: str):
             f"forecasts store {url} is incomplete ({int(done.sum())}/{done.size} videos done): finish it by rerunning "
             "the forecast stage (make forecast, which resumes) before evaluating"
         )
+    verify_rows(root, list(ROW_ARRAYS), range(done.size), url)
     return root
 
 
@@ -183,7 +186,7 @@ class _Store:
     cond: int
 
     def row(self, name: str, v: int) -> np.ndarray:
-        """One video's rows of array ``name``, checked (present, finite) by the integrity layer."""
+        """One video's rows of array ``name``, checked (present, decodable, finite) by the integrity layer."""
         return read_array(getattr(self, name), v, self.url, f"video row {v}")
 
     def copy_last(self, real: np.ndarray) -> np.ndarray:

@@ -16,6 +16,8 @@ Store (zarr v3, codecs as ``latents.zarr``; chunk 1 along the video axis N, so r
     samples  uint8   [N, S, T, H, W, 3]     decoded forecasts; frames [:cond] = the decoded conditioning latents
     latents  float32 [N, S, T, C, h, w]     the latent rollouts (conditioning latents, then generated ones)
     truth_latents float32 [N, T, C, h, w]   the cached latents of the clip (the latent-space truth for scoring)
+    chunk_crc uint32 [N, S + 4]             the CRC32C of each chunk of the row as written (real, recon, samples,
+                                            latents, truth_latents: :data:`ROW_ARRAYS`), so a swapped one is refused
     done     bool    [N]                    set after the video's five arrays are written
 
 Determinism: rollout (video k, sample j) draws all its randomness from a generator seeded by (sample.seed, k, j),
@@ -42,8 +44,10 @@ from pipeline.data.clips import clip_frame_indices, to_uint8
 from pipeline.data.shards import ShardReader
 from pipeline.run.dist import DistInfo, barrier, broadcast_object, init_distributed
 from pipeline.stages.forecast_media import write_media
-from pipeline.stages.forecast_state import (FORMAT_VERSION, ForecastError, StaleForecastError, decide_forecasts,
-                                            default_checkpoint, forecast_output, forecast_url)
+from pipeline.stages.encode import check_store_data
+from pipeline.stages.forecast_state import (FORMAT_VERSION, ROW_ARRAYS, ForecastError, StaleForecastError,
+                                            create_row_index, decide_forecasts, default_checkpoint, forecast_output,
+                                            forecast_url, record_row)
 from pipeline.core.interpolants import build_interpolant
 from pipeline.run.protocol import Verdict, settle
 from pipeline.run.records import changed_keys, code_version, replace_directory
@@ -58,9 +62,13 @@ def clip_frames(cfg: Config) -> np.ndarray:
     return clip_frame_indices(0, cfg.data.frames_per_sample, cfg.data.skip_frames)
 
 
-def select_videos(lengths: np.ndarray, cfg: Config) -> np.ndarray:
-    """Split indices of the forecast videos: those holding a clip, in split order, the first max_videos (0 = all)."""
+def select_videos(lengths: np.ndarray, cfg: Config, log: Callable[[str], None] = print) -> np.ndarray:
+    """Split indices of the forecast videos: those holding a clip, in split order, the first max_videos (0 = all);
+    logs how many videos are skipped as shorter than a clip."""
     eligible = np.flatnonzero(np.asarray(lengths) >= cfg.data.clip_span)
+    if len(eligible) < len(lengths):
+        log(f"forecast: skipping {len(lengths) - len(eligible)} of {len(lengths)} videos of split "
+            f"'{cfg.forecast.split}' shorter than a clip ({cfg.data.clip_span} raw frames)")
     if cfg.forecast.max_videos:
         eligible = eligible[: cfg.forecast.max_videos]
     if len(eligible) == 0:
@@ -120,7 +128,8 @@ def forecast(cfg: Config, store: str, run: str | Path, ckpt: str | Path | None =
     split = LatentSplit(store, cfg.forecast.split)
     if not split.attrs.get("complete"):
         raise ForecastError(f"{store} is not complete: finish `make encode` first")
-    plan = _Plan(select_videos(split.lengths, cfg), clip_frames(cfg), cfg.sample.n_samples, cfg.data.cond_frames,
+    check_store_data(cfg, split)
+    plan = _Plan(select_videos(split.lengths, cfg, log if info.is_main else lambda _: None), clip_frames(cfg), cfg.sample.n_samples, cfg.data.cond_frames,
                  cfg.data.frames_per_sample - cfg.data.cond_frames, tuple(split.latent_shape))
     # Checks every rank makes alike before anything is written (so no rank waits for a failed one).
     reader = ShardReader(Path(cfg.data.root) / cfg.forecast.split, image_size=cfg.data.image_size, validate=False)
@@ -250,6 +259,7 @@ def _create(cfg: Config, verdict: Verdict, split: LatentSplit, plan: _Plan, hash
     for name, shape in (("latents", (n, s, t)), ("truth_latents", (n, t))):  # NaN fill: never mistaken for latents
         root.create_array(name, shape=(*shape, *plan.latent_shape), chunks=(1, *shape[1:], *plan.latent_shape),
                           dtype="float32", **{**codec, "fill_value": float("nan")})
+    create_row_index(root, cfg.encode.compression_level)
     root.create_array("done", shape=(n,), chunks=(1,), dtype=bool, fill_value=False)
     interpolant = build_interpolant(cfg.interpolant)
     solver = resolve_solver(cfg.sample, interpolant)
@@ -330,9 +340,10 @@ def _write_row(root, row: int, reader: ShardReader, video: int, plan: _Plan, cli
     pixels = to_uint8(vq.decode(generated.to(device))).reshape(s, gen, *recon.shape[1:])
     samples = np.concatenate([np.broadcast_to(recon[None, : plan.cond], (s, plan.cond, *recon.shape[1:])), pixels], axis=1)
     arrays = {"real": real, "recon": recon, "samples": samples, "latents": latents.cpu().numpy(), "truth_latents": clip}
-    for name, values in arrays.items():
-        write_array(root[name], row, values)
-    root["done"][row] = True  # last: a video counts as done only once everything else is written
+    for name in ROW_ARRAYS:
+        write_array(root[name], row, arrays[name])
+    record_row(root, row)
+    write_array(root["done"], row, True)  # last: a video counts as done only once everything else is written
 
 
 def _finish(url: str, log) -> None:

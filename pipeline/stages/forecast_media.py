@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.cache import open_node, open_store, read_array
+from pipeline.data.cache import open_node, open_store, read_array, verify_rows
 from pipeline.run.config import Config
-from pipeline.stages.forecast_state import media_files
+from pipeline.stages.forecast_state import ROW_ARRAYS, media_files
 
 COND_COLOUR, GEN_COLOUR = (40, 200, 40), (220, 40, 40)  # tile borders: conditioning / generated frames
 
@@ -57,6 +57,7 @@ def write_media(cfg: Config, url: str, media_dir: Path, log, only_missing: bool 
         paths = media_files(media_dir, k)
         if only_missing and all(p.exists() for p in paths):
             continue
+        verify_rows(root, list(ROW_ARRAYS), k, url)
         rows = {"real": k, "recon": k, "samples": (k, slice(0, cfg.forecast.media_samples))}
         real, recon, samples = (read_array(open_node(root, n, url), sel, url, f"video row {k}") for n, sel in rows.items())
         frames = media_grid(real, recon, samples, cond)

@@ -7,15 +7,16 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.cache import LatentSplit, store_attrs
+from pipeline.data.cache import CRC_INDEX, LatentSplit, create_crc_index, record_crcs, row_chunks, store_attrs
 from pipeline.run.config import Config
 from pipeline.stages.encode import vqvae_identity
 from pipeline.stages.train_state import interpolant_definition
 from pipeline.run.protocol import Output, Verdict, decide, local_lock, up_to_date_line
 from pipeline.run.records import KnownHashes, cached_sha256, changed_keys
 
-FORMAT_VERSION = 4  # bump when the layout or the meaning of stored values changes (4: CRC32C on every chunk)
+FORMAT_VERSION = 5  # bump when the layout or the meaning of stored values changes (5: the chunk_crc index)
 STORE_NAME = "forecasts.zarr"
+ROW_ARRAYS = ("real", "recon", "samples", "latents", "truth_latents")  # a video row's arrays, in chunk_crc's order
 RESULT_NEUTRAL_SAMPLE_KEYS = ("batch_size",)  # sampler settings that do not change the forecasts
 MEDIA_KEYS = ("media_videos", "media_samples", "fps")  # forecast settings that only change the media
 REMEDY = "Refusing to mix old and new forecasts: rerun with --force (make forecast FORCE=1) to redo them."
@@ -27,6 +28,16 @@ class ForecastError(RuntimeError):
 
 class StaleForecastError(ForecastError):
     """The existing forecasts were made from different inputs; the message names them."""
+
+
+def create_row_index(root, level: int) -> None:
+    """The store's ``chunk_crc`` index, one slot per chunk of a video row of :data:`ROW_ARRAYS` (created first)."""
+    create_crc_index(root, root["real"].shape[0], len(row_chunks([root[name] for name in ROW_ARRAYS], 0)), level)
+
+
+def record_row(root, row: int) -> None:
+    """Record the CRC32C of every chunk of video row ``row`` as just written (before its done flag)."""
+    record_crcs(root[CRC_INDEX], row, row_chunks([root[name] for name in ROW_ARRAYS], row))
 
 
 def forecast_url(run: str | Path) -> str:

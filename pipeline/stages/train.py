@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from pipeline.data.cache import LatentSplit
+from pipeline.stages.encode import check_store_data
 from pipeline.run.checkpoints import FlowCheckpoint, load_flow_checkpoint, save_checkpoint
 from pipeline.run.config import Config
 from pipeline.run.dist import DistInfo, all_ok, barrier, broadcast_object, init_distributed
@@ -72,6 +73,7 @@ def train(cfg: Config, store: str, out_dir: Path, force: bool = False, dry_run: 
     if not split.attrs.get("complete"):
         raise TrainingError(f"{store} is not complete: finish `make encode` first")
     _check_latent_shape(cfg, split, store)
+    check_store_data(cfg, split)  # another dataset's store of the same layout is refused, naming its config
     hashes = dict((read_json(out_dir / "run.json") or {}).get("file_hashes", {}))  # a warm start's source, hashed once
     try:
         inputs = training_inputs(cfg, split.attrs["fingerprint"], split.attrs.get("views"), out_dir, hashes)
