@@ -181,6 +181,21 @@ def test_train_and_forecast_refuse_a_store_of_other_data_naming_its_config(tiny_
         train(train_cfg(REPO, [*overrides, "encode.hflip_view=false"], "train.steps=2"), url, tmp_path / "run", **QUIET)
 
 
+def test_a_cache_only_machine_identifies_the_data_by_the_recorded_name(tiny_store, tmp_path: Path) -> None:
+    """Without the shards at data.root (training on the latent cache alone) the store's recorded data.name and
+    data.source identify its data: the same name passes, another is refused naming it."""
+    from pipeline.data.cache import LatentSplit
+    from pipeline.run.config import load_config
+    from pipeline.stages.encode import check_store_data
+
+    producer, overrides, url = tiny_store
+    split = LatentSplit(url, "train")
+    check_store_data(load_config(REPO / "configs" / "demo.yaml", [*overrides, f"data.root={tmp_path / 'none'}"]), split)
+    with pytest.raises(DataIntegrityError, match=r"differ: data\.name.*data\.name=" + producer.data.name):
+        check_store_data(load_config(REPO / "configs" / "demo.yaml", [*overrides, f"data.root={tmp_path / 'none'}",
+                                                                      "data.name=other"]), split)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Item 11: forecast counts the videos too short for a clip
 # ----------------------------------------------------------------------------------------------------------

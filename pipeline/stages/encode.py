@@ -75,19 +75,23 @@ def cache_inputs(cfg: Config, readers: dict[str, ShardReader], views: list[View]
 def check_store_data(cfg: Config, split: LatentSplit) -> None:
     """Refuse a store that holds other data than ``cfg`` describes: its recorded inputs must equal what this config
     gives for the shards (by checksum), pixel transform, views, storage and format, as encode would find them (the
-    VQVAE is checked where it is used: :func:`pipeline.stages.forecast_state.check_vqvae`). Needs the shards."""
+    VQVAE is checked where it is used: :func:`pipeline.stages.forecast_state.check_vqvae`). Where the shards are not
+    at ``data.root`` (a machine that holds only the latent cache) the data is identified by the ``data.name`` and
+    ``data.source`` the store's config recorded instead of by shard checksums."""
     recorded = split.attrs.get("inputs") or {}
-    hashes = dict(split.attrs.get("file_hashes") or {})  # shards unchanged since encoding are not read again
+    data = (split.attrs.get("config") or {}).get("data") or {}
+    mine = {"format": FORMAT_VERSION, **_config_inputs(cfg, make_views(cfg.encode))}
+    theirs = {k: recorded.get(k) for k in mine}
     try:
         readers = _readers(cfg)
-    except ShardError as exc:
-        raise ForeignStoreError(f"{split.url}: cannot check that it holds this config's data: {exc}") from None
-    mine = {"format": FORMAT_VERSION, "shards": {f"{s}/{shard.name}": cached_sha256(shard, hashes)
-                                               for s, r in readers.items() for shard in sorted({v.shard for v in r.videos})}}
-    mine.update(_config_inputs(cfg, make_views(cfg.encode)))
-    changed = changed_keys({k: recorded.get(k) for k in mine}, mine)
+    except ShardError:
+        mine["data"], theirs["data"] = {"name": cfg.data.name, "source": cfg.data.source}, {k: data.get(k) for k in ("name", "source")}
+    else:
+        hashes = dict(split.attrs.get("file_hashes") or {})  # shards unchanged since encoding are not read again
+        mine["shards"], theirs["shards"] = {f"{s}/{shard.name}": cached_sha256(shard, hashes) for s, r in readers.items()
+                                            for shard in sorted({v.shard for v in r.videos})}, recorded.get("shards")
+    changed = changed_keys(theirs, mine)
     if changed:
-        data = (split.attrs.get("config") or {}).get("data") or {}
         raise ForeignStoreError(
             f"{split.url} holds latents of other data than this config gives (differ: {', '.join(changed[:6])}"
             f"{' ...' if len(changed) > 6 else ''}); it was encoded by a config with data.name={data.get('name', '?')}, "
