@@ -77,8 +77,9 @@ SUPERVISE   = $(THREADS_ENV)$(PY) -m pipeline.run.supervise $$PPID --
 # of arrival (no --node_rank), and ID names the launch (stage and run, the same on every node), so consecutive launches
 # of one command, or other jobs that share the endpoint, never join each other's rendezvous.
 launch      = $(SUPERVISE) $(if $(and $(filter 1,$(1)),$(filter 1,$(NNODES))),$(PY),$(if $(filter 1,$(NNODES)),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(1),$(if $(RDZV),,$(error NNODES=$(NNODES) needs RDZV=host:port, the same c10d endpoint on every node))$(PY) -m torch.distributed.run --nnodes=$(NNODES) --nproc_per_node=$(1) --rdzv_backend=c10d --rdzv_endpoint=$(call q,$(RDZV)) --rdzv_id="$(2)"))
-# make demo trains with one process per GPU, or with 2 single-thread CPU processes (DDP over gloo): on a small
-# network that is ~20 % faster than one process with 2 threads. Evaluated only when the demo runs.
+# make demo runs encode, train and forecast with one process per GPU, or with 2 single-thread CPU processes (DDP over
+# gloo): on the demo's small networks that is faster than one process with 2 threads (train ~20 %, encode ~20 %,
+# forecast ~6 %; docs/performance.md). Evaluated only when the demo runs.
 DEMO_NPROC ?= $(shell $(PY) -c 'import torch; print(torch.cuda.device_count() or 2)' 2>/dev/null || echo 1)
 
 .PHONY: help setup data autoencoder encode train forecast eval sweep demo demo-pretrain demo-verdict config-keys bench test clean-venv
@@ -104,7 +105,7 @@ help: ## Show targets and variables
 	@echo "  "$(call show,DRY_RUN)"        0 | 1: 1 = every stage prints its resolved config and what it would do, and does nothing"
 	@echo "  "$(call show,NPROC)"          processes per node (torchrun); "$(call show,TRAIN_NPROC)" for training; "$(call show,NNODES)", RDZV=host:port for multi-node"
 	@echo "  "$(call show,THREADS)"          torch threads per stage process (OMP_NUM_THREADS; default: usable CPUs / processes per node)"
-	@echo "  DEMO_NPROC=...     training processes of 'make demo' (default: one per GPU, else 2 single-thread CPU processes)"
+	@echo "  DEMO_NPROC=...     processes of 'make demo' stages (default: one per GPU, else 2 single-thread CPU processes)"
 	@echo "  "$(call show,SMOKE)"          0 | 1: 1 = every stage at its smoke setting (seconds), in its own <dataset>-smoke directories"
 	@echo "  "$(call show,ARGS)"             --set overrides for every stage of the chain, e.g. ARGS='--set train.lr=5e-4' (words, grouped by quotes as in a shell, never run; a new run records them)"
 	@echo "  "$(call show,PYTHON)"     the interpreter that creates .venv (torch: the index's build of the pin; another build: README 'Install')"
@@ -159,9 +160,10 @@ sweep: $(STAMP) ## Every run of SWEEP=<file> up to date (train, forecast, eval),
 	  $(DRY_FLAG) --args $(call q,$(ARGS)) $(foreach v,$(SWEEP_VARS),$(call q,$(v)=$($(v))))
 
 demo: $(STAMP) ## Both interpolants on the demo: short runs trained here (ours, linear) and the shipped flows, one report
-	$(MAKE) --no-print-directory eval DATASET=demo RUN='ours linear' INTERP= TRAIN_NPROC=$(DEMO_NPROC)$(call need_count,DEMO_NPROC,1) FORCE=1
+	$(MAKE) --no-print-directory eval DATASET=demo RUN='ours linear' INTERP= NPROC=$(DEMO_NPROC)$(call need_count,DEMO_NPROC,1) \
+	  TRAIN_NPROC=$(DEMO_NPROC) FORCE=1
 	@for interp in ours linear; do \
-	  $(MAKE) --no-print-directory eval DATASET=demo RUN=shipped-$$interp INTERP=$$interp FORCE=1 \
+	  $(MAKE) --no-print-directory eval DATASET=demo RUN=shipped-$$interp INTERP=$$interp NPROC=$(DEMO_NPROC) FORCE=1 \
 	    CKPT=$(call SHIPPED_FLOW,$$interp) || exit 1; \
 	done
 	@echo "demo: report in $(DEMO_DIR)/report.md"
