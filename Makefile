@@ -99,7 +99,7 @@ help: ## Show targets and variables
 	@echo "  "$(call show,RAW)"              raw videos for 'make data' (KTH, CLEVRER or <split>/<video> folders)"
 	@echo "  "$(call show,VQVAE_CKPT)"       VQVAE checkpoint overriding vqvae.ckpt of the config"
 	@echo "  "$(call show,CKPT)"             flow checkpoint for 'make forecast/eval' (ours or published; skips training); name the run: RUN=published"
-	@echo "  "$(call show,I3D)"              FVD's I3D for 'make eval': builtin (the config's default), StyleGAN-V's i3d_torchscript.pt, or none (off)"
+	@echo "  "$(call show,I3D)"              FVD's I3D for 'make eval': builtin (the config's default), StyleGAN-V's i3d_torchscript.pt (runs its code: only with I3D_TRUST_CODE=1), or none (off)"
 	@echo "  "$(call show,FORCE)"          0 | 1: 1 = replace a stage output that was made from different inputs (data, encode, train, forecast)"
 	@echo "  "$(call show,PRETRAIN_INTERPS)"  the interpolants make demo-pretrain trains and exports (default: ours linear)"
 	@echo "  "$(call show,DRY_RUN)"        0 | 1: 1 = every stage prints its resolved config and what it would do, and does nothing"
