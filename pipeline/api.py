@@ -25,8 +25,7 @@ from pipeline.eval.metrics import frame_scores
 from pipeline.eval.scores import ensemble_frame_scores
 from pipeline.run.cli import merge_overrides
 from pipeline.run.config import Config, SamplingConfig, apply_override, load_config, recorded_config
-from pipeline.run.layout import RUN_RECORD, recorded_overrides
-from pipeline.run.records import read_json
+from pipeline.run.layout import RUN_RECORD, recorded_overrides, run_record
 from pipeline.stages.evaluate_scores import spread_skill_block, summarize_metric
 from pipeline.stages.forecast import clip_frames, load_flow, row_generators, work_groups
 from pipeline.stages.forecast_state import default_checkpoint, forecast_url
@@ -158,7 +157,7 @@ def run_config(run: Path | None, config: str | Path | None, overrides: list[str]
     else:
         source, record = forecast_url(run), made.get("config")
         if not record:
-            source, record = str(run / RUN_RECORD), (read_json(run / RUN_RECORD) or {}).get("config")
+            source, record = str(run / RUN_RECORD), run_record(run).get("config")
         if not record:
             raise FileNotFoundError(f"{run}: neither forecasts.zarr nor {RUN_RECORD} records a config: not a run "
                                     "directory (or load_run(config=..., ckpt=...))")

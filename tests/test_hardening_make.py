@@ -5,6 +5,7 @@ naming its source, when it is wrong."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -141,14 +142,21 @@ def test_a_runs_recorded_config_is_validated_naming_the_record(tmp_path: Path, w
         load_run(run)
 
 
-def test_a_runs_recorded_overrides_must_be_words(tmp_path: Path) -> None:
+@pytest.mark.parametrize("record", [json.dumps({"args": {"set": [{"train.lr": 1}]}}), json.dumps([1, 2]), "{garbage"])
+def test_a_runs_record_must_be_an_object_with_words_as_overrides(tmp_path: Path, record: str) -> None:
+    """A run.json with non-word overrides, a JSON list or garbage: one line naming it, from a stage and from the API."""
+    from pipeline.api import load_run
+    from pipeline.run.layout import RunNameError
+
     out = tmp_path / "out"
     run = out / "demo" / "runs" / "r"
     run.mkdir(parents=True)
-    (run / "run.json").write_text(json.dumps({"args": {"set": [{"train.lr": 1}]}}))
+    (run / "run.json").write_text(record)
     result = subprocess.run([sys.executable, str(REPO / "train_latent.py"), "-c", "demo", "--out", str(out),
                              "--run-name", "r", "--dry-run"], capture_output=True, text=True, timeout=120)
     _one_line_error(result, str(run / "run.json"))
+    with pytest.raises(RunNameError, match=re.escape(str(run / "run.json"))):
+        load_run(run)
 
 
 # --- the Makefile: ARGS, OUT and the other variables ---------------------------------------------------------------

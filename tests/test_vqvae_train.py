@@ -168,3 +168,15 @@ def test_quantiser_loss_is_the_standard_form_beta_on_the_commitment(tmp_path, be
     expected = torch.zeros_like(codes).index_add_(0, idx.flatten(), flat)
     assert torch.allclose(codes.grad, expected, atol=1e-7)
     assert torch.equal(z_q, z + (e - z).detach())  # straight-through output: the decoder's gradient reaches z as is
+
+
+def test_an_unreadable_export_record_is_said_and_means_train_again(tmp_path: Path) -> None:
+    """The export's JSON record is derived: garbage in it is named in one line and counts as no match."""
+    from pipeline.demo.vqvae_train import _export_matches
+
+    target = tmp_path / "vqvae.pt"
+    target.write_bytes(b"weights")
+    target.with_suffix(".json").write_text("{not json")
+    lines: list[str] = []
+    assert not _export_matches(target, {"seed": 0}, lines.append)
+    assert len(lines) == 1 and str(target.with_suffix(".json")) in lines[0] and "retraining" in lines[0]

@@ -33,7 +33,7 @@ from pipeline.demo.vqvae_recipe import (TrainError, autocast, frame_psnr, init_c
 from pipeline.run.cli import ConfigOption, DataRootOption, SetOption, SmokeOption, fail, load_cli_config
 from pipeline.run.config import Config
 from pipeline.run.protocol import Output, Verdict, decide
-from pipeline.run.records import atomic_path, code_version, fingerprint, read_json, sha256_file, write_json_atomic
+from pipeline.run.records import atomic_path, code_version, fingerprint, read_derived, sha256_file, write_json_atomic
 from pipeline.run.safe_load import safe_torch_load
 from pipeline.vqvae import FrozenVQVAE, build_vqvae
 
@@ -53,7 +53,8 @@ def _training_signature(cfg: Config) -> dict[str, Any]:
     return json.loads(json.dumps(signature))
 
 
-def _decide(cfg: Config, state: dict[str, Any] | None, latest: Path, target: Path, fresh: bool) -> Verdict:
+def _decide(cfg: Config, state: dict[str, Any] | None, latest: Path, target: Path, fresh: bool,
+            log: Callable[[str], None]) -> Verdict:
     """The protocol's verdict with the signature as inputs; without a checkpoint ``state``, an export whose record
     names this signature is the finished output."""
     signature = _training_signature(cfg)
@@ -61,7 +62,7 @@ def _decide(cfg: Config, state: dict[str, Any] | None, latest: Path, target: Pat
         record = {"fingerprint": fingerprint(state.get("signature")), "inputs": state.get("signature") or {}}
         complete, path = int(state["step"]) >= cfg.autoencoder.steps and target.exists(), latest
     else:
-        matches = _export_matches(target, signature)
+        matches = _export_matches(target, signature, log)
         record = {"fingerprint": fingerprint(signature), "inputs": signature} if matches else {}
         complete, path = True, target
     out = Output("autoencoder", str(path), "written", REMEDY, force_redoes=True)
@@ -73,10 +74,12 @@ def export_path(cfg: Config) -> Path:
     return Path(cfg.autoencoder.export or Path(cfg.autoencoder.out_dir) / "vqvae.pt")
 
 
-def _export_matches(target: Path, signature: dict[str, Any]) -> bool:
-    """True when ``target`` exists and its JSON record names this training signature and the file's sha256."""
-    record = read_json(target.with_suffix(".json")) if target.exists() else None
-    if not isinstance(record, dict) or record.get("signature") != signature:
+def _export_matches(target: Path, signature: dict[str, Any], log: Callable[[str], None]) -> bool:
+    """True when ``target`` exists and its JSON record names this training signature and the file's sha256 (a record
+    that does not read is said and counts as no match: the VQVAE is trained again)."""
+    record = read_derived(target.with_suffix(".json"), lambda line: log(f"autoencoder: {line}"), what="retraining") \
+        if target.exists() else None
+    if record is None or record.get("signature") != signature:
         return False
     return record.get("summary", {}).get("sha256") == sha256_file(target)
 
@@ -141,7 +144,7 @@ def _train(cfg: Config, fresh: bool, until_step: int | None, log: Callable[[str]
     step, elapsed, restarted = 0, 0.0, 0
 
     state = safe_torch_load(latest) if latest.exists() and not fresh else None
-    verdict = _decide(cfg, state, latest, target, fresh)
+    verdict = _decide(cfg, state, latest, target, fresh, log)
     if verdict.action == "stale":
         raise TrainError(verdict.message)
     if verdict.action == "up to date":

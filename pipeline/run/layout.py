@@ -75,19 +75,28 @@ def run_name(run_dir: str | Path) -> str:
     return Path(run_dir).name.removesuffix(REBUILD)
 
 
-def recorded_overrides(run_dir: Path) -> list[str]:
-    """The ``--set`` overrides the run in directory ``run_dir`` was trained with ([] for a new run)."""
+def run_record(run_dir: Path) -> dict[str, Any]:
+    """The run's ``run.json`` (its config, ``--set`` overrides, steps trained), {} for a new run; one that is not a
+    readable JSON object is a RunNameError naming it (an input of the later stages, so it is never rebuilt)."""
     path = Path(run_dir) / RUN_RECORD
     if not path.is_file():
-        return []
+        return {}
     try:
-        record: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
         raise RunNameError(f"{path}: unreadable run record ({exc}); repair or delete it") from None
-    args = (record.get("args") if isinstance(record, dict) else None) or {}
+    if not isinstance(record, dict):
+        raise RunNameError(f"{path}: the run record is a JSON {type(record).__name__}, not an object; repair or delete it")
+    return record
+
+
+def recorded_overrides(run_dir: Path) -> list[str]:
+    """The ``--set`` overrides the run in directory ``run_dir`` was trained with ([] for a new run)."""
+    args = run_record(run_dir).get("args") or {}
     sets = (args.get("set") if isinstance(args, dict) else None) or []
     if not isinstance(sets, list) or not all(isinstance(item, str) for item in sets):
-        raise RunNameError(f"{path}: 'args.set' is not a list of section.key=value overrides; repair or delete it")
+        raise RunNameError(f"{Path(run_dir) / RUN_RECORD}: 'args.set' is not a list of section.key=value overrides; "
+                           "repair or delete it")
     return sets
 
 

@@ -260,7 +260,7 @@ def _create(cfg: Config, verdict: Verdict, split: LatentSplit, plan: _Plan, hash
         root.create_array(name, shape=(*shape, *plan.latent_shape), chunks=(1, *shape[1:], *plan.latent_shape),
                           dtype="float32", **{**codec, "fill_value": float("nan")})
     create_row_index(root, cfg.encode.compression_level)
-    root.create_array("done", shape=(n,), chunks=(1,), dtype=bool, fill_value=False)
+    root.create_array("done", shape=(n,), chunks=(1,), dtype=bool, **{**codec, "fill_value": False})
     interpolant = build_interpolant(cfg.interpolant)
     solver = resolve_solver(cfg.sample, interpolant)
     start = resolve_start(cfg.sample, sampling_diffusion(cfg.sample, interpolant, solver))
