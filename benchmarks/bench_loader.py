@@ -18,7 +18,8 @@ import typer
 import zarr
 
 from benchmarks.common import record
-from pipeline.data.cache import LatentSplit, create_split, record_crcs, video_chunks
+from pipeline.data.cache import LatentSplit, create_split, video_chunks
+from pipeline.data.checked_store import record_crcs
 from pipeline.data.triplets import TripletReader
 
 

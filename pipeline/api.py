@@ -18,7 +18,7 @@ import torch
 
 from pipeline.core.interpolants import StochasticInterpolant, build_interpolant
 from pipeline.core.sampling import rollout
-from pipeline.data.cache import store_attrs
+from pipeline.data.checked_store import store_attrs
 from pipeline.data.clips import to_model_range, to_uint8
 from pipeline.data.shards import ShardReader
 from pipeline.eval.metrics import frame_scores

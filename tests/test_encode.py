@@ -14,7 +14,8 @@ import pytest
 import zarr
 
 from conftest import imported_modules, make_tiny_vqvae
-from pipeline.data.cache import LatentSplit, open_store
+from pipeline.data.cache import LatentSplit
+from pipeline.data.checked_store import open_store
 from pipeline.data.clips import to_model_range
 from pipeline.data.shards import ShardReader
 from pipeline.stages.encode import encode_latents

@@ -11,7 +11,7 @@ import pytest
 import zarr
 from i3d_stub import save_stub_i3d
 
-from pipeline.data.cache import checked_compressors
+from pipeline.data.checked_store import checked_compressors
 from pipeline.run.config import load_config
 from pipeline.stages.evaluate import EvalError, evaluate
 from pipeline.stages.forecast_state import create_row_index, record_row

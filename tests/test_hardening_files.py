@@ -18,7 +18,7 @@ import torch
 from i3d_stub import StubI3D
 from test_evaluate import _cfg, write_forecasts
 
-from pipeline.data.cache import DataIntegrityError
+from pipeline.data.checked_store import DataIntegrityError
 from pipeline.demo.state import STATE_FILE, load_state
 from pipeline.eval.fvd import I3DError, Detector, load_detector, set_features
 from pipeline.run.config import load_config

@@ -20,7 +20,8 @@ from test_forecast import _our_checkpoint
 from test_integrity import QUIET, _chunk, _cli, _first_chunk, _one_error_line, forecast_run, run_copy, store  # noqa: F401
 from test_train import _cfg as train_cfg
 
-from pipeline.data.cache import DataIntegrityError, LatentSplit, NonFiniteError, StoreReadError, has_node, open_store
+from pipeline.data.cache import LatentSplit
+from pipeline.data.checked_store import DataIntegrityError, NonFiniteError, StoreReadError, has_node, open_store
 from pipeline.stages.evaluate import evaluate
 from pipeline.stages.forecast import forecast, select_videos
 from pipeline.stages.train import train
@@ -146,7 +147,7 @@ def test_nan_forecast_latents_stop_eval_by_name(run_copy) -> None:
     latents[0, -1, 0, 0, 0] = np.nan
     root["latents"][1] = latents
     if has_node(root, "chunk_crc"):  # the index of this stores: the NaN stands recorded, so only finiteness stops it
-        from pipeline.data.cache import record_crcs, row_chunks
+        from pipeline.data.checked_store import record_crcs, row_chunks
         from pipeline.stages.forecast_state import ROW_ARRAYS
 
         record_crcs(root["chunk_crc"], 1, row_chunks([root[name] for name in ROW_ARRAYS], 1))

@@ -25,8 +25,8 @@ from test_forecast import _cfg as forecast_cfg
 from test_forecast import _our_checkpoint
 from test_train import _cfg as train_cfg
 
-from pipeline.data.cache import (LatentSplit, NonFiniteError, StoreReadError, create_split, open_store, read_array,
-                            write_array)
+from pipeline.data.cache import LatentSplit, create_split
+from pipeline.data.checked_store import NonFiniteError, StoreReadError, open_store, read_array, write_array
 from pipeline.stages.evaluate import evaluate
 from pipeline.stages.forecast import forecast
 from pipeline.eval.fvd import I3DError, frechet_distance, fvd_from_features
@@ -86,7 +86,8 @@ def _first_chunk(url: str, split: str, video: int) -> tuple[int, int]:
 def _set_latents(url: str, split: str, frame: int | slice, value: float) -> None:
     """Write ``value`` into frames of view 0 (all views for every frame) as a writer would: the chunk_crc rows of
     every video recorded anew, so that only the values are wrong."""
-    from pipeline.data.cache import record_crcs, video_chunks
+    from pipeline.data.cache import video_chunks
+    from pipeline.data.checked_store import record_crcs
 
     group = zarr.open_group(url, mode="r+")[split]
     group["latents"][(slice(None) if frame == slice(None) else 0), frame] = value
@@ -310,7 +311,7 @@ def test_corrupt_latent_chunk_names_chunk_and_video(store, damage: str) -> None:
 def test_incompressible_chunk_cut_short_is_caught_on_both_read_paths(store, tmp_path: Path) -> None:
     """Blosc keeps a chunk it cannot compress as a plain copy, and decodes a copy that lost its tail without an error
     (the missing bytes come from past the buffer): on both read paths the cut chunk fails its CRC32C checksum."""
-    from pipeline.data.cache import checked_compressors, read_array
+    from pipeline.data.checked_store import checked_compressors, read_array
 
     _, _, url = store
     chunk, first = _first_chunk(url, "test", 1)

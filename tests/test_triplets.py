@@ -150,7 +150,7 @@ def test_a_flipped_byte_mid_chunk_fails_the_checksum_on_every_read_path(store: s
 
     import zarr
 
-    from pipeline.data.cache import StoreReadError, read_array
+    from pipeline.data.checked_store import StoreReadError, read_array
 
     url = str(tmp_path / "latents.zarr")
     shutil.copytree(store, url)

@@ -124,7 +124,7 @@ def load_state(path: str | Path) -> DemoState:
             arrays = {name: data[name] for name in ("positions", "velocities", "sizes", "discs", "colours", "present")}
             return DemoState(**arrays, process=json.loads(str(data["process"])), sources=json.loads(str(data["sources"])))
     except Exception as exc:  # an input of eval: never rebuilt here, named (garbage raises zip, numpy, JSON errors)
-        from pipeline.data.cache import DataIntegrityError  # zarr's import: not for the data stage's writers
+        from pipeline.data.checked_store import DataIntegrityError  # zarr's import: not for the data stage's writers
 
         raise DataIntegrityError(f"cannot read the demo state sidecar {path} ({type(exc).__name__}: "
                                  f"{(str(exc).splitlines() or [''])[0][:200]}): rebuild it with the data stage "

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from pipeline.data.cache import require_finite
+from pipeline.data.checked_store import require_finite
 from pipeline.run.records import atomic_path, fingerprint, read_derived, sha256_file
 
 I3D_FEATURES = 400

@@ -139,7 +139,7 @@ def run_stage(stage: str, work: Callable[[], Any], errors: tuple[type[BaseExcept
 
 def expected_errors(*specific: type[BaseException]) -> tuple[type[BaseException], ...]:
     """The errors every stage reports as one clean line (files, locks, stored data, checkpoints), plus its own."""
-    from pipeline.data.cache import DataIntegrityError
+    from pipeline.data.checked_store import DataIntegrityError
     from pipeline.run.locks import LockedError
     from pipeline.run.safe_load import CheckpointReadError
 

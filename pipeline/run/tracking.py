@@ -175,7 +175,7 @@ def _attached(cfg: Config, run_dir: Path, url: str, stage: str,
     if tracking_mode(cfg) == "disabled":
         yield None
         return
-    from pipeline.data.cache import store_attrs
+    from pipeline.data.checked_store import store_attrs
 
     attrs, run_dir = store_attrs(url), Path(run_dir)
     target = _target(cfg, run_dir, attrs.get("ckpt"), (attrs.get("inputs") or {}).get("checkpoint", {}).get("sha256"))

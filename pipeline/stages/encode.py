@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.data.cache import (CRC_INDEX, FORMAT_VERSION, ForeignStoreError, LatentSplit, create_split, delete_store,
-                                 open_store, record_crcs, require_finite, store_attrs, video_chunks, write_array)
+from pipeline.data.cache import FORMAT_VERSION, LatentSplit, create_split, video_chunks
+from pipeline.data.checked_store import (CRC_INDEX, ForeignStoreError, delete_store, open_store, record_crcs,
+                                         require_finite, store_attrs, write_array)
 from pipeline.run.config import Config, VQVAEConfig
 from pipeline.data.shards import ShardError, ShardReader, split_dirs
 from pipeline.run.protocol import Output, Verdict, decide, local_lock, settle, up_to_date_line

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.data.cache import CRC_INDEX, has_node, open_node, open_store, read_array, verify_rows
+from pipeline.data.checked_store import CRC_INDEX, has_node, open_node, open_store, read_array, verify_rows
 from pipeline.run.config import Config
 from pipeline.eval.fvd import PROTOCOL as FVD_PROTOCOL
 from pipeline.eval.fvd import (RECOMMENDED_FVD_VIDEOS, clips_digest, fvd_with_intervals, load_detector,

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.data.cache import LatentSplit, checked_compressors, delete_store, open_store, require_finite, write_array
+from pipeline.data.cache import LatentSplit
+from pipeline.data.checked_store import checked_compressors, delete_store, open_store, require_finite, write_array
 from pipeline.run.checkpoints import FlowCheckpoint, load_flow_checkpoint
 from pipeline.run.config import Config
 from pipeline.data.clips import clip_frame_indices, to_uint8

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.cache import open_node, open_store, read_array, verify_rows
+from pipeline.data.checked_store import open_node, open_store, read_array, verify_rows
 from pipeline.run.config import Config
 from pipeline.stages.forecast_state import ROW_ARRAYS, media_files
 

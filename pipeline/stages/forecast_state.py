@@ -7,7 +7,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.cache import CRC_INDEX, LatentSplit, create_crc_index, record_crcs, row_chunks, store_attrs
+from pipeline.data.cache import LatentSplit
+from pipeline.data.checked_store import CRC_INDEX, create_crc_index, record_crcs, row_chunks, store_attrs
 from pipeline.run.config import Config
 from pipeline.stages.encode import vqvae_identity
 from pipeline.stages.train_state import interpolant_definition

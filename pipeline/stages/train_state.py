@@ -7,7 +7,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.cache import LatentSplit, store_attrs
+from pipeline.data.cache import LatentSplit
+from pipeline.data.checked_store import store_attrs
 from pipeline.run.config import IDENTIFIER, INTERPOLANT_PRESETS, Config, InterpolantConfig
 from pipeline.run.locks import lock_file
 from pipeline.run.protocol import REBUILD, Output, Verdict, decide, up_to_date_line
