@@ -42,6 +42,8 @@ def test_runs_then_the_grid_expand_to_named_runs_with_their_overrides(tmp_path: 
     assert shipped == ("demo-smoke", {"lr5e-4": ["train.lr=0.0005"], "lr1e-3": ["train.lr=0.001"],
                                       "lr2e-3": ["train.lr=0.002"]})
     assert set_options("--set 'a.b=1 2' -s c.d=3 --smoke") == ["a.b=1 2", "c.d=3"]
+    for path in sorted((REPO / "configs" / "sweeps").glob("*.yaml")):  # every shipped sweep loads, each run validated
+        assert load_sweep(path, DEMO, [], smoke=True)[1], path
 
 
 @pytest.mark.parametrize("text, message", [
