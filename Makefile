@@ -79,7 +79,7 @@ SUPERVISE   = $(THREADS_ENV)$(PY) -m pipeline.run.supervise $$PPID --
 launch      = $(SUPERVISE) $(if $(and $(filter 1,$(1)),$(filter 1,$(NNODES))),$(PY),$(if $(filter 1,$(NNODES)),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(1),$(if $(RDZV),,$(error NNODES=$(NNODES) needs RDZV=host:port, the same c10d endpoint on every node))$(PY) -m torch.distributed.run --nnodes=$(NNODES) --nproc_per_node=$(1) --rdzv_backend=c10d --rdzv_endpoint=$(call q,$(RDZV)) --rdzv_id="$(2)"))
 # make demo runs encode, train and forecast with one process per GPU, or with 2 single-thread CPU processes (DDP over
 # gloo): on the demo's small networks that is faster than one process with 2 threads (train ~20 %, encode ~20 %,
-# forecast ~6 %; docs/performance.md). Evaluated only when the demo runs.
+# forecast ~6 %; docs/demo.md). Evaluated only when the demo runs.
 DEMO_NPROC ?= $(shell $(PY) -c 'import torch; print(torch.cuda.device_count() or 2)' 2>/dev/null || echo 1)
 
 .PHONY: help setup data autoencoder encode train forecast eval sweep demo demo-pretrain demo-verdict config-keys bench test clean-venv
