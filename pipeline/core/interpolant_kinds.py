@@ -76,8 +76,8 @@ def build(kind: str, t_min: float = 1e-4, t_max: float = 1 - 1e-4) -> Interpolan
 
 def check_config(cfg: "InterpolantConfig") -> None:
     """The config's rules for a kind defined in code: base, beta and eps unset, and the kind loads and checks; a
-    :class:`pipeline.run.config_sections.FieldError` names the key."""
-    from pipeline.run.config_sections import FieldError
+    :class:`pipeline.run.config_fields.FieldError` names the key."""
+    from pipeline.run.config_fields import FieldError
 
     for key in ("base", "beta", "eps"):
         if getattr(cfg, key) is not None:

@@ -17,10 +17,10 @@ import yaml
 from pydantic import ValidationError
 from pydantic.dataclasses import dataclass
 
-from pipeline.run.config_sections import (IDENTIFIER, INTERPOLANT_PRESETS, RECORDED, STRICT, AutoencoderConfig, ConvertConfig,
-                                          DataConfig, DemoConfig, EncodeConfig, EvalConfig, FieldError, ForecastConfig,
-                                          InterpolantConfig, LoaderConfig, ModelConfig, SamplingConfig, Section, TrainConfig,
-                                          VQVAEConfig, describe_bounds, key, require)
+from pipeline.run.config_fields import RECORDED, STRICT, FieldError, Section, describe_bounds, key, require
+from pipeline.run.config_sections import (IDENTIFIER, INTERPOLANT_PRESETS, AutoencoderConfig, ConvertConfig, DataConfig,
+                                          DemoConfig, EncodeConfig, EvalConfig, ForecastConfig, InterpolantConfig,
+                                          LoaderConfig, ModelConfig, SamplingConfig, TrainConfig, VQVAEConfig)
 
 __all__ = ["IDENTIFIER", "INTERPOLANT_PRESETS", "AutoencoderConfig", "Config", "ConfigError", "ConvertConfig", "DataConfig",
            "DemoConfig", "EncodeConfig", "EvalConfig", "ForecastConfig", "InterpolantConfig", "LoaderConfig", "ModelConfig",
