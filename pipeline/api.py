@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from pipeline.core.interpolants import StochasticInterpolant, build_interpolant
+from pipeline.core.latent_norm import LatentNorm
 from pipeline.core.sampling import rollout
 from pipeline.data.checked_store import store_attrs
 from pipeline.data.clips import to_model_range, to_uint8
@@ -44,6 +45,7 @@ class Run:
     vqvae: FrozenVQVAE
     ckpt: Path
     device: torch.device
+    norm: LatentNorm = LatentNorm()  # the latent standardisation the network was trained with (its checkpoint's)
 
     @property
     def cond_frames(self) -> int:
@@ -86,7 +88,7 @@ class Run:
             rows = cond[group].repeat_interleave(s, dim=0)
             gens = row_generators(sample.seed, ids[group], s, self.device)
             parts = [rollout(self.model, self.interpolant, rows[i : i + batch], frames, sample,
-                             gens[i : i + batch]).latents for i in range(0, rows.shape[0], batch)]
+                             gens[i : i + batch], self.norm).latents for i in range(0, rows.shape[0], batch)]
             out.append(torch.cat(parts).view(len(group), s, *parts[0].shape[1:]))
         return torch.cat(out)
 
@@ -137,9 +139,9 @@ def load_run(run: str | Path | None = None, *, config: str | Path | None = None,
     if ckpt is None:
         raise ValueError("load_run: name a run directory or a checkpoint (ckpt=...)")
     dev = torch.device(device)
-    model, _ = load_flow(cfg, ckpt, dev, log)  # EMA weights unless forecast.use_ema=false; checked against cfg
+    model, info = load_flow(cfg, ckpt, dev, log)  # EMA weights unless forecast.use_ema=false; checked against cfg
     vqvae = build_vqvae(cfg.vqvae, cfg.data.image_size).to(dev)
-    return Run(cfg, model, build_interpolant(cfg.interpolant), vqvae, Path(ckpt), dev)
+    return Run(cfg, model, build_interpolant(cfg.interpolant), vqvae, Path(ckpt), dev, info["latent_norm"])
 
 
 def run_config(run: Path | None, config: str | Path | None, overrides: list[str]) -> tuple[Config, str | None]:

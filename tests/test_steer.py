@@ -116,8 +116,8 @@ def _first_step(cfg, store: str, run: Path) -> dict[str, dict[str, torch.Tensor]
     seen: dict[str, dict[str, torch.Tensor]] = {}
     warm_start = train_module._warm_start
 
-    def capture_ema(path, source, model, ema):
-        warm_start(path, source, model, ema)
+    def capture_ema(path, source, model, ema, *rest):
+        warm_start(path, source, model, ema, *rest)
         seen["ema"] = {k: v.clone() for k, v in ema.state_dict().items()}
 
     def capture_model(net, model, *rest):

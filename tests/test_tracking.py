@@ -22,7 +22,8 @@ from pipeline.core.interpolants import build_interpolant
 from pipeline.core.model import build_model
 from pipeline.eval.compare import COLUMNS, paired_rows
 from pipeline.run.tracking import VERDICTS, evaluation_numbers, log_evaluation
-from pipeline.stages.train import _Validation, train, training_inputs
+from pipeline.stages.train import train, training_inputs
+from pipeline.stages.train_monitor import ValidationLoss
 
 SMALL = ["model.inner_dim=32", "model.heads=2", "model.depth=1", "model.mid_depth=1", "train.steps=6",
          "train.batch_size=4", "train.log_every=2", "train.latest_every=6", "train.save_every=6",
@@ -240,8 +241,8 @@ def test_validation_set_is_fixed_by_the_seed(tiny_store, repo: Path) -> None:
     _, overrides, store = tiny_store
     cfg = _cfg(repo, overrides, "model.dropout=0.2")
     interpolant, cpu = build_interpolant(cfg.interpolant), torch.device("cpu")
-    first, again = (_Validation(cfg, store, interpolant, cpu) for _ in range(2))
-    other = _Validation(_cfg(repo, overrides, "model.dropout=0.2", "seed=1"), store, interpolant, cpu)
+    first, again = (ValidationLoss(cfg, store, interpolant, cpu) for _ in range(2))
+    other = ValidationLoss(_cfg(repo, overrides, "model.dropout=0.2", "seed=1"), store, interpolant, cpu)
     assert all(torch.equal(a, b) for a, b in zip([*first.inputs, first.target], [*again.inputs, again.target]))
     assert not torch.equal(first.target, other.target)
     torch.manual_seed(0)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from pipeline.core import rng
 from pipeline.core import solvers as S
 from pipeline.core.interpolants import Interpolant, OneMinusTPower, TimeFn, scaled
+from pipeline.core.latent_norm import LatentNorm
 
 if TYPE_CHECKING:
     from pipeline.run.config import SamplingConfig
@@ -226,13 +227,15 @@ def _check_generator(generator: torch.Generator | rng.RowGenerators, device: tor
 
 def rollout(
     model: nn.Module | Callable[..., Tensor], interpolant: Interpolant, cond_latents: Tensor,
-    n_generate: int, cfg: "SamplingConfig", generator: rng.Generator = None,
+    n_generate: int, cfg: "SamplingConfig", generator: rng.Generator = None, norm: LatentNorm = LatentNorm(),
 ) -> RolloutResult:
     """Generate ``n_generate`` frames after ``cond_latents`` [B, n0, C, h, w], one future per row.
 
     ``model(z, t, ref, context, gap) -> [B, C, h, w]`` runs in eval mode under no_grad (modes restored after), on
     the latents' device. ``generator`` (same device; None: seeded with ``cfg.seed``) drives every draw; a
-    :class:`pipeline.core.rng.RowGenerators` gives each row its own stream, independent of the batch.
+    :class:`pipeline.core.rng.RowGenerators` gives each row its own stream, independent of the batch. ``norm``: the
+    standardisation the network was trained with (its checkpoint's); the result is in latent space either way, with
+    the conditioning frames returned unchanged.
     """
     if cond_latents.ndim != 5:
         raise ValueError(f"cond_latents must be [B, n0, C, h, w], got {list(cond_latents.shape)}")
@@ -250,7 +253,8 @@ def rollout(
     if n0 < 1:
         raise ValueError("need at least one conditioning frame")
     dup = n0 == 1  # docs/METHOD.md §6 step 1: distinct reference and context indices, same latent
-    start = cond_latents.repeat(1, 2, 1, 1, 1) if dup else cond_latents
+    flow_cond = norm.to_flow(cond_latents)
+    start = flow_cond.repeat(1, 2, 1, 1, 1) if dup else flow_cond
     n_first = start.shape[1]
     history = torch.empty((batch, n_first + n_generate, *cond_latents.shape[2:]), dtype=cond_latents.dtype,
                           device=device)
@@ -273,13 +277,14 @@ def rollout(
     if len(set(nfe)) > 1:
         raise RuntimeError(f"network evaluations differ between frames: {nfe}")
     per_frame = nfe[0] if nfe else 0
-    latents = history[:, 1:] if dup else history
+    latents = norm.to_latent(history[:, 1:] if dup else history)
+    latents[:, :n0] = cond_latents  # exactly, not up to the standardisation's rounding
     return RolloutResult(latents, per_frame, sum(nfe), method, cfg.steps - 1)
 
 
 def sample(
     model: nn.Module | Callable[..., Tensor], interpolant: Interpolant, cond_latents: Tensor,
-    n_generate: int, cfg: "SamplingConfig", generator: rng.Generator = None,
+    n_generate: int, cfg: "SamplingConfig", generator: rng.Generator = None, norm: LatentNorm = LatentNorm(),
 ) -> SampleResult:
     """``cfg.n_samples`` futures for each of the B videos of ``cond_latents`` [B, n0, C, h, w].
 
@@ -299,7 +304,7 @@ def sample(
     result: RolloutResult | None = None
     for i in range(0, rows.shape[0], cfg.batch_size):
         part = generator[i : i + cfg.batch_size] if isinstance(generator, rng.RowGenerators) else generator
-        result = rollout(model, interpolant, rows[i : i + cfg.batch_size], n_generate, cfg, part)
+        result = rollout(model, interpolant, rows[i : i + cfg.batch_size], n_generate, cfg, part, norm)
         parts.append(result.latents)
     assert result is not None
     latents = torch.cat(parts).view(cond_latents.shape[0], cfg.n_samples, *parts[0].shape[1:])

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from pipeline.core.latent_norm import LatentNorm
 from pipeline.data.cache import LatentSplit
 from pipeline.data.clips import clip_span, eligible_videos
 from pipeline.data.views import training_views
@@ -70,12 +71,13 @@ def auto_in_memory(split: LatentSplit, mode: str, memory_fraction: float) -> boo
 
 
 class TripletReader:
-    """Draws triplet batches from one split of the latent store."""
+    """Draws triplet batches from one split of the latent store, in the flow's coordinates (``norm``)."""
 
-    def __init__(self, split: LatentSplit, frames_per_sample: int, skip_frames: int):
+    def __init__(self, split: LatentSplit, frames_per_sample: int, skip_frames: int, norm: LatentNorm = LatentNorm()):
         self.split = split
         self.frames_per_sample = frames_per_sample
         self.skip_frames = skip_frames
+        self.norm = norm
         self.stride = skip_frames + 1
         self.eligible = eligible_videos(split.lengths, clip_span(frames_per_sample, skip_frames), what=f"{split.url}:{split.split}")
         self.views = np.asarray(training_views(split.attrs.get("views"), split.n_views), dtype=np.int64)
@@ -87,7 +89,7 @@ class TripletReader:
         """Latents for the indices: target/reference/context ``float32 [B, C, h, w]``, gap ``[B]``, view ``[B]``."""
         base = self.split.offsets[idx.video] + idx.start
         frames = np.concatenate([base + self.stride * idx.target, base + self.stride * idx.reference, base + self.stride * idx.context])
-        latents = torch.from_numpy(self.split.read_frames(np.tile(idx.view, 3), frames)).float()
+        latents = self.norm.to_flow(torch.from_numpy(self.split.read_frames(np.tile(idx.view, 3), frames)).float())
         target, reference, context = latents.chunk(3)
         return {
             "target": target, "reference": reference, "context": context,

@@ -149,7 +149,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
             raise write_error(path, exc) from exc
 
 
-KEPT_FOR_SAMPLING = ("step", "config", "fingerprint", "cache_fingerprint", "code_version")
+KEPT_FOR_SAMPLING = ("step", "config", "fingerprint", "cache_fingerprint", "code_version", "latent_norm")
 
 
 def export_for_sampling(src: str | Path, dst: str | Path, float16: bool = True) -> dict[str, Any]:

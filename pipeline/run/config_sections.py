@@ -289,6 +289,8 @@ class TrainConfig(Section):
                            "process's share of batch_size (0 = that whole share); the result does not depend on it", ge=0)
     init_from: str = key("", "warm start a new run: weights and EMA from a run name of this dataset (its latest.pt) or "
                          "a flow checkpoint file (ours or published), fresh optimizer; '' = from the seed")
+    latent_norm: Literal["none", "channel"] = key("none", "channel: train and sample on per-channel standardised latents "
+                                                  "(the train split's mean/std from the store, kept in every checkpoint)")
     bf16: bool = key(False, "bfloat16 autocast for the network (the loss stays float32)")
     compile: bool = key(False, "torch.compile the network")
     overfit: Literal["none", "batch", "one"] = key("none", "debug: repeat the first batch / its first example")

@@ -154,7 +154,7 @@ def forecast(cfg: Config, store: str, run: str | Path, ckpt: str | Path | None =
         if created:
             raise ForecastError(created)
         barrier()
-        _forecast_my_groups(cfg, verdict.target, split, reader, plan, flow, info)
+        _forecast_my_groups(cfg, verdict.target, split, reader, plan, flow, info, ckpt_info["latent_norm"])
         barrier()
         if info.is_main:
             _finish(verdict.target, log)
@@ -187,10 +187,16 @@ def _create_store(cfg: Config, verdict: Verdict, split: LatentSplit, plan: _Plan
 
 
 def load_flow(cfg: Config, path: str | Path, device: torch.device, log: Callable[[str], None] = print):
-    """(network in eval mode on ``device``, info dict) from any flow checkpoint; EMA weights if asked and present."""
+    """(network in eval mode on ``device``, info dict) from any flow checkpoint; EMA weights if asked and present.
+    ``info["latent_norm"]``: the latent standardisation it was trained with (off when it records none)."""
+    from pipeline.core.latent_norm import LatentNorm
     from pipeline.core.model import build_model
 
     ckpt = load_flow_checkpoint(path)
+    try:
+        norm = LatentNorm.from_record(ckpt.raw.get("latent_norm"), str(path))
+    except ValueError as exc:
+        raise ForecastError(str(exc)) from None
     if ckpt.kind == "pipeline":
         _check_trained_config(cfg, ckpt)
     use_ema = bool(cfg.forecast.use_ema and (ckpt.ema or ckpt.holds_ema_weights))
@@ -206,7 +212,8 @@ def load_flow(cfg: Config, path: str | Path, device: torch.device, log: Callable
         raise ForecastError(f"{path}: its weights do not fit the configured model (model.* settings): "
                             + " ".join(lines[:4])[:600]) from None
     model.to(device).eval().requires_grad_(False)
-    info = {"kind": ckpt.kind, "step": ckpt.step, "use_ema": use_ema, "cache_fingerprint": ckpt.raw.get("cache_fingerprint")}
+    info = {"kind": ckpt.kind, "step": ckpt.step, "use_ema": use_ema, "cache_fingerprint": ckpt.raw.get("cache_fingerprint"),
+            "latent_norm": norm}
     return model, info
 
 
@@ -270,7 +277,7 @@ def _create(cfg: Config, verdict: Verdict, split: LatentSplit, plan: _Plan, hash
     root.attrs.update({
         "fingerprint": verdict.key, "inputs": verdict.inputs, "config": cfg.to_dict(), "format": FORMAT_VERSION,
         "ckpt": str(ckpt_path), "ckpt_kind": ckpt_info["kind"], "ckpt_step": int(ckpt_info["step"]),
-        "use_ema": ckpt_info["use_ema"], "split": cfg.forecast.split, "cond_frames": plan.cond, "gen_frames": plan.gen,
+        "use_ema": ckpt_info["use_ema"], "latent_norm": ckpt_info["latent_norm"].record(), "split": cfg.forecast.split, "cond_frames": plan.cond, "gen_frames": plan.gen,
         "n_samples": s, "image_size": size, "nfe_per_frame": nfe_per_frame(cfg, interpolant),
         "solver": solver, "start": start, "frame_indices": [int(f) for f in plan.frames],
         "latent_shape": list(plan.latent_shape), "latent_store": store, "file_hashes": hashes,
@@ -279,8 +286,9 @@ def _create(cfg: Config, verdict: Verdict, split: LatentSplit, plan: _Plan, hash
 
 
 def _forecast_my_groups(cfg: Config, url: str, split: LatentSplit, reader: ShardReader, plan: _Plan, model,
-                        info: DistInfo) -> None:
-    """Roll out, decode and write this rank's share (every world_size-th unfinished group) of the videos."""
+                        info: DistInfo, norm) -> None:
+    """Roll out (in the flow's coordinates ``norm``), decode and write this rank's share (every world_size-th
+    unfinished group) of the videos."""
     from pipeline.core.sampling import rollout
     from pipeline.vqvae import build_vqvae
 
@@ -302,7 +310,7 @@ def _forecast_my_groups(cfg: Config, url: str, split: LatentSplit, reader: Shard
         cond = torch.stack([torch.from_numpy(clips[int(r)][: plan.cond]) for r in group]).to(device)
         rows = cond.repeat_interleave(s, dim=0)
         gens = row_generators(cfg.sample.seed, plan.videos[group], s, device)
-        parts = [rollout(net, interpolant, rows[i : i + batch], plan.gen, cfg.sample, gens[i : i + batch]).latents
+        parts = [rollout(net, interpolant, rows[i : i + batch], plan.gen, cfg.sample, gens[i : i + batch], norm).latents
                  for i in range(0, rows.shape[0], batch)]
         latents = torch.cat(parts).view(len(group), s, *parts[0].shape[1:])
         for j, r in enumerate(int(r) for r in group):

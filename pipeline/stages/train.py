@@ -34,15 +34,12 @@ from pipeline.core.model import build_model
 from pipeline.run.locks import LockedError, locks_within
 from pipeline.run.protocol import Verdict, settle
 from pipeline.run.records import code_version, read_json, replace_directory, write_json_atomic
-from pipeline.stages.train_monitor import MetricsLog, SampleVideos
+from pipeline.stages.train_monitor import MetricsLog, SampleVideos, TrainingError, ValidationLoss
 from pipeline.stages.train_plan import (batch_split, checkpoints_to_delete, lr_at, numbered_checkpoints, recorded_plan,
                                         replan, start_plan)
 from pipeline.stages.train_state import decide_run, init_source, rebuild_dir, run_output, training_inputs
+from pipeline.core.latent_norm import LatentNorm, training_norm
 from pipeline.data.triplets import TripletReader, TripletStream, auto_in_memory
-
-
-class TrainingError(RuntimeError):
-    """Training cannot start or continue (stale cache, NaN, ...); the message says where and why."""
 
 
 def _step_seed(cfg: Config, rank: int, step: int) -> int:
@@ -105,11 +102,12 @@ def _train(cfg: Config, store: str, out_dir: Path, split: LatentSplit, verdict: 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
                             eps=cfg.train.adam_eps, weight_decay=cfg.train.weight_decay)
     inputs, key = verdict.inputs, verdict.key
+    norm = training_norm(cfg.train.latent_norm, split.attrs.get("stats"), cfg.train.split, store)
     start, plan, worlds = 0, start_plan(cfg.train.steps), [{"from_step": 0, "processes": info.world_size}]
     if verdict.action == "resume":
         start, plan, worlds = _restore(ckpt_dir / "latest.pt", model, ema, opt, info, out_dir)
     elif cfg.train.init_from:
-        _warm_start(init_source(cfg, out_dir), cfg.train.init_from, model, ema)
+        _warm_start(init_source(cfg, out_dir), cfg.train.init_from, model, ema, norm)
     plan = replan(plan, start, cfg.train.steps)
     if worlds[-1]["processes"] != info.world_size:
         worlds = [*worlds, {"from_step": start, "processes": info.world_size}]
@@ -125,14 +123,14 @@ def _train(cfg: Config, store: str, out_dir: Path, split: LatentSplit, verdict: 
 
     if auto_in_memory(split, cfg.loader.in_memory, cfg.loader.memory_fraction):
         split.load_into_memory()
-    reader = TripletReader(split, cfg.data.frames_per_sample, cfg.data.skip_frames)
+    reader = TripletReader(split, cfg.data.frames_per_sample, cfg.data.skip_frames, norm)
     stream = TripletStream(reader, cfg.train.batch_size, seed=cfg.seed, rank=info.rank, world_size=info.world_size,
                            start_step=start, num_steps=cfg.train.steps - start)
     loader = DataLoader(stream, batch_size=None, num_workers=cfg.loader.num_workers, pin_memory=info.device.type == "cuda",
                         generator=torch.Generator())
     logger = MetricsLog(cfg, out_dir, key, start) if info.is_main else None
-    sampler = SampleVideos(cfg, store, out_dir) if info.is_main and cfg.train.sample_every else None
-    validation = _Validation(cfg, store, interpolant, info.device) if info.is_main and cfg.train.val_every else None
+    sampler = SampleVideos(cfg, store, out_dir, norm) if info.is_main and cfg.train.sample_every else None
+    validation = ValidationLoss(cfg, store, interpolant, info.device, norm) if info.is_main and cfg.train.val_every else None
     overfit = None
 
     wait_start = time.perf_counter()
@@ -158,7 +156,7 @@ def _train(cfg: Config, store: str, out_dir: Path, split: LatentSplit, verdict: 
             path = sampler.write(done, model, ema, interpolant)
             logger.media(done, path)
         if done % cfg.train.latest_every == 0 or done % cfg.train.save_every == 0 or done == cfg.train.steps:
-            _checkpoint(ckpt_dir, done, model, ema, opt, cfg, key, inputs, info, plan, worlds)
+            _checkpoint(ckpt_dir, done, model, ema, opt, cfg, key, inputs, info, plan, worlds, norm)
         wait_start = time.perf_counter()
     if logger:
         logger.finish()
@@ -253,10 +251,15 @@ def _check_resumable(ckpt: FlowCheckpoint, path: Path, info: DistInfo) -> dict:
     return sampler
 
 
-def _warm_start(path: Path, source: str, model: torch.nn.Module, ema: torch.nn.Module) -> None:
+def _warm_start(path: Path, source: str, model: torch.nn.Module, ema: torch.nn.Module, norm: LatentNorm) -> None:
     """A new run's weights from a checkpoint: the raw model from its model weights, the EMA from its EMA (or the
-    model's when it has none); the optimizer stays fresh."""
+    model's when it has none); the optimizer stays fresh. Refused when one side standardises latents and the other
+    does not (its network would start in other coordinates)."""
     ckpt = load_flow_checkpoint(path)
+    if LatentNorm.from_record(ckpt.raw.get("latent_norm"), str(path)).active != norm.active:
+        theirs, mine = ("on standardised latents", "raw") if not norm.active else ("on raw latents", "standardised")
+        raise TrainingError(f"train.init_from={source}: {path} was trained {theirs}; this run trains on {mine} "
+                            "latents (train.latent_norm)")
     try:
         model.load_state_dict(ckpt.model)
         ema.load_state_dict(ckpt.weights(use_ema=True))
@@ -333,16 +336,16 @@ def _step_draws(interpolant, cfg: Config, step: int, shape, device: torch.device
 
 
 def _checkpoint(ckpt_dir: Path, done: int, model, ema, opt, cfg: Config, key: str, inputs, info: DistInfo,
-                plan: list[dict[str, int]], worlds: list[dict[str, int]]) -> None:
+                plan: list[dict[str, int]], worlds: list[dict[str, int]], norm: LatentNorm) -> None:
     """Rank 0 writes latest.pt (and a numbered copy on save_every, then applies retention); run.json records the
-    step last."""
+    step last. The latent standardisation trained with travels with the weights (sampling applies it)."""
     if info.is_main:
         payload = {
             "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": done,
             "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "sampler": {"kind": "GlobalTripletStream", "next_step": done, "samples": done * cfg.train.batch_size,
                         "batch_size": cfg.train.batch_size, "seed": cfg.seed, "world_size": info.world_size},
-            "steps_plan": plan, "world_sizes": worlds,
+            "steps_plan": plan, "world_sizes": worlds, "latent_norm": norm.record(),
             "config": cfg.to_dict(), "fingerprint": key, "cache_fingerprint": inputs["cache"], "code_version": code_version(),
         }
         if done % cfg.train.save_every == 0 or done == cfg.train.steps:
@@ -354,46 +357,3 @@ def _checkpoint(ckpt_dir: Path, done: int, model, ema, opt, cfg: Config, key: st
         run = ckpt_dir.parent / "run.json"
         write_json_atomic(run, {**(read_json(run) or {}), "step": done})
     barrier()
-
-
-class _Validation:
-    """Rank 0: loss of the raw model and the EMA on fixed ``val_split`` triplets, t and noise, drawn once from the seed
-    (every evaluation and resume scores the same set). Eval mode, no grad, no global-RNG draws: training is the same
-    with validation on or off."""
-
-    TAG = 11  # separates the validation draws from the training stream's (seed, rank, step)
-
-    def __init__(self, cfg: Config, store: str, interpolant, device: torch.device):
-        try:
-            split = LatentSplit(store, cfg.train.val_split)
-            reader = TripletReader(split, cfg.data.frames_per_sample, cfg.data.skip_frames)
-        except (FileNotFoundError, ValueError) as exc:  # no such split, or no video long enough for a clip
-            raise TrainingError(f"train.val_split={cfg.train.val_split}: {exc}; choose a split with clips or set "
-                                "train.val_every=0") from None
-        triplets, noise = np.random.SeedSequence([cfg.seed, self.TAG]).spawn(2)
-        batch = reader.batch(np.random.default_rng(triplets), cfg.train.val_clips)
-        gen = torch.Generator().manual_seed(int(noise.generate_state(1)[0]))
-        t = interpolant.sample_t(cfg.train.val_clips, generator=gen)
-        pair = interpolant.training_pair(batch["target"], batch["reference"], t, generator=gen)
-        self.inputs = [x.to(device) for x in (pair.xt, t, batch["reference"], batch["context"], batch["gap"])]
-        self.target = pair.target.to(device)
-        self.interpolant, self.bf16 = interpolant, cfg.train.bf16
-        self.chunk = cfg.train.micro_batch or cfg.train.batch_size
-
-    def losses(self, model: torch.nn.Module, ema: torch.nn.Module) -> dict[str, float]:
-        """``val_loss`` (raw model) and ``val_loss_ema`` on the fixed set."""
-        return {"val_loss": self._loss(model), "val_loss_ema": self._loss(ema)}
-
-    @torch.no_grad()
-    def _loss(self, net: torch.nn.Module) -> float:
-        """The training loss (per-example sum, mean over the set) of ``net`` in eval mode; its mode is restored."""
-        was_training = net.training
-        net.eval()
-        device = self.target.device
-        per_example = []
-        for i in range(0, len(self.target), self.chunk):
-            with torch.autocast(device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext():
-                pred = net(*(x[i : i + self.chunk] for x in self.inputs))
-            per_example.append(self.interpolant.per_example_loss(pred.float(), self.target[i : i + self.chunk]))
-        net.train(was_training)
-        return float(torch.cat(per_example).mean())

@@ -1,8 +1,9 @@
-"""What a training run writes besides its checkpoints and ``run.json`` (rank 0): ``metrics.jsonl`` (and wandb) and
-the sample videos of ``media/``."""
+"""What a training run writes besides its checkpoints and ``run.json`` (rank 0): ``metrics.jsonl`` (and wandb), the
+validation losses and the sample videos of ``media/``."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
@@ -12,10 +13,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.core.latent_norm import LatentNorm
 from pipeline.data.cache import LatentSplit
+from pipeline.data.triplets import TripletReader
 from pipeline.run.config import Config
 from pipeline.run.records import atomic_path, write_error
 from pipeline.run.tracking import log_row, log_video, start_training_run
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or continue (stale cache, NaN, ...); the message says where and why."""
 
 
 class MetricsLog:
@@ -112,10 +119,10 @@ class SampleVideos:
 
     CAPTION = "rows: real (VQ reconstruction), raw model, EMA; one column per clip"
 
-    def __init__(self, cfg: Config, store: str, out_dir: Path):
+    def __init__(self, cfg: Config, store: str, out_dir: Path, norm: LatentNorm = LatentNorm()):
         from pipeline.vqvae import build_vqvae
 
-        self.cfg, self.out_dir = cfg, out_dir
+        self.cfg, self.out_dir, self.norm = cfg, out_dir, norm
         split = LatentSplit(store, cfg.train.sample_split)
         clip = cfg.data.frames_per_sample
         stride = cfg.data.skip_frames + 1
@@ -139,7 +146,7 @@ class SampleVideos:
             was_training = net.training
             net.eval()
             gen = torch.Generator(device=device).manual_seed(self.cfg.seed)
-            out = rollout(net, interpolant, self.real[:, :n0].to(device), self.real.shape[1] - n0, sample_cfg, gen)
+            out = rollout(net, interpolant, self.real[:, :n0].to(device), self.real.shape[1] - n0, sample_cfg, gen, self.norm)
             rows.append(out.latents.cpu())
             net.train(was_training)
         pixels = torch.stack([self.vq.decode_clip(r) for r in rows])  # [rows, B, T, 3, H, W]
@@ -148,3 +155,46 @@ class SampleVideos:
         with atomic_path(path, keep_suffix=True) as tmp:  # ffmpeg picks the format by the suffix
             iio.imwrite(tmp, grid, fps=4, macro_block_size=1)
         return path
+
+
+class ValidationLoss:
+    """Rank 0: loss of the raw model and the EMA on fixed ``val_split`` triplets, t and noise, drawn once from the seed
+    (every evaluation and resume scores the same set). Eval mode, no grad, no global-RNG draws: training is the same
+    with validation on or off."""
+
+    TAG = 11  # separates the validation draws from the training stream's (seed, rank, step)
+
+    def __init__(self, cfg: Config, store: str, interpolant, device: torch.device, norm: LatentNorm = LatentNorm()):
+        try:
+            split = LatentSplit(store, cfg.train.val_split)
+            reader = TripletReader(split, cfg.data.frames_per_sample, cfg.data.skip_frames, norm)
+        except (FileNotFoundError, ValueError) as exc:  # no such split, or no video long enough for a clip
+            raise TrainingError(f"train.val_split={cfg.train.val_split}: {exc}; choose a split with clips or set "
+                                "train.val_every=0") from None
+        triplets, noise = np.random.SeedSequence([cfg.seed, self.TAG]).spawn(2)
+        batch = reader.batch(np.random.default_rng(triplets), cfg.train.val_clips)
+        gen = torch.Generator().manual_seed(int(noise.generate_state(1)[0]))
+        t = interpolant.sample_t(cfg.train.val_clips, generator=gen)
+        pair = interpolant.training_pair(batch["target"], batch["reference"], t, generator=gen)
+        self.inputs = [x.to(device) for x in (pair.xt, t, batch["reference"], batch["context"], batch["gap"])]
+        self.target = pair.target.to(device)
+        self.interpolant, self.bf16 = interpolant, cfg.train.bf16
+        self.chunk = cfg.train.micro_batch or cfg.train.batch_size
+
+    def losses(self, model: torch.nn.Module, ema: torch.nn.Module) -> dict[str, float]:
+        """``val_loss`` (raw model) and ``val_loss_ema`` on the fixed set."""
+        return {"val_loss": self._loss(model), "val_loss_ema": self._loss(ema)}
+
+    @torch.no_grad()
+    def _loss(self, net: torch.nn.Module) -> float:
+        """The training loss (per-example sum, mean over the set) of ``net`` in eval mode; its mode is restored."""
+        was_training = net.training
+        net.eval()
+        device = self.target.device
+        per_example = []
+        for i in range(0, len(self.target), self.chunk):
+            with torch.autocast(device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext():
+                pred = net(*(x[i : i + self.chunk] for x in self.inputs))
+            per_example.append(self.interpolant.per_example_loss(pred.float(), self.target[i : i + self.chunk]))
+        net.train(was_training)
+        return float(torch.cat(per_example).mean())
