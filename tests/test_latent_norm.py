@@ -120,3 +120,11 @@ def test_off_records_nothing(tiny_store, tmp_path: Path) -> None:
     _, overrides, store = tiny_store
     train(_cfg(overrides), store, tmp_path / "runs" / "plain", **QUIET)
     assert load_flow_checkpoint(tmp_path / "runs" / "plain" / "checkpoints" / "latest.pt").raw["latent_norm"] is None
+
+
+def test_off_leaves_the_fingerprints_of_earlier_runs_unchanged() -> None:
+    from pipeline.stages.train_state import training_inputs
+
+    plain = training_inputs(_cfg([]), "cache")
+    assert "latent_norm" not in plain["train"]  # as recorded before the key existed
+    assert training_inputs(_cfg([], "train.latent_norm=channel"), "cache")["train"]["latent_norm"] == "channel"

@@ -31,8 +31,11 @@ def training_inputs(cfg: Config, cache_fingerprint: str, views: list[str] | None
     """Everything the trained weights depend on (logging cadence and wandb excluded). When training draws a subset of
     the store's ``views`` (:func:`pipeline.data.views.training_views`), their names go under ``data.views``; a warm
     start's source (``out_dir`` places run names) under ``train.init_from`` with its sha256 (None when ``hashes``
-    is a :class:`KnownHashes` without it)."""
+    is a :class:`KnownHashes` without it). ``train.latent_norm`` only when on, so runs recorded before the key existed
+    keep their fingerprints."""
     train = {k: v for k, v in asdict(cfg.train).items() if k not in NOT_INPUTS}
+    if cfg.train.latent_norm == "none":
+        del train["latent_norm"]
     if cfg.train.init_from:
         source = init_source(cfg, out_dir)
         train["init_from"] = {"source": cfg.train.init_from, "sha256": cached_sha256(source, {} if hashes is None else hashes)}
