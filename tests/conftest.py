@@ -165,3 +165,9 @@ def stage_verdicts(stdout: str) -> list[str]:
     """The lines in which the stages say what they did ('data: ...', 'encode: ...', ...), report lines left out."""
     stages = ("data", "encode", "train", "forecast", "eval")
     return [line for line in stdout.splitlines() if line.split(":")[0] in stages and " report " not in line]
+
+
+def row_cells(table: str, start: str) -> list[str]:
+    """The cells of the first markdown table row in ``table`` that starts with ``start``."""
+    row = next(line for line in table.splitlines() if line.startswith(start))
+    return [c.strip() for c in row.strip("|").split("|")]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import row_cells
 from pipeline.demo import known_law as KL, oracle as OR, readout as RO
 from pipeline.run.config import DemoConfig
 from pipeline.demo.generator import BACKGROUND, MAX_SPEED, PALETTE, generate_demo, simulate_video, split_code
@@ -343,8 +344,9 @@ def test_video_scores_sets_and_ranking(data) -> None:
 
 def test_horizon_comparisons_and_the_reports_bar_summary(data) -> None:
     """Per horizon, paired over videos: a copy-last forecaster ties copy-last exactly and is farther from the law than
-    constant velocity once kicks and motion add up; the VQ row (here the real frames) keeps identity; the report
-    counts the horizons where the bar holds, for the run and for the oracle."""
+    constant velocity and the oracle through the VQVAE once kicks and motion add up; the VQ row (here the real frames)
+    keeps identity; the report counts the horizons where the bar holds (against copy-last and the oracle through the
+    VQVAE, not constant velocity), for the run and for that oracle, and says so when a run has no such oracle."""
     from pipeline.demo.scoring import horizon_comparisons
     from pipeline.eval.report_law import horizon_summary as _horizon_summary, horizon_table as _horizon_table
 
@@ -359,23 +361,32 @@ def test_horizon_comparisons_and_the_reports_bar_summary(data) -> None:
                                     frame_sets={"vq_ceiling": real[None], "oracle_vq": drawn}))
     h = horizon_comparisons(rows, {"resamples": 500, "seed": 0, "level": 0.95})
     assert set(h["law_distance"]) == {"model-constant_velocity", "model-copy_last", "oracle-constant_velocity",
-                                      "oracle_vq-constant_velocity"}
+                                      "oracle_vq-constant_velocity", "model-oracle_vq"}
     assert h["law_distance"]["oracle_vq-constant_velocity"] == h["law_distance"]["oracle-constant_velocity"]  # exact channel
     assert all(len(v) == 12 for v in [*h["law_distance"].values(), *h["identity_kept"].values()])
     assert all(abs(r["diff"]) < 1e-9 and r["verdict"] == "cannot tell" for r in h["law_distance"]["model-copy_last"])
     late = [r["verdict"] for r in h["law_distance"]["model-constant_velocity"][6:]]
     assert late == ["B"] * 6  # B = constant velocity is the closer one
+    assert [r["verdict"] for r in h["law_distance"]["model-oracle_vq"][6:]] == ["B"] * 6  # the oracle is closer
     reference = np.mean([row["real"]["identity_kept"] for row in rows], axis=0)
     np.testing.assert_allclose([b["value"] for b in h["identity_kept"]["vq_ceiling"]], reference)
 
     metrics = {"known_law": {"horizons": h}, "interp": "ours", "run": "stuck"}
     summary = "\n".join(_horizon_summary({"stuck": metrics}))
-    stuck_row = next(line for line in summary.splitlines() if line.startswith("| stuck"))
-    cells = [c.strip() for c in stuck_row.strip("|").split("|")]
-    assert cells[2] == "0/12" and cells[3] == "0/12" and cells[4].startswith(f"{sum(r['verdict'] == 'B' for r in h['law_distance']['model-constant_velocity'])}/12")
-    assert "| oracle (draws from the true law) |" in summary and "| oracle through the VQVAE" in summary
+    cells = row_cells(summary, "| stuck")
+    farther = sum(r["verdict"] == "B" for r in h["law_distance"]["model-oracle_vq"])
+    assert cells[2] == "0/12" and cells[3].startswith(f"{12 - farther}/12") and cells[4].startswith(f"{farther}/12")
+    header = row_cells(summary, "| |")
+    assert header[3:] == ["as close as the oracle through the VQVAE at", "farther than the oracle through the VQVAE at"]
+    assert row_cells(summary, "| oracle through the VQVAE")[2:] == ["–", "–", "–"]
+    assert "| oracle (draws from the true law) |" not in summary and "needs the oracle through the VQVAE" not in summary
     table = _horizon_table(metrics)
-    assert len(table) == 4 + 12 + 1 and table[2].count("|") == 9  # frame + 7 columns
+    assert len(table) == 4 + 12 + 1 and table[2].count("|") == 10  # frame + 8 columns
+    assert "law distance − oracle through the VQVAE" in table[2]
+    del h["law_distance"]["model-oracle_vq"]  # a metrics.json written before the pair existed
+    summary = "\n".join(_horizon_summary({"stuck": metrics}))
+    assert row_cells(summary, "| stuck")[3:] == ["–", "–"] and "needs the oracle through the VQVAE" in summary
+    assert _horizon_table(metrics)[2].count("|") == 9
     del h["law_distance"]["oracle_vq-constant_velocity"], h["identity_kept"]["oracle_vq"]  # evaluated without the VQVAE
     assert _horizon_table(metrics)[2].count("|") == 7 and "| oracle through the VQVAE" not in "\n".join(_horizon_summary({"stuck": metrics}))
 

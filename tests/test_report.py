@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import row_cells
 from pipeline.eval import plots
 from pipeline.eval.report import SCHEMA, write_report
 from pipeline.eval.tables import cell, difference
@@ -46,7 +47,8 @@ def _metrics(run: str, interp: str, shift: float, fvd_videos: int = VIDEOS, seed
     law_sets = {name: {k: _block(rng, 2.0 + shift * (name == "model"), 0.5) for k in LAW}
                 for name in ("model", "oracle", "oracle_vq", "constant_velocity", "copy_last", "vq_ceiling", "real")}
     identity = {who: [{"value": 0.95, "low": 0.9, "high": 0.99}] * FRAMES for who in ("model", "vq_ceiling", "oracle", "oracle_vq")}
-    pairs = ("model-constant_velocity", "model-copy_last", "oracle-constant_velocity", "oracle_vq-constant_velocity")
+    pairs = ("model-constant_velocity", "model-copy_last", "oracle-constant_velocity", "oracle_vq-constant_velocity",
+             "model-oracle_vq")
     protocol = {"split": "test", "videos": VIDEOS, "video_ids": list(range(VIDEOS)), "real_clips_sha256": "x",
                 "n_samples": 4, "clip_length": COND + FRAMES, "cond_frames": COND, "pred_frames": FRAMES,
                 "image_size": 64, "intervals": {"method": "percentile", "level": 0.95, "resamples": 200, "seed": 0},
@@ -158,3 +160,30 @@ def test_the_report_leaves_metrics_json_as_it_was(tmp_path: Path) -> None:
     before = {p: p.read_bytes() for p in dataset.glob("runs/*/eval/metrics.json")}
     write_report(dataset)
     assert {p: p.read_bytes() for p in dataset.glob("runs/*/eval/metrics.json")} == before
+
+
+def test_the_bar_compares_with_the_oracle_through_the_vqvae(tmp_path: Path) -> None:
+    """The bar's law-distance cells: closer than copy-last, as close as / farther than the oracle through the VQVAE
+    (constant velocity only in the per-frame tables); a metrics.json written before that pair renders with '–'."""
+    dataset = _dataset(tmp_path)
+    ours, linear = (dataset / f"runs/{run}/eval/metrics.json" for run in ("ours", "linear"))
+    m = json.loads(ours.read_text())
+    verdicts = ["A"] * 3 + ["cannot tell"] * 5 + ["B"] * 4
+    m["known_law"]["horizons"]["law_distance"]["model-oracle_vq"] = [
+        {"diff": 0.0, "low": 0.0, "high": 0.0, "verdict": v} for v in verdicts]
+    ours.write_text(json.dumps(m))
+    m = json.loads(linear.read_text())
+    del m["known_law"]["horizons"]["law_distance"]["model-oracle_vq"]
+    linear.write_text(json.dumps(m))
+    text = write_report(dataset).read_text()
+    bar = _section(text, "### Per horizon: the demo's bar", "\n#")
+    assert row_cells(bar, "| |")[1:] == ["identity kept ≥ 0.9 at", "closer to the law than copy-last at",
+                                          "as close as the oracle through the VQVAE at",
+                                          "farther than the oracle through the VQVAE at"]
+    assert row_cells(bar, "| ours")[3:] == ["8/12 (1, 2, 3, 4, 5, 6, 7, 8)", "4/12 (9, 10, 11, 12)"]
+    assert row_cells(bar, "| linear")[3:] == ["–", "–"] and "needs the oracle through the VQVAE" in bar
+    assert row_cells(bar, "| oracle through the VQVAE")[1:] == ["12/12", "–", "–", "–"]
+    assert "| oracle (draws from the true law)" not in bar
+    assert "law distance − oracle through the VQVAE" in _section(text, "## ours")
+    assert "law distance − oracle through the VQVAE" not in _section(text, "## linear")
+    assert "law distance − constant velocity" in _section(text, "## linear")

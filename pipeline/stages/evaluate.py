@@ -37,7 +37,8 @@ from pipeline.stages.evaluate_scores import spread_skill_block, summarize_metric
 from pipeline.stages.forecast_state import ROW_ARRAYS
 from pipeline.run.tracking import log_evaluation
 
-EVAL_FORMAT = 3  # bump when a metric's definition changes: old metrics.json files are then recomputed
+# 4: per-horizon model − oracle_vq, the demo's bar: earlier runs are re-evaluated, not kept "up to date" with a "–" bar
+EVAL_FORMAT = 4  # bump when a metric's definition changes: old metrics.json files are then recomputed
 NO_I3D = "FVD off (eval.i3d: none): set eval.i3d=builtin (the default) or I3D=/path/to/i3d_torchscript.pt"
 RESULT_KEYS = ("videos", "fvd_videos", "fvd_samples", "fvd_resamples", "resamples", "level", "seed",
                "oracle_samples", "oracle_vq")  # the eval settings that change numbers
