@@ -38,6 +38,10 @@ def test_runs_then_the_grid_expand_to_named_runs_with_their_overrides(tmp_path: 
     _, (_, grid) = _load(tmp_path, "grid:\n  demo.sprite_size: [[4, 8]]\n  train.bf16: [true]\n  train.steps: [100]\n")
     assert grid == {"sprite_size-4_8-bf16-true-steps100": ["demo.sprite_size=[4, 8]", "train.bf16=true",
                                                            "train.steps=100"]}
+    _, (_, shared) = _load(tmp_path, "common: {train.lr: 1.0e-4, seed: 2}\nruns:\n  a: {}\n  b: {seed: 3}\n"
+                                     "grid:\n  train.steps: [7]\n")
+    assert shared == {"a": ["train.lr=0.0001", "seed=2"], "b": ["train.lr=0.0001", "seed=3"],
+                      "steps7": ["train.lr=0.0001", "seed=2", "train.steps=7"]}  # its own value wins
     shipped = load_sweep(REPO / "configs" / "sweeps" / "lr.yaml", DEMO, [], smoke=True)
     assert shipped == ("demo-smoke", {"lr5e-4": ["train.lr=0.0005"], "lr1e-3": ["train.lr=0.001"],
                                       "lr2e-3": ["train.lr=0.002"]})
@@ -54,6 +58,7 @@ def test_runs_then_the_grid_expand_to_named_runs_with_their_overrides(tmp_path: 
     ("grid: {train.lr: []}\n", "'grid.train.lr' must be a non-empty list"),
     ("runs: {../up: {}}\n", "run name '../up' must be a plain identifier"),
     ("runs: {a: 1}\n", "run 'a' must map config keys to values"),
+    ("common: [1]\nruns: {a: {}}\n", "'common', 'runs' and 'grid' must be mappings"),
     ("runs: {lr5e-4: {}}\ngrid: {train.lr: [5.0e-4]}\n", "run name 'lr5e-4' given twice"),
     ("runs: {a: {train.lrr: 1.0}}\n", "run 'a': --set: unknown key 'train.lrr'; did you mean 'lr'?"),
     ("grid: {train.lr: [-1.0]}\n", "run 'lr-1': "),

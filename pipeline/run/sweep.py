@@ -2,7 +2,8 @@
 compared in one report (``make sweep SWEEP=configs/sweeps/lr.yaml``).
 
 A sweep file (YAML) has ``runs`` (run name: {dotted config key: value}), ``grid`` (key: [values], every
-combination a run), or both, e.g. ``grid: {train.lr: [5.0e-4, 1.0e-3], interpolant.kind: [ours, linear]}``.
+combination a run), or both, e.g. ``grid: {train.lr: [5.0e-4, 1.0e-3], interpolant.kind: [ours, linear]}``, and
+optionally ``common`` ({key: value} that every run gets before its own, e.g. a study's fixed recipe).
 A grid run's name joins one part per key with '-': the key's last component, then the value, a number right after
 it in its shorter plain or scientific form with '_' for the point (``lr5e-4``, ``lr0_5``), any other value after a
 '-' with characters other than letters, digits, '_' and '-' made '_' (``kind-ours``): ``lr5e-4-kind-ours``.
@@ -29,7 +30,7 @@ from pipeline.run.cli import fail
 from pipeline.run.config import ConfigError, load_config, read_yaml, unknown_key
 from pipeline.run.layout import Layout, RunNameError, check_run_name
 
-SECTIONS = ("runs", "grid")
+SECTIONS = ("common", "runs", "grid")
 
 
 def value_text(value: Any) -> str:
@@ -50,13 +51,14 @@ def name_part(key: str, value: Any) -> str:
 
 
 def expand(path: Path, sweep: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """{run name: {key: value}} of a sweep file's body: its ``runs`` in file order, then its ``grid``'s product."""
+    """{run name: {key: value}} of a sweep file's body: its ``runs`` in file order, then its ``grid``'s product, each
+    after the ``common`` settings."""
     for key in sweep:
         if key not in SECTIONS:
             raise ConfigError(f"{path}: {unknown_key(str(key), list(SECTIONS))}")
-    runs, grid = sweep.get("runs") or {}, sweep.get("grid") or {}
-    if not isinstance(runs, dict) or not isinstance(grid, dict):
-        raise ConfigError(f"{path}: 'runs' and 'grid' must be mappings")
+    runs, grid, common = (sweep.get(section) or {} for section in ("runs", "grid", "common"))
+    if not isinstance(runs, dict) or not isinstance(grid, dict) or not isinstance(common, dict):
+        raise ConfigError(f"{path}: 'common', 'runs' and 'grid' must be mappings")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}: 'grid.{key}' must be a non-empty list of values")
@@ -75,7 +77,7 @@ def expand(path: Path, sweep: dict[str, Any]) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"{path}: run name '{name}' given twice")
         if not isinstance(overrides, dict):
             raise ConfigError(f"{path}: run '{name}' must map config keys to values, e.g. {{train.lr: 1.0e-4}}")
-        expanded[name] = overrides
+        expanded[name] = {**common, **overrides}
     return expanded
 
 
@@ -132,7 +134,7 @@ app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
 @app.command()
 def main(
-    sweep: Annotated[Path, typer.Argument(help="Sweep file (YAML): 'runs' (name: {key: value}) and/or 'grid' (key: [values]); see configs/sweeps/lr.yaml.")],
+    sweep: Annotated[Path, typer.Argument(help="Sweep file (YAML): 'runs' (name: {key: value}) and/or 'grid' (key: [values]), optional 'common' ({key: value} for every run); see configs/sweeps/lr.yaml.")],
     make_vars: Annotated[Optional[list[str]], typer.Argument(help="VAR=value make variables passed to every make eval (DATASET, DATA_DIR, PY, NPROC, ...).")] = None,
     config: Annotated[Path, typer.Option("--config", "-c", help="The config every run starts from (make: CONFIG).")] = Path("configs/demo.yaml"),
     out: Annotated[str, typer.Option(help="Outputs root (make: OUT); the report goes to <out>/<dataset>/sweeps/<stem>/report.md.")] = "outputs",
