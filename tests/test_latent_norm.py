@@ -128,3 +128,15 @@ def test_off_leaves_the_fingerprints_of_earlier_runs_unchanged() -> None:
     plain = training_inputs(_cfg([]), "cache")
     assert "latent_norm" not in plain["train"]  # as recorded before the key existed
     assert training_inputs(_cfg([], "train.latent_norm=channel"), "cache")["train"]["latent_norm"] == "channel"
+
+
+def test_a_store_without_statistics_stops_training_with_one_line(tiny_store, tmp_path: Path) -> None:
+    import shutil
+
+    _, overrides, store = tiny_store
+    bare = tmp_path / "latents.zarr"
+    shutil.copytree(store, bare)
+    root = zarr.open_group(str(bare), mode="r+")
+    root.attrs["stats"] = {"val": root.attrs["stats"]["val"]}  # no train entry
+    with pytest.raises(TrainingError, match=r"latents\.zarr: no latent statistics for split 'train'.*make encode"):
+        train(_cfg(overrides, "train.latent_norm=channel"), str(bare), tmp_path / "runs" / "x", **QUIET)

@@ -102,7 +102,10 @@ def _train(cfg: Config, store: str, out_dir: Path, split: LatentSplit, verdict: 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
                             eps=cfg.train.adam_eps, weight_decay=cfg.train.weight_decay)
     inputs, key = verdict.inputs, verdict.key
-    norm = training_norm(cfg.train.latent_norm, split.attrs.get("stats"), cfg.train.split, store)
+    try:
+        norm = training_norm(cfg.train.latent_norm, split.attrs.get("stats"), cfg.train.split, store)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
     start, plan, worlds = 0, start_plan(cfg.train.steps), [{"from_step": 0, "processes": info.world_size}]
     if verdict.action == "resume":
         start, plan, worlds = _restore(ckpt_dir / "latest.pt", model, ema, opt, info, out_dir)
