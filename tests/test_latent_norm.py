@@ -113,19 +113,19 @@ def test_a_standardised_run_records_its_statistics_and_every_sampler_uses_them(t
 
     with pytest.raises(TrainingError, match=r"train\.init_from=std: .* trained on standardised latents; this run "
                                             r"trains on raw latents \(train\.latent_norm\)"):
-        train(_cfg(overrides, "train.init_from=std"), store, runs / "raw", **QUIET)
+        train(_cfg(overrides, "train.init_from=std", "train.latent_norm=none"), store, runs / "raw", **QUIET)
 
 
 def test_off_records_nothing(tiny_store, tmp_path: Path) -> None:
     _, overrides, store = tiny_store
-    train(_cfg(overrides), store, tmp_path / "runs" / "plain", **QUIET)
+    train(_cfg(overrides, "train.latent_norm=none"), store, tmp_path / "runs" / "plain", **QUIET)
     assert load_flow_checkpoint(tmp_path / "runs" / "plain" / "checkpoints" / "latest.pt").raw["latent_norm"] is None
 
 
 def test_off_leaves_the_fingerprints_of_earlier_runs_unchanged() -> None:
     from pipeline.stages.train_state import training_inputs
 
-    plain = training_inputs(_cfg([]), "cache")
+    plain = training_inputs(_cfg([], "train.latent_norm=none"), "cache")
     assert "latent_norm" not in plain["train"]  # as recorded before the key existed
     assert training_inputs(_cfg([], "train.latent_norm=channel"), "cache")["train"]["latent_norm"] == "channel"
 
