@@ -4,7 +4,7 @@ forecasts are mapped back to the VQVAE's latent space before they are stored or 
 
 Why: the interpolant's base draws are N(0, I) (``linear``) or the previous frame plus N(0, eps^2 I) noise (``ours``),
 whatever the latents' scale; a VQVAE's latents are neither centred nor of unit spread (the demo's channel means are
-+2.9 .. +4.2 in magnitude, std 0.6 .. 1.3), so without it the flow first has to learn that offset. The statistics
+2.7 to 4.2 in magnitude, std 0.6 to 1.3), so without it the flow first has to learn that offset. The statistics
 travel in every checkpoint (entry ``latent_norm``), so sampling uses exactly the ones the network was trained with;
 a checkpoint without the entry (off, or published) samples in the raw latent space. Off, every map is the identity.
 """

@@ -8,8 +8,8 @@ T = ``data.frames_per_sample`` frames at raw frames 0, s, 2s, ... (s = ``data.sk
 
 Store (zarr v3, codecs as ``latents.zarr``; chunk 1 along the video axis N, so ranks never share a chunk)::
 
-    attrs: fingerprint, inputs, config, format, ckpt, ckpt_kind, ckpt_step, use_ema, split, cond_frames, gen_frames,
-           n_samples, image_size, nfe_per_frame, solver, start, frame_indices, latent_shape, latent_store,
+    attrs: fingerprint, inputs, config, format, ckpt, ckpt_kind, ckpt_step, use_ema, latent_norm, split, cond_frames,
+           gen_frames, n_samples, image_size, nfe_per_frame, solver, start, frame_indices, latent_shape, latent_store,
            file_hashes, complete, code_version, videos [{index, source, shard, key}]
     real     uint8   [N, T, H, W, 3]        ground-truth clip pixels, read from the shards
     recon    uint8   [N, T, H, W, 3]        decode(cached latents of the clip): the VQ ceiling
@@ -277,7 +277,8 @@ def _create(cfg: Config, verdict: Verdict, split: LatentSplit, plan: _Plan, hash
     root.attrs.update({
         "fingerprint": verdict.key, "inputs": verdict.inputs, "config": cfg.to_dict(), "format": FORMAT_VERSION,
         "ckpt": str(ckpt_path), "ckpt_kind": ckpt_info["kind"], "ckpt_step": int(ckpt_info["step"]),
-        "use_ema": ckpt_info["use_ema"], "latent_norm": ckpt_info["latent_norm"].record(), "split": cfg.forecast.split, "cond_frames": plan.cond, "gen_frames": plan.gen,
+        "use_ema": ckpt_info["use_ema"], "latent_norm": ckpt_info["latent_norm"].record(), "split": cfg.forecast.split,
+        "cond_frames": plan.cond, "gen_frames": plan.gen,
         "n_samples": s, "image_size": size, "nfe_per_frame": nfe_per_frame(cfg, interpolant),
         "solver": solver, "start": start, "frame_indices": [int(f) for f in plan.frames],
         "latent_shape": list(plan.latent_shape), "latent_store": store, "file_hashes": hashes,
