@@ -17,9 +17,6 @@ from typing import Any
 
 from torch import Tensor
 
-MODES = ("none", "channel")
-
-
 @dataclass(frozen=True)
 class LatentNorm:
     """z' = (z - mean) / std over the channel axis (dim -3 of [..., C, h, w]); empty = off (the identity)."""
@@ -74,10 +71,8 @@ class LatentNorm:
 def training_norm(mode: str, stats: Any, split: str, source: str) -> LatentNorm:
     """The standardisation a run trains with: off for ``none``; for ``channel``, split ``split``'s statistics from the
     store's ``stats`` attribute (``{split: {mean, std, ...}}``, written by stage 1 at ``source``)."""
-    if mode == "none":
+    if mode == "none":  # the config admits only none | channel
         return LatentNorm()
-    if mode != "channel":
-        raise ValueError(f"train.latent_norm must be one of {MODES}, got {mode!r}")
     entry = stats.get(split) if isinstance(stats, dict) else None
     if not isinstance(entry, dict):
         raise ValueError(f"{source}: no latent statistics for split '{split}' (attribute stats); re-run make encode")
