@@ -27,24 +27,27 @@ def _load(tmp_path: Path, text: str, user_sets: tuple[str, ...] = ()):
 
 
 def test_runs_then_the_grid_expand_to_named_runs_with_their_overrides(tmp_path: Path) -> None:
-    _, (dataset, runs) = _load(tmp_path, "runs:\n  base: {}\n  slow: {train.lr: 1.0e-4, seed: 3}\n"
+    _, (dataset, runs, pairs) = _load(tmp_path, "runs:\n  base: {}\n  slow: {train.lr: 1.0e-4, seed: 3}\n"
                                          "grid:\n  train.lr: [5.0e-4, 2.0e-3]\n  interpolant.kind: [ours, linear]\n")
-    assert dataset == "demo"
+    assert dataset == "demo" and pairs == {}
     assert runs == {"base": [], "slow": ["train.lr=0.0001", "seed=3"],
                     "lr5e-4-kind-ours": ["train.lr=0.0005", "interpolant.kind=ours"],
                     "lr5e-4-kind-linear": ["train.lr=0.0005", "interpolant.kind=linear"],
                     "lr2e-3-kind-ours": ["train.lr=0.002", "interpolant.kind=ours"],
                     "lr2e-3-kind-linear": ["train.lr=0.002", "interpolant.kind=linear"]}
-    _, (_, grid) = _load(tmp_path, "grid:\n  demo.sprite_size: [[4, 8]]\n  train.bf16: [true]\n  train.steps: [100]\n")
+    _, (_, grid, _) = _load(tmp_path, "grid:\n  demo.sprite_size: [[4, 8]]\n  train.bf16: [true]\n  train.steps: [100]\n")
     assert grid == {"sprite_size-4_8-bf16-true-steps100": ["demo.sprite_size=[4, 8]", "train.bf16=true",
                                                            "train.steps=100"]}
-    _, (_, shared) = _load(tmp_path, "common: {train.lr: 1.0e-4, seed: 2}\nruns:\n  a: {}\n  b: {seed: 3}\n"
+    _, (_, shared, _) = _load(tmp_path, "common: {train.lr: 1.0e-4, seed: 2}\nruns:\n  a: {}\n  b: {seed: 3}\n"
                                      "grid:\n  train.steps: [7]\n")
     assert shared == {"a": ["train.lr=0.0001", "seed=2"], "b": ["train.lr=0.0001", "seed=3"],
                       "steps7": ["train.lr=0.0001", "seed=2", "train.steps=7"]}  # its own value wins
+    _, (_, _, paired) = _load(tmp_path, "runs: {base: {}, fast: {train.lr: 1.0e-3}}\ngrid: {seed: [1, 2]}\n"
+                                        "pairs: {seed1: base, seed2: base, base: fast}\n")
+    assert paired == {"seed1": "base", "seed2": "base", "base": "fast"}
     shipped = load_sweep(REPO / "configs" / "sweeps" / "lr.yaml", DEMO, [], smoke=True)
     assert shipped == ("demo-smoke", {"lr5e-4": ["train.lr=0.0005"], "lr1e-3": ["train.lr=0.001"],
-                                      "lr2e-3": ["train.lr=0.002"]})
+                                      "lr2e-3": ["train.lr=0.002"]}, {})
     assert set_options("--set 'a.b=1 2' -s c.d=3 --smoke") == ["a.b=1 2", "c.d=3"]
     for path in sorted((REPO / "configs" / "sweeps").glob("*.yaml")):  # every shipped sweep loads, each run validated
         assert load_sweep(path, DEMO, [], smoke=True)[1], path
@@ -58,7 +61,10 @@ def test_runs_then_the_grid_expand_to_named_runs_with_their_overrides(tmp_path: 
     ("grid: {train.lr: []}\n", "'grid.train.lr' must be a non-empty list"),
     ("runs: {../up: {}}\n", "run name '../up' must be a plain identifier"),
     ("runs: {a: 1}\n", "run 'a' must map config keys to values"),
-    ("common: [1]\nruns: {a: {}}\n", "'common', 'runs' and 'grid' must be mappings"),
+    ("common: [1]\nruns: {a: {}}\n", "'common', 'runs', 'grid' and 'pairs' must be mappings"),
+    ("runs: {a: {}}\npairs: [a]\n", "'common', 'runs', 'grid' and 'pairs' must be mappings"),
+    ("runs: {a: {}, b: {}}\npairs: {b: c}\n", "pairs: 'c' is not a run of this sweep (a, b)"),
+    ("runs: {a: {}, b: {}}\npairs: {a: a}\n", "pairs: run 'a' is paired against itself"),
     ("runs: {lr5e-4: {}}\ngrid: {train.lr: [5.0e-4]}\n", "run name 'lr5e-4' given twice"),
     ("runs: {a: {train.lrr: 1.0}}\n", "run 'a': --set: unknown key 'train.lrr'; did you mean 'lr'?"),
     ("grid: {train.lr: [-1.0]}\n", "run 'lr-1': "),
@@ -79,6 +85,16 @@ def test_a_sweep_report_holds_exactly_its_runs_with_links_from_its_folder(tmp_pa
     stamp = path.stat().st_mtime_ns
     assert write_report(dataset, ["linear"], path, ["Sweep `one.yaml`.", ""]).stat().st_mtime_ns == stamp  # unchanged
     assert "## ours" in write_report(dataset).read_text()  # the dataset's own report: every run, as before
+
+
+def test_a_sweep_report_pairs_the_runs_its_file_pairs(tmp_path: Path) -> None:
+    dataset = _dataset(tmp_path)
+    default = write_report(dataset, ["ours", "linear"], dataset / "sweeps" / "a" / "report.md").read_text()
+    paired = write_report(dataset, ["ours", "linear"], dataset / "sweeps" / "b" / "report.md",
+                          baselines={"ours": "linear"}).read_text()
+    assert "### Paired: ours − linear" in default and "### Paired: linear − ours" not in default
+    assert "### Paired: linear − ours" in paired and "### Paired: ours − linear" not in paired
+    assert "**linear vs ours**" in paired
 
 
 def test_make_sweep_needs_a_sweep_file() -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -161,12 +161,12 @@ def _pair_summary(pair: dict[str, Any]) -> str:
     return f"* **{names[0]} vs {names[1]}** ({videos} videos, paired): " + "; ".join(parts) + "."
 
 
-def _pairs(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every later run with its baseline: {names, base, rows (paired), differs (protocol entries: not paired)}."""
+def _pairs(runs: dict[str, dict[str, Any]], baselines: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Each run of ``baselines`` with the run it names, else every later run with its default baseline:
+    {names, base, rows (paired), differs (protocol entries: not paired)}."""
     pairs = []
-    for run, m in list(runs.items())[1:]:
-        base_run = baseline(run, runs)
-        base = runs[base_run]
+    for run, base_run in (baselines or {run: baseline(run, runs) for run in list(runs)[1:]}).items():
+        m, base = runs[run], runs[base_run]
         pair = {"names": (run_label(base_run, base), run_label(run, m)), "base": base, "rows": [],
                 "differs": comparable({base_run: base, run: m})}
         if not pair["differs"]:
@@ -286,9 +286,11 @@ def _run_section(dataset_dir: Path, folder: Path, run: str, m: dict[str, Any], a
 
 
 def write_report(dataset_dir: Path, names: Collection[str] | None = None, path: Path | None = None,
-                 preface: Sequence[str] = ()) -> Path:
+                 preface: Sequence[str] = (), baselines: Mapping[str, str] | None = None) -> Path:
     """Write ``path`` (default ``<dataset_dir>/report.md``; its figures beside it) from the metrics.json of the runs
-    in ``names`` (default: every evaluated run), ``preface`` lines under its title; returns its path. The file is
+    in ``names`` (default: every evaluated run), ``preface`` lines under its title, the paired comparisons those of
+    ``baselines`` ({run: the run it is paired against}, e.g. a study's arms against its reference) where given, else
+    every later run against its default baseline; returns its path. The file is
     rewritten only when its text changes, so an unchanged report keeps its bytes and time stamp."""
     dataset_dir = Path(dataset_dir)
     path = Path(path or dataset_dir / REPORT_FILE)
@@ -299,7 +301,7 @@ def write_report(dataset_dir: Path, names: Collection[str] | None = None, path: 
     against = {run: paired_rows(m["model"], m["copy_last"], m["protocol"]) for run, m in runs.items()}
     lines = [f"# Forecast evaluation: {dataset_dir.name}", "", *preface]
     if runs:
-        pairs = _pairs(runs)
+        pairs = _pairs(runs, baselines or {})
         lines += [*_summary(runs, pairs, against), *_intro(runs),
                   *_comparison(dataset_dir, folder, runs, pairs, colours)]
     else:

@@ -3,7 +3,9 @@ compared in one report (``make sweep SWEEP=configs/sweeps/lr.yaml``).
 
 A sweep file (YAML) has ``runs`` (run name: {dotted config key: value}), ``grid`` (key: [values], every
 combination a run), or both, e.g. ``grid: {train.lr: [5.0e-4, 1.0e-3], interpolant.kind: [ours, linear]}``, and
-optionally ``common`` ({key: value} that every run gets before its own, e.g. a study's fixed recipe).
+optionally ``common`` ({key: value} that every run gets before its own, e.g. a study's fixed recipe) and ``pairs``
+({run: the run it is paired against}, e.g. every arm of a study against its reference): the report's paired
+comparisons are then exactly these, instead of every later run against the first run trained as long, else the first.
 A grid run's name joins one part per key with '-': the key's last component, then the value, a number right after
 it in its shorter plain or scientific form with '_' for the point (``lr5e-4``, ``lr0_5``), any other value after a
 '-' with characters other than letters, digits, '_' and '-' made '_' (``kind-ours``): ``lr5e-4-kind-ours``.
@@ -18,6 +20,7 @@ import itertools
 import re
 import shlex
 import subprocess
+from collections.abc import Collection
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -30,7 +33,7 @@ from pipeline.run.cli import fail
 from pipeline.run.config import ConfigError, load_config, read_yaml, unknown_key
 from pipeline.run.layout import Layout, RunNameError, check_run_name
 
-SECTIONS = ("common", "runs", "grid")
+SECTIONS = ("common", "runs", "grid", "pairs")
 
 
 def value_text(value: Any) -> str:
@@ -57,8 +60,8 @@ def expand(path: Path, sweep: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if key not in SECTIONS:
             raise ConfigError(f"{path}: {unknown_key(str(key), list(SECTIONS))}")
     runs, grid, common = (sweep.get(section) or {} for section in ("runs", "grid", "common"))
-    if not isinstance(runs, dict) or not isinstance(grid, dict) or not isinstance(common, dict):
-        raise ConfigError(f"{path}: 'common', 'runs' and 'grid' must be mappings")
+    if not all(isinstance(sweep.get(section) or {}, dict) for section in SECTIONS):
+        raise ConfigError(f"{path}: 'common', 'runs', 'grid' and 'pairs' must be mappings")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}: 'grid.{key}' must be a non-empty list of values")
@@ -81,13 +84,28 @@ def expand(path: Path, sweep: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return expanded
 
 
-def load_sweep(path: Path, config: Path, user_sets: list[str], smoke: bool) -> tuple[str, dict[str, list[str]]]:
-    """(the runs' dataset name, {run: its ``--set`` overrides}) of a sweep file; every run's config is loaded with
-    its overrides then ``user_sets``, as the stages will, so a wrong key or value fails here, before any work."""
+def pairs_of(path: Path, sweep: dict[str, Any], runs: Collection[str]) -> dict[str, str]:
+    """{run: the run it is paired against} of a sweep file's ``pairs``, each name a run of the sweep."""
+    pairs = {str(run): str(base) for run, base in (sweep.get("pairs") or {}).items()}
+    for run, base in pairs.items():
+        unknown = [name for name in (run, base) if name not in runs]
+        if unknown:
+            raise ConfigError(f"{path}: pairs: '{unknown[0]}' is not a run of this sweep ({', '.join(runs)})")
+        if run == base:
+            raise ConfigError(f"{path}: pairs: run '{run}' is paired against itself")
+    return pairs
+
+
+def load_sweep(path: Path, config: Path, user_sets: list[str],
+               smoke: bool) -> tuple[str, dict[str, list[str]], dict[str, str]]:
+    """(the runs' dataset name, {run: its ``--set`` overrides}, {run: the run it is paired against}) of a sweep file;
+    every run's config is loaded with its overrides then ``user_sets``, as the stages will, so a wrong key or value
+    fails here, before any work."""
     if not path.is_file():
         raise ConfigError(f"sweep file not found: {path}")
+    sweep = read_yaml(path)
     runs = {name: [f"{key}={value_text(value)}" for key, value in overrides.items()]
-            for name, overrides in expand(path, read_yaml(path)).items()}
+            for name, overrides in expand(path, sweep).items()}
     datasets = set()
     for name, sets in runs.items():
         try:
@@ -96,7 +114,7 @@ def load_sweep(path: Path, config: Path, user_sets: list[str], smoke: bool) -> t
             raise ConfigError(f"{path}: run '{name}': {exc}") from None
     if len(datasets) > 1:
         raise ConfigError(f"{path}: the runs of a sweep share one dataset, not {', '.join(sorted(datasets))} (data.name)")
-    return datasets.pop(), runs
+    return datasets.pop(), runs, pairs_of(path, sweep, runs)
 
 
 def set_options(args: str) -> list[str]:
@@ -116,7 +134,7 @@ def run_all(sweep: Path, runs: dict[str, list[str]], args: str, make_vars: list[
             fail(f"sweep {sweep}: run '{name}' failed (make exit status {code}); the runs after it were not started")
 
 
-def report(sweep: Path, dataset_dir: Path, runs: list[str]) -> None:
+def report(sweep: Path, dataset_dir: Path, runs: list[str], pairs: dict[str, str]) -> None:
     """Write the sweep's report (headed by the sweep file's path and sha256) if its text changed, and say which."""
     missing = sorted(set(runs) - set(find_runs(dataset_dir, runs)))
     if missing:
@@ -125,7 +143,7 @@ def report(sweep: Path, dataset_dir: Path, runs: list[str]) -> None:
     before = path.read_bytes() if path.is_file() else None
     digest = hashlib.sha256(sweep.read_bytes()).hexdigest()
     preface = [f"Sweep `{sweep}` (sha256 `{digest}`), by `make sweep`: runs {', '.join(runs)}.", ""]
-    write_report(dataset_dir, runs, path, preface)
+    write_report(dataset_dir, runs, path, preface, pairs)
     typer.echo(f"sweep: {path} is up to date" if path.read_bytes() == before else f"sweep: wrote {path}")
 
 
@@ -134,7 +152,7 @@ app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
 @app.command()
 def main(
-    sweep: Annotated[Path, typer.Argument(help="Sweep file (YAML): 'runs' (name: {key: value}) and/or 'grid' (key: [values]), optional 'common' ({key: value} for every run); see configs/sweeps/lr.yaml.")],
+    sweep: Annotated[Path, typer.Argument(help="Sweep file (YAML): 'runs' (name: {key: value}) and/or 'grid' (key: [values]), optional 'common' ({key: value} for every run) and 'pairs' (run: the run it is paired against in the report); see configs/sweeps/lr.yaml.")],
     make_vars: Annotated[Optional[list[str]], typer.Argument(help="VAR=value make variables passed to every make eval (DATASET, DATA_DIR, PY, NPROC, ...).")] = None,
     config: Annotated[Path, typer.Option("--config", "-c", help="The config every run starts from (make: CONFIG).")] = Path("configs/demo.yaml"),
     out: Annotated[str, typer.Option(help="Outputs root (make: OUT); the report goes to <out>/<dataset>/sweeps/<stem>/report.md.")] = "outputs",
@@ -147,7 +165,7 @@ def main(
     if any("=" not in item for item in make_vars or []):  # a bare word would be a make target
         raise typer.BadParameter("make variables are VAR=value", param_hint="MAKE_VARS")
     try:
-        dataset, runs = load_sweep(sweep, config, set_options(args), smoke)
+        dataset, runs, pairs = load_sweep(sweep, config, set_options(args), smoke)
     except ConfigError as exc:
         typer.secho(f"config error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
@@ -156,7 +174,7 @@ def main(
     if dry_run:
         typer.echo(f"sweep: dry run: would write the report of {', '.join(runs)}")
     else:
-        report(sweep, Layout(out, dataset).dataset_dir, list(runs))
+        report(sweep, Layout(out, dataset).dataset_dir, list(runs), pairs)
 
 
 if __name__ == "__main__":
