@@ -175,9 +175,9 @@ demo: $(STAMP) ## Both interpolants on the demo: short runs trained here (ours, 
 # The cache is brought up to date once first, so the two concurrent trainings only find it so. The recipe pins every
 # training key it was trained with (configs/demo.yaml's in-demo recipe changed since, docs/demo.md "Recipe study").
 SHIPPED_FLOW  = checkpoints/demo_flow_$(1).pt
-DEMO_PRETRAIN = train.steps=8000 train.batch_size=64 train.lr=1.0e-3 train.warmup_steps=200 train.grad_clip=1.0 \
-                train.latent_norm=none train.ema_decay=0.999 train.ema_start=1000 \
-                train.save_every=2000 train.latest_every=500 train.sample_every=0 train.val_every=500 train.log_every=250
+DEMO_PRETRAIN = train.steps=45000 train.batch_size=16 train.lr=2.0e-3 train.warmup_steps=1500 train.grad_clip=0.0 \
+                train.latent_norm=channel train.ema_decay=0.999 train.ema_start=11000 \
+                train.save_every=5000 train.latest_every=500 train.sample_every=0 train.val_every=1000 train.log_every=250
 PRETRAIN_SETS = $(if $(filter 1,$(SMOKE)),,$(foreach s,$(DEMO_PRETRAIN),--set $(s)))
 PRETRAIN_INTERPS ?= ours linear
 PRETRAIN_TO   = $(if $(filter 1,$(SMOKE)),$(DEMO_DIR)/pretrained/demo_flow_$(1).pt,$(SHIPPED_FLOW))
