@@ -511,3 +511,20 @@ def test_checkpoints_holding_pickled_objects_are_one_line_naming_the_file(tiny_s
     line = _error_line(_run(_train_cli(repo, overrides, store, tmp_path / "out", "train.steps=4", "train.latest_every=2")))
     assert f"{run / 'checkpoints' / 'latest.pt'}: not a flow checkpoint" in line and "system" in line, line
     assert not marker.exists()
+
+
+def test_a_finished_stage_leaves_its_process_group_on_every_rank(tmp_path: Path) -> None:
+    """run_stage ends a stage's success with a barrier and leaving the group, so no rank exits while a peer still
+    talks to it (a rank that did could abort its peer: gloo's "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    import pipeline.run.dist  # noqa: F401  (loaded, as by every torch stage; run_stage looks it up)
+    from pipeline.run.cli import run_stage
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        run_stage("encode", lambda: None, ())
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

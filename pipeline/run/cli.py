@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -131,6 +132,9 @@ def run_stage(stage: str, work: Callable[[], Any], errors: tuple[type[BaseExcept
     earlier stage would make) a note and status 0, so a chained dry run goes on."""
     try:
         work()
+        dist = sys.modules.get("pipeline.run.dist")  # imported by a stage that may have joined a process group
+        if dist is not None:  # (looked up, not imported: a stage that never needed torch stays torch-free)
+            dist.leave()
     except errors as exc:
         if not dry_run:
             fail(str(exc))

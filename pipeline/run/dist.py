@@ -83,6 +83,10 @@ def collective_device() -> torch.device:
     return torch.device("cpu")
 
 
-def shutdown() -> None:
+def leave() -> None:
+    """After a stage's work on every rank: wait for the others, then leave the process group. A rank that exits while
+    its peer still holds the connection can abort that peer ("terminate called without an active exception", seen
+    about once in 12 up-to-date encodes of 2 processes)."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
