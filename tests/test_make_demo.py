@@ -1,6 +1,6 @@
 """`make demo` itself, at its smoke setting: every stage for both interpolants (training through torchrun with
 DEMO_NPROC=2 processes, as on a CPU-only machine), the shipped flows forecast and evaluated next to them, the report,
-then a second run that recomputes nothing."""
+then a second run that recomputes nothing; then `make demo-pretrain` at its smoke setting on the same cache."""
 
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ from conftest import REPO, run_make, stage_verdicts
 
 def _make_demo(tmp_path: Path):
     return run_make("demo", "SMOKE=1", "DEMO_NPROC=2", f"OUT={tmp_path / 'out'}", f"DATA_DIR={tmp_path / 'data'}",
+                    "ARGS=--set train.wandb_mode=disabled")
+
+
+def _make_pretrain(tmp_path: Path, *variables: str):
+    return run_make("demo-pretrain", "SMOKE=1", *variables, f"OUT={tmp_path / 'out'}", f"DATA_DIR={tmp_path / 'data'}",
                     "ARGS=--set train.wandb_mode=disabled")
 
 
@@ -38,21 +43,21 @@ def test_make_demo_runs_every_stage_then_finds_everything_up_to_date(tmp_path: P
     assert len(verdicts) == 8 + 2 * 4, "\n".join(verdicts)
     assert all("up to date" in line for line in verdicts), "\n".join(verdicts)
 
-    # make demo-pretrain at the smoke setting: both interpolants trained at once, exported beside the smoke runs;
-    # the shipped checkpoints/ are never written by a smoke run.
+    # make demo-pretrain at the smoke setting, first for one interpolant (PRETRAIN_INTERPS), then for both at once:
+    # the one already trained is found up to date, the other trained; both exported beside the smoke runs. The
+    # shipped checkpoints/ are never written by a smoke run.
     shipped_bytes = {p: p.read_bytes() for p in (REPO / "checkpoints").glob("demo_flow_*.pt")}
-    pretrain = run_make("demo-pretrain", "SMOKE=1", f"OUT={tmp_path / 'out'}", f"DATA_DIR={tmp_path / 'data'}",
-                        "ARGS=--set train.wandb_mode=disabled")
-    assert pretrain.returncode == 0, pretrain.stdout[-3000:] + pretrain.stderr[-3000:]
+    pretrained = demo / "pretrained"
+    only = _make_pretrain(tmp_path, "PRETRAIN_INTERPS=linear")
+    assert only.returncode == 0, only.stdout[-3000:] + only.stderr[-3000:]
+    assert (pretrained / "demo_flow_linear.pt").is_file() and not (pretrained / "demo_flow_ours.pt").exists()
+    assert not (demo / "runs" / "pretrain-ours").exists()
+    both = _make_pretrain(tmp_path)
+    assert both.returncode == 0, both.stdout[-3000:] + both.stderr[-3000:]
+    assert f"train: {demo / 'runs' / 'pretrain-linear'} is up to date" in both.stdout, both.stdout[-3000:]
     for interp in ("ours", "linear"):
-        record = json.loads((demo / "pretrained" / f"demo_flow_{interp}.json").read_text())
+        record = json.loads((pretrained / f"demo_flow_{interp}.json").read_text())
         assert (record["interpolant"], record["step"], record["exported"]["weights"]) == (interp, 20, "ema")
         assert record["config"]["train"]["steps"] == 20 and (demo / "runs" / f"pretrain-{interp}").is_dir()
         assert record["config"]["interpolant"]["ours_eps"] == 1.0  # the demo's noise strength for ours
     assert shipped_bytes and all(p.read_bytes() == data for p, data in shipped_bytes.items())
-    for path in (demo / "pretrained").glob("demo_flow_ours.*"):
-        path.unlink()
-    only = run_make("demo-pretrain", "SMOKE=1", "PRETRAIN_INTERPS=linear", f"OUT={tmp_path / 'out'}",
-                    f"DATA_DIR={tmp_path / 'data'}", "ARGS=--set train.wandb_mode=disabled")
-    assert only.returncode == 0, only.stdout[-3000:] + only.stderr[-3000:]
-    assert not (demo / "pretrained" / "demo_flow_ours.pt").exists() and (demo / "pretrained" / "demo_flow_linear.pt").is_file()

@@ -1,7 +1,7 @@
 """The shipped KTH and CLEVRER configs, every stage, at their smoke settings, through the Makefile.
 
 Inputs are in the real formats and sizes (tests/real_formats.py): shards in the reference layout (KTH 64 px,
-40-frame videos; CLEVRER 128 px, 128-frame videos) and VQVAE checkpoints in the published wrappers at the real
+40-frame videos; CLEVRER 128 px, 80-frame videos: a clip spans 76) and VQVAE checkpoints in the published wrappers at the real
 architectures (KTH: Lightning .ckpt of taming's f8 VQModel, 64M parameters; CLEVRER: RIVER's .pth), with random
 weights. ``make eval`` brings data (existing shards, used as they are), encode, train and forecast up to date, then
 evaluates; a second identical ``make eval`` must find everything up to date.

@@ -161,7 +161,7 @@ def _pair_summary(pair: dict[str, Any]) -> str:
     return f"* **{names[0]} vs {names[1]}** ({videos} videos, paired): " + "; ".join(parts) + "."
 
 
-def _pairs(runs: dict[str, dict[str, Any]], baselines: Mapping[str, str]) -> list[dict[str, Any]]:
+def _pairs(runs: dict[str, dict[str, Any]], baselines: Mapping[str, str] | None) -> list[dict[str, Any]]:
     """Each run of ``baselines`` with the run it names, else every later run with its default baseline:
     {names, base, rows (paired), differs (protocol entries: not paired)}."""
     pairs = []
@@ -301,7 +301,7 @@ def write_report(dataset_dir: Path, names: Collection[str] | None = None, path: 
     against = {run: paired_rows(m["model"], m["copy_last"], m["protocol"]) for run, m in runs.items()}
     lines = [f"# Forecast evaluation: {dataset_dir.name}", "", *preface]
     if runs:
-        pairs = _pairs(runs, baselines or {})
+        pairs = _pairs(runs, baselines)
         lines += [*_summary(runs, pairs, against), *_intro(runs),
                   *_comparison(dataset_dir, folder, runs, pairs, colours)]
     else:
