@@ -169,7 +169,7 @@ demo: $(STAMP) ## Both interpolants on the demo: short runs trained here (ours, 
 	@echo "demo: report in $(DEMO_DIR)/report.md"
 
 # The shipped demo flows checkpoints/demo_flow_<interp>.pt: make demo-pretrain trains both interpolants at once, one
-# single-thread process each (runs pretrain-ours and pretrain-linear; ~90 min on 2 cores, docs/demo.md), then exports each
+# single-thread process each (runs pretrain-ours and pretrain-linear; ~95 min on 2 cores, docs/demo.md), then exports each
 # run's EMA weights in float16. Single-thread processes make the weights independent of the machine's core count.
 # SMOKE=1 trains at the smoke setting instead of the recipe and exports into the smoke directory, not checkpoints/.
 # The cache is brought up to date once first, so the two concurrent trainings only find it so. The recipe pins every
@@ -182,7 +182,7 @@ DEMO_PRETRAIN = train.steps=90000 train.batch_size=16 train.lr=2.0e-3 train.warm
 PRETRAIN_SETS = $(if $(filter 1,$(SMOKE)),,$(foreach s,$(DEMO_PRETRAIN),--set $(s)))
 PRETRAIN_INTERPS ?= ours linear
 PRETRAIN_TO   = $(if $(filter 1,$(SMOKE)),$(DEMO_DIR)/pretrained/demo_flow_$(1).pt,$(SHIPPED_FLOW))
-demo-pretrain: $(STAMP) ## Train the shipped demo flows (both interpolants, ~90 min on 2 cores) into checkpoints/
+demo-pretrain: $(STAMP) ## Train the shipped demo flows (both interpolants, ~95 min on 2 cores) into checkpoints/
 	$(MAKE) --no-print-directory encode DATASET=demo
 	@pids=; for interp in $(PRETRAIN_INTERPS); do \
 	  $(MAKE) --no-print-directory train DATASET=demo RUN=pretrain-$$interp INTERP=$$interp TRAIN_NPROC=1 THREADS=1 \
